@@ -1,0 +1,3 @@
+from zprune_cli.cli.app import main
+
+main()

@@ -1,0 +1,163 @@
+"""`calibrate`: run calibration text through the model once, one block at a time, into the store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zprune_cli import __version__
+from zprune_cli.config import cache_dir as resolve_cache_dir
+from zprune_cli.config import data_dir as resolve_data_dir
+from zprune_cli.data.selfgen import generate_windows
+from zprune_cli.data.sources import SELF, TextSource, resolve_source
+from zprune_cli.data.windows import calibration_windows
+from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.models.blocks import find_blocks, find_linears
+from zprune_cli.models.handle import ModelHandle
+from zprune_cli.models.load import max_length
+from zprune_cli.models.runner import capture_block_inputs, run_block
+from zprune_cli.progress import Progress, ensure
+from zprune_cli.stats.collect import BlockStatsCollector
+from zprune_cli.stats.store import StatsEntry, StatsKey, StatsStore
+
+DEFAULT_DATA = "c4"
+DEFAULT_NSAMPLES = 128
+DEFAULT_SEQLEN = 2048
+DEFAULT_SEED = 0
+
+
+@dataclass
+class CalibrationResult:
+    key: str
+    path: Path
+    size_bytes: int
+    seconds: float
+    hit: bool
+    entry: StatsEntry
+
+    def summary(self) -> dict:
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "seconds": round(self.seconds, 3),
+            "hit": self.hit,
+            "gram": self.entry.has_gram,
+            "settings": self.entry.manifest["settings"],
+        }
+
+
+def validate_counts(nsamples: int, seqlen: int) -> None:
+    if nsamples <= 0:
+        raise ZpruneUsageError(f"--nsamples must be positive (got {nsamples})")
+    if seqlen <= 1:
+        raise ZpruneUsageError(f"--seqlen must be at least 2 (got {seqlen})")
+
+
+def stats_key(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, gram: bool) -> StatsKey:
+    return StatsKey(
+        model_fingerprint=handle.source.fingerprint,
+        dtype=handle.dtype_name,
+        data=text.identity,
+        data_hash=text.content_hash,
+        nsamples=nsamples,
+        seqlen=seqlen,
+        seed=seed,
+        gram=gram,
+    )
+
+
+def calibrate(
+    model: str | ModelHandle = "smollm2-135m",
+    data: str = DEFAULT_DATA,
+    nsamples: int = DEFAULT_NSAMPLES,
+    seqlen: int = DEFAULT_SEQLEN,
+    seed: int = DEFAULT_SEED,
+    gram: bool = False,
+    *,
+    cache_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> CalibrationResult:
+    """Compute (or find) the activation statistics of `model` on `data`; return the store entry.
+
+    A second call with the same key is a cache hit: no model load, no forward pass.
+    """
+    started = time.perf_counter()
+    validate_counts(nsamples, seqlen)
+    progress = ensure(progress)
+    handle = model if isinstance(model, ModelHandle) else ModelHandle(model, device, dtype, revision, trust_remote_code)
+    text = resolve_source(data, "train", resolve_data_dir(data_dir))
+    key = stats_key(handle, text, nsamples, seqlen, seed, gram)
+    store = StatsStore(resolve_cache_dir(cache_dir))
+
+    entry = store.lookup(key)
+    if entry is None:
+        with store.locked(key):
+            entry = store.lookup(key)  # another writer may have finished while we waited
+            if entry is None:
+                _compute(handle, text, key, store, progress)
+                entry = store.lookup(key)
+                assert entry is not None
+                return CalibrationResult(key.digest, entry.path, entry.size_bytes(), time.perf_counter() - started, False, entry)
+    return CalibrationResult(entry.key, entry.path, entry.size_bytes(), time.perf_counter() - started, True, entry)
+
+
+def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, progress: Progress):
+    """Token windows [nsamples, seqlen] for calibration, after checking seqlen against the model."""
+    limit = max_length(handle.model)
+    if limit is not None and seqlen > limit:
+        raise ZpruneUsageError(f"--seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
+    if text.name == SELF:
+        with progress.task("Sampling calibration text from the model", nsamples) as task:
+            return generate_windows(handle.model, handle.tokenizer, nsamples, seqlen, seed, progress_task=task)
+    with progress.task(f"Tokenising {text.description}", None):
+        return calibration_windows(text.load(), handle.tokenizer, nsamples, seqlen, seed)
+
+
+@torch.inference_mode()
+def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsStore, progress: Progress) -> None:
+    windows = calibration_inputs(handle, text, key.nsamples, key.seqlen, key.seed, progress)
+    model = handle.model
+    with progress.task("Embedding calibration windows", key.nsamples) as task:
+        inputs = capture_block_inputs(model, windows, progress_task=task)
+    blocks_name, blocks = find_blocks(model)
+    settings = {
+        "model": handle.source.spec,
+        "model_location": handle.source.location,
+        "gguf_file": handle.source.gguf_file,
+        "revision": handle.source.revision,
+        "fingerprint": handle.source.fingerprint,
+        "dtype": handle.dtype_name,
+        "data": text.spec,
+        "data_description": text.description,
+        "data_identity": text.identity,
+        "nsamples": key.nsamples,
+        "seqlen": key.seqlen,
+        "seed": key.seed,
+        "gram": key.gram,
+        "blocks": blocks_name,
+        "n_blocks": len(blocks),
+        "zprune_version": __version__,
+    }
+    hidden = inputs.hidden
+    buffer = torch.empty_like(hidden)
+    with store.writer(key, settings) as writer:
+        writer.write_inputs(windows, hidden)
+        with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * key.nsamples) as task:
+            for index, block in enumerate(blocks):
+                collector = BlockStatsCollector(find_linears(block), with_gram=key.gram)
+                with collector:
+                    for i in range(key.nsamples):
+                        buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]
+                        collector.end_call()
+                        task.advance(1)
+                writer.write_block(index, collector.groups)
+                hidden, buffer = buffer, hidden

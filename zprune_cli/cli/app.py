@@ -1,0 +1,55 @@
+"""The `zprune` command line: parse, call the library, render. No math here."""
+
+from __future__ import annotations
+
+import typer
+
+from zprune_cli import __version__
+from zprune_cli.cli import options as opt
+from zprune_cli.cli.common import Common, ZpruneGroup
+
+app = typer.Typer(
+    name="zprune",
+    cls=ZpruneGroup,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Prune large language models after training: Z-Pruner, Wanda, SparseGPT, RIA, magnitude.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"zprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    cache_dir: opt.CacheDir = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    quiet: opt.Quiet = False,
+    json: opt.Json = False,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Prune LLMs with no retraining, over a cached activation-statistics store.
+
+    Data goes to stdout (--json for machines), logs and progress to stderr.
+    Exit codes: 0 success, 1 failed run, 2 bad usage.
+    """
+    ctx.obj = Common(cache_dir=cache_dir, device=device or "auto", dtype=dtype or "auto", quiet=quiet, json=json)
+
+
+def _register() -> None:
+    # One module per command; each adds itself to `app`.
+    from zprune_cli.cli import cache_cmd, calibrate_cmd, compare_cmd, eval_cmd, export_cmd, prune_cmd  # noqa: F401
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from zprune_cli import cache
+from zprune_cli.cli import options as opt
+from zprune_cli.cli.app import app
+from zprune_cli.cli.common import common
+from zprune_cli.cli.output import emit_json, stdout_console
+from zprune_cli.cli.render import human_bytes
+
+cache_app = typer.Typer(help="List, inspect and remove cached statistics (noun, then verb).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+Key = Annotated[str, typer.Argument(help="A statistics key, or a unique prefix of one.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")]
+
+
+@cache_app.command("ls")
+def ls(ctx: typer.Context, cache_dir: opt.CacheDir = None, json: opt.Json = False) -> None:
+    """List statistics entries: key, model, data, windows, size, creation time."""
+    c = common(ctx, cache_dir=cache_dir, json=json)
+    rows = cache.list_entries(c.cache_dir)
+    if c.json:
+        emit_json(rows)
+        return
+    table = Table(title=f"statistics in {cache.stats_root(c.cache_dir)}")
+    for col in ("key", "model", "data", "samples x seqlen", "seed", "gram", "size", "created"):
+        table.add_column(col, justify="right" if col in ("size", "seed") else "left")
+    for r in rows:
+        if r["problem"]:
+            table.add_row(r["key"], f"[red]{r['problem']}[/]", "", "", "", "", human_bytes(r["size_bytes"]), "")
+            continue
+        table.add_row(r["key"], r["model"], r["data"], f"{r['nsamples']} x {r['seqlen']}", str(r["seed"]),
+                      "yes" if r["gram"] else "no", human_bytes(r["size_bytes"]), r["created"])
+    stdout_console().print(table)
+
+
+@cache_app.command("info")
+def info(ctx: typer.Context, key: Key, cache_dir: opt.CacheDir = None, json: opt.Json = False) -> None:
+    """Show what an entry was made from and what it holds."""
+    c = common(ctx, cache_dir=cache_dir, json=json)
+    data = cache.entry_info(c.cache_dir, key)
+    if c.json:
+        emit_json(data)
+        return
+    console = stdout_console()
+    console.print(f"[bold]{data['key']}[/]  {data['path']}  ({human_bytes(data['size_bytes'])})")
+    for name, value in data["settings"].items():
+        console.print(f"  {name:18} {value}")
+    console.print(f"  {'created':18} {data['created']}")
+    console.print(f"  {'input groups':18} {data['groups_per_block']} per block, {data['n_blocks']} blocks")
+
+
+@cache_app.command("rm")
+def rm(ctx: typer.Context, key: Key, dry_run: DryRun = False, cache_dir: opt.CacheDir = None, json: opt.Json = False) -> None:
+    """Remove one entry."""
+    c = common(ctx, cache_dir=cache_dir, json=json)
+    removed = cache.remove_entry(c.cache_dir, key, dry_run=dry_run)
+    _report(c, [removed], dry_run)
+
+
+@cache_app.command("gc")
+def gc(ctx: typer.Context, dry_run: DryRun = False, cache_dir: opt.CacheDir = None, json: opt.Json = False) -> None:
+    """Remove what killed runs left behind: temporary folders and incomplete or corrupt entries."""
+    c = common(ctx, cache_dir=cache_dir, json=json)
+    _report(c, cache.collect_garbage(c.cache_dir, dry_run=dry_run), dry_run)
+
+
+def _report(c, removed: list[dict], dry_run: bool) -> None:
+    if c.json:
+        emit_json({"dry_run": dry_run, "removed": removed})
+        return
+    verb = "would remove" if dry_run else "removed"
+    total = sum(r["size_bytes"] for r in removed)
+    for r in removed:
+        stdout_console().print(f"{verb} {r['name']} ({human_bytes(r['size_bytes'])})")
+    stdout_console().print(f"{verb} {len(removed)} item(s), {human_bytes(total)}")

@@ -1,0 +1,90 @@
+"""One output sink: data to stdout (JSON or rich tables), logs, warnings and progress to stderr."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def stdout_console() -> Console:
+    return Console(file=sys.stdout, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    stderr_console().print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("zprune")
+    logger.handlers.clear()
+    handler = RichHandler(console=stderr_console(), show_time=False, show_path=False, markup=False)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+class _Task:
+    def __init__(self, progress: Progress | None, task_id):
+        self._progress, self._id = progress, task_id
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._id, n)
+
+
+@dataclass
+class RichProgress:
+    """The library's Progress protocol drawn as rich bars on stderr (count, elapsed, ETA)."""
+
+    quiet: bool = False
+
+    def __post_init__(self):
+        self._progress: Progress | None = None
+        if not self.quiet:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=stderr_console(),
+                transient=False,
+                disable=os.environ.get("ZPRUNE_NO_PROGRESS") == "1",
+            )
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[_Task]:
+        if self._progress is None:
+            yield _Task(None, None)
+            return
+        self._progress.start()
+        task_id = self._progress.add_task(description, total=total)
+        try:
+            yield _Task(self._progress, task_id)
+            if total is None:
+                self._progress.update(task_id, total=1, completed=1)
+        finally:
+            self._progress.stop()
+
+    def log(self, message: str) -> None:
+        logging.getLogger("zprune").info(message)

@@ -1,0 +1,43 @@
+"""The pruning methods, by name. Adding a method = one module with a @register'ed class + its import here."""
+
+from __future__ import annotations
+
+import inspect
+
+from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.methods.base import METHODS, PRUNE_PRECISION, Method, PruneResult, register
+
+# Importing a method's module registers it.
+from zprune_cli.methods import magnitude, ria, sparsegpt, wanda, zpruner  # noqa: E402,F401  isort: skip
+
+__all__ = ["METHODS", "PRUNE_PRECISION", "Method", "PruneResult", "get_method", "method_names", "register"]
+
+
+def method_names() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(METHODS)
+
+
+def method_options(name: str) -> dict[str, object]:
+    """A method's constructor options and their defaults, e.g. {'a': 0.5} for ria."""
+    return {
+        p.name: p.default
+        for p in inspect.signature(_method_class(name)).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def get_method(name: str, **options: object) -> Method:
+    """A configured method: get_method("ria", a=0.5). Unknown names or options raise ZpruneUsageError."""
+    known = method_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise ZpruneUsageError(f"method {name!r} has no option {', '.join(unknown)} (options: {accepted})")
+    return _method_class(name)(**options)
+
+
+def _method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ZpruneUsageError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
+    return METHODS[name]

@@ -1,0 +1,39 @@
+"""A model spec resolved now and loaded only when first needed (cache hits never load it)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from zprune_cli.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype
+from zprune_cli.models.resolve import ModelSource, resolve_model
+
+
+class ModelHandle:
+    def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False):
+        self.source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision, trust_remote_code)
+        self.device: torch.device = resolve_device(device)
+        self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
+        self._loaded = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _load(self):
+        if self._loaded is None:
+            self._loaded = load_model(self.source, self.device, self.dtype)
+        return self._loaded
+
+    @property
+    def model(self):
+        return self._load()[0]
+
+    @cached_property
+    def tokenizer(self):
+        return self._loaded[1] if self._loaded is not None else load_tokenizer(self.source)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")

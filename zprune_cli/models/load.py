@@ -1,0 +1,110 @@
+"""Load a resolved model and its tokenizer onto one device, in one dtype."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+import torch
+
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.models.resolve import ModelSource
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' means the first CUDA device when there is one, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ZpruneUsageError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ZpruneUsageError(f"device '{device}' asked for, but torch sees no CUDA device")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto' is float32 on the CPU (half precision is slow there) and bfloat16 on accelerators."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise ZpruneUsageError(f"unknown dtype '{dtype}' (use auto, float32, float16 or bfloat16)")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    # GGUF loading prints tqdm bars and notices on stderr; our own progress owns the terminal.
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    kwargs = _common_kwargs(source)
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ZpruneError(f"could not load the tokenizer of {source.spec}: {_first_line(exc)}") from exc
+
+
+def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype):
+    """Return (model, tokenizer), the model in eval mode on `device` with no KV cache."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = _common_kwargs(source)
+    try:
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = ""
+        if not source.is_local:
+            hint = " (no network? pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 with a cached copy)"
+        raise ZpruneError(f"could not load model {source.spec}: {_first_line(exc)}{hint}") from exc
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    model.config.use_cache = False
+    logging.getLogger("zprune").debug("loaded %s on %s as %s", source.spec, device, dtype)
+    return model, load_tokenizer(source)
+
+
+def max_length(model) -> int | None:
+    """The longest sequence the model was built for, or None when the config does not say."""
+    config = getattr(model.config, "get_text_config", lambda: model.config)()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _common_kwargs(source: ModelSource) -> dict:
+    kwargs: dict = {"trust_remote_code": source.trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if source.revision and not source.is_local:
+        kwargs["revision"] = source.revision
+    return kwargs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

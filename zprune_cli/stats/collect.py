@@ -1,0 +1,97 @@
+"""Accumulate per-input statistics of a block's Linear layers with forward pre-hooks.
+
+Linear layers that read the same input tensor (q/k/v; gate/up) form one input group and share
+one statistic. Groups are found on the first call by tensor identity (held alive for that call,
+so ids cannot be reused), never by layer names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from zprune_cli.stats.types import LayerStats
+
+SUMSQ_DTYPE = torch.float64  # exact sums over many tokens; a vector, so cheap
+GRAM_DTYPE = torch.float32  # [in, in] matmuls; fp64 would be slow on accelerators
+
+
+@dataclass
+class InputGroup:
+    members: list[str]  # Linear names relative to the block, first one is the leader
+    sumsq: torch.Tensor  # [in] float64
+    gram: torch.Tensor | None  # [in, in] float32
+    n_tokens: int = 0
+    n_sequences: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.members[0]
+
+    def stats(self) -> LayerStats:
+        return LayerStats(sumsq=self.sumsq, n_tokens=self.n_tokens, gram=self.gram)
+
+
+@dataclass
+class BlockStatsCollector:
+    """Attach to one block, run windows through it, read `groups` (and `layer_stats()`)."""
+
+    linears: dict[str, nn.Linear]
+    with_gram: bool = False
+    groups: list[InputGroup] = field(default_factory=list)
+    _leader_of: dict[str, InputGroup] = field(default_factory=dict)
+    _seen: list[tuple[torch.Tensor, InputGroup]] = field(default_factory=list)
+    _handles: list = field(default_factory=list)
+
+    def __enter__(self) -> "BlockStatsCollector":
+        for name, linear in self.linears.items():
+            self._handles.append(linear.register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._seen.clear()
+
+    def end_call(self) -> None:
+        """Call after each window: group discovery ends with the first window."""
+        self._seen.clear()
+
+    def _hook(self, name: str):
+        def hook(module: nn.Linear, args):
+            x = args[0]
+            group = self._group_for(name, x, module.in_features)
+            if group is None:  # a follower: its leader already counted this input
+                return None
+            flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, in]
+            group.sumsq += flat.square().sum(0).to(SUMSQ_DTYPE)
+            if group.gram is not None:
+                group.gram.addmm_(flat.T, flat)
+            group.n_tokens += flat.shape[0]
+            group.n_sequences += x.shape[0] if x.dim() > 2 else 1
+            return None
+
+        return hook
+
+    def _group_for(self, name: str, x: torch.Tensor, width: int) -> InputGroup | None:
+        known = self._leader_of.get(name)
+        if known is not None:
+            return known if known.name == name else None
+        for seen, group in self._seen:  # first window: same tensor object as an earlier layer's?
+            if seen is x:
+                group.members.append(name)
+                self._leader_of[name] = group
+                return None
+        gram = torch.zeros((width, width), dtype=GRAM_DTYPE, device=x.device) if self.with_gram else None
+        group = InputGroup(members=[name], sumsq=torch.zeros(width, dtype=SUMSQ_DTYPE, device=x.device), gram=gram)
+        self.groups.append(group)
+        self._leader_of[name] = group
+        self._seen.append((x, group))
+        return group
+
+    def layer_stats(self) -> dict[str, LayerStats]:
+        """Statistics by Linear name (members of a group share the same object)."""
+        return {member: group.stats() for group in self.groups for member in group.members}

@@ -1,0 +1,32 @@
+"""The hand-off between the statistics store and the methods: one input group's statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LayerStats:
+    """Statistics of the inputs X (tokens x in) that one Linear layer reads.
+
+    sumsq[j] = sum over calibration tokens of x_j**2, shape [in], float64 (exact sums, not means:
+    every score is invariant to a positive rescaling). gram = sum over tokens of x x^T, shape
+    [in, in], float32, present only when the store was built with Gram matrices.
+    """
+
+    sumsq: torch.Tensor
+    n_tokens: int
+    gram: torch.Tensor | None = None
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """||X_j||_2 per input channel, float32, shape [in]."""
+        return self.sumsq.sqrt().to(torch.float32)
+
+    def hessian(self) -> torch.Tensor:
+        """SparseGPT's H = (2/N) * sum x x^T, float32, shape [in, in]."""
+        if self.gram is None:
+            raise ValueError("this statistic has no Gram matrix; calibrate with gram=True")
+        return self.gram.to(torch.float32) * (2.0 / max(self.n_tokens, 1))
