@@ -45,7 +45,15 @@ def root(
 
 def _register() -> None:
     # One module per command; each adds itself to `app`.
-    from zprune_cli.cli import cache_cmd, calibrate_cmd, compare_cmd, eval_cmd, export_cmd, prune_cmd  # noqa: F401
+    from zprune_cli.cli import (  # noqa: F401
+        cache_cmd,
+        calibrate_cmd,
+        compare_cmd,
+        completions_cmd,
+        eval_cmd,
+        export_cmd,
+        prune_cmd,
+    )
 
 
 _register()
