@@ -112,14 +112,15 @@ def calibrate(
 
 def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, progress: Progress):
     """Token windows [nsamples, seqlen] for calibration, after checking seqlen against the model."""
+    loaded = None if text.name == SELF else text.load()  # bad data fails before a large model loads
     limit = max_length(handle.model)
     if limit is not None and seqlen > limit:
         raise ZpruneUsageError(f"--seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
-    if text.name == SELF:
+    if loaded is None:
         with progress.task("Sampling calibration text from the model", nsamples) as task:
             return generate_windows(handle.model, handle.tokenizer, nsamples, seqlen, seed, progress_task=task)
     with progress.task(f"Tokenising {text.description}", None):
-        return calibration_windows(text.load(), handle.tokenizer, nsamples, seqlen, seed)
+        return calibration_windows(loaded, handle.tokenizer, nsamples, seqlen, seed)
 
 
 @torch.inference_mode()

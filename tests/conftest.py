@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny random models saved as HF folders with an offline byte-level tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Set before transformers / huggingface_hub are imported: they read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ZPRUNE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges: every byte is one token; BOS is added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<s>": 0, "</s>": 1}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=260, max_position_embeddings=512)
+
+
+def tiny_config(family: str):
+    """Configs of several families, small enough for a unit test."""
+    import transformers as tf
+
+    if family == "llama":
+        return tf.LlamaConfig(**TINY)
+    if family == "mistral":
+        return tf.MistralConfig(**TINY, sliding_window=None)
+    if family == "qwen2":
+        return tf.Qwen2Config(**TINY)
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**TINY, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+    if family == "opt":
+        return tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=260,
+                            max_position_embeddings=512, word_embed_proj_dim=32)
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                vocab_size=260, max_position_embeddings=512)
+    raise ValueError(family)
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "gemma3", "opt", "gpt_neox"]
+
+
+def tiny_model(family: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
+    model.eval()
+    return model
+
+
+def save_tiny(folder: Path, family: str = "llama", seed: int = 0) -> Path:
+    model = tiny_model(family, seed)
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    words = "the quick brown fox jumps over the lazy dog while pruning weights keeps accuracy high".split()
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, len(words), (3000,), generator=gen).tolist()
+    path.write_text(" ".join(words[i] for i in picks))
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ZPRUNE_HOME", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZPRUNE_NO_PROGRESS", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.delenv("ZPRUNE_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no stray zprune.toml from the repo or cwd

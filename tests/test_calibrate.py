@@ -1,0 +1,113 @@
+"""calibrate(): statistics equal a direct computation, on tiny models of six families."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+from torch import nn
+
+from conftest import FAMILIES, save_tiny
+from zprune_cli.calibrate import calibrate
+from zprune_cli.models.blocks import find_blocks, find_linears
+from zprune_cli.models.runner import capture_block_inputs, run_block_all
+
+
+def direct_stats(model, windows, gram=False):
+    """sum x^2 (and x x^T) over all tokens for every Linear in the blocks, from one plain forward."""
+    name, blocks = find_blocks(model)
+    sums, grams, handles = {}, {}, []
+    for b, block in enumerate(blocks):
+        for lname, linear in find_linears(block).items():
+            key = (b, lname)
+
+            def hook(module, args, key=key):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                sums[key] = sums.get(key, 0) + x.square().sum(0)
+                grams[key] = grams.get(key, 0) + x.T @ x
+
+            handles.append(linear.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        for i in range(windows.shape[0]):
+            model(windows[i : i + 1], use_cache=False)
+    for h in handles:
+        h.remove()
+    return sums, grams
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
+    folder = save_tiny(tmp_path / family, family)
+    result = calibrate(str(folder), data=str(text_file), nsamples=3, seqlen=32, seed=1, gram=True)
+    assert not result.hit
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    windows, _ = result.entry.inputs()
+    assert windows.shape == (3, 32)
+    sums, grams = direct_stats(model, windows)
+    n_blocks = len(find_blocks(model)[1])
+    assert result.entry.n_blocks == n_blocks
+    for b in range(n_blocks):
+        stats = result.entry.block_stats(b)
+        assert set(stats) == set(find_linears(find_blocks(model)[1][b]))
+        for lname, s in stats.items():
+            want = sums[(b, lname)]
+            assert s.n_tokens == 3 * 32
+            torch.testing.assert_close(s.sumsq, want, rtol=1e-5, atol=1e-6 * float(want.max()))
+            torch.testing.assert_close(s.gram.double(), grams[(b, lname)], rtol=1e-4, atol=1e-5 * float(want.max()))
+
+
+def test_groups_share_inputs(tiny_dir, text_file, cache):
+    entry = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16).entry
+    groups = [g["members"] for g in entry.manifest["blocks"][0]["groups"]]
+    assert groups == [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"],
+        ["mlp.down_proj"],
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_runner_matches_full_forward(family):
+    from conftest import tiny_model
+
+    model = tiny_model(family)
+    windows = torch.randint(2, 250, (2, 40))
+    inputs = capture_block_inputs(model, windows)
+    with torch.no_grad():
+        full = model(windows, output_hidden_states=True, use_cache=False).hidden_states
+    torch.testing.assert_close(inputs.hidden, full[0], rtol=1e-5, atol=1e-5)
+    hidden = inputs.hidden
+    _, blocks = find_blocks(model)
+    for index, block in enumerate(blocks[:-1]):  # the last hidden state has the final norm applied
+        hidden = run_block_all(block, hidden, inputs.block_kwargs[index])
+        torch.testing.assert_close(hidden, full[index + 1], rtol=1e-4, atol=1e-4)
+
+
+def test_second_call_is_a_hit_without_loading(tiny_dir, text_file, cache, monkeypatch):
+    first = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16)
+    import zprune_cli.models.handle as handle
+
+    monkeypatch.setattr(handle, "load_model", lambda *a, **k: pytest.fail("a cache hit loaded the model"))
+    second = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16)
+    assert second.hit and second.key == first.key
+
+
+def test_norms_request_served_by_gram_entry(tiny_dir, text_file, cache):
+    gram = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16, gram=True)
+    norms = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16, gram=False)
+    assert norms.hit and norms.key == gram.key
+
+
+def test_jsonl_and_self_sources(tiny_dir, tmp_path, cache):
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join('{"text": "%s"}' % ("word " * (20 + i)) for i in range(10)))
+    r = calibrate(str(tiny_dir), data=str(jsonl), nsamples=4, seqlen=32)
+    ids, _ = r.entry.inputs()
+    assert ids.shape == (4, 32)
+    s = calibrate(str(tiny_dir), data="self", nsamples=2, seqlen=12, seed=3)
+    again = calibrate(str(tiny_dir), data="self", nsamples=2, seqlen=12, seed=3)
+    assert again.hit
+    ids_self, _ = s.entry.inputs()
+    assert ids_self.shape == (2, 12) and int(ids_self[0, 0]) == 0  # starts at BOS
