@@ -1,0 +1,110 @@
+"""Scores -> prune mask: the sparsity pattern (unstructured or N:M) and the scope (row or layer).
+
+A mask is a bool tensor shaped like the weight, True where the weight is pruned (set to zero).
+Entries are always chosen by index (topk on the scores) so that exactly k are pruned; a
+`score <= threshold` test would prune every tied entry and overshoot the sparsity.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+from zprune_cli.errors import ZpruneUsageError
+
+SCOPES = ("row", "layer")
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Which entries may be pruned together.
+
+    Pattern() (n = m = 0) is unstructured. Pattern(n, m) is N:M: in every group of m consecutive
+    input columns of each row, the n lowest-scored weights are pruned (2:4 prunes 50%).
+    """
+
+    n: int = 0
+    m: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.n, self.m) != (0, 0) and not 0 < self.n < self.m:
+            raise ZpruneUsageError(f"invalid N:M pattern {self.n}:{self.m}: need 0 < N < M, e.g. 2:4")
+
+    @classmethod
+    def parse(cls, text: str) -> Pattern:
+        """'unstructured' or 'N:M' (e.g. '2:4', '4:8')."""
+        if text.strip().lower() == "unstructured":
+            return cls()
+        match = _NM.match(text)
+        if match is None or not 0 < int(match.group(1)) < int(match.group(2)):
+            # "0:0" is refused too: unstructured has one spelling.
+            raise ZpruneUsageError(f"invalid pattern {text!r}: use 'unstructured' or N:M with 0 < N < M, such as 2:4")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else "unstructured"
+
+
+def check_pattern_fits(in_features: int, pattern: Pattern) -> None:
+    """Raise ZpruneUsageError unless an N:M pattern tiles the input width exactly."""
+    if pattern.is_nm and in_features % pattern.m != 0:
+        raise ZpruneUsageError(
+            f"pattern {pattern} needs the input width to be a multiple of {pattern.m}, "
+            f"but it is {in_features}"
+        )
+
+
+def prune_count(sparsity: float, total: int) -> int:
+    """k = floor(sparsity * total), read as the user meant it: 0.29 * 100 is 28.999999999999996 in
+    binary floating point, and that must still prune 29, so a relative slack of 1e-12 is allowed."""
+    if not 0.0 <= sparsity <= 1.0:  # also refuses NaN
+        raise ZpruneUsageError(f"sparsity must be between 0 and 1, got {sparsity}")
+    exact = sparsity * total
+    return min(total, math.floor(exact + 1e-12 * max(1.0, exact)))
+
+
+def select_prune_mask(scores: torch.Tensor, sparsity: float, scope: str, pattern: Pattern) -> torch.Tensor:
+    """Mask of the lowest-scored weights, True = pruned. scores: [out, in] -> bool [out, in].
+
+    - N:M: every row prunes exactly n of each m consecutive columns (sparsity and scope unused).
+    - scope "row": every row prunes exactly k = prune_count(sparsity, in) entries.
+    - scope "layer": the matrix prunes exactly k = prune_count(sparsity, out * in) entries.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be 2-D [out, in], got shape {tuple(scores.shape)}")
+    rows, cols = scores.shape
+    mask = torch.zeros(rows, cols, dtype=torch.bool, device=scores.device)
+
+    if pattern.is_nm:
+        check_pattern_fits(cols, pattern)
+        groups = scores.reshape(rows, cols // pattern.m, pattern.m)  # [out, in/m, m]
+        lowest = groups.topk(pattern.n, dim=-1, largest=False).indices  # [out, in/m, n]
+        return mask.reshape_as(groups).scatter_(-1, lowest, True).reshape(rows, cols)
+
+    if scope == "row":
+        k = prune_count(sparsity, cols)
+        lowest = scores.topk(k, dim=1, largest=False).indices  # [out, k]
+        return mask.scatter_(1, lowest, True)
+    if scope == "layer":
+        k = prune_count(sparsity, rows * cols)
+        lowest = scores.reshape(-1).topk(k, largest=False).indices  # [k]
+        return mask.reshape(-1).scatter_(0, lowest, True).reshape(rows, cols)
+    raise ZpruneUsageError(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+
+
+def check_nm(prune_mask: torch.Tensor, n: int, m: int) -> bool:
+    """True iff every group of m consecutive columns in every row has exactly n pruned entries."""
+    rows, cols = prune_mask.shape
+    if m <= 0 or cols % m != 0:
+        return False
+    per_group = prune_mask.reshape(rows, cols // m, m).sum(dim=-1)  # [out, in/m]
+    return bool((per_group == n).all())

@@ -1,0 +1,90 @@
+"""What every pruning method is: (weight, statistics) -> scores -> mask -> pruned weight.
+
+A score method only writes `score`; the base class turns the scores into a mask and zeroes the
+weight. A method that also updates the surviving weights (SparseGPT) overrides `prune`.
+Adding a method means adding one module with a `@register`ed subclass and importing it in
+`zprune_cli/methods/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.stats.types import LayerStats
+
+# Scores and weight updates are always computed in this precision, whatever the weight's dtype.
+PRUNE_PRECISION = torch.float32
+
+METHODS: dict[str, type[Method]] = {}
+
+
+@dataclass
+class PruneResult:
+    """weight: same dtype and device as the input, pruned entries exactly 0. prune_mask: True = pruned."""
+
+    weight: torch.Tensor
+    prune_mask: torch.Tensor
+
+
+class Method(ABC):
+    """One pruning method. Options are constructor keywords, e.g. RIA(a=0.5)."""
+
+    name: ClassVar[str]
+    default_scope: ClassVar[str]  # "row" | "layer"
+    needs_gram: ClassVar[bool] = False
+    updates_weights: ClassVar[bool] = False
+
+    def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+        """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""
+        raise NotImplementedError(f"{type(self).__name__} does not score weights")
+
+    def prune(
+        self,
+        weight: torch.Tensor,
+        stats: LayerStats,
+        sparsity: float,
+        pattern: Pattern,
+        scope: str | None = None,
+    ) -> PruneResult:
+        """Score in PRUNE_PRECISION, select exactly the lowest entries, zero them."""
+        scores = self.score(weight.to(PRUNE_PRECISION), stats)
+        prune_mask = select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
+        return PruneResult(weight=weight.masked_fill(prune_mask, 0), prune_mask=prune_mask)
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a Method subclass reachable by its `name`."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"two methods are named {cls.name!r}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def input_norms(stats: LayerStats, like: torch.Tensor) -> torch.Tensor:
+    """||X_j||_2 as a [1, in] row in PRUNE_PRECISION on the weight's device, to broadcast over rows."""
+    return stats.norms.to(device=like.device, dtype=PRUNE_PRECISION).reshape(1, -1)
+
+
+def safe_divisor(x: torch.Tensor) -> torch.Tensor:
+    """x with zeros replaced by 1, so that 0 / 0 becomes 0 instead of NaN (zero rows and columns)."""
+    return torch.where(x == 0, torch.ones_like(x), x)
+
+
+def number_option(method: str, option: str, value: object, kind: type = float) -> float | int:
+    """A method option as a finite float or an exact int (strings from a CLI or TOML are accepted)."""
+    try:
+        number = kind(value)
+        exact = math.isfinite(float(value)) and (kind is float or number == float(value))
+    except (TypeError, ValueError):
+        exact = False
+    if not exact:
+        wanted = "an integer" if kind is int else "a finite number"
+        raise ZpruneUsageError(f"{method} option {option} must be {wanted}, got {value!r}")
+    return number

@@ -1,0 +1,19 @@
+"""Magnitude pruning: prune the smallest |W_ij| of the whole matrix. Uses no statistics."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from zprune_cli.methods.base import Method, register
+from zprune_cli.stats.types import LayerStats
+
+
+@register
+class Magnitude(Method):
+    name: ClassVar[str] = "magnitude"
+    default_scope: ClassVar[str] = "layer"
+
+    def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+        return weight_fp32.abs()  # [out, in]

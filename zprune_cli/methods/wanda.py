@@ -1,0 +1,20 @@
+"""Wanda (Sun et al., 2023): S_ij = |W_ij| * ||X_j||_2, compared within each output row."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from zprune_cli.methods.base import Method, input_norms, register
+from zprune_cli.stats.types import LayerStats
+
+
+@register
+class Wanda(Method):
+    name: ClassVar[str] = "wanda"
+    default_scope: ClassVar[str] = "row"
+
+    def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+        # [out, in] * [1, in]: the norm itself, not its square (which would rank differently).
+        return weight_fp32.abs() * input_norms(stats, weight_fp32)
