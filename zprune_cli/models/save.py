@@ -1,0 +1,60 @@
+"""Save a model folder that plain `AutoModelForCausalLM.from_pretrained` loads, atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from torch import nn
+
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+
+
+@contextmanager
+def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; it replaces `out` only when the block finishes cleanly."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ZpruneError(f"cannot write to {out.parent} ({exc.strerror})") from None
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """A model transformers will save: one loaded from GGUF is marked quantized and refuses
+    save_pretrained, so rebuild it from its config (minus the quantization entry) and state dict."""
+    if getattr(model, "hf_quantizer", None) is None and not getattr(model.config, "quantization_config", None):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    config = model.config.__class__.from_dict({k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    rebuilt = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    missing, unexpected = rebuilt.load_state_dict(model.state_dict(), strict=False)
+    tied = set(getattr(rebuilt, "_tied_weights_keys", None) or [])
+    if unexpected or any(m not in tied for m in missing):
+        raise ZpruneError(f"could not rebuild {type(model).__name__} for saving (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if hasattr(rebuilt, "tie_weights"):
+        rebuilt.tie_weights()
+    return rebuilt.to(next(model.parameters()).device).eval()
+
+
+def save_model(model: nn.Module, tokenizer, folder: Path, max_shard_size: str = "5GB") -> None:
+    plain = plain_model(model)
+    plain.save_pretrained(folder, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
