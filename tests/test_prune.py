@@ -1,0 +1,151 @@
+"""prune(): exact sparsity on real model structure, propagation modes, allocation, saving, CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import FAMILIES, save_tiny
+from zprune_cli.calibrate import calibrate
+from zprune_cli.cli.app import app
+from zprune_cli.masks import Pattern, check_nm
+from zprune_cli.models.handle import ModelHandle
+from zprune_cli.pipeline import PruneSpec, layer_sparsities, prune_in_memory, pruned_layers
+from zprune_cli.prune import prune
+
+runner = CliRunner()
+CAL = dict(nsamples=4, seqlen=32, seed=0)
+
+
+def linear_weights(model):
+    return {prefix + n: lin.weight for _, prefix, linears in pruned_layers(model, []) for n, lin in linears.items()}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "ria", "zpruner", "sparsegpt"])
+def test_every_method_hits_exact_sparsity(method, tiny_dir, text_file, cache):
+    [outcome] = prune(str(tiny_dir), method, 0.5, data=str(text_file), **CAL)
+    for name, value in outcome.report.layers.items():
+        assert value == 0.5, name
+    assert outcome.report.overall == 0.5
+    assert outcome.report.spec["propagate"] == ("pruned" if method == "sparsegpt" else "dense")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nm_on_every_family(family, tmp_path, text_file, cache):
+    folder = save_tiny(tmp_path / family, family)
+    handle = ModelHandle(str(folder))
+    [outcome] = prune(handle, "wanda", pattern="2:4", data=str(text_file), **CAL)
+    for name, weight in linear_weights(handle.model).items():
+        assert check_nm(weight == 0, 2, 4), name
+
+
+def test_owl_keeps_overall_sparsity(tiny_dir, text_file, cache):
+    handle = ModelHandle(str(tiny_dir))
+    [outcome] = prune(handle, "wanda", 0.6, scope="layer", allocation="owl", owl_lambda=0.1, data=str(text_file), **CAL)
+    spec = PruneSpec("wanda", 0.6, allocation="owl", owl_lambda=0.1)
+    targets = layer_sparsities(spec, pruned_layers(handle.model, []), outcome.calibration.entry)
+    assert sum(targets.values()) / len(targets) == pytest.approx(0.6, abs=1e-12)  # equal-size blocks
+    per_block = {}
+    for name, value in outcome.report.layers.items():
+        per_block.setdefault(name.split(".")[2], set()).add(round(value, 2))
+    assert len({v for s in per_block.values() for v in s}) > 1  # blocks really differ
+    assert outcome.report.overall == pytest.approx(0.6, abs=1 / 1024)  # floor() per layer costs < 1 weight each
+
+
+def test_propagate_dense_vs_pruned_and_reconstruct(tiny_dir, text_file, cache):
+    entry = calibrate(str(tiny_dir), data=str(text_file), gram=True, **CAL).entry
+    results = {}
+    for propagate in ("dense", "pruned"):
+        handle = ModelHandle(str(tiny_dir))
+        report = prune_in_memory(handle.model, entry, PruneSpec("wanda", 0.5, propagate=propagate))
+        results[propagate] = {k: v.clone() for k, v in linear_weights(handle.model).items()}
+        assert report.spec["propagate"] == propagate
+    first = "model.layers.0.self_attn.q_proj"
+    last = "model.layers.1.mlp.down_proj"
+    assert torch.equal(results["dense"][first], results["pruned"][first])  # block 0 sees the same inputs
+    assert not torch.equal(results["dense"][last], results["pruned"][last])  # block 1 does not
+    handle = ModelHandle(str(tiny_dir))
+    spec = PruneSpec("zpruner", 0.5, reconstruct=True)
+    assert spec.resolved_propagate == "pruned"
+    prune_in_memory(handle.model, entry, spec)
+    w = linear_weights(handle.model)[first]
+    assert float((w == 0).float().mean()) == 0.5
+
+
+def test_ignore_and_overrides(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    (tmp_path / "zprune.toml").write_text('[sparsity]\n"mlp\\\\.down_proj" = 0.25\n')
+    monkeypatch.chdir(tmp_path)
+    [outcome] = prune(str(tiny_dir), "magnitude", 0.5, ignore=[r"self_attn\.o_proj"], data=str(text_file), **CAL)
+    layers = outcome.report.layers
+    assert not any("o_proj" in n for n in layers)
+    assert layers["model.layers.0.mlp.down_proj"] == 0.25 and layers["model.layers.0.mlp.up_proj"] == 0.5
+
+
+def test_several_methods_from_one_load(tiny_dir, text_file, cache, tmp_path):
+    outcomes = prune(str(tiny_dir), "magnitude,wanda", 0.5, data=str(text_file), out=tmp_path / "out", **CAL)
+    assert [o.out.name for o in outcomes] == ["magnitude", "wanda"]
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "magnitude")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "wanda")
+    wa, wb = linear_weights(a), linear_weights(b)
+    name = "model.layers.1.mlp.up_proj"
+    # each method started from the dense weights: wanda is not magnitude applied twice
+    assert float((wb[name] == 0).float().mean()) == 0.5
+    assert not torch.equal(wa[name] == 0, wb[name] == 0)
+
+
+def test_saved_model_reloads_with_identical_logits(tiny_dir, text_file, cache, tmp_path):
+    handle = ModelHandle(str(tiny_dir))
+    [outcome] = prune(handle, "zpruner", 0.5, data=str(text_file), out=tmp_path / "p", **CAL)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval()
+    ids = torch.randint(2, 250, (1, 24))
+    with torch.no_grad():
+        assert torch.equal(handle.model(ids).logits, reloaded(ids).logits)
+    provenance = json.loads((tmp_path / "p" / "zprune.json").read_text())
+    assert provenance["method"] == "zpruner" and provenance["stats_key"] == outcome.calibration.key
+    assert provenance["pruned_layers"]["model.layers.0.self_attn.q_proj"] == 0.5
+    assert "zpruner" in (tmp_path / "p" / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.tmp")]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_json(tiny_dir, text_file, cache):
+    result = invoke("prune", tiny_dir, "--method", "wanda", "-s", "0.4", "--data", text_file, "-n", 2, "-l", 16, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["method"] == "wanda" and data["scope"] == "row"
+    assert data["layers"]["model.layers.0.self_attn.q_proj"] == 12 / 32  # floor(0.4 * 32) per row
+    assert data["layers"]["model.layers.0.mlp.down_proj"] == 25 / 64  # floor(0.4 * 64) per row
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["-s", "1.0"], 2, "between 0 and 1"),
+        (["-s", "0"], 2, "between 0 and 1"),
+        (["-p", "4:4"], 2, "4:4"),
+        (["-p", "3:5"], 2, "layer model.layers.0"),
+        (["-m", "nosuch"], 2, "magnitude"),
+        (["--scope", "col"], 2, "--scope"),
+        (["--ignore", "("], 2, "regular expression"),
+        (["--out", "{existing}"], 2, "already exists"),
+    ],
+)
+def test_cli_errors(args, code, needle, tiny_dir, text_file, cache, tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    args = [str(existing) if a == "{existing}" else a for a in args]
+    result = invoke("prune", tiny_dir, "--data", text_file, "-n", 2, "-l", 16, *args)
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert list(existing.iterdir()) == []
