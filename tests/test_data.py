@@ -9,7 +9,7 @@ import torch
 
 from conftest import SHARED_DATA, byte_tokenizer
 from zprune_cli.data.sources import Text, resolve_source, wikitext_rows_to_text
-from zprune_cli.data.windows import calibration_windows, evaluation_windows
+from zprune_cli.data.windows import calibration_windows
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 
 
@@ -53,15 +53,6 @@ def test_too_short_data():
         calibration_windows(Text(stream="tiny"), byte_tokenizer(), 2, 64, 0)
     with pytest.raises(ZpruneError, match="no document is longer"):
         calibration_windows(Text(documents=["tiny", "also"]), byte_tokenizer(), 2, 64, 0)
-
-
-def test_evaluation_windows_drop_the_tail():
-    ids = torch.arange(103)
-    w = evaluation_windows(ids, 10)
-    assert w.shape == (10, 10) and int(w[-1, -1]) == 99
-    assert evaluation_windows(ids, 10, max_windows=3).shape == (3, 10)
-    with pytest.raises(ZpruneError):
-        evaluation_windows(ids, 200)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "wikitext2").is_dir(), reason="shared data not present")

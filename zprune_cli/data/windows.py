@@ -51,15 +51,5 @@ def calibration_windows(text: Text, tokenizer, nsamples: int, seqlen: int, seed:
     return windows
 
 
-def evaluation_windows(token_ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
-    """floor(T / seqlen) non-overlapping windows of one token stream: LongTensor [n, seqlen]."""
-    n = token_ids.numel() // seqlen
-    if max_windows is not None:
-        n = min(n, max_windows)
-    if n == 0:
-        raise ZpruneError(f"evaluation text is too short for one window of {seqlen} tokens (got {token_ids.numel()})")
-    return token_ids[: n * seqlen].view(n, seqlen)
-
-
 def encode_stream(tokenizer, text: str) -> torch.Tensor:
     return _encode(tokenizer, text)

@@ -1,0 +1,314 @@
+"""Every run's settings and metrics, kept in SQLite for the leaderboard and for resuming grids.
+
+One row per (run, metric): a `compare` grid cell that measures perplexity and three zero-shot tasks writes
+four rows. The database lives at `<cache_dir>/results.sqlite`, in WAL mode with one transaction per write, so
+several zprune processes can record into it at once.
+
+A *cell* is what makes two measurements comparable: the model fingerprint, the pruning recipe (method,
+sparsity, pattern, scope, allocation, propagate, statistics key), the evaluation protocol and the metric.
+`find` looks a cell up so a grid can skip what it already measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.sqlite"
+
+# column -> SQL type; JSON_COLUMNS hold canonical JSON text (sorted keys) so equal dicts compare equal in SQL
+COLUMNS: dict[str, str] = {
+    "run_id": "TEXT PRIMARY KEY",
+    "created": "TEXT NOT NULL",
+    "model": "TEXT",
+    "fingerprint": "TEXT",
+    "method": "TEXT NOT NULL",
+    "sparsity": "REAL",
+    "pattern": "TEXT",
+    "scope": "TEXT",
+    "allocation": "TEXT",
+    "propagate": "TEXT",
+    "stats_key": "TEXT",
+    "settings": "TEXT",
+    "protocol": "TEXT",
+    "metric": "TEXT NOT NULL",
+    "value": "REAL",
+    "seconds": "REAL",
+    "versions": "TEXT",
+}
+JSON_COLUMNS = frozenset({"settings", "protocol", "versions"})
+CELL_COLUMNS = (
+    "fingerprint",
+    "method",
+    "sparsity",
+    "pattern",
+    "scope",
+    "allocation",
+    "propagate",
+    "stats_key",
+    "protocol",
+    "metric",
+)
+_BUSY_TIMEOUT_S = 60.0
+
+
+def results_path(cache_dir: str | os.PathLike) -> Path:
+    """Where the results database of a cache directory lives."""
+    return Path(cache_dir) / RESULTS_FILE
+
+
+def canonical_json(value: Any) -> str | None:
+    """JSON text with sorted keys and no spaces; a string is parsed first, so equal content gives equal text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ZpruneUsageError(f"not valid JSON: {value[:60]!r}") from e
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of zprune and the libraries that shape a result."""
+    out: dict[str, str | None] = {}
+    for name in ("zprune", "torch", "transformers", "lm_eval"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class ResultsStore:
+    """The results database at `path` (created with its parent folder if absent).
+
+    Use `ResultsStore(results_path(cache_dir))`, or as a context manager to close it.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE takes the write lock up front)
+            self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise ZpruneError(f"cannot open results database {self.path}: {e}") from e
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise ZpruneError(f"{self.path} is not a usable zprune results database: {e}") from e
+        except ZpruneError:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------------------------------ schema
+    def _init_schema(self) -> None:
+        with self._transaction():
+            self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = row[0]
+            if version is not None and version > SCHEMA_VERSION:
+                raise ZpruneError(
+                    f"results database {self.path} has schema version {version}, newer than this zprune "
+                    f"understands ({SCHEMA_VERSION}); upgrade zprune or point --cache-dir elsewhere"
+                )
+            columns = ",\n  ".join(f"{name} {sql_type}" for name, sql_type in COLUMNS.items())
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS runs (\n  {columns}\n)")
+            self._conn.execute("CREATE INDEX IF NOT EXISTS runs_cell ON runs (fingerprint, metric, method)")
+            if version is None:
+                self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+    # ------------------------------------------------------------------------------------ transactions
+    class _Transaction:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+    def _transaction(self) -> ResultsStore._Transaction:
+        return ResultsStore._Transaction(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- writing
+    def record(
+        self,
+        *,
+        metric: str,
+        value: float | None,
+        model: str | None = None,
+        fingerprint: str | None = None,
+        method: str = "dense",
+        sparsity: float | None = None,
+        pattern: str | None = None,
+        scope: str | None = None,
+        allocation: str | None = None,
+        propagate: str | None = None,
+        stats_key: str | None = None,
+        settings: dict | str | None = None,
+        protocol: dict | str | None = None,
+        seconds: float | None = None,
+        versions: dict | str | None = None,
+        run_id: str | None = None,
+        created: str | None = None,
+    ) -> str:
+        """Store one measurement and return its run_id (a new uuid4 unless given).
+
+        metric names what was measured ("ppl:wikitext2", "acc:arc_easy_local"); settings is the full settings
+        object, protocol the evaluation protocol (dataset, split, seqlen, n_windows, ...), both as dicts
+        (stored as canonical JSON). versions defaults to the installed zprune, torch, transformers, lm_eval.
+        """
+        if not metric:
+            raise ZpruneUsageError("a result needs a metric name")
+        row = {
+            "run_id": run_id or uuid.uuid4().hex,
+            "created": created or datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "model": model,
+            "fingerprint": fingerprint,
+            "method": method or "dense",
+            "sparsity": None if sparsity is None else float(sparsity),
+            "pattern": pattern,
+            "scope": scope,
+            "allocation": allocation,
+            "propagate": propagate,
+            "stats_key": stats_key,
+            "settings": canonical_json(settings),
+            "protocol": canonical_json(protocol),
+            "metric": metric,
+            "value": None if value is None else float(value),
+            "seconds": None if seconds is None else float(seconds),
+            "versions": canonical_json(versions if versions is not None else package_versions()),
+        }
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        try:
+            with self._transaction() as conn:
+                conn.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", tuple(row.values()))
+        except sqlite3.IntegrityError as e:
+            raise ZpruneUsageError(f"run_id {row['run_id']} is already recorded") from e
+        return row["run_id"]
+
+    # ---------------------------------------------------------------------------------------- reading
+    @staticmethod
+    def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+        """SQL condition for column filters; None matches NULL, JSON columns compare canonical text."""
+        unknown = sorted(set(filters) - set(COLUMNS))
+        if unknown:
+            raise ZpruneUsageError(f"unknown results field(s): {', '.join(unknown)}; known: {', '.join(COLUMNS)}")
+        clauses, params = [], []
+        for name, value in filters.items():
+            if name in JSON_COLUMNS:
+                value = canonical_json(value)
+            elif name == "sparsity" and value is not None:
+                value = float(value)
+            clauses.append(f"{name} IS ?")
+            params.append(value)
+        return (" AND ".join(clauses) or "1"), params
+
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        for name in JSON_COLUMNS:
+            if out.get(name) is not None:
+                out[name] = json.loads(out[name])
+        return out
+
+    def query(
+        self,
+        model: str | None = None,
+        fingerprint: str | None = None,
+        metric: str | None = None,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Rows matching every given filter, oldest first, JSON fields decoded.
+
+        model, fingerprint and metric are skipped when None; metric may be a glob ("acc:*"). Every other
+        keyword filter compares with the stored value exactly, None matching a missing value (sparsity=None
+        selects dense rows).
+        """
+        given = {k: v for k, v in (("model", model), ("fingerprint", fingerprint)) if v is not None}
+        where, params = self._where(given | filters)
+        if metric is not None:
+            where += " AND metric GLOB ?"
+            params.append(metric)
+        rows = self._conn.execute(f"SELECT * FROM runs WHERE {where} ORDER BY created, rowid", params).fetchall()
+        return [self._decode(r) for r in rows]
+
+    def find(
+        self,
+        *,
+        metric: str,
+        fingerprint: str | None,
+        protocol: dict | str | None,
+        method: str = "dense",
+        sparsity: float | None = None,
+        pattern: str | None = None,
+        scope: str | None = None,
+        allocation: str | None = None,
+        propagate: str | None = None,
+        stats_key: str | None = None,
+    ) -> dict[str, Any] | None:
+        """The latest row of the identical cell (all of CELL_COLUMNS equal, None matching None), or None."""
+        cell = {
+            "fingerprint": fingerprint,
+            "method": method or "dense",
+            "sparsity": sparsity,
+            "pattern": pattern,
+            "scope": scope,
+            "allocation": allocation,
+            "propagate": propagate,
+            "stats_key": stats_key,
+            "protocol": protocol,
+            "metric": metric,
+        }
+        where, params = self._where(cell)
+        row = self._conn.execute(
+            f"SELECT * FROM runs WHERE {where} ORDER BY created DESC, rowid DESC LIMIT 1", params
+        ).fetchone()
+        return self._decode(row) if row is not None else None
+
+    # --------------------------------------------------------------------------------------- deleting
+    def delete(self, run_id: str | list[str] | None = None, **filters: Any) -> int:
+        """Delete the rows with the given run_id(s) and/or matching every filter; returns how many went.
+
+        At least one criterion is required: deleting everything means removing the file.
+        """
+        if run_id is None and not filters:
+            raise ZpruneUsageError("delete needs a run_id or at least one filter")
+        where, params = self._where(filters)
+        if run_id is not None:
+            ids = [run_id] if isinstance(run_id, str) else list(run_id)
+            if not ids:
+                return 0
+            where += f" AND run_id IN ({', '.join('?' for _ in ids)})"
+            params += ids
+        with self._transaction() as conn:
+            return conn.execute(f"DELETE FROM runs WHERE {where}", params).rowcount
