@@ -1,10 +1,104 @@
 from __future__ import annotations
 
+import math
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.errors import NotImplementedYet
+from zprune_cli.cli.common import common
+from zprune_cli.cli.output import emit_json, stdout_console
+from zprune_cli.evaluate.run import evaluate
 
 
-@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_command() -> None:
-    """Not implemented yet."""
-    raise NotImplementedYet("zprune eval is not implemented yet")
+@app.command("eval")
+def eval_command(
+    ctx: typer.Context,
+    target: opt.Model = opt.DEFAULTS["model"],
+    data: Annotated[str, typer.Option("--data", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file. 'none' skips perplexity.")] = "wikitext2",
+    seqlen: Annotated[Optional[int], typer.Option("--seqlen", "-l", help="Window length (default: min(2048, the model's maximum)).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows (or lm-eval requests) per forward pass.")] = 1,
+    max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Evaluate only the first N windows.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Zero-shot tasks through lm-eval, comma-separated (offline: arc_easy_local, piqa_local, ...).")] = None,
+    tasks_dir: Annotated[Optional[str], typer.Option("--tasks-dir", help="Folder of extra lm-eval YAML tasks.")] = None,
+    num_fewshot: Annotated[int, typer.Option("--num-fewshot", help="Few-shot examples per question.")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Questions per task (for quick checks).")] = None,
+    speed: Annotated[bool, typer.Option("--speed", help="Time forward throughput (and 2:4 sparse kernels on CUDA).")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate the dense model a zprune output was pruned from.")] = False,
+    data_dir: opt.DataDir = None,
+    revision: opt.Revision = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    cache_dir: opt.CacheDir = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    quiet: opt.Quiet = False,
+    json: opt.Json = False,
+) -> None:
+    """Perplexity (the papers' protocol), zero-shot accuracy and sparsity; every number is stored.
+
+    Examples:
+      zprune eval smollm2-zpruner-50 --data wikitext2 --max-windows 32 --baseline
+      zprune eval smollm2-135m --data none --tasks arc_easy_local,piqa_local --limit 200
+    """
+    c = common(ctx, cache_dir, device, dtype, quiet, json)
+    report = evaluate(
+        target, [] if data == "none" else data, seqlen=seqlen, batch_size=batch_size, max_windows=max_windows,
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, tasks_dir=tasks_dir,
+        num_fewshot=num_fewshot, limit=limit, speed=speed, baseline=baseline, data_dir=data_dir,
+        cache_dir=c.cache_dir, device=c.device, dtype=c.dtype, revision=revision,
+        trust_remote_code=trust_remote_code, progress=c.progress,
+    )
+    if c.json:
+        emit_json(report)
+        return
+    stdout_console().print(metrics_table(report))
+
+
+def _fmt(value: float, metric: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    if metric.startswith("ppl"):
+        return f"{value:.3f}"
+    if metric.endswith("bytes"):
+        from zprune_cli.cli.render import human_bytes
+
+        return human_bytes(value)
+    return f"{value:.4f}"
+
+
+def _protocol(metric: dict) -> str:
+    p = metric["protocol"]
+    if metric["metric"].startswith("ppl"):
+        return f"{p['dataset']} {p['split']}, seqlen {p['seqlen']}, {p['n_windows']} windows, {p['n_tokens']} tokens"
+    if "task" in p:
+        stderr = f" ± {p['stderr']:.4f}" if isinstance(p.get("stderr"), float) else ""
+        return f"{p['n']} questions, {p['num_fewshot']}-shot{stderr}"
+    if "unavailable" in p:
+        return p["unavailable"]
+    return ", ".join(f"{k} {v}" for k, v in p.items())
+
+
+def metrics_table(report: dict) -> Table:
+    base = {m["metric"]: m["value"] for m in (report.get("baseline") or {}).get("metrics", [])}
+    title = report["target"]
+    if report.get("provenance"):
+        p = report["provenance"]
+        title += f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {p['overall_sparsity']})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if base:
+        table.add_column("dense", justify="right")
+        table.add_column("change", justify="right")
+    table.add_column("protocol")
+    for m in report["metrics"]:
+        row = [m["metric"], _fmt(m["value"], m["metric"])]
+        if base:
+            b = base.get(m["metric"])
+            quality = m["metric"].startswith(("ppl", "acc"))
+            change = f"{(m['value'] / b - 1):+.1%}" if (b and quality) else ""
+            row += [_fmt(b, m["metric"]) if b is not None else "", change]
+        table.add_row(*row, _protocol(m))
+    return table

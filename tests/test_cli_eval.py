@@ -1,0 +1,68 @@
+"""`zprune eval` through the CLI runner: stored results, the paper protocol, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zprune_cli.cli.app import app
+from zprune_cli.results import ResultsStore, results_path
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_eval_records_perplexity(tiny_dir, text_file, cache):
+    result = invoke("eval", tiny_dir, "--data", text_file, "--seqlen", 64, "--max-windows", 3, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    ppl = next(m for m in report["metrics"] if m["metric"] == "ppl:corpus.txt")
+    assert ppl["protocol"]["n_windows"] == 3 and ppl["protocol"]["seqlen"] == 64
+    assert math.isfinite(ppl["value"]) and ppl["value"] > 1
+    rows = ResultsStore(results_path(cache)).query(metric="ppl:corpus.txt")
+    assert len(rows) == 1 and rows[0]["value"] == pytest.approx(ppl["value"]) and rows[0]["method"] == "dense"
+
+
+def test_eval_of_a_pruned_folder_with_baseline(tiny_dir, text_file, cache, tmp_path):
+    pruned = tmp_path / "pruned"
+    assert invoke("prune", tiny_dir, "-m", "magnitude", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
+    result = invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 2, "--baseline", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["provenance"]["method"] == "magnitude"
+    sparsity = {m["metric"]: m["value"] for m in report["metrics"]}["sparsity"]
+    assert sparsity == pytest.approx(0.5)
+    base = {m["metric"]: m["value"] for m in report["baseline"]["metrics"]}
+    assert base["sparsity"] < 0.01 and base["ppl:corpus.txt"] != report["metrics"][0]["value"]
+    table = invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 2, "--baseline")
+    assert "dense" in table.stdout and "magnitude" in table.stdout
+
+
+def one_line(result, code):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.stderr
+    return lines[0]
+
+
+def test_bad_input(tiny_dir, text_file, tmp_path, cache, monkeypatch):
+    monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
+    assert "beyond the model's maximum" in one_line(invoke("eval", tiny_dir, "--data", text_file, "--seqlen", 100000), 2)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    assert "empty" in one_line(invoke("eval", tiny_dir, "--data", empty), 2)
+    short = tmp_path / "short.txt"
+    short.write_text("a few words only")
+    assert "too short" in one_line(invoke("eval", tiny_dir, "--data", short, "--seqlen", 500), 1)
+    line = one_line(invoke("eval", tiny_dir, "--data", "wikitext2", "--seqlen", 64), 1)
+    assert "--data-dir" in line or "ZPRUNE_DATA_DIR" in line
+    line = one_line(invoke("eval", tiny_dir, "--data", "none", "--tasks", "arc_easy_locl", "--tasks-dir", tmp_path), 2)
+    assert "arc_easy_local" in line
+    assert "--baseline" in one_line(invoke("eval", tiny_dir, "--data", text_file, "--baseline"), 2)
