@@ -7,7 +7,7 @@ import pytest
 from torch import nn
 
 from conftest import FAMILIES, save_tiny
-from zprune_cli.calibrate import calibrate
+from zprune_cli.calibration import calibrate
 from zprune_cli.models.blocks import find_blocks, find_linears
 from zprune_cli.models.runner import capture_block_inputs, run_block_all
 

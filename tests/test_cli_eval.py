@@ -66,3 +66,13 @@ def test_bad_input(tiny_dir, text_file, tmp_path, cache, monkeypatch):
     line = one_line(invoke("eval", tiny_dir, "--data", "none", "--tasks", "arc_easy_locl", "--tasks-dir", tmp_path), 2)
     assert "arc_easy_local" in line
     assert "--baseline" in one_line(invoke("eval", tiny_dir, "--data", text_file, "--baseline"), 2)
+
+
+def test_eval_reads_a_sparse_export_bit_identically(tiny_dir, text_file, cache, tmp_path):
+    pruned, sparse = tmp_path / "pruned", tmp_path / "sparse"
+    assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
+    assert invoke("export", pruned, "--to", sparse, "--format", "sparse").exit_code == 0
+    args = ["--data", text_file, "--seqlen", 64, "--max-windows", 2, "--json"]
+    dense_report = json.loads(invoke("eval", pruned, *args).stdout)
+    sparse_report = json.loads(invoke("eval", sparse, *args).stdout)
+    assert dense_report["metrics"][0]["value"] == sparse_report["metrics"][0]["value"]

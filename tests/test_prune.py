@@ -9,12 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import FAMILIES, save_tiny
-from zprune_cli.calibrate import calibrate
+from zprune_cli.calibration import calibrate
 from zprune_cli.cli.app import app
 from zprune_cli.masks import Pattern, check_nm
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import PruneSpec, layer_sparsities, prune_in_memory, pruned_layers
-from zprune_cli.prune import prune
+from zprune_cli.pruning import prune
 
 runner = CliRunner()
 CAL = dict(nsamples=4, seqlen=32, seed=0)
@@ -149,3 +149,17 @@ def test_cli_errors(args, code, needle, tiny_dir, text_file, cache, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert list(existing.iterdir()) == []
+
+
+def test_masks_round_trip_through_the_cli(tiny_dir, text_file, cache, tmp_path):
+    pruned, masks, again = tmp_path / "pruned", tmp_path / "masks", tmp_path / "again"
+    assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
+    assert invoke("export", pruned, "--to", masks, "--format", "masks").exit_code == 0
+    result = invoke("prune", tiny_dir, "--masks", masks, "--out", again, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["overall_sparsity"] == 0.5
+    from transformers import AutoModelForCausalLM
+
+    a = linear_weights(AutoModelForCausalLM.from_pretrained(pruned))
+    b = linear_weights(AutoModelForCausalLM.from_pretrained(again))
+    assert all(torch.equal(a[n], b[n]) for n in a)

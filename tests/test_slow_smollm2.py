@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from zprune_cli.calibrate import calibrate
+from zprune_cli.calibration import calibrate
 from zprune_cli.evaluate.run import EvalPlan, measure
 from zprune_cli.evaluate.efficiency import is_2_4
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory, pruned_layers
-from zprune_cli.prune import make_provenance, save_pruned
+from zprune_cli.pruning import make_provenance, save_pruned
 from zprune_cli.progress import NullProgress
 
 pytestmark = [

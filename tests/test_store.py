@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from zprune_cli.calibrate import calibrate
+from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneError
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.store import StatsKey, StatsStore

@@ -4,4 +4,24 @@ __version__ = "0.1.0"
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError  # noqa: E402
 
-__all__ = ["__version__", "ZpruneError", "ZpruneUsageError"]
+_LAZY = {
+    "calibrate": "zprune_cli.calibration",
+    "prune": "zprune_cli.pruning",
+    "evaluate": "zprune_cli.evaluate.run",
+    "compare": "zprune_cli.comparison",
+    "export": "zprune_cli.export",
+    "load_pretrained": "zprune_cli.export",
+    "apply_masks": "zprune_cli.export",
+}
+
+
+def __getattr__(name: str):
+    # The library verbs, imported on first use so `import zprune_cli` (and the CLI's start) stays fast.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zprune_cli' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "ZpruneError", "ZpruneUsageError", *_LAZY]

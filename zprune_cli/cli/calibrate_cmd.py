@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from zprune_cli.calibrate import calibrate
+from zprune_cli.calibration import calibrate
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common

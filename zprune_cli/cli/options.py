@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from zprune_cli.calibrate import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN
+from zprune_cli.calibration import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN
 from zprune_cli.models.resolve import DEFAULT_MODEL
 
 Model = Annotated[str, typer.Argument(help="Hub id (org/name), local HF folder, .gguf file, or alias smollm2-135m / gemma3-270m.")]

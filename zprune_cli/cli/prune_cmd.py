@@ -12,7 +12,7 @@ from zprune_cli.cli.common import common
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods import method_names
-from zprune_cli.prune import prune
+from zprune_cli.pruning import prune, prune_with_masks
 
 
 def parse_options(values: list[str]) -> dict:
@@ -42,6 +42,7 @@ def prune_command(
     option: Annotated[Optional[list[str]], typer.Option("--option", help="Method option KEY=VALUE, e.g. a=0.5 for ria (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the pruned model here (several methods: one subfolder each).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Apply masks from `zprune export --format masks` instead of pruning.")] = None,
     data: opt.Data = opt.DEFAULTS["data"],
     nsamples: opt.NSamples = opt.DEFAULTS["nsamples"],
     seqlen: opt.Seqlen = opt.DEFAULTS["seqlen"],
@@ -63,6 +64,16 @@ def prune_command(
       zprune prune smollm2-135m --method wanda,ria,zpruner --allocation owl --json
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json)
+    if masks is not None:
+        outcome = prune_with_masks(model, masks, out=out, overwrite=overwrite, device=c.device, dtype=c.dtype,
+                                   revision=revision, trust_remote_code=trust_remote_code, progress=c.progress)
+        if c.json:
+            emit_json(outcome.summary())
+        else:
+            where = f" -> saved to {outcome.out}" if outcome.out else ""
+            stdout_console().print(f"applied masks to {outcome.layers} layers: overall sparsity "
+                                   f"[bold]{outcome.provenance['overall_sparsity']:.4f}[/]{where}")
+        return
     outcomes = prune(
         model, method, sparsity, pattern, scope=scope, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
         reconstruct=reconstruct, propagate=propagate, ignore=ignore or [], method_options=parse_options(option or []),

@@ -40,7 +40,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     # GGUF loading prints tqdm bars and notices on stderr; our own progress owns the terminal.
     from transformers.utils import logging as hf_logging
 
@@ -60,30 +60,45 @@ def load_tokenizer(source: ModelSource):
 
     kwargs = _common_kwargs(source)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ZpruneError(f"could not load the tokenizer of {source.spec}: {_first_line(exc)}") from exc
+        raise ZpruneError(f"could not load the tokenizer of {source.spec}: {first_line(exc)}") from exc
 
 
 def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype):
     """Return (model, tokenizer), the model in eval mode on `device` with no KV cache."""
     from transformers import AutoModelForCausalLM
 
+    if source.is_local and source.gguf_file is None and _compressed_export(source.location):
+        from zprune_cli.export import load_pretrained
+
+        model, tokenizer = load_pretrained(source.location, device, dtype)
+        model.config.use_cache = False
+        return model, tokenizer
     kwargs = _common_kwargs(source)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         hint = ""
         if not source.is_local:
             hint = " (no network? pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 with a cached copy)"
-        raise ZpruneError(f"could not load model {source.spec}: {_first_line(exc)}{hint}") from exc
+        raise ZpruneError(f"could not load model {source.spec}: {first_line(exc)}{hint}") from exc
     model.to(device=device, dtype=dtype)
     model.eval()
     model.config.use_cache = False
     logging.getLogger("zprune").debug("loaded %s on %s as %s", source.spec, device, dtype)
     return model, load_tokenizer(source)
+
+
+def _compressed_export(folder: str) -> bool:
+    """A zprune `sparse` or `sparse-24-bitmask` export, which plain transformers cannot load."""
+    from pathlib import Path
+
+    from zprune_cli.export.io import WeightReader
+
+    return Path(folder, "config.json").is_file() and WeightReader(Path(folder)).kind != "dense"
 
 
 def max_length(model) -> int | None:
@@ -105,6 +120,6 @@ def _common_kwargs(source: ModelSource) -> dict:
     return kwargs
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -1,38 +1,12 @@
-"""Save a model folder that plain `AutoModelForCausalLM.from_pretrained` loads, atomically."""
+"""Save a model folder that plain `AutoModelForCausalLM.from_pretrained` loads."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from torch import nn
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-
-
-@contextmanager
-def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder; it replaces `out` only when the block finishes cleanly."""
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise ZpruneError(f"cannot write to {out.parent} ({exc.strerror})") from None
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+from zprune_cli.errors import ZpruneError
 
 
 def plain_model(model: nn.Module) -> nn.Module:

@@ -11,11 +11,13 @@ from pathlib import Path
 import torch
 
 from zprune_cli import __version__
-from zprune_cli.calibrate import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN, CalibrationResult, calibrate
+from zprune_cli.calibration import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN, CalibrationResult, calibrate
 from zprune_cli.config import load_toml_config
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.models.save import atomic_folder, save_model
+from zprune_cli.export.io import staged_folder
+from zprune_cli.export.provenance import model_card
+from zprune_cli.models.save import save_model
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, PruneSpec, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 
@@ -113,6 +115,55 @@ def prune(
     return outcomes
 
 
+@dataclass
+class MaskOutcome:
+    layers: int
+    out: Path | None
+    provenance: dict
+
+    def summary(self) -> dict:
+        return {"masks_applied_layers": self.layers, "overall_sparsity": self.provenance["overall_sparsity"],
+                "out": str(self.out) if self.out else None, "method": self.provenance.get("method")}
+
+
+def prune_with_masks(
+    model: str | ModelHandle,
+    masks: str | Path,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> MaskOutcome:
+    """Apply masks from `zprune export --format masks` to the same base model (no statistics needed)."""
+    from zprune_cli.export import apply_masks
+    from zprune_cli.export.masks import read_masks
+    from zprune_cli.pipeline import measure, pruned_layers
+
+    progress = ensure(progress)
+    [target] = _output_paths(out, ["masks"], overwrite)
+    handle = model if isinstance(model, ModelHandle) else ModelHandle(model, device, dtype, revision, trust_remote_code)
+    n_layers = apply_masks(handle.model, masks, fingerprint=handle.source.fingerprint)
+    _, manifest = read_masks(masks)
+    sparsity, params = measure(pruned_layers(handle.model, []))
+    masked = {name: value for name, value in sparsity.items() if name in set(manifest["modules"])}
+    overall = sum(masked[n] * params[n] for n in masked) / max(1, sum(params[n] for n in masked))
+    provenance = {
+        "format": PROVENANCE_FORMAT, "zprune_version": __version__,
+        "base_model": {"spec": handle.source.spec, "location": handle.source.location, "gguf_file": handle.source.gguf_file,
+                       "revision": handle.source.revision, "fingerprint": handle.source.fingerprint},
+        **(manifest.get("settings") or {}), "masks": str(Path(masks).resolve()),
+        "pruned_layers": {k: round(v, 6) for k, v in masked.items()}, "overall_sparsity": round(overall, 6),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": {},
+    }
+    if target is not None:
+        save_pruned(handle, provenance, target, overwrite, progress)
+    return MaskOutcome(n_layers, target, provenance)
+
+
 def _output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
     if out is None:
         return [None] * len(methods)
@@ -152,50 +203,10 @@ def make_provenance(handle: ModelHandle, calibration: CalibrationResult, report:
 
 
 def save_pruned(handle: ModelHandle, provenance: dict, out: Path, overwrite: bool, progress: Progress) -> None:
-    with progress.task(f"Saving to {out}", None), atomic_folder(out, overwrite) as tmp:
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
+    with progress.task(f"Saving to {out}", None), staged_folder(out, overwrite) as tmp:
         save_model(handle.model, handle.tokenizer, tmp)
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1))
-        (tmp / "README.md").write_text(model_card(provenance))
-
-
-def model_card(p: dict) -> str:
-    """A short model card: what was pruned, how, from which statistics, with what result."""
-    blocks: dict[str, list[float]] = {}
-    for name, value in p["pruned_layers"].items():
-        blocks.setdefault(name.rsplit(".", 1)[-1] if "." in name else name, []).append(value)
-    rows = "\n".join(f"| {kind} | {len(v)} | {min(v):.4f} | {max(v):.4f} |" for kind, v in blocks.items())
-    results = "\n".join(f"- {k}: {v}" for k, v in p.get("results", {}).items()) or "- (none measured at prune time; run `zprune eval` on this folder)"
-    cal = p["calibration"]
-    return f"""---
-tags: [pruned, sparse, zprune]
----
-# {Path(p['base_model']['spec']).name} pruned with {p['method']} at {p['overall_sparsity']:.1%} sparsity
-
-Pruned after training with no retraining by [zprune](https://pypi.org/project/zprune/) {p['zprune_version']}.
-Loads with plain `transformers.AutoModelForCausalLM.from_pretrained`; pruned weights are stored as zeros.
-
-| setting | value |
-|---|---|
-| base model | `{p['base_model']['spec']}` (fingerprint `{p['base_model']['fingerprint']}`) |
-| method | {p['method']} {p.get('method_options') or ''} |
-| pattern | {p['pattern']} |
-| scope | {p['scope']} |
-| allocation | {p['allocation']} |
-| reconstruct | {p['reconstruct']} |
-| statistics | {p['propagate']} propagation, key `{p['stats_key']}` |
-| calibration | {cal['data_description']}, {cal['nsamples']} x {cal['seqlen']} tokens, seed {cal['seed']} |
-| overall sparsity of pruned layers | {p['overall_sparsity']:.4f} |
-| versions | {', '.join(f'{k} {v}' for k, v in p['versions'].items())} |
-| created | {p['created']} |
-
-## Sparsity per layer kind
-
-| layer | count | min | max |
-|---|---|---|---|
-{rows}
-
-Exact per-layer values are in `zprune.json`.
-
-## Results
-{results}
-"""
+        (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))

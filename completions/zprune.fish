@@ -1,0 +1,1 @@
+complete --command zprune --no-files --arguments "(env _ZPRUNE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) zprune)" --condition "env _ZPRUNE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) zprune"
