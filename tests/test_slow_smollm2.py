@@ -98,3 +98,20 @@ def test_arc_easy_above_chance(smol):
     acc = metrics["acc:arc_easy_local"]
     assert acc.protocol["n"] == 100
     assert acc.value > 0.25
+
+
+def test_compare_five_methods_with_plot(smol, tmp_path):
+    from zprune_cli.comparison import compare
+    from zprune_cli.plot import plot_leaderboard
+
+    handle, calibration, cache = smol
+    snapshot = DenseSnapshot(handle.model)
+    outcome = compare(handle, "magnitude,wanda,sparsegpt,ria,zpruner", "0.5", eval_data="wikitext2", eval_seqlen=256,
+                      max_windows=8, data_dir=SHARED_DATA, cache_dir=cache, **CAL)
+    assert outcome.calibration_key == calibration.key  # the grid reused the module's calibration
+    assert outcome.computed == 6 and len(outcome.rows) == 6
+    png = plot_leaderboard(outcome.rows, "ppl:wikitext2", tmp_path / "ppl.png")
+    assert png.stat().st_size > 10_000
+    dense = next(r for r in outcome.rows if r["method"] == "dense")["metrics"]["ppl:wikitext2"]
+    assert dense == pytest.approx(wikitext_ppl(handle), rel=1e-6)  # compare left the dense weights in place
+    snapshot.restore()

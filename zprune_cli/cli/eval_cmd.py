@@ -69,7 +69,7 @@ def _fmt(value: float, metric: str) -> str:
 
 
 def _protocol(metric: dict) -> str:
-    p = metric["protocol"]
+    p = {**metric["protocol"], **metric.get("detail", {})}
     if metric["metric"].startswith("ppl"):
         return f"{p['dataset']} {p['split']}, seqlen {p['seqlen']}, {p['n_windows']} windows, {p['n_tokens']} tokens"
     if "task" in p:

@@ -74,17 +74,24 @@ class RichProgress:
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[_Task]:
+        """Bars nest: an outer bar (the grid of `compare`) stays while inner steps come and go."""
         if self._progress is None:
             yield _Task(None, None)
             return
-        self._progress.start()
+        self._depth = getattr(self, "_depth", 0) + 1
+        if self._depth == 1:
+            self._progress.start()
         task_id = self._progress.add_task(description, total=total)
         try:
             yield _Task(self._progress, task_id)
             if total is None:
                 self._progress.update(task_id, total=1, completed=1)
         finally:
-            self._progress.stop()
+            self._depth -= 1
+            if self._depth > 0:
+                self._progress.remove_task(task_id)  # inner steps vanish when done
+            else:
+                self._progress.stop()
 
     def log(self, message: str) -> None:
         logging.getLogger("zprune").info(message)

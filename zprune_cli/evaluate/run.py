@@ -35,11 +35,13 @@ PROVENANCE = "zprune.json"
 class Metric:
     name: str  # "ppl:wikitext2", "acc:arc_easy_local", "sparsity", "tokens_per_s"
     value: float
-    protocol: dict
+    protocol: dict  # what makes two numbers comparable (the resume key of `compare`)
     seconds: float = 0.0
+    detail: dict = field(default_factory=dict)  # what was observed alongside: stderr, counts
 
     def as_dict(self) -> dict:
-        return {"metric": self.name, "value": self.value, "protocol": self.protocol, "seconds": round(self.seconds, 3)}
+        return {"metric": self.name, "value": self.value, "protocol": self.protocol, "detail": self.detail,
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -125,12 +127,12 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None) 
         for task_name, values in scores.items():
             for key in ("acc", "acc_norm"):
                 if values.get(key) is not None:
-                    protocol = {"task": task_name, "num_fewshot": plan.num_fewshot, "limit": plan.limit, "n": values.get("n"),
-                                "stderr": values.get(f"{key}_stderr")}
-                    metrics.append(Metric(f"{key}:{task_name}", values[key], protocol, seconds))
+                    protocol = {"task": task_name, "num_fewshot": plan.num_fewshot, "limit": plan.limit}
+                    detail = {"n": values.get("n"), "stderr": values.get(f"{key}_stderr")}
+                    metrics.append(Metric(f"{key}:{task_name}", values[key], protocol, seconds, detail))
     sparsity = measure_sparsity(model)
-    metrics.append(Metric("sparsity", sparsity["sparsity"], {"layers": "decoder-block Linear", "params": sparsity["params"],
-                                                              "nonzeros": sparsity["nonzeros"]}))
+    metrics.append(Metric("sparsity", sparsity["sparsity"], {"layers": "decoder-block Linear"}, 0.0,
+                          {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
     if plan.speed:
         started = time.perf_counter()
         tps = throughput(model, seqlen, plan.batch_size)
@@ -153,6 +155,7 @@ def read_provenance(handle: ModelHandle) -> dict | None:
 
 
 def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], provenance: dict | None, settings: dict) -> list[str]:
+    """One row per metric; `provenance` (a zprune.json, or a compare cell) says what was pruned how."""
     p = provenance or {}
     ids = []
     for m in metrics:
@@ -161,7 +164,7 @@ def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], prov
             fingerprint=(p.get("base_model") or {}).get("fingerprint", handle.source.fingerprint),
             method=p.get("method", "dense"), sparsity=p.get("sparsity"), pattern=p.get("pattern"), scope=p.get("scope"),
             allocation=p.get("allocation"), propagate=p.get("propagate"), stats_key=p.get("stats_key"),
-            settings={**settings, "target": handle.source.spec}, protocol=m.protocol, seconds=m.seconds,
+            settings={**settings, "target": handle.source.spec, "detail": m.detail}, protocol=m.protocol, seconds=m.seconds,
             versions=package_versions(),
         ))
     return ids

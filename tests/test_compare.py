@@ -1,0 +1,127 @@
+"""compare(): one calibration for the whole grid, resume from the results store, output formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import zprune_cli.calibration as calibration
+import zprune_cli.comparison as comparison
+from zprune_cli.cli.app import app
+from zprune_cli.comparison import compare
+
+runner = CliRunner()
+GRID = dict(methods="magnitude,wanda,zpruner", sparsities="0.3,0.5", nsamples=2, seqlen=16, eval_seqlen=32, max_windows=2)
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    counts = {"calibrations": 0, "prunes": 0}
+    real_compute, real_prune = calibration._compute, comparison.prune_in_memory
+
+    def counted_compute(*args, **kwargs):
+        counts["calibrations"] += 1
+        return real_compute(*args, **kwargs)
+
+    def counted_prune(*args, **kwargs):
+        counts["prunes"] += 1
+        return real_prune(*args, **kwargs)
+
+    monkeypatch.setattr(calibration, "_compute", counted_compute)
+    monkeypatch.setattr(comparison, "prune_in_memory", counted_prune)
+    return counts
+
+
+def test_grid_calibrates_once_and_resumes(tiny_dir, text_file, cache, counters):
+    first = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    assert counters == {"calibrations": 1, "prunes": 6}
+    assert first.computed == 7 and first.skipped == 0
+    assert len(first.rows) == 7 and first.rows[0]["method"] == "dense"
+    by_cell = {(r["method"], r["sparsity"]): r["metrics"] for r in first.rows}
+    assert by_cell[("wanda", 0.3)]["sparsity"] == pytest.approx(0.3, abs=0.02)
+    assert by_cell[("magnitude", 0.5)]["sparsity"] == pytest.approx(0.5)
+    second = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    assert counters == {"calibrations": 1, "prunes": 6}  # nothing recomputed
+    assert second.computed == 0 and second.skipped == 7 and second.rows == first.rows
+    forced = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), force=True,
+                     **{**GRID, "methods": "wanda", "sparsities": "0.5"})
+    assert forced.computed == 2 and counters["prunes"] == 7
+
+
+def test_killed_run_resumes(tiny_dir, text_file, cache, monkeypatch):
+    calls = {"n": 0}
+    real = comparison.prune_in_memory
+
+    def dies_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comparison, "prune_in_memory", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    monkeypatch.setattr(comparison, "prune_in_memory", real)
+    resumed = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    assert resumed.skipped == 3 and resumed.computed == 4  # dense + 2 cells were kept
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def cli_grid(tiny_dir, text_file):
+    return ["compare", tiny_dir, "--methods", "magnitude,wanda", "--sparsity", "0.5", "--patterns", "unstructured,2:4",
+            "--data", text_file, "-n", 2, "-l", 16, "--eval", text_file, "--eval-seqlen", 32, "--max-windows", 2]
+
+
+def test_cli_formats_and_show(tiny_dir, text_file, cache, tmp_path):
+    result = invoke(*cli_grid(tiny_dir, text_file), "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    cells = {(r["method"], r["pattern"]) for r in data["rows"]}
+    assert cells == {("dense", ""), ("magnitude", "unstructured"), ("magnitude", "2:4"), ("wanda", "unstructured"), ("wanda", "2:4")}
+    md = invoke(*cli_grid(tiny_dir, text_file), "--format", "md").stdout.splitlines()
+    assert md[0].startswith("| model | method") and md[1].startswith("|---") and len(md) == 2 + 5
+    assert any("**" in line for line in md[2:])  # the best value per column is bold
+    csv_out = invoke(*cli_grid(tiny_dir, text_file), "--format", "csv").stdout.splitlines()
+    assert csv_out[0].startswith("model,method,pattern") and len(csv_out) == 6
+    shown = invoke("compare", "--show", "--metric", "ppl", "--format", "json")
+    assert shown.exit_code == 0 and len(json.loads(shown.stdout)) == 5
+    png = tmp_path / "ppl.png"
+    assert invoke("compare", "--show", "--plot", png).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_named_grid(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    (tmp_path / "zprune.toml").write_text(
+        f'[grids.small]\nmethods = "magnitude"\nsparsity = "0.5"\neval = "{text_file}"\nnsamples = 2\nseqlen = 16\n'
+        f'eval_seqlen = 32\nmax_windows = 2\ndata = "{text_file}"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    result = invoke("compare", tiny_dir, "--grid", "small", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["method"] for r in json.loads(result.stdout)["rows"]] == ["dense", "magnitude"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--methods", ""], "grid is empty"),
+        (["--methods", "wanda,wanda"], "twice"),
+        (["--grid", "nosuch"], "no grid named"),
+        (["--format", "xml"], "--format"),
+    ],
+)
+def test_bad_input(args, needle, tiny_dir, text_file, cache):
+    result = invoke("compare", tiny_dir, "--data", text_file, *args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_show_unknown_metric(cache):
+    result = invoke("compare", "--show", "--metric", "bleu")
+    assert result.exit_code == 2 and "unknown metric" in result.stderr
