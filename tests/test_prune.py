@@ -163,3 +163,21 @@ def test_masks_round_trip_through_the_cli(tiny_dir, text_file, cache, tmp_path):
     a = linear_weights(AutoModelForCausalLM.from_pretrained(pruned))
     b = linear_weights(AutoModelForCausalLM.from_pretrained(again))
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_pruned_propagation_statistics_are_cached(tiny_dir, text_file, cache, monkeypatch):
+    import zprune_cli.pipeline as pipeline
+
+    entry = calibrate(str(tiny_dir), data=str(text_file), gram=True, **CAL).entry
+    spec = PruneSpec("sparsegpt", 0.5)
+    first = ModelHandle(str(tiny_dir))
+    prune_in_memory(first.model, entry, spec)
+    propagated = [p.name for p in entry.store.root.iterdir() if p.is_dir() and p.name.startswith(entry.key + "-p")]
+    assert len(propagated) == 1
+    monkeypatch.setattr(pipeline, "_prune_propagating", lambda *a, **k: pytest.fail("re-ran the propagation"))
+    second = ModelHandle(str(tiny_dir))
+    prune_in_memory(second.model, entry, PruneSpec("sparsegpt", 0.5))
+    a, b = linear_weights(first.model), linear_weights(second.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)  # the cached statistics give the same pruned model
+    with pytest.raises(pytest.fail.Exception):  # other settings: a new run
+        prune_in_memory(ModelHandle(str(tiny_dir)).model, entry, PruneSpec("sparsegpt", 0.6))

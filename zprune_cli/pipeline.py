@@ -26,7 +26,7 @@ from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.stats.collect import BlockStatsCollector
-from zprune_cli.stats.store import StatsEntry
+from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
 
 PROPAGATE = ("auto", "dense", "pruned")
@@ -189,36 +189,56 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, spec: PruneSpec, progre
     layers = pruned_layers(model, spec.ignore)
     check_layers(spec, layers)
     targets = layer_sparsities(spec, layers, entry)
+    label = f"Pruning with {spec.method} ({spec.resolved_propagate} inputs)"
+    stats_entry = entry
+    if spec.resolved_propagate == "pruned":
+        run_key = PropagatedKey(entry.key, {k: v for k, v in spec.describe().items() if k != "propagate"})
+        store = entry.store
+        stats_entry = store.get(run_key)
+        if stats_entry is None:
+            with store.locked(run_key):
+                stats_entry = store.get(run_key)  # another process may have written it while we waited
+                if stats_entry is None:  # first run with these settings: collect and keep its statistics
+                    with store.writer(run_key, {**entry.manifest["settings"], "propagated": run_key.run}) as writer:
+                        _prune_propagating(model, entry, spec, layers, targets, writer, progress, label)
+                    return _report(spec, layers, started)
+    device = next(model.parameters()).device
+    with progress.task(label, len(layers)) as task:
+        for index, prefix, linears in layers:
+            stats = stats_entry.block_stats(index, device)
+            for name, linear in linears.items():
+                _prune_linear(spec, linear, stats[name], targets[prefix + name])
+            task.advance(1)
+    return _report(spec, layers, started)
+
+
+def _prune_propagating(model, entry: StatsEntry, spec: PruneSpec, layers, targets, writer, progress: Progress, label: str):
+    """The papers' protocol: block l's statistics come from the outputs of the pruned blocks below."""
     device = next(model.parameters()).device
     _, blocks = find_blocks(model)
-    label = f"Pruning with {spec.method} ({spec.resolved_propagate} inputs)"
-    if spec.resolved_propagate == "dense":
-        with progress.task(label, len(layers)) as task:
-            for index, prefix, linears in layers:
-                stats = entry.block_stats(index, device)
-                for name, linear in linears.items():
-                    _prune_linear(spec, linear, stats[name], targets[prefix + name])
-                task.advance(1)
-    else:
-        input_ids, hidden = entry.inputs(device)
-        hidden = hidden.to(next(model.parameters()).dtype)
-        block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
-        buffer = torch.empty_like(hidden)
-        with progress.task(label, len(layers)) as task:
-            for index, prefix, linears in layers:
-                block = blocks[index]
-                collector = BlockStatsCollector(linears, with_gram=spec.needs_gram)
-                with collector:  # statistics of the dense block on the pruned model's inputs
-                    for i in range(hidden.shape[0]):
-                        run_block(block, hidden[i : i + 1], block_kwargs[index])
-                        collector.end_call()
-                stats = collector.layer_stats()
-                for name, linear in linears.items():
-                    _prune_linear(spec, linear, stats[name], targets[prefix + name])
-                for i in range(hidden.shape[0]):  # the pruned block feeds the next one
-                    buffer[i] = run_block(block, hidden[i : i + 1], block_kwargs[index])[0]
-                hidden, buffer = buffer, hidden
-                task.advance(1)
+    input_ids, hidden = entry.inputs(device)
+    hidden = hidden.to(next(model.parameters()).dtype)
+    block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
+    buffer = torch.empty_like(hidden)
+    with progress.task(label, len(layers)) as task:
+        for index, prefix, linears in layers:
+            block = blocks[index]
+            collector = BlockStatsCollector(linears, with_gram=spec.needs_gram)
+            with collector:  # statistics of the dense block on the pruned model's inputs
+                for i in range(hidden.shape[0]):
+                    run_block(block, hidden[i : i + 1], block_kwargs[index])
+                    collector.end_call()
+            writer.write_block(index, collector.groups)
+            stats = collector.layer_stats()
+            for name, linear in linears.items():
+                _prune_linear(spec, linear, stats[name], targets[prefix + name])
+            for i in range(hidden.shape[0]):  # the pruned block feeds the next one
+                buffer[i] = run_block(block, hidden[i : i + 1], block_kwargs[index])[0]
+            hidden, buffer = buffer, hidden
+            task.advance(1)
+
+
+def _report(spec: PruneSpec, layers, started: float) -> PruneReport:
     measured, params = measure(layers)
     return PruneReport(spec.describe(), measured, params, time.perf_counter() - started)
 

@@ -49,11 +49,28 @@ class StatsKey:
         payload = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
+    def propagated(self, run: dict) -> "PropagatedKey":
+        """The key of the statistics a pruned-propagation run collected on top of this entry."""
+        return PropagatedKey(self.digest, run)
+
     def without_gram(self) -> "StatsKey":
         return StatsKey(**{**asdict(self), "gram": False})
 
     def with_gram(self) -> "StatsKey":
         return StatsKey(**{**asdict(self), "gram": True})
+
+
+@dataclass(frozen=True)
+class PropagatedKey:
+    """Statistics of block l taken on the outputs of blocks < l already pruned by one run's settings."""
+
+    base: str  # digest of the dense entry whose block-0 inputs the run started from
+    run: dict  # every setting that changes the pruned weights (method, sparsity, pattern, ...)
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps({"format": FORMAT_VERSION, "base": self.base, "run": self.run}, sort_keys=True, default=str)
+        return f"{self.base}-p{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
 class StatsEntry:
@@ -66,6 +83,10 @@ class StatsEntry:
     @property
     def key(self) -> str:
         return self.manifest["key"]
+
+    @property
+    def store(self) -> "StatsStore":
+        return StatsStore(self.path.parent.parent)
 
     @property
     def n_blocks(self) -> int:
@@ -111,6 +132,11 @@ class StatsStore:
             if path.exists():
                 return self.open(path)
         return None
+
+    def get(self, key: StatsKey | PropagatedKey) -> StatsEntry | None:
+        """The entry stored under exactly this key, or None."""
+        path = self.root / key.digest
+        return self.open(path) if path.exists() else None
 
     def open(self, path: Path) -> StatsEntry:
         """Open and verify an entry; refuse a partial or mismatched one with a clear message."""
@@ -163,7 +189,7 @@ class StatsStore:
             raise ZpruneError(f"cache dir {self.root.parent} is not writable ({exc.strerror}); pass --cache-dir or set ZPRUNE_HOME") from None
 
     @contextmanager
-    def locked(self, key: StatsKey) -> Iterator[None]:
+    def locked(self, key: StatsKey | PropagatedKey) -> Iterator[None]:
         """Hold the key's lock file; a second writer waits here, then finds the entry complete."""
         self._ensure_root()
         lock_path = self.root / f"{key.digest}.lock"
@@ -175,7 +201,7 @@ class StatsStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
-    def writer(self, key: StatsKey, settings: dict) -> Iterator["EntryWriter"]:
+    def writer(self, key: StatsKey | PropagatedKey, settings: dict) -> Iterator["EntryWriter"]:
         """Write an entry into a temp folder; it appears under its key only if the block exits cleanly."""
         self._ensure_root()
         tmp = self.root / f"{TMP_PREFIX}{key.digest}-{os.getpid()}"
@@ -220,7 +246,7 @@ def _writer_alive(tmp: Path) -> bool:
 
 
 class EntryWriter:
-    def __init__(self, path: Path, key: StatsKey, settings: dict):
+    def __init__(self, path: Path, key: StatsKey | PropagatedKey, settings: dict):
         self.path = path
         self.key = key
         self.settings = settings
@@ -254,7 +280,7 @@ class EntryWriter:
         manifest = {
             "format": FORMAT_VERSION,
             "key": self.key.digest,
-            "key_fields": asdict(self.key),
+            "key_fields": asdict(self.key) if isinstance(self.key, StatsKey) else {"base": self.key.base, "run": self.key.run},
             "settings": self.settings,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "blocks": self.blocks,
