@@ -96,7 +96,7 @@ def test_arc_easy_above_chance(smol):
     plan = EvalPlan([], tasks=["arc_easy_local"], limit=100, batch_size=8, data_dir=SHARED_DATA)
     metrics = {m.name: m for m in measure(handle.model, handle.tokenizer, plan)}
     acc = metrics["acc:arc_easy_local"]
-    assert acc.protocol["n"] == 100
+    assert acc.detail["n"] == 100
     assert acc.value > 0.25
 
 
