@@ -181,3 +181,12 @@ def test_pruned_propagation_statistics_are_cached(tiny_dir, text_file, cache, mo
     assert all(torch.equal(a[n], b[n]) for n in a)  # the cached statistics give the same pruned model
     with pytest.raises(pytest.fail.Exception):  # other settings: a new run
         prune_in_memory(ModelHandle(str(tiny_dir)).model, entry, PruneSpec("sparsegpt", 0.6))
+
+
+def test_propagation_cache_is_not_reused_for_other_weights(tiny_dir, text_file, cache):
+    entry = calibrate(str(tiny_dir), data=str(text_file), gram=True, **CAL).entry
+    handle = ModelHandle(str(tiny_dir))
+    prune_in_memory(handle.model, entry, PruneSpec("wanda", 0.5, propagate="pruned"))
+    prune_in_memory(handle.model, entry, PruneSpec("wanda", 0.5, propagate="pruned"))  # already pruned: new key
+    propagated = [p for p in entry.store.root.iterdir() if p.is_dir() and p.name.startswith(entry.key + "-p")]
+    assert len(propagated) == 2

@@ -9,6 +9,7 @@ module walks the blocks. Two ways to get each block's statistics:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -192,7 +193,8 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, spec: PruneSpec, progre
     label = f"Pruning with {spec.method} ({spec.resolved_propagate} inputs)"
     stats_entry = entry
     if spec.resolved_propagate == "pruned":
-        run_key = PropagatedKey(entry.key, {k: v for k, v in spec.describe().items() if k != "propagate"})
+        run = {k: v for k, v in spec.describe().items() if k != "propagate"}
+        run_key = PropagatedKey(entry.key, {**run, "weights": weights_digest(layers)})
         store = entry.store
         stats_entry = store.get(run_key)
         if stats_entry is None:
@@ -236,6 +238,17 @@ def _prune_propagating(model, entry: StatsEntry, spec: PruneSpec, layers, target
                 buffer[i] = run_block(block, hidden[i : i + 1], block_kwargs[index])[0]
             hidden, buffer = buffer, hidden
             task.advance(1)
+
+
+def weights_digest(layers) -> str:
+    """A cheap fingerprint of the weights about to be pruned, so cached propagation statistics are
+    reused only for the weights they were collected from (not, say, a model pruned already)."""
+    digest = hashlib.sha256()
+    for _, prefix, linears in layers:
+        for name, linear in linears.items():
+            w = linear.weight.detach()
+            digest.update(f"{prefix}{name}:{float(w.abs().sum(dtype=torch.float64)):.12e}:{int((w == 0).sum())}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _report(spec: PruneSpec, layers, started: float) -> PruneReport:

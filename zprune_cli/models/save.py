@@ -28,7 +28,10 @@ def plain_model(model: nn.Module) -> nn.Module:
 
 
 def save_model(model: nn.Module, tokenizer, folder: Path, max_shard_size: str = "5GB") -> None:
+    from zprune_cli.models.load import quiet_transformers
+
     plain = plain_model(model)
-    plain.save_pretrained(folder, max_shard_size=max_shard_size)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    with quiet_transformers():  # transformers draws its own shard-writing bar; ours already shows the step
+        plain.save_pretrained(folder, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
