@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import pytest
-from torch import nn
 
 from conftest import FAMILIES, save_tiny
 from zprune_cli.calibration import calibrate

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from conftest import FAMILIES, save_tiny
 from zprune_cli.calibration import calibrate
 from zprune_cli.cli.app import app
-from zprune_cli.masks import Pattern, check_nm
+from zprune_cli.masks import check_nm
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import PruneSpec, layer_sparsities, prune_in_memory, pruned_layers
 from zprune_cli.pruning import prune

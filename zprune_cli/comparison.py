@@ -15,7 +15,7 @@ from zprune_cli.calibration import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED,
 from zprune_cli.config import cache_dir as resolve_cache_dir
 from zprune_cli.config import load_toml_config
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluate.run import EvalPlan, Metric, measure, record
+from zprune_cli.evaluate.run import EvalPlan, measure, record
 from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory

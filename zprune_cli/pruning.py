@@ -16,13 +16,11 @@ from zprune_cli.config import load_toml_config
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.export.io import staged_folder
-from zprune_cli.export.provenance import model_card
+from zprune_cli.export.provenance import PROVENANCE_FILE, PROVENANCE_FORMAT, model_card
 from zprune_cli.models.save import save_model
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, PruneSpec, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 
-PROVENANCE = "zprune.json"
-PROVENANCE_FORMAT = 1
 
 
 @dataclass
@@ -208,5 +206,5 @@ def save_pruned(handle: ModelHandle, provenance: dict, out: Path, overwrite: boo
         raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
     with progress.task(f"Saving to {out}", None), staged_folder(out, overwrite) as tmp:
         save_model(handle.model, handle.tokenizer, tmp)
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1))
         (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))

@@ -6,7 +6,6 @@ measure many pruned variants of one model without tokenising twice.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluate.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluate.perplexity import eval_windows, perplexity
+from zprune_cli.export.provenance import PROVENANCE_FILE, read_provenance
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.progress import Progress, ensure
@@ -28,7 +28,6 @@ from zprune_cli.results import ResultsStore, package_versions, results_path
 EVAL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
 C4_EVAL_DOCUMENTS = 1100  # the papers: ' '.join of the first 1100 validation documents ...
 C4_EVAL_WINDOWS = 256  # ... cut to 256 windows
-PROVENANCE = "zprune.json"
 
 
 @dataclass
@@ -147,10 +146,11 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None) 
     return metrics
 
 
-def read_provenance(handle: ModelHandle) -> dict | None:
-    path = Path(handle.source.location) / PROVENANCE
-    if handle.source.is_local and handle.source.gguf_file is None and path.is_file():
-        return json.loads(path.read_text())
+def provenance_of(handle: ModelHandle) -> dict | None:
+    """The zprune.json of a zprune output (or export of one); None for any other model."""
+    folder = Path(handle.source.location)
+    if handle.source.is_local and handle.source.gguf_file is None and (folder / PROVENANCE_FILE).is_file():
+        return read_provenance(folder)
     return None
 
 
@@ -198,9 +198,9 @@ def evaluate(
     datasets = [d.strip() for d in data.split(",") if d.strip()] if isinstance(data, str) else list(data)
     plan = EvalPlan(datasets, seqlen, batch_size, max_windows, list(tasks or []), tasks_dir, num_fewshot, limit, speed, data_dir)
     handle = target if isinstance(target, ModelHandle) else ModelHandle(target, device, dtype, revision, trust_remote_code)
-    provenance = read_provenance(handle)
+    provenance = provenance_of(handle)
     if baseline and provenance is None:
-        raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE}); {handle.source.spec} is not one")
+        raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
     settings = {"datasets": datasets, "seqlen": seqlen, "batch_size": batch_size, "max_windows": max_windows,
                 "tasks": plan.tasks, "num_fewshot": num_fewshot, "limit": limit, "dtype": handle.dtype_name}
     store = ResultsStore(results_path(resolve_cache_dir(cache_dir)))
