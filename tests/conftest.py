@@ -11,6 +11,9 @@ import torch
 # Set before transformers / huggingface_hub are imported: they read these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The README runs the tests with ZPRUNE_DATA_DIR=../shared/data; tests change directory, so pin it now.
+if os.environ.get("ZPRUNE_DATA_DIR"):
+    os.environ["ZPRUNE_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["ZPRUNE_DATA_DIR"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ZPRUNE_TEST_DATA", REPO.parent / "shared" / "data"))

@@ -53,8 +53,8 @@ def cache_dir(flag: str | Path | None = None, config: dict | None = None) -> Pat
 def data_dir(flag: str | Path | None = None, config: dict | None = None) -> Path | None:
     """--data-dir, else $ZPRUNE_DATA_DIR, else the config's data_dir: where local dataset copies live."""
     if flag:
-        return Path(flag).expanduser()
+        return Path(flag).expanduser().resolve()
     if os.environ.get("ZPRUNE_DATA_DIR"):
-        return Path(os.environ["ZPRUNE_DATA_DIR"]).expanduser()
+        return Path(os.environ["ZPRUNE_DATA_DIR"]).expanduser().resolve()
     config = load_toml_config() if config is None else config
-    return Path(config["data_dir"]).expanduser() if config.get("data_dir") else None
+    return Path(config["data_dir"]).expanduser().resolve() if config.get("data_dir") else None
