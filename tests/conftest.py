@@ -108,4 +108,5 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("ZPRUNE_DEBUG", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("ZPRUNE_HOME", str(tmp_path / "zprune-home"))  # never the user's cache
     monkeypatch.chdir(tmp_path)  # no stray zprune.toml from the repo or cwd

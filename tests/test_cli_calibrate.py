@@ -92,11 +92,6 @@ def test_unwritable_cache_dir(tiny_dir, text_file, tmp_path):
     assert "not writable" in line
 
 
-def test_unimplemented_command_says_so():
-    result = run("compare")
-    assert result.exit_code in (1, 2)
-
-
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.startswith("zprune ")
