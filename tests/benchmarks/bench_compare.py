@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from _bench import C4, DATA_DIR  # noqa: E402  (sets offline env first)
 METHODS = "magnitude,wanda,sparsegpt,ria,zpruner"
 SPARSITIES = "0.5,0.6,0.7"
 
@@ -39,9 +39,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # for the subprocesses in C
-    os.environ.setdefault("ZPRUNE_DATA_DIR", str(DATA))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    c4 = str(next((DATA / "c4").glob("*.jsonl")))
+    os.environ.setdefault("ZPRUNE_DATA_DIR", str(DATA_DIR))
+    c4 = str(C4)
 
     from zprune_cli.calibration import calibrate
     from zprune_cli.comparison import compare

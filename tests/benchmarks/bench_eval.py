@@ -13,11 +13,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("ZPRUNE_NO_PROGRESS", "1")
+from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline env first)
 
 import torch  # noqa: E402
 
@@ -25,23 +22,7 @@ from zprune_cli.evaluate.perplexity import perplexity  # noqa: E402
 from zprune_cli.evaluate.run import EvalPlan  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
 
-DATA_DIR = Path("/work/shared/data")
 GOAL = 0.95
-
-
-def library_state() -> str:
-    """The commit the library is at, and whether its files differ from it (numbers belong to a version)."""
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "zprune_cli"], cwd=repo, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "zprune_cli (not a git checkout)"
-    return f"zprune_cli at {head}{' + local changes' if dirty else ''}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

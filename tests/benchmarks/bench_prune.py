@@ -30,9 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("ZPRUNE_NO_PROGRESS", "1")
+from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline env first)
 
 import torch  # noqa: E402
 
@@ -41,27 +39,10 @@ from zprune_cli.evaluate.run import EvalPlan, measure  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
 from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory, pruned_layers  # noqa: E402
 
-DATA_DIR = Path("/work/shared/data")
-C4 = DATA_DIR / "c4" / "c4-train.00000-of-01024.docs0-799.jsonl"
 METHODS = ["magnitude", "wanda", "ria", "zpruner", "sparsegpt"]
 SCORE_METHODS = ["magnitude", "wanda", "ria", "zpruner"]
 GOAL_FLOOR = 2.0  # score methods: prune time <= 2x reading + writing the pruned weights once
 GOAL_WARM = 0.05  # warm re-run (store exists, model loaded) <= 5% of the calibration time
-
-
-def library_state() -> str:
-    """The commit the library is at, and whether its files differ from it (numbers belong to a version)."""
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "zprune_cli"], cwd=repo, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "zprune_cli (not a git checkout)"
-    return f"zprune_cli at {head}{' + local changes' if dirty else ''}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
