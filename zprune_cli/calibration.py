@@ -93,7 +93,7 @@ def calibrate(
     started = time.perf_counter()
     validate_counts(nsamples, seqlen)
     progress = ensure(progress)
-    handle = model if isinstance(model, ModelHandle) else ModelHandle(model, device, dtype, revision, trust_remote_code)
+    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
     text = resolve_source(data, "train", resolve_data_dir(data_dir))
     key = stats_key(handle, text, nsamples, seqlen, seed, gram)
     store = StatsStore(resolve_cache_dir(cache_dir))

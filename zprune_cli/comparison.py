@@ -121,7 +121,7 @@ def compare(
     specs = {c: PruneSpec(c.method, c.sparsity, c.pattern, allocation=allocation, propagate=propagate) for c in cells}
     plan = EvalPlan(split_list(eval_data), eval_seqlen, batch_size, max_windows, split_list(tasks), tasks_dir, 0, limit,
                     False, data_dir)
-    handle = model if isinstance(model, ModelHandle) else ModelHandle(model, device, dtype, revision, trust_remote_code)
+    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
     store = ResultsStore(results_path(resolve_cache_dir(cache_dir)))
     calibration = calibrate(handle, data, nsamples, seqlen, seed, gram=any(s.needs_gram for s in specs.values()),
                             cache_dir=cache_dir, data_dir=data_dir, progress=progress)

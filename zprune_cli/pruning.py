@@ -95,7 +95,7 @@ def prune(
         for name in split_methods(method)
     ]
     outs = _output_paths(out, [s.method for s in specs], overwrite)
-    handle = model if isinstance(model, ModelHandle) else ModelHandle(model, device, dtype, revision, trust_remote_code)
+    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
     calibration = calibrate(
         handle, data, nsamples, seqlen, seed, gram=any(s.needs_gram for s in specs),
         cache_dir=cache_dir, data_dir=data_dir, progress=progress,
@@ -143,7 +143,7 @@ def prune_with_masks(
 
     progress = ensure(progress)
     [target] = _output_paths(out, ["masks"], overwrite)
-    handle = model if isinstance(model, ModelHandle) else ModelHandle(model, device, dtype, revision, trust_remote_code)
+    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
     n_layers = apply_masks(handle.model, masks, fingerprint=handle.source.fingerprint)
     _, manifest = read_masks(masks)
     sparsity, params = measure(pruned_layers(handle.model, []))

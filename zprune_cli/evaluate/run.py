@@ -197,7 +197,7 @@ def evaluate(
     """
     datasets = [d.strip() for d in data.split(",") if d.strip()] if isinstance(data, str) else list(data)
     plan = EvalPlan(datasets, seqlen, batch_size, max_windows, list(tasks or []), tasks_dir, num_fewshot, limit, speed, data_dir)
-    handle = target if isinstance(target, ModelHandle) else ModelHandle(target, device, dtype, revision, trust_remote_code)
+    handle = ModelHandle.of(target, device, dtype, revision, trust_remote_code)
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")

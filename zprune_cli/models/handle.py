@@ -17,6 +17,12 @@ class ModelHandle:
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         self._loaded = None
 
+    @classmethod
+    def of(cls, model: "str | ModelSource | ModelHandle", device="auto", dtype="auto", revision=None,
+           trust_remote_code=False) -> "ModelHandle":
+        """The handle itself when given one (library calls chained on one loaded model), else a new one."""
+        return model if isinstance(model, ModelHandle) else cls(model, device, dtype, revision, trust_remote_code)
+
     @property
     def loaded(self) -> bool:
         return self._loaded is not None
