@@ -16,7 +16,31 @@ if os.environ.get("ZPRUNE_DATA_DIR"):
     os.environ["ZPRUNE_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["ZPRUNE_DATA_DIR"]))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("ZPRUNE_TEST_DATA", REPO.parent / "shared" / "data"))
+FIXTURE_DATA = REPO / "tests" / "data"  # a small openly licensed slice, shipped (tests/data/SOURCES.md)
+
+
+def _full_data() -> Path | None:
+    """The full data folder (ZPRUNE_TEST_DATA, ZPRUNE_DATA_DIR, or ../shared/data beside the repo), if present."""
+    for candidate in (os.environ.get("ZPRUNE_TEST_DATA"), os.environ.get("ZPRUNE_DATA_DIR"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "c4").is_dir() and (Path(candidate) / "wikitext2").is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+SHARED_DATA = _full_data()  # None on a fresh clone with no data folder beside it
+DATA_DIR = SHARED_DATA or FIXTURE_DATA  # what the real-model tests read: the full files, else the shipped slice
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def full_data() -> Path:
+    """The full data folder; skipped (with its reason in the summary) where it is absent, failed in CI."""
+    if SHARED_DATA is None:
+        message = "needs the full data folder (../shared/data beside the repo, or ZPRUNE_TEST_DATA=DIR)"
+        if IN_CI:
+            pytest.fail(f"{message}; CI must run every data test, so a missing folder fails")
+        pytest.skip(message)
+    return SHARED_DATA
 
 
 def byte_tokenizer():

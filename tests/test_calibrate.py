@@ -6,6 +6,7 @@ import torch
 import pytest
 
 from conftest import FAMILIES, save_tiny
+from zprune_cli.settings import Calibration
 from zprune_cli.calibration import calibrate
 from zprune_cli.models.blocks import find_blocks, find_linears
 from zprune_cli.models.runner import capture_block_inputs, run_block_all
@@ -36,7 +37,7 @@ def direct_stats(model, windows, gram=False):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
     folder = save_tiny(tmp_path / family, family)
-    result = calibrate(str(folder), data=str(text_file), nsamples=3, seqlen=32, seed=1, gram=True)
+    result = calibrate(str(folder), Calibration(str(text_file), 3, 32, 1), gram=True)
     assert not result.hit
     from transformers import AutoModelForCausalLM
 
@@ -57,7 +58,7 @@ def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
 
 
 def test_groups_share_inputs(tiny_dir, text_file, cache):
-    entry = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16).entry
+    entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0)).entry
     groups = [g["members"] for g in entry.manifest["blocks"][0]["groups"]]
     assert groups == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -85,28 +86,28 @@ def test_block_runner_matches_full_forward(family):
 
 
 def test_second_call_is_a_hit_without_loading(tiny_dir, text_file, cache, monkeypatch):
-    first = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16)
+    first = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0))
     import zprune_cli.models.handle as handle
 
     monkeypatch.setattr(handle, "load_model", lambda *a, **k: pytest.fail("a cache hit loaded the model"))
-    second = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16)
+    second = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0))
     assert second.hit and second.key == first.key
 
 
 def test_norms_request_served_by_gram_entry(tiny_dir, text_file, cache):
-    gram = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16, gram=True)
-    norms = calibrate(str(tiny_dir), data=str(text_file), nsamples=2, seqlen=16, gram=False)
+    gram = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), gram=True)
+    norms = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), gram=False)
     assert norms.hit and norms.key == gram.key
 
 
 def test_jsonl_and_self_sources(tiny_dir, tmp_path, cache):
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text("\n".join('{"text": "%s"}' % ("word " * (20 + i)) for i in range(10)))
-    r = calibrate(str(tiny_dir), data=str(jsonl), nsamples=4, seqlen=32)
+    r = calibrate(str(tiny_dir), Calibration(str(jsonl), 4, 32, 0))
     ids, _ = r.entry.inputs()
     assert ids.shape == (4, 32)
-    s = calibrate(str(tiny_dir), data="self", nsamples=2, seqlen=12, seed=3)
-    again = calibrate(str(tiny_dir), data="self", nsamples=2, seqlen=12, seed=3)
+    s = calibrate(str(tiny_dir), Calibration("self", 2, 12, 3))
+    again = calibrate(str(tiny_dir), Calibration("self", 2, 12, 3))
     assert again.hit
     ids_self, _ = s.entry.inputs()
     assert ids_self.shape == (2, 12) and int(ids_self[0, 0]) == 0  # starts at BOS

@@ -61,7 +61,7 @@ def one_line_error(result, code):
     [
         (["no-such-org/no-such-model"], 1, "could not load model"),
         (["./missing-folder"], 1, "no model at"),
-        (["{tiny}", "-n", "0"], 2, "--nsamples must be positive"),
+        (["{tiny}", "-n", "0"], 2, "--nsamples must be at least 1"),
         (["{tiny}", "-l", "100000"], 2, "beyond the model's maximum"),
         (["{tiny}", "--data", "{binary}"], 2, "not text"),
         (["{tiny}", "--data", "{nofield}"], 2, "no 'text' field"),

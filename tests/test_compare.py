@@ -10,10 +10,17 @@ from typer.testing import CliRunner
 import zprune_cli.calibration as calibration
 import zprune_cli.comparison as comparison
 from zprune_cli.cli.app import app
-from zprune_cli.comparison import compare
+from zprune_cli.comparison import compare, grid_recipes
+from zprune_cli.evaluate.run import Evaluation
+from zprune_cli.settings import Calibration
 
 runner = CliRunner()
-GRID = dict(methods="magnitude,wanda,zpruner", sparsities="0.3,0.5", nsamples=2, seqlen=16, eval_seqlen=32, max_windows=2)
+
+
+def run_grid(tiny_dir, text_file, methods="magnitude,wanda,zpruner", sparsities="0.3,0.5", **kwargs):
+    return compare(str(tiny_dir), grid_recipes(methods, sparsities),
+                   Evaluation(data=str(text_file), seqlen=32, max_windows=2),
+                   calibration=Calibration(str(text_file), 2, 16), **kwargs)
 
 
 @pytest.fixture
@@ -35,18 +42,17 @@ def counters(monkeypatch):
 
 
 def test_grid_calibrates_once_and_resumes(tiny_dir, text_file, cache, counters):
-    first = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    first = run_grid(tiny_dir, text_file)
     assert counters == {"calibrations": 1, "prunes": 6}
     assert first.computed == 7 and first.skipped == 0
     assert len(first.rows) == 7 and first.rows[0]["method"] == "dense"
     by_cell = {(r["method"], r["sparsity"]): r["metrics"] for r in first.rows}
     assert by_cell[("wanda", 0.3)]["sparsity"] == pytest.approx(0.3, abs=0.02)
     assert by_cell[("magnitude", 0.5)]["sparsity"] == pytest.approx(0.5)
-    second = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    second = run_grid(tiny_dir, text_file)
     assert counters == {"calibrations": 1, "prunes": 6}  # nothing recomputed
     assert second.computed == 0 and second.skipped == 7 and second.rows == first.rows
-    forced = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), force=True,
-                     **{**GRID, "methods": "wanda", "sparsities": "0.5"})
+    forced = run_grid(tiny_dir, text_file, "wanda", "0.5", force=True)
     assert forced.computed == 2 and counters["prunes"] == 7
 
 
@@ -62,9 +68,9 @@ def test_killed_run_resumes(tiny_dir, text_file, cache, monkeypatch):
 
     monkeypatch.setattr(comparison, "prune_in_memory", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+        run_grid(tiny_dir, text_file)
     monkeypatch.setattr(comparison, "prune_in_memory", real)
-    resumed = compare(str(tiny_dir), data=str(text_file), eval_data=str(text_file), **GRID)
+    resumed = run_grid(tiny_dir, text_file)
     assert resumed.skipped == 3 and resumed.computed == 4  # dense + 2 cells were kept
 
 

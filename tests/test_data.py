@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import SHARED_DATA, byte_tokenizer
+from conftest import byte_tokenizer
 from zprune_cli.data.sources import Text, resolve_source, wikitext_rows_to_text
 from zprune_cli.data.windows import calibration_windows
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
@@ -55,12 +55,11 @@ def test_too_short_data():
         calibration_windows(Text(documents=["tiny", "also"]), byte_tokenizer(), 2, 64, 0)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "wikitext2").is_dir(), reason="shared data not present")
-def test_local_wikitext_equals_hub_rows():
-    source = resolve_source("wikitext2", "test", SHARED_DATA)
+def test_local_wikitext_equals_hub_rows(full_data):
+    source = resolve_source("wikitext2", "test", full_data)
     assert source.where.endswith("wikitext2")
     text = source.load().stream
-    raw = (SHARED_DATA / "wikitext2" / "wiki.test.raw").read_text()
+    raw = (full_data / "wikitext2" / "wiki.test.raw").read_text()
     lines = raw.split("\n")[:-1]
     hf_rows = ["" if line == " " else line + "\n" for line in lines]
     # SOURCES.md: HF wikitext-2-raw-v1 test num_bytes = sum(len(row)) + 4 * rows
@@ -68,13 +67,12 @@ def test_local_wikitext_equals_hub_rows():
     assert text == "\n\n".join(hf_rows)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "c4").is_dir(), reason="shared data not present")
-def test_local_c4_records():
-    source = resolve_source("c4", "train", SHARED_DATA)
+def test_local_c4_records(full_data):
+    source = resolve_source("c4", "train", full_data)
     docs = source.load().documents
     assert len(docs) == 800 and source.identity == "c4:train"
     with pytest.raises(ZpruneError, match="local copy"):
-        resolve_source("c4", "validation", SHARED_DATA).load()  # not in the data dir: hub, offline
+        resolve_source("c4", "validation", full_data).load()  # not in the data dir: hub, offline
 
 
 def test_bad_files(tmp_path):

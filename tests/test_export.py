@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.export import FORMATS, apply_masks, export, load_pretrained
+from zprune_cli.export import FORMATS, apply_masks, export, load_pretrained, load_tokenizer
 from zprune_cli.export.io import parse_size
 
 FINGERPRINT = "0123456789abcdef"
@@ -52,6 +52,20 @@ def prune_(model: torch.nn.Module, pattern: str) -> dict[str, float]:
 
 
 def write_provenance(folder: Path, base: Path, layers: dict[str, float], pattern: str) -> None:
+    """What `zprune prune` writes, through the one writer (schema 2)."""
+    from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
+    from zprune_cli.recipe import PruneRecipe
+
+    Provenance(
+        base_model=BaseModel("tiny-llama", str(base), FINGERPRINT), recipe=PruneRecipe("wanda", pattern=pattern),
+        pruned_layers=layers, overall_sparsity=sum(layers.values()) / len(layers), stats_key="ab" * 10,
+        calibration=CalibrationRecord("c4", 8, 256, 0, "float32"), seconds=1.5,
+        results={"ppl:wikitext2": {"value": 41.5, "protocol": {"dataset": "wikitext2"}}},
+    ).write(folder)
+
+
+def write_provenance_v1(folder: Path, base: Path, layers: dict[str, float], pattern: str) -> None:
+    """What zprune 0.1 wrote (format 1, flat keys): still read."""
     overall = sum(layers.values()) / len(layers)
     (folder / "zprune.json").write_text(json.dumps({
         "format": 1, "zprune_version": "0.1.0",
@@ -112,8 +126,8 @@ def test_round_trip_bit_identical(folders, tmp_path, fmt, source):
     reference = plain_load(folders[source])
     result = export(folders[source], tmp_path / "out", fmt)
     assert result["destination"] == str(tmp_path / "out") and result["pruned_layers"] == 14
-    model, tokenizer = load_pretrained(tmp_path / "out")
-    assert tokenizer is None  # the fixture has no tokenizer files
+    model = load_pretrained(tmp_path / "out")
+    assert load_tokenizer(tmp_path / "out") is None  # the fixture has no tokenizer files
     assert_identical(reference, model)
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     # provenance travels: zprune.json, every shard's metadata, the model card
@@ -123,8 +137,23 @@ def test_round_trip_bit_identical(folders, tmp_path, fmt, source):
         with safe_open(str(tmp_path / "out" / file), framework="pt") as f:
             assert json.loads(f.metadata()["zprune"])["pruned_layers"] == provenance["pruned_layers"]
     card = (tmp_path / "out" / "README.md").read_text()
-    for text in ("wanda", "row", "uniform", "`c4`", "ab" * 10, "model.layers.1.mlp.down_proj", "41.5", "50.00%"):
+    scope = "row" if source == "pruned" else "none"  # N:M has no scope
+    for text in ("wanda", f"| scope | {scope} |", "uniform", "`c4`", "ab" * 10, "model.layers.1.mlp.down_proj", "41.5",
+                 "50.00%", "transformers"):
         assert text in card
+
+
+def test_format_1_provenance_is_still_read(folders, tmp_path):
+    import shutil
+
+    from zprune_cli.provenance import Provenance
+
+    shutil.copytree(folders["pruned"], tmp_path / "old")
+    write_provenance_v1(tmp_path / "old", folders["base"], Provenance.read(folders["pruned"]).pruned_layers, "unstructured")
+    old = Provenance.read(tmp_path / "old")
+    assert old.recipe == Provenance.read(folders["pruned"]).recipe  # the same recipe, lifted from flat keys
+    export(tmp_path / "old", tmp_path / "out", "hf")
+    assert json.loads((tmp_path / "out" / "zprune.json").read_text())["schema"] == 2
 
 
 def test_hf_loads_with_plain_transformers_and_shards(folders, tmp_path):
@@ -207,7 +236,7 @@ def test_sparse_keeps_negative_zero_bits(tmp_path, folders):
     model.save_pretrained(tmp_path / "src")
     (tmp_path / "src" / "zprune.json").write_text((folders["pruned"] / "zprune.json").read_text())
     export(tmp_path / "src", tmp_path / "sp", "sparse")
-    loaded, _ = load_pretrained(tmp_path / "sp")
+    loaded = load_pretrained(tmp_path / "sp")
     got = loaded.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(got.view(torch.int32), w.view(torch.int32))
 
@@ -421,7 +450,7 @@ def test_an_export_exports_again_with_its_tokenizer(folders, tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(tmp_path / "hf")
     export(tmp_path / "hf", tmp_path / "sparse", "sparse")
     export(tmp_path / "sparse", tmp_path / "again", "hf")
-    model, tokenizer = load_pretrained(tmp_path / "again")
+    model, tokenizer = load_pretrained(tmp_path / "again"), load_tokenizer(tmp_path / "again")
     assert_identical(plain_load(folders["pruned"]), model)
     assert tokenizer("pruned weights")["input_ids"] == [1, 2]
     assert json.loads((tmp_path / "again" / "zprune.json").read_text())["export"]["source"] == str(tmp_path / "sparse")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.masks import Pattern, check_nm, prune_count, select_prune_mask
+from zprune_cli.masks import Pattern, prune_count, select_prune_mask
+from zprune_cli.sparsity import check_nm
 
 
 def tied_scores(rows: int, cols: int, seed: int = 0) -> torch.Tensor:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.masks import Pattern, check_nm, prune_count
+from zprune_cli.masks import Pattern, prune_count
+from zprune_cli.sparsity import check_nm
 from zprune_cli.methods import METHODS, Method, PruneResult, get_method, method_names, register
-from zprune_cli.methods.sparsegpt import reconstruct
+from zprune_cli.methods.obs import reconstruct
 from zprune_cli.stats.types import LayerStats
 
 SCORE_METHODS = ["magnitude", "wanda", "ria", "zpruner"]

@@ -11,13 +11,19 @@ from typer.testing import CliRunner
 from conftest import FAMILIES, save_tiny
 from zprune_cli.calibration import calibrate
 from zprune_cli.cli.app import app
-from zprune_cli.masks import check_nm
+from zprune_cli.sparsity import check_nm
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pipeline import PruneSpec, layer_sparsities, prune_in_memory, pruned_layers
+from zprune_cli.models.blocks import pruned_layers
+from zprune_cli.pipeline import layer_sparsities, prune_in_memory
 from zprune_cli.pruning import prune
+from zprune_cli.recipe import PruneRecipe
+from zprune_cli.settings import Calibration
 
 runner = CliRunner()
-CAL = dict(nsamples=4, seqlen=32, seed=0)
+
+
+def cal(text_file, nsamples=4, seqlen=32):
+    return Calibration(str(text_file), nsamples, seqlen, 0)
 
 
 def linear_weights(model):
@@ -26,27 +32,27 @@ def linear_weights(model):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "ria", "zpruner", "sparsegpt"])
 def test_every_method_hits_exact_sparsity(method, tiny_dir, text_file, cache):
-    [outcome] = prune(str(tiny_dir), method, 0.5, data=str(text_file), **CAL)
+    [outcome] = prune(str(tiny_dir), PruneRecipe(method, 0.5), calibration=cal(text_file))
     for name, value in outcome.report.layers.items():
         assert value == 0.5, name
     assert outcome.report.overall == 0.5
-    assert outcome.report.spec["propagate"] == ("pruned" if method == "sparsegpt" else "dense")
+    assert outcome.report.recipe.propagate == ("pruned" if method == "sparsegpt" else "dense")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_nm_on_every_family(family, tmp_path, text_file, cache):
     folder = save_tiny(tmp_path / family, family)
     handle = ModelHandle(str(folder))
-    [outcome] = prune(handle, "wanda", pattern="2:4", data=str(text_file), **CAL)
+    [outcome] = prune(handle, PruneRecipe("wanda", pattern="2:4"), calibration=cal(text_file))
     for name, weight in linear_weights(handle.model).items():
         assert check_nm(weight == 0, 2, 4), name
 
 
 def test_owl_keeps_overall_sparsity(tiny_dir, text_file, cache):
     handle = ModelHandle(str(tiny_dir))
-    [outcome] = prune(handle, "wanda", 0.6, scope="layer", allocation="owl", owl_lambda=0.1, data=str(text_file), **CAL)
-    spec = PruneSpec("wanda", 0.6, allocation="owl", owl_lambda=0.1)
-    targets = layer_sparsities(spec, pruned_layers(handle.model, []), outcome.calibration.entry)
+    recipe = PruneRecipe("wanda", 0.6, scope="layer", allocation="owl", owl_lambda=0.1)
+    [outcome] = prune(handle, recipe, calibration=cal(text_file))
+    targets = layer_sparsities(recipe, pruned_layers(handle.model, []), outcome.calibration.entry)
     assert sum(targets.values()) / len(targets) == pytest.approx(0.6, abs=1e-12)  # equal-size blocks
     per_block = {}
     for name, value in outcome.report.layers.items():
@@ -56,36 +62,35 @@ def test_owl_keeps_overall_sparsity(tiny_dir, text_file, cache):
 
 
 def test_propagate_dense_vs_pruned_and_reconstruct(tiny_dir, text_file, cache):
-    entry = calibrate(str(tiny_dir), data=str(text_file), gram=True, **CAL).entry
+    entry = calibrate(str(tiny_dir), cal(text_file), gram=True).entry
     results = {}
     for propagate in ("dense", "pruned"):
         handle = ModelHandle(str(tiny_dir))
-        report = prune_in_memory(handle.model, entry, PruneSpec("wanda", 0.5, propagate=propagate))
+        report = prune_in_memory(handle.model, entry, PruneRecipe("wanda", 0.5, propagate=propagate))
         results[propagate] = {k: v.clone() for k, v in linear_weights(handle.model).items()}
-        assert report.spec["propagate"] == propagate
+        assert report.recipe.propagate == propagate
     first = "model.layers.0.self_attn.q_proj"
     last = "model.layers.1.mlp.down_proj"
     assert torch.equal(results["dense"][first], results["pruned"][first])  # block 0 sees the same inputs
     assert not torch.equal(results["dense"][last], results["pruned"][last])  # block 1 does not
     handle = ModelHandle(str(tiny_dir))
-    spec = PruneSpec("zpruner", 0.5, reconstruct=True)
-    assert spec.resolved_propagate == "pruned"
-    prune_in_memory(handle.model, entry, spec)
+    recipe = PruneRecipe("zpruner", 0.5, reconstruct=True)
+    assert recipe.propagate == "pruned"
+    prune_in_memory(handle.model, entry, recipe)
     w = linear_weights(handle.model)[first]
     assert float((w == 0).float().mean()) == 0.5
 
 
-def test_ignore_and_overrides(tiny_dir, text_file, cache, tmp_path, monkeypatch):
-    (tmp_path / "zprune.toml").write_text('[sparsity]\n"mlp\\\\.down_proj" = 0.25\n')
-    monkeypatch.chdir(tmp_path)
-    [outcome] = prune(str(tiny_dir), "magnitude", 0.5, ignore=[r"self_attn\.o_proj"], data=str(text_file), **CAL)
+def test_ignore_and_overrides(tiny_dir, text_file, cache):
+    recipe = PruneRecipe("magnitude", 0.5, ignore=[r"self_attn\.o_proj"], overrides={r"mlp\.down_proj": 0.25})
+    [outcome] = prune(str(tiny_dir), recipe, calibration=cal(text_file))
     layers = outcome.report.layers
     assert not any("o_proj" in n for n in layers)
     assert layers["model.layers.0.mlp.down_proj"] == 0.25 and layers["model.layers.0.mlp.up_proj"] == 0.5
 
 
 def test_several_methods_from_one_load(tiny_dir, text_file, cache, tmp_path):
-    outcomes = prune(str(tiny_dir), "magnitude,wanda", 0.5, data=str(text_file), out=tmp_path / "out", **CAL)
+    outcomes = prune(str(tiny_dir), "magnitude,wanda", calibration=cal(text_file), out=tmp_path / "out")
     assert [o.out.name for o in outcomes] == ["magnitude", "wanda"]
     from transformers import AutoModelForCausalLM
 
@@ -100,7 +105,7 @@ def test_several_methods_from_one_load(tiny_dir, text_file, cache, tmp_path):
 
 def test_saved_model_reloads_with_identical_logits(tiny_dir, text_file, cache, tmp_path):
     handle = ModelHandle(str(tiny_dir))
-    [outcome] = prune(handle, "zpruner", 0.5, data=str(text_file), out=tmp_path / "p", **CAL)
+    [outcome] = prune(handle, PruneRecipe("zpruner", 0.5), calibration=cal(text_file), out=tmp_path / "p")
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval()
@@ -108,7 +113,8 @@ def test_saved_model_reloads_with_identical_logits(tiny_dir, text_file, cache, t
     with torch.no_grad():
         assert torch.equal(handle.model(ids).logits, reloaded(ids).logits)
     provenance = json.loads((tmp_path / "p" / "zprune.json").read_text())
-    assert provenance["method"] == "zpruner" and provenance["stats_key"] == outcome.calibration.key
+    assert provenance["recipe"]["method"] == "zpruner" and provenance["stats_key"] == outcome.calibration.key
+    assert provenance["recipe_digest"] == outcome.report.recipe.digest and provenance["schema"] == 2
     assert provenance["pruned_layers"]["model.layers.0.self_attn.q_proj"] == 0.5
     assert "zpruner" in (tmp_path / "p" / "README.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.tmp")]
@@ -168,25 +174,24 @@ def test_masks_round_trip_through_the_cli(tiny_dir, text_file, cache, tmp_path):
 def test_pruned_propagation_statistics_are_cached(tiny_dir, text_file, cache, monkeypatch):
     import zprune_cli.pipeline as pipeline
 
-    entry = calibrate(str(tiny_dir), data=str(text_file), gram=True, **CAL).entry
-    spec = PruneSpec("sparsegpt", 0.5)
+    entry = calibrate(str(tiny_dir), cal(text_file), gram=True).entry
     first = ModelHandle(str(tiny_dir))
-    prune_in_memory(first.model, entry, spec)
+    prune_in_memory(first.model, entry, PruneRecipe("sparsegpt", 0.5))
     propagated = [p.name for p in entry.store.root.iterdir() if p.is_dir() and p.name.startswith(entry.key + "-p")]
     assert len(propagated) == 1
     monkeypatch.setattr(pipeline, "_prune_propagating", lambda *a, **k: pytest.fail("re-ran the propagation"))
     second = ModelHandle(str(tiny_dir))
-    prune_in_memory(second.model, entry, PruneSpec("sparsegpt", 0.5))
+    prune_in_memory(second.model, entry, PruneRecipe("sparsegpt", 0.5))
     a, b = linear_weights(first.model), linear_weights(second.model)
     assert all(torch.equal(a[n], b[n]) for n in a)  # the cached statistics give the same pruned model
     with pytest.raises(pytest.fail.Exception):  # other settings: a new run
-        prune_in_memory(ModelHandle(str(tiny_dir)).model, entry, PruneSpec("sparsegpt", 0.6))
+        prune_in_memory(ModelHandle(str(tiny_dir)).model, entry, PruneRecipe("sparsegpt", 0.6))
 
 
 def test_propagation_cache_is_not_reused_for_other_weights(tiny_dir, text_file, cache):
-    entry = calibrate(str(tiny_dir), data=str(text_file), gram=True, **CAL).entry
+    entry = calibrate(str(tiny_dir), cal(text_file), gram=True).entry
     handle = ModelHandle(str(tiny_dir))
-    prune_in_memory(handle.model, entry, PruneSpec("wanda", 0.5, propagate="pruned"))
-    prune_in_memory(handle.model, entry, PruneSpec("wanda", 0.5, propagate="pruned"))  # already pruned: new key
+    prune_in_memory(handle.model, entry, PruneRecipe("wanda", 0.5, propagate="pruned"))
+    prune_in_memory(handle.model, entry, PruneRecipe("wanda", 0.5, propagate="pruned"))  # already pruned: new key
     propagated = [p for p in entry.store.root.iterdir() if p.is_dir() and p.name.startswith(entry.key + "-p")]
     assert len(propagated) == 2

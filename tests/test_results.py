@@ -20,9 +20,11 @@ CELL = dict(
     allocation="uniform",
     propagate="dense",
     stats_key="abc123",
+    recipe="5a1e5a1e5a1e5a1e",
     protocol=PROTOCOL,
     metric="ppl:wikitext2",
 )
+FIND = {k: CELL[k] for k in ("fingerprint", "method", "recipe", "stats_key", "protocol", "metric")}
 
 
 @pytest.fixture()
@@ -60,27 +62,23 @@ def test_query_filters_and_metric_glob(store):
 
 
 def test_find_matches_the_identical_cell_only(store):
-    assert store.find(**CELL) is None
+    assert store.find(**FIND) is None
     first = store.record(value=20.0, **CELL)
     second = store.record(value=21.0, **CELL)
-    found = store.find(**CELL)
+    found = store.find(**FIND)
     assert found is not None and found["run_id"] == second != first
     # protocol given as JSON text with other key order is the same cell
     as_text = '{"seqlen": 2048, "split": "test", "n_windows": 140, "dataset": "wikitext2"}'
-    assert store.find(**{**CELL, "protocol": as_text})
+    assert store.find(**{**FIND, "protocol": as_text})
     for key, other in [
-        ("sparsity", 0.6),
-        ("pattern", "2:4"),
-        ("scope", "layer"),
-        ("allocation", "owl"),
-        ("propagate", "pruned"),
+        ("recipe", "0" * 16),  # any other weight-changing setting: another recipe digest
         ("stats_key", None),
         ("protocol", {**PROTOCOL, "seqlen": 1024}),
         ("metric", "ppl:c4"),
         ("fingerprint", "fp-2"),
         ("method", "sparsegpt"),
     ]:
-        assert store.find(**{**CELL, key: other}) is None, key
+        assert store.find(**{**FIND, key: other}) is None, key
 
 
 def test_delete(store):

@@ -8,34 +8,35 @@ import time
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import DATA_DIR
 from zprune_cli.calibration import calibrate
-from zprune_cli.evaluate.run import EvalPlan, measure
+from zprune_cli.comparison import grid_recipes
 from zprune_cli.evaluate.efficiency import is_2_4
+from zprune_cli.evaluate.run import EvalPlan, Evaluation, measure
+from zprune_cli.models.blocks import pruned_layers
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory, pruned_layers
-from zprune_cli.pruning import make_provenance, save_pruned
+from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import NullProgress
+from zprune_cli.pruning import make_provenance, save_pruned
+from zprune_cli.recipe import PruneRecipe
+from zprune_cli.settings import Calibration, Settings
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (SHARED_DATA / "c4").is_dir(), reason="needs ../shared/data"),
-]
-C4 = str(next((SHARED_DATA / "c4").glob("*.jsonl"), "missing"))
-CAL = dict(data=C4, nsamples=8, seqlen=256, seed=0)
+# DATA_DIR: the full ../shared/data when present, else the slice shipped in tests/data (same layout)
+pytestmark = pytest.mark.slow
+C4 = str(next((DATA_DIR / "c4").glob("*.jsonl")))
+CAL = Calibration(C4, 8, 256, 0)
 
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
-    pytest.importorskip("gguf")
     handle = ModelHandle("smollm2-135m", device="cpu")
-    cache = tmp_path_factory.mktemp("cache")
-    calibration = calibrate(handle, gram=True, cache_dir=cache, **CAL)
-    return handle, calibration, cache
+    settings = Settings(cache_dir=tmp_path_factory.mktemp("cache"), data_dir=DATA_DIR, device="cpu")
+    calibration = calibrate(handle, CAL, gram=True, settings=settings)
+    return handle, calibration, settings
 
 
 def wikitext_ppl(handle, seqlen=256, windows=8) -> float:
-    plan = EvalPlan(["wikitext2"], seqlen=seqlen, max_windows=windows, data_dir=SHARED_DATA)
+    plan = EvalPlan(Evaluation(data="wikitext2", seqlen=seqlen, max_windows=windows), DATA_DIR)
     [ppl, *_] = measure(handle.model, handle.tokenizer, plan)
     assert ppl.protocol["n_windows"] == windows
     return ppl.value
@@ -43,10 +44,11 @@ def wikitext_ppl(handle, seqlen=256, windows=8) -> float:
 
 def test_second_calibration_is_a_fast_hit(tmp_path):
     started = time.perf_counter()
-    first = calibrate("smollm2-135m", cache_dir=tmp_path, device="cpu", **CAL)
+    settings = Settings(cache_dir=tmp_path, device="cpu")
+    first = calibrate("smollm2-135m", CAL, settings=settings)
     first_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    second = calibrate("smollm2-135m", cache_dir=tmp_path, device="cpu", **CAL)
+    second = calibrate("smollm2-135m", CAL, settings=settings)
     second_seconds = time.perf_counter() - started
     assert not first.hit and second.hit and second.key == first.key
     assert second_seconds < 0.1 * first_seconds, (first_seconds, second_seconds)
@@ -65,7 +67,7 @@ def test_statistics_methods_beat_magnitude(smol):
     ppl = {}
     for method in ("magnitude", "wanda", "ria", "zpruner", "sparsegpt"):
         snapshot.restore()
-        report = prune_in_memory(handle.model, calibration.entry, PruneSpec(method, 0.5))
+        report = prune_in_memory(handle.model, calibration.entry, PruneRecipe(method, 0.5))
         assert report.overall == pytest.approx(0.5, abs=1e-3)
         ppl[method] = wikitext_ppl(handle)
     snapshot.restore()
@@ -77,11 +79,11 @@ def test_statistics_methods_beat_magnitude(smol):
 def test_saved_gguf_model_reloads_with_identical_logits_and_2to4(smol, tmp_path):
     handle, calibration, _ = smol
     snapshot = DenseSnapshot(handle.model)
-    report = prune_in_memory(handle.model, calibration.entry, PruneSpec("zpruner", pattern="2:4"))
+    report = prune_in_memory(handle.model, calibration.entry, PruneRecipe("zpruner", pattern="2:4"))
     for _, prefix, linears in pruned_layers(handle.model, []):
         for name, linear in linears.items():
             assert is_2_4(linear.weight), prefix + name  # at most 2 non-zeros per 4 (GGUF has natural zeros)
-    save_pruned(handle, make_provenance(handle, calibration, report), tmp_path / "out", False, NullProgress())
+    save_pruned(handle, make_provenance(handle, report, calibration), tmp_path / "out", False, NullProgress())
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
@@ -93,7 +95,7 @@ def test_saved_gguf_model_reloads_with_identical_logits_and_2to4(smol, tmp_path)
 
 def test_arc_easy_above_chance(smol):
     handle, _, _ = smol
-    plan = EvalPlan([], tasks=["arc_easy_local"], limit=100, batch_size=8, data_dir=SHARED_DATA)
+    plan = EvalPlan(Evaluation(data=(), tasks="arc_easy_local", limit=100, batch_size=8), DATA_DIR)
     metrics = {m.name: m for m in measure(handle.model, handle.tokenizer, plan)}
     acc = metrics["acc:arc_easy_local"]
     assert acc.detail["n"] == 100
@@ -104,10 +106,10 @@ def test_compare_five_methods_with_plot(smol, tmp_path):
     from zprune_cli.comparison import compare
     from zprune_cli.plot import plot_leaderboard
 
-    handle, calibration, cache = smol
+    handle, calibration, settings = smol
     snapshot = DenseSnapshot(handle.model)
-    outcome = compare(handle, "magnitude,wanda,sparsegpt,ria,zpruner", "0.5", eval_data="wikitext2", eval_seqlen=256,
-                      max_windows=8, data_dir=SHARED_DATA, cache_dir=cache, **CAL)
+    outcome = compare(handle, grid_recipes("magnitude,wanda,sparsegpt,ria,zpruner", "0.5"),
+                      Evaluation(data="wikitext2", seqlen=256, max_windows=8), calibration=CAL, settings=settings)
     assert outcome.calibration_key == calibration.key  # the grid reused the module's calibration
     assert outcome.computed == 6 and len(outcome.rows) == 6
     png = plot_leaderboard(outcome.rows, "ppl:wikitext2", tmp_path / "ppl.png")

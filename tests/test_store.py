@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from zprune_cli.settings import Calibration, Settings
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneError
 from zprune_cli.stats.collect import InputGroup
@@ -89,7 +90,7 @@ def test_truncated_entry_is_refused(tmp_path):
 
 
 def _calibrate_in_process(model_dir, text, cache, queue):
-    r = calibrate(model_dir, data=text, nsamples=2, seqlen=16, cache_dir=cache)
+    r = calibrate(model_dir, Calibration(text, 2, 16, 0), settings=Settings(cache_dir=cache))
     queue.put((r.key, r.hit))
 
 

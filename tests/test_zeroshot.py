@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from conftest import DATA_DIR
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluate.zeroshot import (
     DATA_DIR_ENV,
@@ -26,14 +26,6 @@ from zprune_cli.evaluate.zeroshot import (
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 
 
-def find_data_dir() -> Path | None:
-    env = os.environ.get(DATA_DIR_ENV)
-    candidate = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return candidate if (candidate / "arc").is_dir() else None
-
-
-DATA_DIR = find_data_dir()
-needs_data = pytest.mark.skipif(DATA_DIR is None, reason="shared/data not found (set ZPRUNE_DATA_DIR)")
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -142,9 +134,8 @@ def test_shipped_tasks_need_a_data_dir(monkeypatch, tmp_path):
         zeroshot(None, None, ["piqa_local"])
     (tmp_path / "piqa").mkdir()
     (tmp_path / "piqa" / "valid.jsonl").write_text("{}\n")
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(ZpruneError, match=r"missing data file.*piqa/valid-labels\.lst.*ZPRUNE_DATA_DIR"):
-        zeroshot(None, None, ["piqa_local"])
+        zeroshot(None, None, ["piqa_local"], data_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------------ shipped task configs
@@ -216,8 +207,8 @@ SHIPPED_COUNTS = {
 }
 
 
-@needs_data
-def test_shipped_loaders_read_the_shared_data():
+def test_shipped_loaders_read_the_shared_data(full_data):
+    DATA_DIR = full_data
     sys.path.insert(0, str(SHIPPED_TASKS_DIR))
     try:
         import utils as ours
@@ -243,9 +234,7 @@ def test_shipped_loaders_read_the_shared_data():
     assert [piqa["validation"][i]["label"] for i in range(3)] == [0, 1, 1]
 
 
-@needs_data
-def test_shipped_arc_easy_runs_on_the_tiny_model(model, tokenizer, monkeypatch):
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+def test_shipped_arc_easy_runs_on_the_tiny_model(model, tokenizer):  # the shipped slice is enough
     result = zeroshot(model, tokenizer, ["arc_easy_local"], limit=5, data_dir=DATA_DIR)
     row = result["arc_easy_local"]
     assert row["n"] == 5
@@ -266,8 +255,8 @@ FIRST_DOCS = {
 }
 
 
-@needs_data
-def test_shipped_tasks_render_like_lm_eval(tmp_path):
+def test_shipped_tasks_render_like_lm_eval(tmp_path, full_data):
+    DATA_DIR = full_data
     from lm_eval.tasks import TaskManager
 
     from zprune_cli.evaluate.zeroshot import _hf_offline, _write_resolved_tasks

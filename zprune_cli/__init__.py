@@ -10,8 +10,17 @@ _LAZY = {
     "evaluate": "zprune_cli.evaluate.run",
     "compare": "zprune_cli.comparison",
     "export": "zprune_cli.export",
-    "load_pretrained": "zprune_cli.export",
-    "apply_masks": "zprune_cli.export",
+    "load_pretrained": "zprune_cli.models.pretrained",
+    "load_tokenizer": "zprune_cli.models.pretrained",
+    "apply_masks": "zprune_cli.formats.masks",
+    "PruneRecipe": "zprune_cli.recipe",
+    "Provenance": "zprune_cli.provenance",
+    "Settings": "zprune_cli.settings",
+    "Calibration": "zprune_cli.settings",
+    "load_settings": "zprune_cli.settings",
+    "Evaluation": "zprune_cli.evaluate.run",
+    "grid_recipes": "zprune_cli.comparison",
+    "ModelHandle": "zprune_cli.models.handle",
 }
 
 

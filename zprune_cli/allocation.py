@@ -12,6 +12,8 @@ import math
 import torch
 
 from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.methods.base import PRUNE_PRECISION
+from zprune_cli.methods.wanda import wanda_scores
 
 
 def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
@@ -29,6 +31,12 @@ def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
     threshold = M * mean
     above = sum(int((s > threshold).sum()) for s in scores)
     return above / total
+
+
+def block_outlier_fraction(linears: dict, stats: dict, M: float) -> float:
+    """outlier_fraction of one block from its Linear layers {name: Linear} and statistics {name: LayerStats}."""
+    scores = [wanda_scores(linear.weight.detach().to(PRUNE_PRECISION), stats[name]) for name, linear in linears.items()]
+    return outlier_fraction(scores, M)
 
 
 def owl_sparsities(outlier_fractions: list[float], sparsity: float, lam: float = 0.08) -> list[float]:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zprune_cli.config import cache_dir as resolve_cache_dir
+from zprune_cli.settings import Settings
 from zprune_cli.stats.store import StatsStore
+
+
+def resolve_cache_dir(cache_dir=None) -> Path:
+    """The given cache folder (the CLI passes its resolved settings'), else the environment's default."""
+    return Path(cache_dir).expanduser() if cache_dir else Settings.from_env().cache_dir
 
 
 def stats_root(cache_dir=None) -> Path:

@@ -9,8 +9,6 @@ from pathlib import Path
 import torch
 
 from zprune_cli import __version__
-from zprune_cli.config import cache_dir as resolve_cache_dir
-from zprune_cli.config import data_dir as resolve_data_dir
 from zprune_cli.data.selfgen import generate_windows
 from zprune_cli.data.sources import SELF, TextSource, resolve_source
 from zprune_cli.data.windows import calibration_windows
@@ -20,13 +18,15 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
+from zprune_cli.settings import Calibration, Settings
+from zprune_cli.settings import resolve as resolve_settings
 from zprune_cli.stats.collect import BlockStatsCollector
 from zprune_cli.stats.store import StatsEntry, StatsKey, StatsStore
 
-DEFAULT_DATA = "c4"
-DEFAULT_NSAMPLES = 128
-DEFAULT_SEQLEN = 2048
-DEFAULT_SEED = 0
+DEFAULT_DATA = Calibration.data
+DEFAULT_NSAMPLES = Calibration.nsamples
+DEFAULT_SEQLEN = Calibration.seqlen
+DEFAULT_SEED = Calibration.seed
 
 
 @dataclass
@@ -50,13 +50,6 @@ class CalibrationResult:
         }
 
 
-def validate_counts(nsamples: int, seqlen: int) -> None:
-    if nsamples <= 0:
-        raise ZpruneUsageError(f"--nsamples must be positive (got {nsamples})")
-    if seqlen <= 1:
-        raise ZpruneUsageError(f"--seqlen must be at least 2 (got {seqlen})")
-
-
 def stats_key(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, gram: bool) -> StatsKey:
     return StatsKey(
         model_fingerprint=handle.source.fingerprint,
@@ -72,31 +65,25 @@ def stats_key(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int,
 
 def calibrate(
     model: str | ModelHandle = "smollm2-135m",
-    data: str = DEFAULT_DATA,
-    nsamples: int = DEFAULT_NSAMPLES,
-    seqlen: int = DEFAULT_SEQLEN,
-    seed: int = DEFAULT_SEED,
-    gram: bool = False,
+    calibration: Calibration | None = None,
     *,
-    cache_dir: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    gram: bool = False,
+    settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> CalibrationResult:
-    """Compute (or find) the activation statistics of `model` on `data`; return the store entry.
+    """Compute (or find) the activation statistics of `model` on `calibration`; return the store entry.
 
-    A second call with the same key is a cache hit: no model load, no forward pass.
+    calibration=None takes the settings' defaults (C4, 128 x 2048, seed 0 unless configured). A second
+    call with the same key is a cache hit: no model load, no forward pass.
     """
     started = time.perf_counter()
-    validate_counts(nsamples, seqlen)
+    settings = resolve_settings(settings)
+    calibration = calibration or settings.calibration
     progress = ensure(progress)
-    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
-    text = resolve_source(data, "train", resolve_data_dir(data_dir))
-    key = stats_key(handle, text, nsamples, seqlen, seed, gram)
-    store = StatsStore(resolve_cache_dir(cache_dir))
+    handle = ModelHandle.of(model, settings)
+    text = resolve_source(calibration.data, "train", settings.data_dir)
+    key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram)
+    store = StatsStore(settings.cache_dir)
 
     entry = store.lookup(key)
     if entry is None:

@@ -1,77 +1,48 @@
-"""`compare`: methods x sparsities x patterns from one calibration and one load of the weights.
+"""`compare`: a grid of recipes from one calibration and one load of the weights.
 
-Every cell is pruned in memory from a snapshot of the dense weights, evaluated with one EvalPlan
-(windows tokenised once), and recorded in the results store as soon as it finishes, so a re-run
-skips finished cells and Ctrl-C loses only the cell in progress.
+Every cell is a PruneRecipe, pruned in memory from a snapshot of the dense weights, evaluated with one
+EvalPlan (windows tokenised once), and recorded in the results store as soon as it finishes (one
+transaction per cell), so a re-run skips finished cells and Ctrl-C loses only the cell in progress.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
-from zprune_cli.calibration import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN, calibrate
-from zprune_cli.config import cache_dir as resolve_cache_dir
-from zprune_cli.config import load_toml_config
+from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluate.run import EvalPlan, measure, record
+from zprune_cli.evaluate.run import EvalPlan, Evaluation, measure, metric_name, record
 from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory
+from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
+from zprune_cli.pruning import make_provenance
+from zprune_cli.recipe import PruneRecipe
 from zprune_cli.results import ResultsStore, results_path
-
-GRID_KEYS = {"methods", "sparsity", "patterns", "eval", "tasks", "propagate", "allocation", "data", "nsamples", "seqlen",
-             "seed", "eval_seqlen", "max_windows", "limit"}
-
-
-@dataclass(frozen=True)
-class Cell:
-    method: str
-    sparsity: float
-    pattern: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} {self.pattern}" + ("" if ":" in self.pattern else f" {self.sparsity:g}")
+from zprune_cli.settings import Calibration, Settings, split_list
+from zprune_cli.settings import resolve as resolve_settings
 
 
-def split_list(value: str | list | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    return [v.strip() for v in items if v.strip()]
-
-
-def make_cells(methods: list[str], sparsities: list[float], patterns: list[str]) -> list[Cell]:
-    """Every method x pattern, and x sparsity for unstructured (N:M fixes its own sparsity n/m)."""
-    if not methods or not patterns or (not sparsities and any(p == "unstructured" for p in patterns)):
+def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float] = (0.5,),
+                 patterns: str | Sequence[str] = ("unstructured",), **shared: Any) -> list[PruneRecipe]:
+    """Every method x pattern, and x sparsity for unstructured (N:M fixes its own n/m); `shared` holds the
+    other recipe fields (scope, allocation, reconstruct, propagate, ignore, overrides, ...) for all cells."""
+    methods = split_list(methods, str, "--method")
+    ratios = split_list(sparsities, float, "--sparsity")
+    patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
+    if not methods or not patterns or (not ratios and "unstructured" in patterns):
         raise ZpruneUsageError("the grid is empty: give at least one method, one pattern and (for unstructured) one sparsity")
-    cells: list[Cell] = []
+    recipes: list[PruneRecipe] = []
     for method in methods:
-        for pattern_text in patterns:
-            pattern = Pattern.parse(pattern_text)
-            ratios = [pattern.n / pattern.m] if pattern.is_nm else sparsities
-            for ratio in ratios:
-                cell = Cell(method, float(ratio), str(pattern))
-                if cell in cells:
-                    raise ZpruneUsageError(f"the grid names the cell '{cell.label}' twice")
-                cells.append(cell)
-    return cells
-
-
-def load_grid(name: str) -> dict:
-    """[grids.NAME] of zprune.toml, or [tool.zprune.grids.NAME] of pyproject.toml."""
-    grids = load_toml_config().get("grids", {})
-    if name not in grids:
-        known = ", ".join(sorted(grids)) or "none defined"
-        raise ZpruneUsageError(f"no grid named '{name}' in zprune.toml or [tool.zprune.grids] (known: {known})")
-    grid = dict(grids[name])
-    unknown = sorted(set(grid) - GRID_KEYS)
-    if unknown:
-        raise ZpruneUsageError(f"grid '{name}' has unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(GRID_KEYS))})")
-    return grid
+        for pattern in patterns:
+            for ratio in ([None] if pattern != "unstructured" else ratios):
+                recipe = PruneRecipe(method=method, sparsity=ratio, pattern=pattern, **shared)
+                if recipe in recipes:
+                    raise ZpruneUsageError(f"the grid names the cell '{recipe.label()}' twice")
+                recipes.append(recipe)
+    return recipes
 
 
 @dataclass
@@ -84,111 +55,82 @@ class CompareOutcome:
 
 
 def compare(
-    model: str | ModelHandle = "smollm2-135m",
-    methods: str | list[str] = "magnitude,wanda,sparsegpt,ria,zpruner",
-    sparsities: str | list[float] = "0.5",
-    patterns: str | list[str] = "unstructured",
+    model: str | ModelHandle,
+    recipes: Sequence[PruneRecipe],
+    evaluation: Evaluation | None = None,
     *,
-    eval_data: str | list[str] = "wikitext2",
-    tasks: str | list[str] | None = None,
-    tasks_dir: str | None = None,
-    limit: int | None = None,
-    eval_seqlen: int | None = None,
-    max_windows: int | None = None,
-    batch_size: int = 1,
-    propagate: str = "auto",
-    allocation: str = "uniform",
+    calibration: Calibration | None = None,
     force: bool = False,
-    data: str = DEFAULT_DATA,
-    nsamples: int = DEFAULT_NSAMPLES,
-    seqlen: int = DEFAULT_SEQLEN,
-    seed: int = DEFAULT_SEED,
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> CompareOutcome:
+    """Prune and evaluate every recipe (plus the dense model) from one calibration; the leaderboard rows."""
     started = time.perf_counter()
+    settings = resolve_settings(settings)
     progress = ensure(progress)
-    try:
-        ratios = [float(s) for s in split_list(sparsities)] if not isinstance(sparsities, list) else [float(s) for s in sparsities]
-    except ValueError:
-        raise ZpruneUsageError(f"--sparsity takes comma-separated numbers, got '{sparsities}'") from None
-    cells = make_cells(split_list(methods), ratios, split_list(patterns))
-    specs = {c: PruneSpec(c.method, c.sparsity, c.pattern, allocation=allocation, propagate=propagate) for c in cells}
-    plan = EvalPlan(split_list(eval_data), eval_seqlen, batch_size, max_windows, split_list(tasks), tasks_dir, 0, limit,
-                    False, data_dir)
-    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
-    store = ResultsStore(results_path(resolve_cache_dir(cache_dir)))
-    calibration = calibrate(handle, data, nsamples, seqlen, seed, gram=any(s.needs_gram for s in specs.values()),
-                            cache_dir=cache_dir, data_dir=data_dir, progress=progress)
-    settings = {"grid": True, "eval": plan.datasets, "tasks": plan.tasks, "limit": limit, "dtype": handle.dtype_name,
-                "calibration": {"data": data, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}}
-    protocols = _expected_protocols(plan, handle)
-    base = {"spec": handle.source.spec, "fingerprint": handle.source.fingerprint}
+    recipes = list(recipes)
+    if not recipes:
+        raise ZpruneUsageError("the grid is empty: give at least one recipe")
+    if len({r.digest for r in recipes}) != len(recipes):
+        raise ZpruneUsageError("the grid names the same recipe twice")
+    evaluation = evaluation or Evaluation()
+    plan = EvalPlan(evaluation, settings.data_dir)
+    handle = ModelHandle.of(model, settings)
+    store = ResultsStore(results_path(settings.cache_dir))
+    result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
+    run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}
+    protocols = expected_protocols(plan, handle)
     computed = skipped = 0
     snapshot = None
-    with progress.task(f"Grid of {len(cells) + 1} cells", len(cells) + 1) as grid_task:
-        todo: list[tuple[Cell | None, dict]] = [(None, {"base_model": base, "method": "dense"})]
-        todo += [(c, {**specs[c].describe(), "stats_key": calibration.key, "base_model": base}) for c in cells]
-        for cell, provenance in todo:
-            if not force and _done(store, handle, provenance, protocols):
+    with progress.task(f"Grid of {len(recipes) + 1} cells", len(recipes) + 1) as grid_task:
+        for recipe in [None, *recipes]:
+            if not force and _done(store, handle, recipe, result.key, protocols):
                 skipped += 1
                 grid_task.advance(1)
                 continue
-            if cell is not None:
+            provenance = None
+            if recipe is not None:
                 snapshot = snapshot or DenseSnapshot(handle.model)
                 snapshot.restore()
-                report = prune_in_memory(handle.model, calibration.entry, specs[cell], progress)
-                provenance = {**provenance, "overall_sparsity": report.overall, "prune_seconds": report.seconds}
-            metrics = measure(handle.model, handle.tokenizer, plan, progress)
-            record(store, handle, metrics, provenance if cell is not None else None, settings)
+                report = prune_in_memory(handle.model, result.entry, recipe, progress)
+                provenance = make_provenance(handle, report, result)
+            layer_names = list(provenance.pruned_layers) if provenance else None
+            metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names)
+            record(store, handle, metrics, provenance, run_settings)
             computed += 1
             grid_task.advance(1)
         if snapshot is not None:
             snapshot.restore()
-    rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=calibration.key,
-                       protocols=protocols)
-    return CompareOutcome(computed, skipped, calibration.key, rows, time.perf_counter() - started)
+    rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=result.key, protocols=protocols)
+    return CompareOutcome(computed, skipped, result.key, rows, time.perf_counter() - started)
 
 
-def _expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
+def expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
     """metric -> protocol that a finished cell has recorded (computed before any cell runs)."""
     seqlen = plan.seqlen_for(handle.model)
     expected = {}
     for source in plan.sources:
         windows = plan.windows(source, handle.tokenizer, seqlen)
-        name = source.name if source.name != "file" else Path(source.where).name
-        expected[f"ppl:{name}"] = {
-            "dataset": source.name if source.name != "file" else source.where, "split": source.split, "seqlen": seqlen,
-            "n_windows": int(windows.shape[0]), "n_tokens": int(windows.shape[0] * (seqlen - 1)),
-            "source": source.identity, "data_hash": source.content_hash,
-        }
-    for task in plan.tasks:
-        expected[f"acc:{task}"] = {"task": task, "num_fewshot": plan.num_fewshot, "limit": plan.limit}
+        expected[metric_name(source)] = plan.protocol(source, seqlen, int(windows.shape[0]))
+    e = plan.evaluation
+    for task in e.tasks:
+        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
     return expected
 
 
-def _done(store: ResultsStore, handle: ModelHandle, p: dict, protocols: dict[str, dict]) -> bool:
-    dense = p.get("method") == "dense"
-    for metric, protocol in protocols.items():
-        row = store.find(
-            metric=metric, fingerprint=handle.source.fingerprint, protocol=protocol, method=p.get("method", "dense"),
-            sparsity=None if dense else p["sparsity"], pattern=None if dense else p["pattern"],
-            scope=None if dense else p["scope"], allocation=None if dense else p["allocation"],
-            propagate=None if dense else p["propagate"], stats_key=None if dense else p["stats_key"],
-        )
-        if row is None:
-            return False
-    return True
+def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, stats_key: str,
+          protocols: dict[str, dict]) -> bool:
+    return all(
+        store.find(metric=metric, fingerprint=handle.source.fingerprint, protocol=protocol,
+                   method=recipe.method if recipe else "dense", recipe=recipe.digest if recipe else None,
+                   stats_key=stats_key if recipe else None) is not None
+        for metric, protocol in protocols.items()
+    )
 
 
 def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str | None = None, stats_key: str | None = None,
                 protocols: dict[str, dict] | None = None, metric: str | None = None) -> list[dict]:
-    """One row per (model, method, settings): the latest value of each metric. Dense rows included."""
+    """One row per (model, recipe, statistics): the latest value of each metric. Dense rows included."""
     rows: dict[tuple, dict] = {}
     for r in store.query(model=model, fingerprint=fingerprint):
         if r["method"] != "dense" and stats_key is not None and r["stats_key"] != stats_key:
@@ -197,10 +139,10 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
             continue
         if metric is not None and not (r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"):
             continue
-        key = (r["model"], r["method"], r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"], r["stats_key"])
-        row = rows.setdefault(key, {"model": r["model"], "method": r["method"], "sparsity": r["sparsity"], "pattern": r["pattern"] or "",
-                                    "scope": r["scope"] or "", "allocation": r["allocation"] or "", "propagate": r["propagate"] or "",
-                                    "stats_key": r["stats_key"] or "", "metrics": {}, "_created": {}})
+        # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
+        identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
+        key = (r["model"], r["fingerprint"], r["method"], identity, r["stats_key"])
+        row = rows.setdefault(key, _row(r))
         if r["created"] >= row["_created"].get(r["metric"], ""):
             row["metrics"][r["metric"]] = r["value"]
             row["_created"][r["metric"]] = r["created"]
@@ -208,8 +150,24 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     for row in rows.values():
         row.pop("_created")
         out.append(row)
-    out.sort(key=lambda r: (r["model"], r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"]))
+    out.sort(key=lambda r: (r["model"], r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"], r["recipe"]))
     return out
+
+
+def _row(r: dict) -> dict:
+    recipe = (r.get("settings") or {}).get("recipe")
+    label = "dense"
+    if isinstance(recipe, dict):
+        try:
+            label = PruneRecipe.from_dict(recipe).label()
+        except ZpruneUsageError:  # a recipe of another zprune version: show its fields instead
+            label = r["method"]
+    elif r["method"] != "dense":
+        label = r["method"]
+    return {"model": r["model"], "method": r["method"], "label": label, "sparsity": r["sparsity"],
+            "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
+            "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
+            "metrics": {}, "_created": {}}
 
 
 def known_metrics(rows: list[dict]) -> list[str]:

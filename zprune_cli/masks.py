@@ -122,12 +122,3 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     take = ties[rank < missing[row]]
     mask[take[:, 0], take[:, 1]] = True
     return mask
-
-
-def check_nm(prune_mask: torch.Tensor, n: int, m: int) -> bool:
-    """True iff every group of m consecutive columns in every row has exactly n pruned entries."""
-    rows, cols = prune_mask.shape
-    if m <= 0 or cols % m != 0:
-        return False
-    per_group = prune_mask.reshape(rows, cols // m, m).sum(dim=-1)  # [out, in/m]
-    return bool((per_group == n).all())

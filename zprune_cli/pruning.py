@@ -1,26 +1,24 @@
-"""`prune`: statistics from the store (calibrating first when missing), prune, optionally save."""
+"""`prune`: statistics from the store (calibrating first when missing), prune by recipe, optionally save."""
 
 from __future__ import annotations
 
-import json
-import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-import torch
-
-from zprune_cli import __version__
-from zprune_cli.calibration import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN, CalibrationResult, calibrate
-from zprune_cli.config import load_toml_config
+from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.model_card import model_card
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.export.io import staged_folder
-from zprune_cli.export.provenance import PROVENANCE_FILE, PROVENANCE_FORMAT, model_card
 from zprune_cli.models.save import save_model
-from zprune_cli.pipeline import DenseSnapshot, PruneReport, PruneSpec, prune_in_memory
+from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
 from zprune_cli.progress import Progress, ensure
-
+from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
+from zprune_cli.recipe import PruneRecipe, parse_method_list
+from zprune_cli.settings import Calibration, Settings
+from zprune_cli.settings import resolve as resolve_settings
+from zprune_cli.sparsity import count_zeros
+from zprune_cli.staging import staged_folder
 
 
 @dataclass
@@ -28,11 +26,12 @@ class PruneOutcome:
     report: PruneReport
     calibration: CalibrationResult
     out: Path | None
-    provenance: dict
+    provenance: Provenance
 
     def summary(self) -> dict:
         return {
-            **self.report.spec,
+            **self.report.recipe.as_dict(),
+            "recipe_digest": self.report.recipe.digest,
             "overall_sparsity": round(self.report.overall, 6),
             "stats_key": self.calibration.key,
             "out": str(self.out) if self.out else None,
@@ -41,87 +40,75 @@ class PruneOutcome:
         }
 
 
-def split_methods(method: str | list[str]) -> list[str]:
-    names = [m.strip() for m in method.split(",")] if isinstance(method, str) else list(method)
-    names = [n for n in names if n]
-    if not names:
-        raise ZpruneUsageError("--method is empty")
-    if len(set(names)) != len(names):
-        raise ZpruneUsageError(f"--method names a method twice: {','.join(names)}")
-    return names
+def as_recipes(recipe: PruneRecipe | Sequence[PruneRecipe] | str | None) -> list[PruneRecipe]:
+    """One recipe, several, or method names ('wanda,ria': each with the default settings)."""
+    if recipe is None:
+        return [PruneRecipe()]
+    if isinstance(recipe, PruneRecipe):
+        return [recipe]
+    if isinstance(recipe, str):
+        return [PruneRecipe(method=name) for name in parse_method_list(recipe)]
+    recipes = list(recipe)
+    if not recipes or not all(isinstance(r, PruneRecipe) for r in recipes):
+        raise ZpruneUsageError("prune takes a PruneRecipe, a list of them, or method names")
+    if len({r.digest for r in recipes}) != len(recipes):
+        raise ZpruneUsageError("the same recipe is given twice")
+    return recipes
 
 
 def prune(
     model: str | ModelHandle = "smollm2-135m",
-    method: str | list[str] = "zpruner",
-    sparsity: float = 0.5,
-    pattern: str = "unstructured",
+    recipe: PruneRecipe | Sequence[PruneRecipe] | str | None = None,
     *,
-    scope: str | None = None,
-    allocation: str = "uniform",
-    owl_m: float = 5.0,
-    owl_lambda: float = 0.08,
-    reconstruct: bool = False,
-    propagate: str = "auto",
-    ignore: list[str] | None = None,
-    method_options: dict | None = None,
+    calibration: Calibration | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    data: str = DEFAULT_DATA,
-    nsamples: int = DEFAULT_NSAMPLES,
-    seqlen: int = DEFAULT_SEQLEN,
-    seed: int = DEFAULT_SEED,
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> list[PruneOutcome]:
-    """Prune `model` with each of `method` (comma-separated) from one load of weights and statistics.
+    """Prune `model` with each recipe from one load of weights and statistics.
 
-    With `out`, each pruned model is saved there (one method) or under out/<method> (several).
-    Per-layer sparsity overrides come from the config: [tool.zprune.sparsity] regex = ratio.
+    With `out`, each pruned model is saved there (one recipe) or under out/<method> (several).
     """
+    settings = resolve_settings(settings)
     progress = ensure(progress)
-    overrides = {str(k): float(v) for k, v in load_toml_config().get("sparsity", {}).items()}
-    specs = [
-        PruneSpec(
-            method=name, sparsity=sparsity, pattern=pattern, scope=scope, allocation=allocation, owl_m=owl_m,
-            owl_lambda=owl_lambda, reconstruct=reconstruct, propagate=propagate, ignore=list(ignore or []),
-            overrides=overrides, method_options=dict(method_options or {}),
-        )
-        for name in split_methods(method)
-    ]
-    outs = _output_paths(out, [s.method for s in specs], overwrite)
-    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
-    calibration = calibrate(
-        handle, data, nsamples, seqlen, seed, gram=any(s.needs_gram for s in specs),
-        cache_dir=cache_dir, data_dir=data_dir, progress=progress,
-    )
-    snapshot = DenseSnapshot(handle.model, specs[0].ignore) if len(specs) > 1 else None
+    recipes = as_recipes(recipe)
+    outs = output_paths(out, [r.method for r in recipes], overwrite)
+    handle = ModelHandle.of(model, settings)
+    result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
+    snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
     outcomes = []
-    for spec, target in zip(specs, outs):
+    for r, target in zip(recipes, outs):
         if snapshot is not None:
             snapshot.restore()
-        report = prune_in_memory(handle.model, calibration.entry, spec, progress)
-        provenance = make_provenance(handle, calibration, report)
+        report = prune_in_memory(handle.model, result.entry, r, progress)
+        provenance = make_provenance(handle, report, result)
         if target is not None:
             save_pruned(handle, provenance, target, overwrite, progress)
-        outcomes.append(PruneOutcome(report, calibration, target, provenance))
+        outcomes.append(PruneOutcome(report, result, target, provenance))
     return outcomes
+
+
+def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult) -> Provenance:
+    """The one place a pruned model's record is built (prune and every compare cell)."""
+    s = calibration.entry.manifest["settings"]
+    record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
+    return Provenance(
+        base_model=BaseModel.of(handle.source), recipe=report.recipe,
+        pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
+        stats_key=calibration.key, calibration=record, seconds=round(report.seconds, 3),
+    )
 
 
 @dataclass
 class MaskOutcome:
     layers: int
     out: Path | None
-    provenance: dict
+    provenance: Provenance
 
     def summary(self) -> dict:
-        return {"masks_applied_layers": self.layers, "overall_sparsity": self.provenance["overall_sparsity"],
-                "out": str(self.out) if self.out else None, "method": self.provenance.get("method")}
+        return {"masks_applied_layers": self.layers, "overall_sparsity": self.provenance.overall_sparsity,
+                "out": str(self.out) if self.out else None, "method": self.provenance.recipe.method}
 
 
 def prune_with_masks(
@@ -130,81 +117,52 @@ def prune_with_masks(
     *,
     out: str | Path | None = None,
     overwrite: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> MaskOutcome:
     """Apply masks from `zprune export --format masks` to the same base model (no statistics needed)."""
-    from zprune_cli.export import apply_masks
-    from zprune_cli.export.masks import read_masks
-    from zprune_cli.pipeline import measure, pruned_layers
+    from zprune_cli.formats.masks import apply_masks, read_masks
 
     progress = ensure(progress)
-    [target] = _output_paths(out, ["masks"], overwrite)
-    handle = ModelHandle.of(model, device, dtype, revision, trust_remote_code)
+    [target] = output_paths(out, ["masks"], overwrite)
+    handle = ModelHandle.of(model, settings)
     n_layers = apply_masks(handle.model, masks, fingerprint=handle.source.fingerprint)
     _, manifest = read_masks(masks)
-    sparsity, params = measure(pruned_layers(handle.model, []))
-    masked = {name: value for name, value in sparsity.items() if name in set(manifest["modules"])}
-    overall = sum(masked[n] * params[n] for n in masked) / max(1, sum(params[n] for n in masked))
-    provenance = {
-        "format": PROVENANCE_FORMAT, "zprune_version": __version__,
-        "base_model": {"spec": handle.source.spec, "location": handle.source.location, "gguf_file": handle.source.gguf_file,
-                       "revision": handle.source.revision, "fingerprint": handle.source.fingerprint},
-        **(manifest.get("settings") or {}), "masks": str(Path(masks).resolve()),
-        "pruned_layers": {k: round(v, 6) for k, v in masked.items()}, "overall_sparsity": round(overall, 6),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": {},
-    }
+    settings_of_source = manifest.get("settings") or {}
+    if not isinstance(settings_of_source.get("recipe"), dict):
+        raise ZpruneUsageError(f"{masks} was exported by an older zprune and names no recipe; export the masks again")
+    counted = count_zeros({name: handle.model.get_submodule(name) for name in manifest["modules"]})
+    calibration = settings_of_source.get("calibration")
+    provenance = Provenance(
+        base_model=BaseModel.of(handle.source), recipe=PruneRecipe.from_dict(settings_of_source["recipe"]),
+        pruned_layers={k: round(v["sparsity"], 6) for k, v in counted["layers"].items()},
+        overall_sparsity=round(counted["sparsity"], 6), stats_key=settings_of_source.get("stats_key"),
+        calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),
+    )
     if target is not None:
         save_pruned(handle, provenance, target, overwrite, progress)
     return MaskOutcome(n_layers, target, provenance)
 
 
-def _output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
+def output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
     if out is None:
         return [None] * len(methods)
     out = Path(out).expanduser()
     paths = [out] if len(methods) == 1 else [out / m for m in methods]
+    if len(set(paths)) != len(paths):
+        raise ZpruneUsageError("two recipes of the same method cannot share --out; save them one at a time")
     for path in paths:  # refuse before any work is done, not after an hour of pruning
         if path.exists() and not overwrite:
             raise ZpruneUsageError(f"output {path} already exists; pass --overwrite to replace it")
     return paths
 
 
-def make_provenance(handle: ModelHandle, calibration: CalibrationResult, report: PruneReport) -> dict:
-    s = calibration.entry.manifest["settings"]
-    import transformers
-
-    return {
-        "format": PROVENANCE_FORMAT,
-        "zprune_version": __version__,
-        "base_model": {
-            "spec": handle.source.spec,
-            "location": handle.source.location,
-            "gguf_file": handle.source.gguf_file,
-            "revision": handle.source.revision,
-            "fingerprint": handle.source.fingerprint,
-        },
-        **report.spec,
-        "stats_key": calibration.key,
-        "calibration": {k: s[k] for k in ("data", "data_description", "nsamples", "seqlen", "seed", "dtype")},
-        "pruned_layers": {k: round(v, 6) for k, v in report.layers.items()},
-        "overall_sparsity": round(report.overall, 6),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": round(report.seconds, 3),
-        "versions": {"zprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "results": {},
-    }
-
-
-def save_pruned(handle: ModelHandle, provenance: dict, out: Path, overwrite: bool, progress: Progress) -> None:
+def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrite: bool, progress: Progress) -> None:
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
     with progress.task(f"Saving to {out}", None), staged_folder(out, overwrite) as tmp:
         save_model(handle.model, handle.tokenizer, tmp)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1))
+        provenance.write(tmp)
         (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))
+

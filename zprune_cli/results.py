@@ -4,9 +4,12 @@ One row per (run, metric): a `compare` grid cell that measures perplexity and th
 four rows. The database lives at `<cache_dir>/results.sqlite`, in WAL mode with one transaction per write, so
 several zprune processes can record into it at once.
 
-A *cell* is what makes two measurements comparable: the model fingerprint, the pruning recipe (method,
-sparsity, pattern, scope, allocation, propagate, statistics key), the evaluation protocol and the metric.
-`find` looks a cell up so a grid can skip what it already measured.
+A *cell* is what makes two measurements comparable: the model fingerprint, the pruning recipe's digest
+(every weight-changing setting, see recipe.py), the statistics key, the evaluation protocol and the metric.
+`find` looks a cell up so a grid can skip what it already measured. The method, sparsity, pattern, scope,
+allocation and propagate columns repeat fields of the recipe for display and filtering; the whole recipe
+is in `settings`. Schema 1 databases (no recipe column) are migrated in place: their pruned rows keep a
+NULL recipe, so they never answer for a cell of this version and are recomputed when asked for.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESULTS_FILE = "results.sqlite"
 
 # column -> SQL type; JSON_COLUMNS hold canonical JSON text (sorted keys) so equal dicts compare equal in SQL
@@ -38,6 +41,7 @@ COLUMNS: dict[str, str] = {
     "allocation": "TEXT",
     "propagate": "TEXT",
     "stats_key": "TEXT",
+    "recipe": "TEXT",
     "settings": "TEXT",
     "protocol": "TEXT",
     "metric": "TEXT NOT NULL",
@@ -46,18 +50,7 @@ COLUMNS: dict[str, str] = {
     "versions": "TEXT",
 }
 JSON_COLUMNS = frozenset({"settings", "protocol", "versions"})
-CELL_COLUMNS = (
-    "fingerprint",
-    "method",
-    "sparsity",
-    "pattern",
-    "scope",
-    "allocation",
-    "propagate",
-    "stats_key",
-    "protocol",
-    "metric",
-)
+CELL_COLUMNS = ("fingerprint", "method", "recipe", "stats_key", "protocol", "metric")
 _BUSY_TIMEOUT_S = 60.0
 
 
@@ -127,8 +120,13 @@ class ResultsStore:
                 )
             columns = ",\n  ".join(f"{name} {sql_type}" for name, sql_type in COLUMNS.items())
             self._conn.execute(f"CREATE TABLE IF NOT EXISTS runs (\n  {columns}\n)")
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+            for name, sql_type in COLUMNS.items():  # schema 1 -> 2: the recipe digest column
+                if name not in present:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
             self._conn.execute("CREATE INDEX IF NOT EXISTS runs_cell ON runs (fingerprint, metric, method)")
-            if version is None:
+            if version != SCHEMA_VERSION:
+                self._conn.execute("DELETE FROM schema_version")
                 self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
     def schema_version(self) -> int:
@@ -173,6 +171,7 @@ class ResultsStore:
         allocation: str | None = None,
         propagate: str | None = None,
         stats_key: str | None = None,
+        recipe: str | None = None,
         settings: dict | str | None = None,
         protocol: dict | str | None = None,
         seconds: float | None = None,
@@ -186,9 +185,36 @@ class ResultsStore:
         object, protocol the evaluation protocol (dataset, split, seqlen, n_windows, ...), both as dicts
         (stored as canonical JSON). versions defaults to the installed zprune, torch, transformers, lm_eval.
         """
+        return self.record_many([dict(metric=metric, value=value, model=model, fingerprint=fingerprint, method=method,
+                                      sparsity=sparsity, pattern=pattern, scope=scope, allocation=allocation,
+                                      propagate=propagate, stats_key=stats_key, recipe=recipe, settings=settings,
+                                      protocol=protocol, seconds=seconds, versions=versions, run_id=run_id,
+                                      created=created)])[0]
+
+    def record_many(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Store several measurements (keyword sets of `record`) in ONE transaction: a cell's metrics are
+        all recorded or none is, so a kill between two of them never leaves a cell half-finished."""
+        built = [self._row(**r) for r in rows]
+        if not built:
+            return []
+        names = ", ".join(built[0])
+        marks = ", ".join("?" for _ in built[0])
+        try:
+            with self._transaction() as conn:
+                conn.executemany(f"INSERT INTO runs ({names}) VALUES ({marks})", [tuple(r.values()) for r in built])
+        except sqlite3.IntegrityError as e:
+            raise ZpruneUsageError(f"a run_id of {[r['run_id'] for r in built]} is already recorded") from e
+        except sqlite3.Error as e:
+            raise ZpruneError(f"cannot record results in {self.path}: {e}") from e
+        return [r["run_id"] for r in built]
+
+    @staticmethod
+    def _row(*, metric: str, value: float | None, model=None, fingerprint=None, method="dense", sparsity=None,
+             pattern=None, scope=None, allocation=None, propagate=None, stats_key=None, recipe=None, settings=None,
+             protocol=None, seconds=None, versions=None, run_id=None, created=None) -> dict[str, Any]:
         if not metric:
             raise ZpruneUsageError("a result needs a metric name")
-        row = {
+        return {
             "run_id": run_id or uuid.uuid4().hex,
             "created": created or datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "model": model,
@@ -200,6 +226,7 @@ class ResultsStore:
             "allocation": allocation,
             "propagate": propagate,
             "stats_key": stats_key,
+            "recipe": recipe,
             "settings": canonical_json(settings),
             "protocol": canonical_json(protocol),
             "metric": metric,
@@ -207,14 +234,6 @@ class ResultsStore:
             "seconds": None if seconds is None else float(seconds),
             "versions": canonical_json(versions if versions is not None else package_versions()),
         }
-        names = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        try:
-            with self._transaction() as conn:
-                conn.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", tuple(row.values()))
-        except sqlite3.IntegrityError as e:
-            raise ZpruneUsageError(f"run_id {row['run_id']} is already recorded") from e
-        return row["run_id"]
 
     # ---------------------------------------------------------------------------------------- reading
     @staticmethod
@@ -269,22 +288,16 @@ class ResultsStore:
         fingerprint: str | None,
         protocol: dict | str | None,
         method: str = "dense",
-        sparsity: float | None = None,
-        pattern: str | None = None,
-        scope: str | None = None,
-        allocation: str | None = None,
-        propagate: str | None = None,
+        recipe: str | None = None,
         stats_key: str | None = None,
     ) -> dict[str, Any] | None:
-        """The latest row of the identical cell (all of CELL_COLUMNS equal, None matching None), or None."""
+        """The latest row of the identical cell (all of CELL_COLUMNS equal, None matching None), or None.
+
+        A dense row has method "dense" and no recipe; a pruned row is found by its recipe digest only."""
         cell = {
             "fingerprint": fingerprint,
             "method": method or "dense",
-            "sparsity": sparsity,
-            "pattern": pattern,
-            "scope": scope,
-            "allocation": allocation,
-            "propagate": propagate,
+            "recipe": recipe,
             "stats_key": stats_key,
             "protocol": protocol,
             "metric": metric,

@@ -6,7 +6,7 @@ import typer
 
 from zprune_cli import __version__
 from zprune_cli.cli import options as opt
-from zprune_cli.cli.common import Common, ZpruneGroup
+from zprune_cli.cli.common import RootFlags, ZpruneGroup
 
 app = typer.Typer(
     name="zprune",
@@ -40,7 +40,7 @@ def root(
     Data goes to stdout (--json for machines), logs and progress to stderr.
     Exit codes: 0 success, 1 failed run, 2 bad usage.
     """
-    ctx.obj = Common(cache_dir=cache_dir, device=device or "auto", dtype=dtype or "auto", quiet=quiet, json=json)
+    ctx.obj = RootFlags(cache_dir=cache_dir, device=device, dtype=dtype, quiet=quiet, json=json)
 
 
 def _register() -> None:

@@ -5,7 +5,7 @@ import typer
 from zprune_cli.calibration import calibrate
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import common
+from zprune_cli.cli.common import common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.render import human_bytes
 
@@ -14,10 +14,10 @@ from zprune_cli.cli.render import human_bytes
 def calibrate_command(
     ctx: typer.Context,
     model: opt.Model = opt.DEFAULTS["model"],
-    data: opt.Data = opt.DEFAULTS["data"],
-    nsamples: opt.NSamples = opt.DEFAULTS["nsamples"],
-    seqlen: opt.Seqlen = opt.DEFAULTS["seqlen"],
-    seed: opt.Seed = opt.DEFAULTS["seed"],
+    data: opt.Data = None,
+    nsamples: opt.NSamples = None,
+    seqlen: opt.Seqlen = None,
+    seed: opt.Seed = None,
     gram: bool = typer.Option(False, "--gram", help="Also store Gram matrices (needed by SparseGPT and --reconstruct; large)."),
     data_dir: opt.DataDir = None,
     revision: opt.Revision = None,
@@ -36,12 +36,10 @@ def calibrate_command(
       zprune calibrate smollm2-135m --data self -n 16 -l 256
       zprune calibrate meta-llama/Llama-2-7b-hf --data c4 --gram
     """
-    c = common(ctx, cache_dir, device, dtype, quiet, json)
-    result = calibrate(
-        model, data, nsamples, seqlen, seed, gram,
-        cache_dir=c.cache_dir, data_dir=data_dir, device=c.device, dtype=c.dtype,
-        revision=revision, trust_remote_code=trust_remote_code, progress=c.progress,
-    )
+    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples,
+               seqlen=seqlen, seed=seed)
+    handle = model_handle(model, c, revision, trust_remote_code)
+    result = calibrate(handle, c.settings.calibration, gram=gram, settings=c.settings, progress=c.progress)
     if c.json:
         emit_json(result.summary())
         return

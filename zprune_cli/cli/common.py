@@ -13,13 +13,23 @@ from typer.core import TyperGroup
 
 from zprune_cli.cli.output import RichProgress, error, setup_logging
 from zprune_cli.errors import ZpruneError
+from zprune_cli.settings import Settings, load_settings
+
+
+@dataclass
+class RootFlags:
+    """Global options given before the command name, as typed (resolved later, with the command's own)."""
+
+    cache_dir: Optional[Path] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    quiet: bool = False
+    json: bool = False
 
 
 @dataclass
 class Common:
-    cache_dir: Optional[Path] = None
-    device: str = "auto"
-    dtype: str = "auto"
+    settings: Settings
     quiet: bool = False
     json: bool = False
 
@@ -27,19 +37,27 @@ class Common:
     def progress(self) -> RichProgress:
         return RichProgress(quiet=self.quiet or self.json and not os.environ.get("ZPRUNE_PROGRESS_WITH_JSON"))
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.settings.cache_dir
 
-def common(ctx: typer.Context, cache_dir=None, device=None, dtype=None, quiet=False, json=False) -> Common:
-    """Merge a command's own global options over those given before the command name."""
-    base: Common = (ctx.find_root().obj if ctx.find_root().obj else Common())
-    merged = Common(
-        cache_dir=cache_dir or base.cache_dir,
-        device=device or base.device,
-        dtype=dtype or base.dtype,
-        quiet=quiet or base.quiet,
-        json=json or base.json,
-    )
-    setup_logging(merged.quiet or merged.json)
-    return merged
+
+def common(ctx: typer.Context, cache_dir=None, device=None, dtype=None, quiet=False, json=False, **flags) -> Common:
+    """Resolve the settings once: defaults < zprune.toml < ZPRUNE_* < flags (the command's own over the
+    global ones given before it). `flags` are the command's data_dir, data, nsamples, seqlen, seed."""
+    base: RootFlags = ctx.find_root().obj or RootFlags()
+    quiet, json = quiet or base.quiet, json or base.json
+    setup_logging(quiet or json)
+    settings = load_settings({"cache_dir": cache_dir or base.cache_dir, "device": device or base.device,
+                              "dtype": dtype or base.dtype, **flags})
+    return Common(settings, quiet, json)
+
+
+def model_handle(model: str, c: Common, revision: Optional[str] = None, trust_remote_code: bool = False):
+    """The model a command works on: resolved now (fails fast on a bad spec), loaded when first needed."""
+    from zprune_cli.models.handle import ModelHandle
+
+    return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code)
 
 
 class ZpruneGroup(TyperGroup):

@@ -6,15 +6,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import common
+from zprune_cli.cli.common import common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.comparison import compare, known_metrics, leaderboard, load_grid
-from zprune_cli.config import cache_dir as resolve_cache_dir
+from zprune_cli.cli.prune_cmd import recipe_fields
+from zprune_cli.comparison import compare, grid_recipes, known_metrics, leaderboard
 from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.evaluate.run import Evaluation
 from zprune_cli.results import ResultsStore, results_path
 
 FORMATS = ("table", "json", "csv", "md")
@@ -33,19 +35,25 @@ def compare_command(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Questions per task.")] = None,
     eval_seqlen: Annotated[Optional[int], typer.Option("--eval-seqlen", help="Perplexity window length (default min(2048, model max)).")] = None,
     max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Perplexity windows per dataset.")] = None,
-    propagate: Annotated[Optional[str], typer.Option("--propagate", help="auto, dense or pruned.")] = None,
-    allocation: Annotated[Optional[str], typer.Option("--allocation", help="uniform or owl.")] = None,
-    grid: Annotated[Optional[str], typer.Option("--grid", help="A named grid from [grids.NAME] in zprune.toml or [tool.zprune.grids.NAME].")] = None,
+    scope: opt.Scope = None,
+    allocation: opt.Allocation = None,
+    owl_m: opt.OwlM = None,
+    owl_lambda: opt.OwlLambda = None,
+    reconstruct: opt.Reconstruct = False,
+    propagate: opt.Propagate = None,
+    ignore: opt.Ignore = None,
+    option: opt.MethodOption = None,
+    grid: Annotated[Optional[str], typer.Option("--grid", help="A named grid from grids.NAME in zprune.toml (or tool.zprune.grids.NAME in pyproject.toml).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute cells already in the results store.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the stored leaderboard; compute nothing.")] = False,
     metric: Annotated[Optional[str], typer.Option("--metric", help="With --show: only this metric (e.g. ppl, ppl:wikitext2, acc).")] = None,
     show_model: Annotated[Optional[str], typer.Option("--model", help="With --show: only this model (as it was named).")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, csv or md.")] = "table",
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write perplexity vs sparsity to this PNG (needs the plot extra).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Calibration text (see calibrate).")] = None,
-    nsamples: Annotated[Optional[int], typer.Option("--nsamples", "-n", help="Calibration windows.")] = None,
-    seqlen: Annotated[Optional[int], typer.Option("--seqlen", "-l", help="Calibration window length.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Calibration seed.")] = None,
+    data: opt.Data = None,
+    nsamples: opt.NSamples = None,
+    seqlen: opt.Seqlen = None,
+    seed: opt.Seed = None,
     data_dir: opt.DataDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
@@ -57,49 +65,60 @@ def compare_command(
 ) -> None:
     """Prune and evaluate a grid of methods x sparsities x patterns from ONE calibration; print a leaderboard.
 
-    Finished cells are kept in the results store: a re-run skips them (--force recomputes), Ctrl-C keeps them.
+    Every cell is a full recipe (the shared options below apply to all cells, with zprune.toml's [sparsity]
+    overrides). Finished cells are kept in the results store: a re-run skips them (--force recomputes).
 
     Examples:
       zprune compare smollm2-135m --methods magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --patterns unstructured,2:4
       zprune compare smollm2-135m --grid paper --format md --plot ppl.png
       zprune compare --show --model smollm2-135m --metric ppl
     """
-    c = common(ctx, cache_dir, device, dtype, quiet, json)
-    fmt = "json" if c.json else fmt
+    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
+    fmt = _check_format("json" if c.json else fmt)
+    if show:
+        _show(c, show_model, metric, fmt, plot)
+        return
+    flags = {"methods": methods, "sparsity": sparsity, "patterns": patterns, "eval": eval_data, "tasks": tasks,
+             "limit": limit, "eval_seqlen": eval_seqlen, "max_windows": max_windows, "scope": scope, "allocation": allocation,
+             "owl_m": owl_m, "owl_lambda": owl_lambda, "reconstruct": reconstruct or None, "propagate": propagate,
+             "data": data, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    g = {**(c.settings.grid(grid) if grid else {}), **{k: v for k, v in flags.items() if v is not None}}
+    recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"),
+                           **recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
+                                           bool(g.get("reconstruct")), g.get("propagate"), ignore, option))
+    evaluation = Evaluation(data=g.get("eval", "wikitext2"), seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
+                            tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"))
+    calibration = c.settings.with_flags(**{k: g.get(k) for k in ("data", "nsamples", "seqlen", "seed")}).calibration
+    outcome = compare(model_handle(model, c, revision, trust_remote_code), recipes, evaluation, calibration=calibration,
+                      force=force, settings=c.settings, progress=c.progress)
+    _render_outcome(outcome, fmt, plot)
+
+
+DEFAULT_METHODS = "magnitude,wanda,sparsegpt,ria,zpruner"
+
+
+def _check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ZpruneUsageError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    if show:
-        store = ResultsStore(results_path(resolve_cache_dir(c.cache_dir)))
-        rows = leaderboard(store, model=show_model)
-        if show_model is not None and not rows:
-            raise ZpruneUsageError(f"no stored results for model '{show_model}' (see: zprune compare --show)")
-        if metric is not None:
-            known = known_metrics(rows)
-            if not any(m == metric or m.startswith(metric + ":") for m in known):
-                raise ZpruneUsageError(f"unknown metric '{metric}' (stored: {', '.join(known) or 'none'})")
-            rows = leaderboard(store, model=show_model, metric=metric)
-        _render(rows, fmt)
-        if plot:
-            _plot(rows, plot)
-        return
-    g = load_grid(grid) if grid else {}
+    return fmt
 
-    def pick(flag, key, default):
-        return flag if flag is not None else g.get(key, default)
 
-    outcome = compare(
-        model,
-        pick(methods, "methods", "magnitude,wanda,sparsegpt,ria,zpruner"),
-        pick(sparsity, "sparsity", "0.5"),
-        pick(patterns, "patterns", "unstructured"),
-        eval_data=pick(eval_data, "eval", "wikitext2"), tasks=pick(tasks, "tasks", None), tasks_dir=tasks_dir,
-        limit=pick(limit, "limit", None), eval_seqlen=pick(eval_seqlen, "eval_seqlen", None),
-        max_windows=pick(max_windows, "max_windows", None), propagate=pick(propagate, "propagate", "auto"),
-        allocation=pick(allocation, "allocation", "uniform"), force=force, data=pick(data, "data", opt.DEFAULTS["data"]),
-        nsamples=pick(nsamples, "nsamples", opt.DEFAULTS["nsamples"]), seqlen=pick(seqlen, "seqlen", opt.DEFAULTS["seqlen"]),
-        seed=pick(seed, "seed", opt.DEFAULTS["seed"]), data_dir=data_dir, cache_dir=c.cache_dir, device=c.device,
-        dtype=c.dtype, revision=revision, trust_remote_code=trust_remote_code, progress=c.progress,
-    )
+def _show(c, show_model: Optional[str], metric: Optional[str], fmt: str, plot: Optional[Path]) -> None:
+    store = ResultsStore(results_path(c.cache_dir))
+    rows = leaderboard(store, model=show_model)
+    if show_model is not None and not rows:
+        raise ZpruneUsageError(f"no stored results for model '{show_model}' (see: zprune compare --show)")
+    if metric is not None:
+        known = known_metrics(rows)
+        if not any(m == metric or m.startswith(metric + ":") for m in known):
+            raise ZpruneUsageError(f"unknown metric '{metric}' (stored: {', '.join(known) or 'none'})")
+        rows = leaderboard(store, model=show_model, metric=metric)
+    _render(rows, fmt)
+    if plot:
+        _plot(rows, plot)
+
+
+def _render_outcome(outcome, fmt: str, plot: Optional[Path]) -> None:
     if fmt == "json":
         emit_json({"computed": outcome.computed, "skipped": outcome.skipped, "stats_key": outcome.calibration_key,
                    "seconds": round(outcome.seconds, 3), "rows": outcome.rows})
@@ -138,26 +157,32 @@ def _cell(value) -> str:
     return "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
+def _recipe(row: dict) -> str:
+    """The recipe digest, with what sets the row apart from the method's defaults ('3f2a9c1d owl, reconstruct')."""
+    extras = row["label"].partition(" (")[2].rstrip(")")
+    return " ".join(x for x in (row["recipe"][:8], extras) if x)
+
+
 def _render(rows: list[dict], fmt: str) -> None:
     if fmt == "json":
         emit_json(rows)
         return
     columns = _columns(rows)
-    head = ["model", "method", "pattern", "target", "propagate"]
-    body = [[r["model"], r["method"], r["pattern"], _cell(r["sparsity"]), r["propagate"]] + [r["metrics"].get(c) for c in columns]
-            for r in rows]
+    head = ["model", "method", "pattern", "target", "propagate", "recipe"]
+    body = [[r["model"], r["method"], r["pattern"], _cell(r["sparsity"]), r["propagate"], _recipe(r)]
+            + [r["metrics"].get(c) for c in columns] for r in rows]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(head + columns)
-        writer.writerows([row[:5] + ["" if v is None else v for v in row[5:]] for row in body])
+        writer.writerows([row[:6] + ["" if v is None else v for v in row[6:]] for row in body])
         typer.echo(buffer.getvalue(), nl=False)
         return
     best = {c: _best(rows, c) for c in columns}
     if fmt == "md":
         lines = ["| " + " | ".join(head + columns) + " |", "|" + "---|" * (len(head) + len(columns))]
         for row in body:
-            cells = row[:5] + [("**" + _cell(v) + "**") if v is not None and v == best[c] else _cell(v) for c, v in zip(columns, row[5:])]
+            cells = row[:6] + [("**" + _cell(v) + "**") if v is not None and v == best[c] else _cell(v) for c, v in zip(columns, row[6:])]
             lines.append("| " + " | ".join(cells) + " |")
         typer.echo("\n".join(lines))
         return
@@ -167,5 +192,6 @@ def _render(rows: list[dict], fmt: str) -> None:
     for name in columns:
         table.add_column(name, justify="right")
     for row in body:
-        table.add_row(*row[:5], *[(f"[bold]{_cell(v)}[/]" if v is not None and v == best[c] else _cell(v)) for c, v in zip(columns, row[5:])])
+        table.add_row(*[escape(str(v)) for v in row[:6]],
+                      *[(f"[bold]{_cell(v)}[/]" if v is not None and v == best[c] else _cell(v)) for c, v in zip(columns, row[6:])])
     stdout_console().print(table)

@@ -4,20 +4,21 @@ import math
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import common
+from zprune_cli.cli.common import common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.evaluate.run import evaluate
+from zprune_cli.evaluate.run import Evaluation, evaluate
 
 
 @app.command("eval")
 def eval_command(
     ctx: typer.Context,
     target: opt.Model = opt.DEFAULTS["model"],
-    data: Annotated[str, typer.Option("--data", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file. 'none' skips perplexity.")] = "wikitext2",
+    data: Annotated[Optional[str], typer.Option("--data", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file; 'none' skips it (default wikitext2, or none when --tasks is given).")] = None,
     seqlen: Annotated[Optional[int], typer.Option("--seqlen", "-l", help="Window length (default: min(2048, the model's maximum)).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows (or lm-eval requests) per forward pass.")] = 1,
     max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Evaluate only the first N windows.")] = None,
@@ -42,14 +43,14 @@ def eval_command(
       zprune eval smollm2-zpruner-50 --data wikitext2 --max-windows 32 --baseline
       zprune eval smollm2-135m --data none --tasks arc_easy_local,piqa_local --limit 200
     """
-    c = common(ctx, cache_dir, device, dtype, quiet, json)
-    report = evaluate(
-        target, [] if data == "none" else data, seqlen=seqlen, batch_size=batch_size, max_windows=max_windows,
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, tasks_dir=tasks_dir,
-        num_fewshot=num_fewshot, limit=limit, speed=speed, baseline=baseline, data_dir=data_dir,
-        cache_dir=c.cache_dir, device=c.device, dtype=c.dtype, revision=revision,
-        trust_remote_code=trust_remote_code, progress=c.progress,
-    )
+    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
+    if data is None:  # --tasks alone measures the tasks only: a full perplexity run is minutes to hours
+        data = "none" if tasks else "wikitext2"
+    evaluation = Evaluation(data=() if data == "none" else data, seqlen=seqlen, batch_size=batch_size,
+                            max_windows=max_windows, tasks=tasks or (), tasks_dir=tasks_dir, num_fewshot=num_fewshot,
+                            limit=limit, speed=speed)
+    report = evaluate(model_handle(target, c, revision, trust_remote_code), evaluation, baseline=baseline,
+                      settings=c.settings, progress=c.progress)
     if c.json:
         emit_json(report)
         return
@@ -82,10 +83,10 @@ def _protocol(metric: dict) -> str:
 
 def metrics_table(report: dict) -> Table:
     base = {m["metric"]: m["value"] for m in (report.get("baseline") or {}).get("metrics", [])}
-    title = report["target"]
+    title = escape(report["target"])
     if report.get("provenance"):
         p = report["provenance"]
-        title += f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {p['overall_sparsity']})"
+        title += escape(f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {p['overall_sparsity']}, recipe {p['recipe']})")
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -100,5 +101,5 @@ def metrics_table(report: dict) -> Table:
             quality = m["metric"].startswith(("ppl", "acc"))
             change = f"{(m['value'] / b - 1):+.1%}" if (b and quality) else ""
             row += [_fmt(b, m["metric"]) if b is not None else "", change]
-        table.add_row(*row, _protocol(m))
+        table.add_row(*[escape(str(v)) for v in row], escape(_protocol(m)))
     return table

@@ -7,22 +7,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from zprune_cli.calibration import DEFAULT_DATA, DEFAULT_NSAMPLES, DEFAULT_SEED, DEFAULT_SEQLEN
 from zprune_cli.models.resolve import DEFAULT_MODEL
+from zprune_cli.settings import Calibration
+
+_CAL = Calibration()
 
 Model = Annotated[str, typer.Argument(help="Hub id (org/name), local HF folder, .gguf file, or alias smollm2-135m / gemma3-270m.")]
 ModelDefault = Annotated[str, typer.Argument(help="Hub id, local folder, .gguf file or alias.")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off by default).")]
-Data = Annotated[str, typer.Option("--data", help="Calibration text: c4, wikitext2, ptb, self (sampled from the model), or a .txt/.jsonl/.parquet file.")]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder searched for local copies of named datasets [env: ZPRUNE_DATA_DIR].")]
-NSamples = Annotated[int, typer.Option("--nsamples", "-n", help="Calibration windows.")]
-Seqlen = Annotated[int, typer.Option("--seqlen", "-l", help="Tokens per calibration window.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for drawing calibration windows.")]
-CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder [env: ZPRUNE_HOME; default $XDG_CACHE_HOME/zprune].")]
+Data = Annotated[Optional[str], typer.Option("--data", help=f"Calibration text: c4, wikitext2, ptb, self (sampled from the model), or a .txt/.jsonl/.parquet file (default {_CAL.data}; env ZPRUNE_DATA).")]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder searched for local copies of named datasets (env ZPRUNE_DATA_DIR).")]
+NSamples = Annotated[Optional[int], typer.Option("--nsamples", "-n", help=f"Calibration windows (default {_CAL.nsamples}).")]
+Seqlen = Annotated[Optional[int], typer.Option("--seqlen", "-l", help=f"Tokens per calibration window (default {_CAL.seqlen}).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help=f"Seed for drawing calibration windows (default {_CAL.seed}).")]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (env ZPRUNE_HOME; default $XDG_CACHE_HOME/zprune).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto (cuda if available), cpu, cuda, cuda:N.")]
 Dtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
-DEFAULTS = {"data": DEFAULT_DATA, "nsamples": DEFAULT_NSAMPLES, "seqlen": DEFAULT_SEQLEN, "seed": DEFAULT_SEED, "model": DEFAULT_MODEL}
+DEFAULTS = {"model": DEFAULT_MODEL}
+
+# --- the weight-changing options a recipe is built from (prune, and compare's shared cell settings) ---
+Scope = Annotated[Optional[str], typer.Option("--scope", help="row or layer: where exact counts are enforced (default: the method's).")]
+Allocation = Annotated[Optional[str], typer.Option("--allocation", help="uniform or owl (outlier-weighted per block; overall sparsity stays s).")]
+OwlM = Annotated[Optional[float], typer.Option("--owl-m", help="OWL outlier threshold M, x mean score (default 5; only with --allocation owl).")]
+OwlLambda = Annotated[Optional[float], typer.Option("--owl-lambda", help="OWL spread lambda (default 0.08; only with --allocation owl).")]
+Reconstruct = Annotated[bool, typer.Option("--reconstruct", help="SparseGPT weight update with the method's mask held fixed.")]
+Propagate = Annotated[Optional[str], typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")]
+Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="Regex of layer names to leave dense (repeatable).")]
+MethodOption = Annotated[Optional[list[str]], typer.Option("--option", help="Method option KEY=VALUE, e.g. a=0.5 for ria (repeatable).")]

@@ -4,15 +4,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import common
+from zprune_cli.cli.common import Common, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods import method_names
 from zprune_cli.pruning import prune, prune_with_masks
+from zprune_cli.recipe import PruneRecipe, parse_method_list
 
 
 def parse_options(values: list[str]) -> dict:
@@ -25,28 +27,35 @@ def parse_options(values: list[str]) -> dict:
     return options
 
 
+def recipe_fields(c: Common, scope, allocation, owl_m, owl_lambda, reconstruct, propagate, ignore, option) -> dict:
+    """The recipe fields shared by every method of a command, with the config's [sparsity] overrides."""
+    return {"scope": scope, "allocation": allocation or "uniform", "owl_m": owl_m, "owl_lambda": owl_lambda,
+            "reconstruct": reconstruct, "propagate": propagate or "auto", "ignore": tuple(ignore or ()),
+            "overrides": c.settings.sparsity_overrides, "method_options": parse_options(option or [])}
+
+
 @app.command("prune")
 def prune_command(
     ctx: typer.Context,
     model: opt.Model = opt.DEFAULTS["model"],
     method: Annotated[str, typer.Option("--method", "-m", help=f"One or several (comma-separated): {', '.join(method_names())}.")] = "zpruner",
-    sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="Fraction of weights to remove, in (0, 1). Ignored with N:M.")] = 0.5,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of weights to remove, in (0, 1) (default 0.5; N:M fixes n/m).")] = None,
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="unstructured, or N:M (prune N of every M inputs: 2:4, 4:8).")] = "unstructured",
-    scope: Annotated[Optional[str], typer.Option("--scope", help="row or layer: where exact counts are enforced (default: the method's).")] = None,
-    allocation: Annotated[str, typer.Option("--allocation", help="uniform or owl (outlier-weighted per block; overall sparsity stays s).")] = "uniform",
-    owl_m: Annotated[float, typer.Option("--owl-m", help="OWL outlier threshold M (x mean score).")] = 5.0,
-    owl_lambda: Annotated[float, typer.Option("--owl-lambda", help="OWL spread lambda.")] = 0.08,
-    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="SparseGPT weight update with the method's mask held fixed.")] = False,
-    propagate: Annotated[str, typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")] = "auto",
-    ignore: Annotated[Optional[list[str]], typer.Option("--ignore", help="Regex of layer names to leave dense (repeatable).")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="Method option KEY=VALUE, e.g. a=0.5 for ria (repeatable).")] = None,
+    scope: opt.Scope = None,
+    allocation: opt.Allocation = None,
+    owl_m: opt.OwlM = None,
+    owl_lambda: opt.OwlLambda = None,
+    reconstruct: opt.Reconstruct = False,
+    propagate: opt.Propagate = None,
+    ignore: opt.Ignore = None,
+    option: opt.MethodOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the pruned model here (several methods: one subfolder each).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Apply masks from `zprune export --format masks` instead of pruning.")] = None,
-    data: opt.Data = opt.DEFAULTS["data"],
-    nsamples: opt.NSamples = opt.DEFAULTS["nsamples"],
-    seqlen: opt.Seqlen = opt.DEFAULTS["seqlen"],
-    seed: opt.Seed = opt.DEFAULTS["seed"],
+    data: opt.Data = None,
+    nsamples: opt.NSamples = None,
+    seqlen: opt.Seqlen = None,
+    seed: opt.Seed = None,
     data_dir: opt.DataDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
@@ -63,24 +72,30 @@ def prune_command(
       zprune prune meta-llama/Llama-2-7b-hf --method sparsegpt --pattern 2:4 --out llama-2-4
       zprune prune smollm2-135m --method wanda,ria,zpruner --allocation owl --json
     """
-    c = common(ctx, cache_dir, device, dtype, quiet, json)
+    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples,
+               seqlen=seqlen, seed=seed)
+    handle = model_handle(model, c, revision, trust_remote_code)
     if masks is not None:
-        outcome = prune_with_masks(model, masks, out=out, overwrite=overwrite, device=c.device, dtype=c.dtype,
-                                   revision=revision, trust_remote_code=trust_remote_code, progress=c.progress)
-        if c.json:
-            emit_json(outcome.summary())
-        else:
-            where = f" -> saved to {outcome.out}" if outcome.out else ""
-            stdout_console().print(f"applied masks to {outcome.layers} layers: overall sparsity "
-                                   f"[bold]{outcome.provenance['overall_sparsity']:.4f}[/]{where}")
+        _apply_masks(c, handle, masks, out, overwrite)
         return
-    outcomes = prune(
-        model, method, sparsity, pattern, scope=scope, allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda,
-        reconstruct=reconstruct, propagate=propagate, ignore=ignore or [], method_options=parse_options(option or []),
-        out=out, overwrite=overwrite, data=data, nsamples=nsamples, seqlen=seqlen, seed=seed, data_dir=data_dir,
-        cache_dir=c.cache_dir, device=c.device, dtype=c.dtype, revision=revision, trust_remote_code=trust_remote_code,
-        progress=c.progress,
-    )
+    shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, propagate, ignore, option)
+    recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
+    outcomes = prune(handle, recipes, calibration=c.settings.calibration, out=out, overwrite=overwrite,
+                     settings=c.settings, progress=c.progress)
+    _render(c, outcomes)
+
+
+def _apply_masks(c: Common, handle, masks: Path, out: Optional[Path], overwrite: bool) -> None:
+    outcome = prune_with_masks(handle, masks, out=out, overwrite=overwrite, settings=c.settings, progress=c.progress)
+    if c.json:
+        emit_json(outcome.summary())
+        return
+    where = f" -> saved to {escape(str(outcome.out))}" if outcome.out else ""
+    stdout_console().print(f"applied masks to {outcome.layers} layers: overall sparsity "
+                           f"[bold]{outcome.provenance.overall_sparsity:.4f}[/]{where}")
+
+
+def _render(c: Common, outcomes) -> None:
     if c.json:
         summaries = [o.summary() for o in outcomes]
         emit_json(summaries[0] if len(summaries) == 1 else summaries)
@@ -88,11 +103,11 @@ def prune_command(
     console = stdout_console()
     for outcome in outcomes:
         console.print(layer_table(outcome))
-        where = f" -> saved to {outcome.out}" if outcome.out else ""
-        s = outcome.report.spec
+        where = f" -> saved to {escape(str(outcome.out))}" if outcome.out else ""
+        r = outcome.report.recipe
         console.print(
-            f"[bold]{s['method']}[/] {s['pattern']} scope={s['scope']} allocation={s['allocation']} "
-            f"propagate={s['propagate']}: overall sparsity [bold]{outcome.report.overall:.4f}[/] "
+            f"[bold]{escape(r.label())}[/] scope={r.scope or '-'} allocation={r.allocation} propagate={r.propagate} "
+            f"recipe {r.digest}: overall sparsity [bold]{outcome.report.overall:.4f}[/] "
             f"in {outcome.report.seconds:.1f}s (statistics {outcome.calibration.key}){where}"
         )
 
@@ -106,7 +121,7 @@ def layer_table(outcome) -> Table:
         rows.setdefault(block, {})[name] = value
         if name not in columns:
             columns.append(name)
-    table = Table(title=f"sparsity per layer: {outcome.report.spec['method']}", title_justify="left")
+    table = Table(title=f"sparsity per layer: {escape(outcome.report.recipe.label())}", title_justify="left")
     table.add_column("block")
     for name in columns:
         table.add_column(name.rsplit(".", 1)[-1], justify="right")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,17 +62,15 @@ class TextSource:
         return f"{self.name} ({self.split}, {self.where})"
 
 
-def default_data_dir(data_dir: str | Path | None = None) -> Path | None:
-    value = data_dir or os.environ.get("ZPRUNE_DATA_DIR")
-    return Path(value).expanduser() if value else None
-
-
 def resolve_source(spec: str, split: str = "train", data_dir: str | Path | None = None) -> TextSource:
-    """Identify a text source without reading more than a local file's bytes."""
+    """Identify a text source without reading more than a local file's bytes.
+
+    `data_dir` is where local copies of the named datasets live, exactly as given (the settings resolve
+    it once, from --data-dir, ZPRUNE_DATA_DIR or the TOML); None means the hub only."""
     if spec == SELF:
         return TextSource(spec, SELF, split, "self", "", "model")
     if spec in NAMED:
-        return _named(spec, split, default_data_dir(data_dir))
+        return _named(spec, split, Path(data_dir).expanduser() if data_dir else None)
     path = Path(spec).expanduser()
     if path.is_file():
         return _file(spec, path)

@@ -17,60 +17,20 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.blocks import find_blocks
+from zprune_cli.models.blocks import block_linears
+from zprune_cli.sparsity import count_zeros, nm_violation, select_layers
 
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
 _SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every nn.Linear inside the decoder blocks, by qualified name within the model, in module order."""
-    prefix, blocks = find_blocks(model)
-    return {
-        f"{prefix}.{name}" if prefix else name: module
-        for name, module in blocks.named_modules()
-        if isinstance(module, nn.Linear)
-    }
-
-
-def _select_layers(model: nn.Module, layer_names: list[str] | None) -> dict[str, nn.Module]:
-    """The named modules, or every Linear inside the decoder blocks when layer_names is None."""
-    if layer_names is None:
-        return dict(block_linears(model))
-    modules = dict(model.named_modules())
-    unknown = [n for n in layer_names if n not in modules]
-    if unknown:
-        raise ZpruneUsageError(f"no such layer(s) in the model: {', '.join(unknown[:5])}")
-    return {n: modules[n] for n in layer_names}
-
-
 def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict[str, Any]:
-    """Per layer and overall sparsity of Linear weights (zeros / params).
+    """sparsity.count_zeros over the named layers (the pruned ones), default every Linear in the blocks."""
+    return count_zeros(_layers(model, layer_names))
 
-    layer_names: qualified module names to count (e.g. the layers that were pruned); default every Linear
-    inside the decoder blocks. Returns {"layers": {name: {"params", "nonzeros", "sparsity"}}, "params",
-    "nonzeros", "sparsity"}; the overall sparsity is weighted by parameter count.
-    """
-    layers = _select_layers(model, layer_names)
 
-    per_layer: dict[str, dict[str, Any]] = {}
-    total = nonzero = 0
-    with torch.no_grad():
-        for name, module in layers.items():
-            weight = getattr(module, "weight", None)
-            if not isinstance(weight, torch.Tensor):
-                raise ZpruneUsageError(f"layer {name} has no weight tensor")
-            params = weight.numel()
-            nz = int(torch.count_nonzero(weight).item())
-            per_layer[name] = {"params": params, "nonzeros": nz, "sparsity": 1.0 - nz / params if params else 0.0}
-            total += params
-            nonzero += nz
-    return {
-        "layers": per_layer,
-        "params": total,
-        "nonzeros": nonzero,
-        "sparsity": 1.0 - nonzero / total if total else 0.0,
-    }
+def _layers(model: nn.Module, layer_names: list[str] | None) -> dict[str, nn.Module]:
+    return block_linears(model) if layer_names is None else select_layers(model, layer_names)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -162,8 +122,7 @@ def is_2_4(weight: torch.Tensor) -> bool:
     """True when every group of 4 consecutive inputs in every row holds at least 2 zeros."""
     if weight.dim() != 2 or weight.shape[1] % 4:
         return False
-    groups = weight.detach().reshape(weight.shape[0], -1, 4)  # [out, in/4, 4]
-    return bool(((groups == 0).sum(dim=-1) >= 2).all())
+    return nm_violation(weight.detach(), 2, 4) is None
 
 
 def semi_structured_speedup(
@@ -180,7 +139,7 @@ def semi_structured_speedup(
     dense weights are put back before returning.
     """
     device = _model_device(model)
-    layers = _select_layers(model, layer_names)
+    layers = _layers(model, layer_names)
     if not layers:
         return "semi-structured 2:4 speed-up unavailable: no Linear layers to convert"
 

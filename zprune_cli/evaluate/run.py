@@ -6,24 +6,29 @@ measure many pruned variants of one model without tokenising twice.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from zprune_cli.config import cache_dir as resolve_cache_dir
-from zprune_cli.config import data_dir as resolve_data_dir
 from zprune_cli.data.sources import TextSource, resolve_source
 from zprune_cli.data.windows import encode_stream
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluate.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluate.perplexity import eval_windows, perplexity
-from zprune_cli.export.provenance import PROVENANCE_FILE, read_provenance
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.progress import Progress, ensure
+from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder
 from zprune_cli.results import ResultsStore, package_versions, results_path
+from zprune_cli.settings import Settings, split_list
+from zprune_cli.settings import resolve as resolve_settings
+
+log = logging.getLogger("zprune")
 
 EVAL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
 C4_EVAL_DOCUMENTS = 1100  # the papers: ' '.join of the first 1100 validation documents ...
@@ -43,38 +48,57 @@ class Metric:
                 "seconds": round(self.seconds, 3)}
 
 
-@dataclass
-class EvalPlan:
-    datasets: list[str] = field(default_factory=lambda: ["wikitext2"])
+@dataclass(frozen=True)
+class Evaluation:
+    """What to measure: perplexity datasets (none: ()), zero-shot tasks, and how."""
+
+    data: tuple[str, ...] = ("wikitext2",)  # perplexity text: wikitext2, c4, ptb or a local file
     seqlen: int | None = None  # None: min(2048, the model's maximum)
     batch_size: int = 1
     max_windows: int | None = None
-    tasks: list[str] = field(default_factory=list)
+    tasks: tuple[str, ...] = ()
     tasks_dir: str | None = None
     num_fewshot: int = 0
     limit: int | None = None
     speed: bool = False
-    data_dir: str | Path | None = None
-    _windows: dict = field(default_factory=dict, repr=False)
 
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ZpruneUsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.max_windows is not None and self.max_windows < 1:
-            raise ZpruneUsageError(f"--max-windows must be at least 1 (got {self.max_windows})")
-        if self.seqlen is not None and self.seqlen < 2:
-            raise ZpruneUsageError(f"--seqlen must be at least 2 (got {self.seqlen})")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", tuple(split_list(self.data, str, "--data")) if self.data else ())
+        object.__setattr__(self, "tasks", tuple(split_list(self.tasks, str, "--tasks")) if self.tasks else ())
+        for name, low in (("batch_size", 1), ("max_windows", 1), ("seqlen", 2), ("num_fewshot", 0), ("limit", 1)):
+            value = getattr(self, name)
+            if value is None and name not in ("batch_size", "num_fewshot"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ZpruneUsageError(f"--{name.replace('_', '-')} must be an integer >= {low} (got {value!r})")
+        if not self.data and not self.tasks and not self.speed:
+            raise ZpruneUsageError("nothing to measure: give perplexity data (--data), --tasks or --speed")
+
+
+class EvalPlan:
+    """An Evaluation bound to a data directory; caches the tokenised windows so many models share them."""
+
+    def __init__(self, evaluation: Evaluation, data_dir: str | Path | None = None):
+        self.evaluation = evaluation
+        self.data_dir = data_dir
+        self._windows: dict = {}
         self.sources: list[TextSource] = [
-            resolve_source(name, EVAL_SPLITS.get(name, "all"), resolve_data_dir(self.data_dir)) for name in self.datasets
+            resolve_source(name, EVAL_SPLITS.get(name, "all"), data_dir) for name in evaluation.data
         ]
 
     def seqlen_for(self, model) -> int:
-        limit = max_length(model)
-        if self.seqlen is None:
+        seqlen, limit = self.evaluation.seqlen, max_length(model)
+        if seqlen is None:
             return min(2048, limit) if limit else 2048
-        if limit is not None and self.seqlen > limit:
-            raise ZpruneUsageError(f"--seqlen {self.seqlen} is beyond the model's maximum of {limit} tokens")
-        return self.seqlen
+        if limit is not None and seqlen > limit:
+            raise ZpruneUsageError(f"--seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
+        return seqlen
+
+    def protocol(self, source: TextSource, seqlen: int, n_windows: int) -> dict:
+        """What makes two perplexities comparable (and the key `compare` resumes by)."""
+        return {"dataset": source.name if source.name != "file" else source.where, "split": source.split,
+                "seqlen": seqlen, "n_windows": n_windows, "n_tokens": n_windows * (seqlen - 1),
+                "source": source.identity, "data_hash": source.content_hash}
 
     def windows(self, source: TextSource, tokenizer, seqlen: int) -> torch.Tensor:
         key = (source.identity, seqlen, id(tokenizer.__class__), tokenizer.vocab_size)
@@ -85,142 +109,199 @@ class EvalPlan:
                 windows = eval_windows(ids, seqlen)[:C4_EVAL_WINDOWS]
             else:
                 windows = eval_windows(encode_stream(tokenizer, text.as_stream()), seqlen)
-            self._windows[key] = windows if self.max_windows is None else windows[: self.max_windows]
+            limit = self.evaluation.max_windows
+            self._windows[key] = windows if limit is None else windows[:limit]
         return self._windows[key]
 
 
-def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None) -> list[Metric]:
-    """Every metric the plan asks for, on a model already in memory."""
+def metric_name(source: TextSource) -> str:
+    return f"ppl:{source.name if source.name != 'file' else Path(source.where).name}"
+
+
+def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
+            layer_names: list[str] | None = None) -> list[Metric]:
+    """Every metric the plan asks for, on a model already in memory. `layer_names`: the pruned layers
+    (sparsity's denominator), default every Linear in the decoder blocks."""
     progress = ensure(progress)
-    metrics: list[Metric] = []
+    e = plan.evaluation
     seqlen = plan.seqlen_for(model)
-    for source in plan.sources:
-        windows = plan.windows(source, tokenizer, seqlen)
-        with progress.task(f"Perplexity on {source.name if source.name != 'file' else source.where}", len(windows)) as task:
-            done = [0]
-
-            def advance(n_done: int) -> None:
-                task.advance(n_done - done[0])
-                done[0] = n_done
-
-            result = perplexity(model, windows, plan.batch_size, progress=advance)
-        protocol = {
-            "dataset": source.name if source.name != "file" else source.where,
-            "split": source.split,
-            "seqlen": seqlen,
-            "n_windows": result.n_windows,
-            "n_tokens": result.n_tokens,
-            "source": source.identity,
-            "data_hash": source.content_hash,
-        }
-        name = source.name if source.name != "file" else Path(source.where).name
-        metrics.append(Metric(f"ppl:{name}", result.ppl, protocol, result.seconds))
-    if plan.tasks:
-        from zprune_cli.evaluate.zeroshot import zeroshot
-
-        started = time.perf_counter()
-        with progress.task(f"Zero-shot: {', '.join(plan.tasks)}", None):
-            scores = zeroshot(model, tokenizer, plan.tasks, plan.tasks_dir, plan.num_fewshot, plan.limit,
-                              plan.batch_size, data_dir=plan.data_dir)
-        seconds = time.perf_counter() - started
-        for task_name, values in scores.items():
-            for key in ("acc", "acc_norm"):
-                if values.get(key) is not None:
-                    protocol = {"task": task_name, "num_fewshot": plan.num_fewshot, "limit": plan.limit}
-                    detail = {"n": values.get("n"), "stderr": values.get(f"{key}_stderr")}
-                    metrics.append(Metric(f"{key}:{task_name}", values[key], protocol, seconds, detail))
-    sparsity = measure_sparsity(model)
-    metrics.append(Metric("sparsity", sparsity["sparsity"], {"layers": "decoder-block Linear"}, 0.0,
+    metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress) for source in plan.sources]
+    if e.tasks:
+        metrics += _zeroshot(model, tokenizer, plan, progress)
+    sparsity = measure_sparsity(model, layer_names)
+    metrics.append(Metric("sparsity", sparsity["sparsity"], {"layers": "pruned decoder-block Linear"}, 0.0,
                           {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
-    if plan.speed:
-        started = time.perf_counter()
-        tps = throughput(model, seqlen, plan.batch_size)
-        device = str(next(model.parameters()).device)
-        metrics.append(Metric("tokens_per_s", tps, {"seqlen": seqlen, "batch_size": plan.batch_size, "device": device},
-                              time.perf_counter() - started))
-        speedup = semi_structured_speedup(model, seqlen=seqlen, batch_size=plan.batch_size)
-        if isinstance(speedup, dict):
-            metrics.append(Metric("speedup_2to4", speedup["speedup"], {**speedup, "device": device}))
-        else:
-            metrics.append(Metric("speedup_2to4", float("nan"), {"unavailable": speedup}))
+    if e.speed:
+        metrics += _speed(model, seqlen, e.batch_size)
     return metrics
 
 
-def provenance_of(handle: ModelHandle) -> dict | None:
+def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: int, progress: Progress) -> Metric:
+    windows = plan.windows(source, tokenizer, seqlen)
+    with progress.task(f"Perplexity on {source.name if source.name != 'file' else source.where}", len(windows)) as task:
+        done = [0]
+
+        def advance(n_done: int) -> None:
+            task.advance(n_done - done[0])
+            done[0] = n_done
+
+        result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
+    protocol = plan.protocol(source, seqlen, result.n_windows)
+    return Metric(metric_name(source), result.ppl, protocol, result.seconds)
+
+
+def _zeroshot(model, tokenizer, plan: EvalPlan, progress: Progress) -> list[Metric]:
+    from zprune_cli.evaluate.zeroshot import zeroshot
+
+    e = plan.evaluation
+    started = time.perf_counter()
+    with progress.task(f"Zero-shot: {', '.join(e.tasks)}", None):
+        scores = zeroshot(model, tokenizer, list(e.tasks), e.tasks_dir, e.num_fewshot, e.limit, e.batch_size,
+                          data_dir=plan.data_dir)
+    seconds = time.perf_counter() - started
+    metrics = []
+    for task_name, values in scores.items():
+        for key in ("acc", "acc_norm"):
+            if values.get(key) is not None:
+                protocol = {"task": task_name, "num_fewshot": e.num_fewshot, "limit": e.limit}
+                detail = {"n": values.get("n"), "stderr": values.get(f"{key}_stderr")}
+                metrics.append(Metric(f"{key}:{task_name}", values[key], protocol, seconds, detail))
+    return metrics
+
+
+def _speed(model, seqlen: int, batch_size: int) -> list[Metric]:
+    started = time.perf_counter()
+    tps = throughput(model, seqlen, batch_size)
+    device = str(next(model.parameters()).device)
+    metrics = [Metric("tokens_per_s", tps, {"seqlen": seqlen, "batch_size": batch_size, "device": device},
+                      time.perf_counter() - started)]
+    speedup = semi_structured_speedup(model, seqlen=seqlen, batch_size=batch_size)
+    if isinstance(speedup, dict):
+        metrics.append(Metric("speedup_2to4", speedup["speedup"], {**speedup, "device": device}))
+    else:
+        metrics.append(Metric("speedup_2to4", float("nan"), {"unavailable": speedup}))
+    return metrics
+
+
+def provenance_of(handle: ModelHandle) -> Provenance | None:
     """The zprune.json of a zprune output (or export of one); None for any other model."""
     folder = Path(handle.source.location)
-    if handle.source.is_local and handle.source.gguf_file is None and (folder / PROVENANCE_FILE).is_file():
-        return read_provenance(folder)
+    if handle.source.is_local and handle.source.gguf_file is None and is_zprune_folder(folder):
+        return Provenance.read(folder)
     return None
 
 
-def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], provenance: dict | None, settings: dict) -> list[str]:
-    """One row per metric; `provenance` (a zprune.json, or a compare cell) says what was pruned how."""
-    p = provenance or {}
-    ids = []
-    for m in metrics:
-        ids.append(store.record(
-            metric=m.name, value=m.value, model=(p.get("base_model") or {}).get("spec", handle.source.spec),
-            fingerprint=(p.get("base_model") or {}).get("fingerprint", handle.source.fingerprint),
-            method=p.get("method", "dense"), sparsity=p.get("sparsity"), pattern=p.get("pattern"), scope=p.get("scope"),
-            allocation=p.get("allocation"), propagate=p.get("propagate"), stats_key=p.get("stats_key"),
-            settings={**settings, "target": handle.source.spec, "detail": m.detail}, protocol=m.protocol, seconds=m.seconds,
-            versions=package_versions(),
-        ))
-    return ids
+def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], provenance: Provenance | None,
+           settings: dict) -> list[str]:
+    """One row per metric, all in one transaction; `provenance` says what was pruned how (None: dense)."""
+    base = provenance.base_model if provenance else BaseModel.of(handle.source)
+    recipe = provenance.recipe if provenance else None
+    cell = {"model": base.spec, "fingerprint": base.fingerprint, "method": recipe.method if recipe else "dense"}
+    if provenance is not None:
+        cell |= {"sparsity": recipe.sparsity, "pattern": recipe.pattern, "scope": recipe.scope,
+                 "allocation": recipe.allocation, "propagate": recipe.propagate, "stats_key": provenance.stats_key,
+                 "recipe": provenance.cell_digest}
+        settings = {**settings, "recipe": recipe.as_dict(), "masks": provenance.masks}
+    versions = package_versions()
+    return store.record_many([
+        {**cell, "metric": m.name, "value": _finite_or_none(m.value), "protocol": m.protocol, "seconds": m.seconds,
+         "settings": {**settings, "target": handle.source.spec, "detail": m.detail}, "versions": versions}
+        for m in metrics
+    ])
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def stored_results(store: ResultsStore, provenance: Provenance) -> dict[str, dict]:
+    """The latest value of every metric recorded for this pruned model (its cell), from the results store."""
+    rows = store.query(fingerprint=provenance.base_model.fingerprint, recipe=provenance.cell_digest,
+                       stats_key=provenance.stats_key)
+    latest: dict[str, dict] = {}
+    for row in rows:  # oldest first: later rows win
+        protocol = {k: v for k, v in (row["protocol"] or {}).items() if k not in ("source", "data_hash")}
+        latest[row["metric"]] = {"value": row["value"], "protocol": protocol, "created": row["created"]}
+    return latest
+
+
+def refresh_model_card(folder: Path, provenance: Provenance, store: ResultsStore) -> None:
+    """Fill zprune.json's results and the model card's "Measured results" from the results store."""
+    from zprune_cli.model_card import model_card
+
+    updated = provenance.with_results(stored_results(store, provenance))
+    fmt = (provenance.export or {}).get("format", "hf")
+    try:
+        updated.write(folder)
+        card = folder / "README.md"
+        tmp = card.with_name(f".README.md.{os.getpid()}.tmp")
+        tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
+        os.replace(tmp, card)
+    except OSError as exc:  # a read-only model folder: the results are in the store all the same
+        log.warning("could not update the model card in %s: %s", folder, exc.strerror or exc)
 
 
 def evaluate(
     target: str | ModelHandle = "smollm2-135m",
-    data: str | list[str] = "wikitext2",
+    evaluation: Evaluation | None = None,
     *,
-    seqlen: int | None = None,
-    batch_size: int = 1,
-    max_windows: int | None = None,
-    tasks: list[str] | None = None,
-    tasks_dir: str | None = None,
-    num_fewshot: int = 0,
-    limit: int | None = None,
-    speed: bool = False,
     baseline: bool = False,
-    data_dir: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    trust_remote_code: bool = False,
+    settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Evaluate a model (hub id, folder, zprune output, .gguf, alias) and record every metric.
 
-    With baseline=True, also evaluates the dense model named in a zprune output's provenance.
+    With baseline=True, also evaluates the dense model a zprune output was pruned from. On a zprune
+    output folder, its zprune.json and model card get the measured results.
     """
-    datasets = [d.strip() for d in data.split(",") if d.strip()] if isinstance(data, str) else list(data)
-    plan = EvalPlan(datasets, seqlen, batch_size, max_windows, list(tasks or []), tasks_dir, num_fewshot, limit, speed, data_dir)
-    handle = ModelHandle.of(target, device, dtype, revision, trust_remote_code)
+    evaluation = evaluation or Evaluation()
+    settings = resolve_settings(settings)
+    plan = EvalPlan(evaluation, settings.data_dir)
+    handle = ModelHandle.of(target, settings)
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
-    settings = {"datasets": datasets, "seqlen": seqlen, "batch_size": batch_size, "max_windows": max_windows,
-                "tasks": plan.tasks, "num_fewshot": num_fewshot, "limit": limit, "dtype": handle.dtype_name}
-    store = ResultsStore(results_path(resolve_cache_dir(cache_dir)))
-    metrics = measure(handle.model, handle.tokenizer, plan, progress)
+    run_settings = {"evaluation": asdict(evaluation), "dtype": handle.dtype_name}
+    store = ResultsStore(results_path(settings.cache_dir))
+    layer_names = list(provenance.pruned_layers) if provenance else None
+    metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names)
     if handle.source.is_local:
-        metrics.append(Metric("size_on_disk_bytes", float(size_on_disk(handle.source.location if not handle.source.gguf_file
-                                                                             else Path(handle.source.location) / handle.source.gguf_file)), {}))
-    run_ids = record(store, handle, metrics, provenance, settings)
+        where = Path(handle.source.location) / (handle.source.gguf_file or "")
+        metrics.append(Metric("size_on_disk_bytes", float(size_on_disk(where)), {}))
+    run_ids = record(store, handle, metrics, provenance, run_settings)
+    if provenance is not None:
+        refresh_model_card(Path(handle.source.location), provenance, store)
     report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids,
               "metrics": [m.as_dict() for m in metrics]}
     if baseline:
-        base = ModelHandle(provenance["base_model"]["spec"], device, dtype, provenance["base_model"].get("revision"), trust_remote_code)
-        base_metrics = measure(base.model, base.tokenizer, plan, progress)
-        record(store, base, base_metrics, None, settings)
+        base = base_model_handle(provenance, settings)
+        base_metrics = measure(base.model, base.tokenizer, plan, progress, layer_names)
+        record(store, base, base_metrics, None, run_settings)
         report["baseline"] = {"target": base.source.spec, "metrics": [m.as_dict() for m in base_metrics]}
     return report
 
 
-def _short(provenance: dict | None) -> dict | None:
+def base_model_handle(provenance: Provenance, settings: Settings) -> ModelHandle:
+    """The dense model a pruned folder came from, refused when it is no longer the same model."""
+    b = provenance.base_model
+    location = str(Path(b.location) / b.gguf_file) if b.gguf_file else b.location
+    candidates = [b.spec, location] if b.spec != location else [b.spec]
+    for spec in candidates:
+        try:
+            handle = ModelHandle(spec, settings.device, settings.dtype, b.revision)
+        except ZpruneError:
+            continue
+        if handle.source.fingerprint == b.fingerprint:
+            return handle
+    raise ZpruneError(f"the base model {b.spec} ({b.location}) is not where it was, or has changed since pruning "
+                      f"(fingerprint {b.fingerprint}); --baseline cannot evaluate it")
+
+
+def _short(provenance: Provenance | None) -> dict | None:
     if provenance is None:
         return None
-    keys = ("method", "sparsity", "pattern", "scope", "allocation", "propagate", "reconstruct", "stats_key", "overall_sparsity")
-    return {k: provenance.get(k) for k in keys} | {"base_model": provenance["base_model"]["spec"]}
+    r = provenance.recipe
+    return {"method": r.method, "sparsity": r.sparsity, "pattern": r.pattern, "scope": r.scope, "allocation": r.allocation,
+            "propagate": r.propagate, "reconstruct": r.reconstruct, "recipe": provenance.cell_digest,
+            "stats_key": provenance.stats_key, "overall_sparsity": provenance.overall_sparsity,
+            "base_model": provenance.base_model.spec}

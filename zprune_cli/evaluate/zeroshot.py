@@ -39,9 +39,8 @@ def shipped_tasks() -> list[str]:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The data directory for the shipped tasks: the argument, else $ZPRUNE_DATA_DIR, else None."""
-    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
-    return Path(chosen).expanduser().resolve() if chosen is not None else None
+    """The data directory for the shipped tasks, exactly as the settings resolved it (None: not set)."""
+    return Path(data_dir).expanduser().resolve() if data_dir is not None else None
 
 
 def required_data_files(task: str, data_dir: str | os.PathLike) -> list[Path]:
@@ -147,7 +146,7 @@ def zeroshot(
     """Zero-shot (or few-shot) accuracy of an in-memory HF causal LM through lm-eval.
 
     tasks: lm-eval task names, zprune's `*_local` tasks, or tasks defined in `tasks_dir` (a folder of lm-eval
-    YAMLs). data_dir (else $ZPRUNE_DATA_DIR) is the data directory the `*_local` tasks read. limit caps the
+    YAMLs). data_dir (Settings.data_dir) is the data directory the `*_local` tasks read. limit caps the
     documents per task (a fraction when < 1, as in lm-eval). device, if given, moves the model there first.
 
     Returns {task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}, one entry per leaf task;

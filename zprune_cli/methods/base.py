@@ -38,8 +38,10 @@ class Method(ABC):
 
     name: ClassVar[str]
     default_scope: ClassVar[str]  # "row" | "layer"
-    needs_gram: ClassVar[bool] = False
-    updates_weights: ClassVar[bool] = False
+    needs_gram: ClassVar[bool] = False  # reads Gram matrices (sum x x^T), not only sums of squares
+    updates_weights: ClassVar[bool] = False  # changes surviving weights too (so `auto` propagates pruned inputs)
+    uses_scope: ClassVar[bool] = True  # ranks by row or by layer (False: chooses its own way, e.g. per block)
+    uses_stats: ClassVar[bool] = True  # reads activation statistics at all (False: magnitude)
 
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""

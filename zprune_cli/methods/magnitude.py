@@ -14,6 +14,7 @@ from zprune_cli.stats.types import LayerStats
 class Magnitude(Method):
     name: ClassVar[str] = "magnitude"
     default_scope: ClassVar[str] = "layer"
+    uses_stats: ClassVar[bool] = False
 
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         return weight_fp32.abs()  # [out, in]

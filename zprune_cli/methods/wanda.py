@@ -16,5 +16,11 @@ class Wanda(Method):
     default_scope: ClassVar[str] = "row"
 
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
-        # [out, in] * [1, in]: the norm itself, not its square (which would rank differently).
-        return weight_fp32.abs() * input_norms(stats, weight_fp32)
+        return wanda_scores(weight_fp32, stats)
+
+
+def wanda_scores(weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+    """|W_ij| * ||X_j||: [out, in] * [1, in]. The norm itself, not its square (which would rank differently).
+
+    OWL's outlier share is defined on these scores too, so allocation reads them from here."""
+    return weight_fp32.abs() * input_norms(stats, weight_fp32)

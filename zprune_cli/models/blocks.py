@@ -49,3 +49,26 @@ def find_linears(block: nn.Module, ignore: list[str] | None = None, prefix: str 
 def block_prefix(blocks_name: str, index: int) -> str:
     """Qualified name prefix of block `index`, e.g. 'model.layers.3.'."""
     return f"{blocks_name}.{index}." if blocks_name else f"{index}."
+
+
+# (block index, block prefix 'model.layers.3.', {name inside the block: Linear})
+BlockLayers = list[tuple[int, str, dict[str, nn.Linear]]]
+
+
+def pruned_layers(model: nn.Module, ignore: list[str] | tuple[str, ...] = ()) -> BlockLayers:
+    """Every decoder block with its Linear layers, honouring the `ignore` regexes."""
+    blocks_name, blocks = find_blocks(model)
+    return [
+        (i, block_prefix(blocks_name, i), find_linears(block, list(ignore), prefix=block_prefix(blocks_name, i)))
+        for i, block in enumerate(blocks)
+    ]
+
+
+def layer_modules(layers: BlockLayers) -> dict[str, nn.Linear]:
+    """{full name: Linear} of `pruned_layers` output, in model order."""
+    return {prefix + name: linear for _, prefix, linears in layers for name, linear in linears.items()}
+
+
+def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear inside the decoder blocks, by qualified name within the model, in module order."""
+    return layer_modules(pruned_layers(model))

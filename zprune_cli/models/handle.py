@@ -8,6 +8,8 @@ import torch
 
 from zprune_cli.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype
 from zprune_cli.models.resolve import ModelSource, resolve_model
+from zprune_cli.settings import Settings
+from zprune_cli.settings import resolve as resolve_settings
 
 
 class ModelHandle:
@@ -18,10 +20,14 @@ class ModelHandle:
         self._loaded = None
 
     @classmethod
-    def of(cls, model: "str | ModelSource | ModelHandle", device="auto", dtype="auto", revision=None,
-           trust_remote_code=False) -> "ModelHandle":
-        """The handle itself when given one (library calls chained on one loaded model), else a new one."""
-        return model if isinstance(model, ModelHandle) else cls(model, device, dtype, revision, trust_remote_code)
+    def of(cls, model: "str | ModelSource | ModelHandle", settings: Settings | None = None) -> "ModelHandle":
+        """The handle itself when given one (library calls chained on one loaded model), else a new one on
+        the settings' device and dtype. For a hub revision or remote code, build the handle yourself:
+        ModelHandle("org/name", revision="v1", trust_remote_code=True)."""
+        if isinstance(model, ModelHandle):
+            return model
+        settings = resolve_settings(settings)
+        return cls(model, settings.device, settings.dtype)
 
     @property
     def loaded(self) -> bool:

@@ -71,11 +71,11 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     if source.is_local and source.gguf_file is None and _compressed_export(source.location):
-        from zprune_cli.export import load_pretrained
+        from zprune_cli.models import pretrained
 
-        model, tokenizer = load_pretrained(source.location, device, dtype)
+        model = pretrained.load_pretrained(source.location, device, dtype)
         model.config.use_cache = False
-        return model, tokenizer
+        return model, pretrained.load_tokenizer(source.location)
     kwargs = _common_kwargs(source)
     try:
         with quiet_transformers():
@@ -96,7 +96,7 @@ def _compressed_export(folder: str) -> bool:
     """A zprune `sparse` or `sparse-24-bitmask` export, which plain transformers cannot load."""
     from pathlib import Path
 
-    from zprune_cli.export.io import WeightReader
+    from zprune_cli.formats.reader import WeightReader
 
     return Path(folder, "config.json").is_file() and WeightReader(Path(folder)).kind != "dense"
 

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from zprune_cli.errors import ZpruneError
-from zprune_cli.export.bits import BIT_ORDER, pack, packed_bytes, unpack
+from zprune_cli.formats.bits import BIT_ORDER, pack, packed_bytes, unpack
 
 FORMAT_NAME = "zprune-masks"
 LAYOUT_VERSION = 1
@@ -51,9 +51,7 @@ def manifest(provenance: dict[str, Any], modules: list[str], weights_updated: bo
         "base_model": provenance.get("base_model") or {},
         "weights_updated": weights_updated,
         "modules": modules,
-        "settings": {k: provenance.get(k) for k in ("method", "sparsity", "pattern", "scope", "allocation",
-                                                      "propagate", "reconstruct", "stats_key", "calibration",
-                                                      "overall_sparsity")},
+        "settings": {k: provenance.get(k) for k in ("recipe", "recipe_digest", "stats_key", "calibration", "overall_sparsity")},
         "zprune_version": provenance.get("zprune_version"),
     }
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from zprune_cli.sparsity import nm_violation
 from zprune_cli.errors import ZpruneError
-from zprune_cli.export.bits import pack, packed_bytes, stored_nonzero, unpack
+from zprune_cli.formats.bits import pack, packed_bytes, stored_nonzero, unpack
 
 FORMAT_NAME = "sparse-24-bitmask"
 SUFFIXES = (".shape", ".compressed", ".bitmask")
@@ -35,14 +36,12 @@ def check_24(name: str, weight: torch.Tensor) -> None:
         raise ZpruneError(
             f"layer {name} (shape {list(weight.shape)}) cannot be 2:4: its input width is not a multiple of 4"
         )
-    rows, cols = weight.shape
-    nonzero = (weight != 0).reshape(rows, cols // 4, 4).sum(dim=-1)  # [out, in/4]
-    bad = (nonzero > 2).nonzero()
-    if bad.numel():
-        row, group = bad[0].tolist()
+    bad = nm_violation(weight, 2, 4)
+    if bad is not None:
+        row, group, nonzeros = bad
         raise ZpruneError(
             f"layer {name} is not 2:4 sparse (row {row}, input columns {4 * group}-{4 * group + 3} hold "
-            f"{int(nonzero[row, group])} non-zeros); sparse-24-bitmask needs 2 zeros in every group of 4, "
+            f"{nonzeros} non-zeros); sparse-24-bitmask needs 2 zeros in every group of 4, "
             "so prune with --pattern 2:4 or export as sparse"
         )
 

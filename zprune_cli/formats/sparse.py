@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from zprune_cli.errors import ZpruneError
-from zprune_cli.export.bits import BIT_ORDER, pack, packed_bytes, stored_nonzero, unpack
+from zprune_cli.formats.bits import BIT_ORDER, pack, packed_bytes, stored_nonzero, unpack
 
 FORMAT_NAME = "zprune-sparse"
 LAYOUT_VERSION = 1

@@ -1,0 +1,164 @@
+"""The optimal-brain-surgeon column walk that SparseGPT introduced, shared by every method that
+updates weights: SparseGPT chooses its mask during the walk, `reconstruct` walks with a fixed mask.
+
+H = (2/N) sum x x^T over the layer's inputs; dead inputs (H_jj = 0) get H_jj = 1 and their weights
+zeroed; H is damped by percdamp * mean(diag H); U = upper Cholesky factor of H^-1. The columns are
+walked in blocks: a pruned w_ij has error e = w_ij / U_jj, which is spread over the later columns of
+row i as e * U_j,: -- first inside the block, then, in one matrix product, over all columns after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.methods.base import PRUNE_PRECISION
+
+log = logging.getLogger("zprune")
+
+# Damping is multiplied by 10 after each failed Cholesky factorisation, at most this many tries in all.
+MAX_DAMPING_TRIES = 6
+# A failed percdamp = 0 cannot be multiplied up; the retries start from this fraction instead.
+FIRST_RETRY_PERCDAMP = 1e-4
+
+# chooser(W1, d, i, i1) -> mask or None. W1: [out, b] the block's current (updated) weights,
+# d: [b] the block's diag(U), i: column inside the block, i1: first column of the block in W.
+# Returns bool [out, w], True = prune, for block columns i .. i+w-1; None when nothing is chosen at i.
+MaskChooser = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor | None]
+
+
+def upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """U with U^T U = (H + damp I)^-1, damp = percdamp * mean(diag H). H: [in, in] -> U: [in, in].
+
+    If a factorisation fails, the damping grows tenfold and the step is retried (with a warning).
+    """
+    mean_diagonal = H.diagonal().mean()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for attempt in range(1, MAX_DAMPING_TRIES + 1):
+        L, info = torch.linalg.cholesky_ex(H + percdamp * mean_diagonal * eye)
+        if info.item() == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info.item() == 0 and bool(torch.isfinite(U).all()):
+                return U
+        if attempt == MAX_DAMPING_TRIES:
+            break
+        retry = percdamp * 10 if percdamp > 0 else FIRST_RETRY_PERCDAMP
+        log.warning(
+            "sparsegpt: Cholesky factorisation failed with damping %g x mean(diag H); retrying with %g",
+            percdamp,
+            retry,
+        )
+        percdamp = retry
+    raise ZpruneError(
+        f"sparsegpt: the Hessian could not be factorised even with damping {percdamp:g} x mean(diag H); "
+        "the calibration statistics are probably broken (NaN or inf)"
+    )
+
+
+def obs_walk(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    choose: MaskChooser,
+    blocksize: int,
+    percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SparseGPT column walk. weight: [out, in], hessian: [in, in].
+
+    Returns (W, prune_mask): W in PRUNE_PRECISION with masked entries exactly 0, prune_mask bool [out, in].
+    """
+    W = weight.to(PRUNE_PRECISION).clone()  # [out, in]
+    H = hessian.to(device=W.device, dtype=PRUNE_PRECISION).clone()  # [in, in]
+    rows, columns = W.shape
+
+    dead = H.diagonal() == 0  # inputs that were always 0: no information, so prune-free and zeroed
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    U = upper_cholesky_of_inverse(H, percdamp)  # [in, in]
+
+    prune_mask = torch.zeros(rows, columns, dtype=torch.bool, device=W.device)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1 = W[:, i1:i2].clone()  # [out, b]
+        U1 = U[i1:i2, i1:i2]  # [b, b]
+        d = U1.diagonal()  # [b]
+        mask1 = prune_mask[:, i1:i2]  # [out, b], a view: filled in as the chooser decides
+        Err1 = torch.zeros_like(W1)  # [out, b], e = (w - q) / U_jj per column
+        for i in range(i2 - i1):
+            chosen = choose(W1, d, i, i1)
+            if chosen is not None:
+                mask1[:, i : i + chosen.shape[1]] = chosen
+            w = W1[:, i]  # [out]
+            q = w.masked_fill(mask1[:, i], 0)
+            err = (w - q) / d[i]  # [out]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)  # [out, 1] * [1, b - i]
+            W1[:, i] = q  # exactly the pruned value (the update above leaves rounding residue)
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # [out, b] @ [b, in - i2]: the block's error, onward
+    return W, prune_mask
+
+
+def unstructured_chooser(sparsity: float) -> MaskChooser:
+    """At each block start, prune the lowest w^2 / U_jj^2 over the whole rows x block, exactly
+    prune_count(sparsity, rows * b) of them."""
+
+    def choose(W1: torch.Tensor, d: torch.Tensor, i: int, i1: int) -> torch.Tensor | None:
+        if i != 0:
+            return None
+        return select_prune_mask(W1.square() / d.square(), sparsity, "layer", Pattern())
+
+    return choose
+
+
+def nm_chooser(pattern: Pattern) -> MaskChooser:
+    """At each group of m columns, prune the n lowest w^2 / U_jj^2 of every row."""
+
+    def choose(W1: torch.Tensor, d: torch.Tensor, i: int, i1: int) -> torch.Tensor | None:
+        if i % pattern.m != 0:
+            return None
+        group = slice(i, i + pattern.m)
+        return select_prune_mask(W1[:, group].square() / d[group].square(), 0.0, "row", pattern)
+
+    return choose
+
+
+def fixed_chooser(prune_mask: torch.Tensor) -> MaskChooser:
+    """Hand out a given mask block by block."""
+
+    def choose(W1: torch.Tensor, d: torch.Tensor, i: int, i1: int) -> torch.Tensor | None:
+        return prune_mask[:, i1 : i1 + W1.shape[1]] if i == 0 else None
+
+    return choose
+
+
+def reconstruct(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    prune_mask: torch.Tensor,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> torch.Tensor:
+    """SparseGPT's weight update for a fixed mask (True = pruned), e.g. one chosen by a score method.
+
+    weight: [out, in], hessian: [in, in] (LayerStats.hessian()). Returns the updated weight in the
+    input's dtype; masked entries are exactly 0 (and so are weights of dead inputs, as in SparseGPT).
+    """
+    if prune_mask.shape != weight.shape:
+        raise ValueError(f"mask shape {tuple(prune_mask.shape)} differs from weight shape {tuple(weight.shape)}")
+    check_options(blocksize, percdamp)
+    mask = prune_mask.to(device=weight.device, dtype=torch.bool)
+    W, _ = obs_walk(weight, hessian, fixed_chooser(mask), blocksize, percdamp)
+    return W.to(weight.dtype)
+
+
+def check_options(blocksize: int, percdamp: float) -> None:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize <= 0:
+        raise ZpruneUsageError(f"sparsegpt option blocksize must be a positive integer, got {blocksize!r}")
+    if not percdamp >= 0:  # also refuses NaN
+        raise ZpruneUsageError(f"sparsegpt option percdamp must be >= 0, got {percdamp!r}")
+
+

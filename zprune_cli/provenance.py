@@ -1,0 +1,207 @@
+"""zprune.json: what a pruned folder was made from, as one typed record written and read here only.
+
+Written by `prune` beside the weights, carried into every export (and into each safetensors header),
+read back by `eval`, `export` and `compare`. The file is strict JSON (no NaN), carries a schema version,
+and is validated field by field when read; a format-1 file (zprune 0.1, flat keys) is still read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from zprune_cli import __version__
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.recipe import PruneRecipe
+
+PROVENANCE_FILE = "zprune.json"
+SCHEMA_VERSION = 2
+METADATA_KEY = "zprune"  # safetensors metadata key holding the provenance as compact JSON
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The dense model a pruned folder came from, as resolved (not loaded)."""
+
+    spec: str
+    location: str
+    fingerprint: str
+    gguf_file: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def of(cls, source) -> BaseModel:
+        """From a models.resolve.ModelSource."""
+        return cls(source.spec, str(source.location), source.fingerprint, source.gguf_file, source.revision)
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """The calibration whose statistics the recipe read (None for a method that reads none)."""
+
+    data: str
+    nsamples: int
+    seqlen: int
+    seed: int
+    dtype: str = ""
+    data_description: str = ""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    base_model: BaseModel
+    recipe: PruneRecipe
+    pruned_layers: dict[str, float]  # full Linear name -> measured sparsity; these are the pruned layers
+    overall_sparsity: float  # over pruned_layers, weighted by parameters
+    stats_key: str | None = None
+    calibration: CalibrationRecord | None = None
+    masks: str | None = None  # the masks export applied, when the folder came from `prune --masks`
+    seconds: float | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    versions: dict[str, str] = field(default_factory=lambda: current_versions())
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {value, protocol, created}
+    export: dict[str, Any] | None = None  # set by `export`: format, source, version, time
+
+    @property
+    def cell_digest(self) -> str:
+        """What keys this model's results: the recipe digest (marked when the weights came from masks,
+        which reproduce the recipe's zeros but not a weight update)."""
+        return self.recipe.digest + ("+masks" if self.masks else "")
+
+    # --- JSON -------------------------------------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        out = {"schema": SCHEMA_VERSION, "zprune_version": __version__, **asdict(self)}
+        out["recipe"] = self.recipe.as_dict()
+        out["recipe_digest"] = self.recipe.digest
+        return out
+
+    def to_json(self, indent: int | None = 1) -> str:
+        try:
+            return json.dumps(self.as_dict(), indent=indent, allow_nan=False,
+                              separators=None if indent else (",", ":"), sort_keys=indent is None)
+        except ValueError as exc:  # a NaN or inf slipped into a measurement
+            raise ZpruneError(f"refusing to write a non-finite number into {PROVENANCE_FILE}: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = PROVENANCE_FILE) -> Provenance:
+        if not isinstance(data, dict):
+            raise ZpruneError(f"{where}: expected a JSON object, found {type(data).__name__}")
+        if data.get("format") == 1 and "schema" not in data:
+            data = _from_format_1(data)
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ZpruneError(f"{where} has schema {data.get('schema')!r}; this zprune reads schema {SCHEMA_VERSION}")
+        try:
+            return _parse(data)
+        except (KeyError, TypeError, ValueError, ZpruneUsageError) as exc:
+            raise ZpruneError(f"{where} is not a valid zprune record: {exc}") from None
+
+    # --- files ------------------------------------------------------------------------------------------
+    def write(self, folder: Path) -> None:
+        """Write folder/zprune.json (through a temporary file, so a reader never sees half of it)."""
+        path = Path(folder) / PROVENANCE_FILE
+        tmp = path.with_name(f".{PROVENANCE_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Provenance:
+        """Read and validate folder/zprune.json; ZpruneError when the folder is not a zprune output."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ZpruneError(f"{folder} is not a folder")
+        path = folder / PROVENANCE_FILE
+        if not path.is_file():
+            raise ZpruneError(f"{folder} is not a zprune output folder (no {PROVENANCE_FILE})")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ZpruneError(f"cannot read {path}: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+    def safetensors_metadata(self) -> dict[str, str]:
+        """Header metadata for every safetensors file we write ("format": "pt" is what transformers checks)."""
+        return {"format": "pt", METADATA_KEY: self.to_json(indent=None)}
+
+    def with_export(self, fmt: str, source: Path) -> Provenance:
+        return replace(self, export={"format": fmt, "source": str(source), "zprune_version": __version__,
+                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def with_results(self, results: dict[str, dict[str, Any]]) -> Provenance:
+        return replace(self, results=dict(results))
+
+
+def is_zprune_folder(folder: str | Path) -> bool:
+    return (Path(folder) / PROVENANCE_FILE).is_file()
+
+
+def current_versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"zprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse(data: dict[str, Any]) -> Provenance:
+    known = {"schema", "zprune_version", "recipe_digest", *Provenance.__dataclass_fields__}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+    recipe = PruneRecipe.from_dict(data["recipe"])
+    if data.get("recipe_digest") not in (None, recipe.digest):
+        raise ValueError(f"recipe_digest {data['recipe_digest']} does not match its recipe ({recipe.digest})")
+    layers = data["pruned_layers"]
+    if not isinstance(layers, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in layers.values()):
+        raise ValueError("'pruned_layers' must map module names to finite sparsities")
+    calibration = data.get("calibration")
+    return Provenance(
+        base_model=BaseModel(**data["base_model"]),
+        recipe=recipe,
+        pruned_layers={str(k): float(v) for k, v in layers.items()},
+        overall_sparsity=float(data["overall_sparsity"]),
+        stats_key=data.get("stats_key"),
+        calibration=CalibrationRecord(**calibration) if calibration else None,
+        masks=data.get("masks"),
+        seconds=data.get("seconds"),
+        created=str(data.get("created", "")),
+        versions=dict(data.get("versions") or {}),
+        results=dict(data.get("results") or {}),
+        export=data.get("export"),
+    )
+
+
+_RECIPE_V1 = ("method", "sparsity", "pattern", "scope", "allocation", "owl_m", "owl_lambda", "reconstruct", "propagate",
+              "ignore", "overrides", "method_options")
+
+
+def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
+    """zprune 0.1 wrote the recipe's fields at the top level; lift them into `recipe`."""
+    recipe = {k: old[k] for k in _RECIPE_V1 if old.get(k) is not None}
+    if recipe.get("pattern", "unstructured") != "unstructured":
+        recipe.pop("sparsity", None)
+    calibration = old.get("calibration")
+    return {
+        "schema": SCHEMA_VERSION,
+        "base_model": {k: v for k, v in (old.get("base_model") or {}).items() if k in BaseModel.__dataclass_fields__},
+        "recipe": recipe,
+        "pruned_layers": old.get("pruned_layers") or {},
+        "overall_sparsity": old.get("overall_sparsity", 0.0),
+        "stats_key": old.get("stats_key"),
+        "calibration": {k: v for k, v in calibration.items() if k in CalibrationRecord.__dataclass_fields__} if calibration else None,
+        "masks": old.get("masks"),
+        "seconds": old.get("seconds"),
+        "created": old.get("created", ""),
+        "versions": old.get("versions") or {},
+        "results": {},
+        "export": old.get("export"),
+    }

@@ -1,0 +1,291 @@
+"""PruneRecipe: every setting that changes the pruned weights, as one frozen, validated value.
+
+A recipe is built at the edge (flags, TOML, a compare grid, library code) and normalised to what takes
+effect, so two recipes that prune the same weights are equal and have the same `digest`, and two that
+differ in any weight-changing field differ. The digest keys pruned-propagation statistics, results cells
+and leaderboard rows.
+
+Normalisation rules (each said once on stderr through the `zprune` logger when it changes a value the
+user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
+- N:M fixes the sparsity to n/m: a different explicit `sparsity` is refused; `scope` does not apply
+  (every group of m prunes exactly n) and is dropped.
+- `allocation="owl"` with N:M is refused (OWL varies the sparsity per block; N:M cannot).
+- `owl_m`/`owl_lambda` are kept only with `allocation="owl"`; set without it they are dropped.
+- A method that does not rank by scope (SparseGPT chooses per block of columns) drops `scope`; other
+  methods record their default scope when none is given.
+- `reconstruct` with a method that already updates weights (SparseGPT) is dropped.
+- `propagate="auto"` resolves to "pruned" for methods that update weights or with `reconstruct`, else
+  "dense"; a method that reads no statistics (magnitude) without reconstruction always resolves to
+  "dense", since both give the same weights.
+- Method options are checked by the method and completed with its defaults (`ria` == `ria a=0.5`).
+- `ignore` regexes are sorted and de-duplicated (their order does not matter); `overrides` keep their
+  order (the first matching regex wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable, Mapping
+
+from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.masks import Pattern
+from zprune_cli.methods import get_method, method_options
+from zprune_cli.methods.base import Method
+
+log = logging.getLogger("zprune")
+
+RECIPE_VERSION = 1  # bump when the meaning of a field changes: old digests then never match new ones
+PROPAGATE = ("auto", "dense", "pruned")
+ALLOCATIONS = ("uniform", "owl")
+SCOPES = ("row", "layer")
+DEFAULT_SPARSITY = 0.5
+DEFAULT_OWL_M = 5.0
+DEFAULT_OWL_LAMBDA = 0.08
+
+
+@dataclass(frozen=True)
+class PruneRecipe:
+    """What to prune and how. Construct it with plain values; it validates and normalises itself."""
+
+    method: str = "zpruner"
+    sparsity: float | None = None  # None: 0.5, or n/m for N:M
+    pattern: str = "unstructured"  # "unstructured" or "N:M"
+    scope: str | None = None  # "row" | "layer"; None: the method's default (or none where it does not apply)
+    allocation: str = "uniform"
+    owl_m: float | None = None  # OWL outlier threshold (x mean score); only with allocation="owl"
+    owl_lambda: float | None = None  # OWL spread; only with allocation="owl"
+    reconstruct: bool = False  # SparseGPT's weight update with the method's mask held fixed
+    propagate: str = "auto"
+    ignore: tuple[str, ...] = ()  # regexes of layer names left dense
+    overrides: tuple[tuple[str, float], ...] = ()  # (regex, sparsity), the first match wins
+    method_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("a", 0.5),) for ria
+
+    def __post_init__(self) -> None:
+        for name, value in _normalise(self).items():
+            object.__setattr__(self, name, value)
+
+    # --- what the engine asks -------------------------------------------------------------------
+    @property
+    def method_obj(self) -> Method:
+        """The configured method (a new instance each call: methods are small and stateless)."""
+        return get_method(self.method, **dict(self.method_options))
+
+    @property
+    def pattern_obj(self) -> Pattern:
+        return Pattern.parse(self.pattern)
+
+    @property
+    def needs_gram(self) -> bool:
+        return type(self.method_obj).needs_gram or self.reconstruct
+
+    @property
+    def updates_weights(self) -> bool:
+        """True when surviving weights change too, so masks alone cannot reproduce the model."""
+        return type(self.method_obj).updates_weights or self.reconstruct
+
+    # --- identity ---------------------------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        """Strict-JSON-able and complete: PruneRecipe.from_dict(r.as_dict()) == r."""
+        out = asdict(self)
+        out["ignore"] = list(self.ignore)
+        out["overrides"] = [[p, r] for p, r in self.overrides]
+        out["method_options"] = dict(self.method_options)
+        return out
+
+    @property
+    def digest(self) -> str:
+        """16 hex characters of sha256 over the canonical JSON of the normalised recipe."""
+        payload = json.dumps({"recipe_version": RECIPE_VERSION, **self.as_dict()}, sort_keys=True,
+                             separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruneRecipe:
+        """A recipe from as_dict() output (or a TOML table); unknown keys are refused by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ZpruneUsageError(f"unknown recipe field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> PruneRecipe:
+        """A copy with some fields changed, normalised again (explicit values of the original are kept)."""
+        return PruneRecipe.from_dict({**self.as_dict(), **changes})
+
+    def label(self) -> str:
+        """A short human name: 'wanda 0.5', 'sparsegpt 2:4', with what differs from the defaults."""
+        text = f"{self.method} {self.pattern if self.pattern != 'unstructured' else f'{self.sparsity:g}'}"
+        extras = [f"{k}={v}" for k, v in self.method_options if method_options(self.method).get(k) != v]
+        extras += ["owl"] if self.allocation == "owl" else []
+        extras += ["reconstruct"] if self.reconstruct else []
+        extras += [f"ignore={','.join(self.ignore)}"] if self.ignore else []
+        extras += [f"overrides={len(self.overrides)}"] if self.overrides else []
+        return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+# --- normalisation ------------------------------------------------------------------------------------
+
+
+def _normalise(r: PruneRecipe) -> dict[str, Any]:
+    method = get_method(_text(r.method, "method"), **_options_dict(r.method_options))
+    cls = type(method)
+    pattern = _pattern(r.pattern)
+    out: dict[str, Any] = {"method": cls.name, "pattern": str(pattern)}
+    out["method_options"] = tuple((k, getattr(method, k)) for k in sorted(method_options(cls.name)))
+    out["sparsity"] = _sparsity(r.sparsity, pattern)
+    out["allocation"] = _choice(r.allocation, ALLOCATIONS, "allocation")
+    if out["allocation"] == "owl" and pattern.is_nm:
+        raise ZpruneUsageError(f"--allocation owl cannot take effect with --pattern {pattern}: "
+                               "OWL varies sparsity per block, N:M fixes it to n/m (use one or the other)")
+    out["owl_m"], out["owl_lambda"] = _owl(r, out["allocation"] == "owl")
+    out["scope"] = _scope(r.scope, cls, pattern)
+    out["reconstruct"] = _flag(r.reconstruct, "reconstruct")
+    if out["reconstruct"] and cls.updates_weights:
+        log.warning("--reconstruct has no effect with %s, which updates the weights itself; recorded as off", cls.name)
+        out["reconstruct"] = False
+    out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"])
+    out["ignore"] = tuple(sorted({_regex(p, "--ignore") for p in _strings(r.ignore, "ignore")}))
+    out["overrides"] = _overrides(r.overrides, pattern)
+    return out
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ZpruneUsageError(f"recipe field '{field}' must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _pattern(value: Any) -> Pattern:
+    return value if isinstance(value, Pattern) else Pattern.parse(_text(value, "pattern"))
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ZpruneUsageError(f"{field} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ZpruneUsageError(f"{field} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ZpruneUsageError(f"{field} must be a finite number, got {value!r}")
+    return number
+
+
+def _sparsity(value: Any, pattern: Pattern) -> float:
+    if pattern.is_nm:
+        fixed = pattern.n / pattern.m
+        if value is not None and abs(_number(value, "--sparsity") - fixed) > 1e-12:
+            raise ZpruneUsageError(f"--sparsity {value} cannot take effect with --pattern {pattern}, which prunes "
+                                   f"exactly {fixed:g}; drop --sparsity or choose another pattern")
+        return fixed
+    sparsity = DEFAULT_SPARSITY if value is None else _number(value, "--sparsity")
+    if not 0.0 < sparsity < 1.0:
+        raise ZpruneUsageError(f"--sparsity must be between 0 and 1 (exclusive), got {value}")
+    return sparsity
+
+
+def _choice(value: Any, choices: tuple[str, ...], field: str) -> str:
+    if value not in choices:
+        raise ZpruneUsageError(f"--{field} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _owl(r: PruneRecipe, owl: bool) -> tuple[float | None, float | None]:
+    if not owl:
+        given = [n for n, v in (("--owl-m", r.owl_m), ("--owl-lambda", r.owl_lambda)) if v is not None]
+        if given:
+            log.warning("%s has no effect without --allocation owl; recorded as unset", " and ".join(given))
+        return None, None
+    m = DEFAULT_OWL_M if r.owl_m is None else _number(r.owl_m, "--owl-m")
+    lam = DEFAULT_OWL_LAMBDA if r.owl_lambda is None else _number(r.owl_lambda, "--owl-lambda")
+    if m <= 0:
+        raise ZpruneUsageError(f"--owl-m must be positive, got {r.owl_m}")
+    if lam < 0:
+        raise ZpruneUsageError(f"--owl-lambda must be >= 0, got {r.owl_lambda}")
+    return m, lam
+
+
+def _scope(value: Any, cls: type[Method], pattern: Pattern) -> str | None:
+    if value is not None:
+        _choice(value, SCOPES, "scope")
+    if pattern.is_nm or not cls.uses_scope:
+        if value is not None:
+            why = f"--pattern {pattern} prunes per group" if pattern.is_nm else f"{cls.name} chooses its mask per block of columns"
+            log.warning("--scope %s has no effect (%s); recorded as none", value, why)
+        return None
+    return value or cls.default_scope
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ZpruneUsageError(f"{field} must be true or false, got {value!r}")
+    return value
+
+
+def _propagate(value: Any, cls: type[Method], reconstruct: bool) -> str:
+    value = _choice(value, PROPAGATE, "propagate")
+    if not cls.uses_stats and not reconstruct:
+        if value == "pruned":
+            log.warning("--propagate pruned has no effect with %s, which reads no statistics; recorded as dense", cls.name)
+        return "dense"
+    if value == "auto":
+        return "pruned" if (cls.updates_weights or reconstruct) else "dense"
+    return value
+
+
+def _strings(values: Any, field: str) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, Iterable):
+        raise ZpruneUsageError(f"{field} must be a list of strings, got {values!r}")
+    return [_text(v, field) for v in values]
+
+
+def _regex(pattern: str, what: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ZpruneUsageError(f"{what} '{pattern}' is not a valid regular expression: {exc}") from None
+    return pattern
+
+
+def _overrides(values: Any, pattern: Pattern) -> tuple[tuple[str, float], ...]:
+    pairs = list(values.items()) if isinstance(values, Mapping) else list(values)
+    out = []
+    for item in pairs:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ZpruneUsageError(f"a sparsity override must be (regex, ratio), got {item!r}")
+        regex, ratio = _regex(_text(item[0], "sparsity override"), "sparsity override"), item[1]
+        ratio = _number(ratio, f"sparsity override '{regex}'")
+        if not 0.0 <= ratio < 1.0:
+            raise ZpruneUsageError(f"sparsity override '{regex}' = {item[1]} must be in [0, 1)")
+        if pattern.is_nm and ratio != 0.0:
+            raise ZpruneUsageError(f"sparsity override '{regex}' = {ratio:g} cannot take effect with --pattern {pattern} "
+                                   "(N:M fixes every layer's sparsity; only 0, leave dense, is allowed)")
+        out.append((regex, ratio))
+    return tuple(out)
+
+
+def _options_dict(options: Any) -> dict[str, Any]:
+    if isinstance(options, Mapping):
+        return dict(options)
+    try:
+        return dict(options)
+    except (TypeError, ValueError):
+        raise ZpruneUsageError(f"method options must be KEY=VALUE pairs, got {options!r}") from None
+
+
+def parse_method_list(text: str | Iterable[str]) -> list[str]:
+    """'wanda, ria' -> ['wanda', 'ria']; empty or repeated names are refused."""
+    names = [m.strip() for m in text.split(",")] if isinstance(text, str) else [str(m).strip() for m in text]
+    names = [n for n in names if n]
+    if not names:
+        raise ZpruneUsageError("--method is empty")
+    if len(set(names)) != len(names):
+        raise ZpruneUsageError(f"--method names a method twice: {','.join(names)}")
+    return names

@@ -1,0 +1,68 @@
+"""Counting sparsity and checking N:M, in one place, with one denominator.
+
+The denominator is always the pruned layers: the `nn.Linear` modules inside the decoder blocks, less
+those `--ignore` left dense (a zprune output lists them in zprune.json). `prune`, `eval` and `export`
+all count through `count_zeros`, so they report the same number for the same model. This module knows
+tensors and modules only (no model discovery), so every layer may import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from zprune_cli.errors import ZpruneUsageError
+
+def count_zeros(layers: dict[str, nn.Module]) -> dict[str, Any]:
+    """Per layer and overall sparsity (zeros / params, weighted by parameter count) of the given modules
+    {qualified name: module with a weight}: pass the pruned layers (`models.blocks.block_linears`, less
+    --ignore, or the names a zprune.json lists). Returns {"layers": {name: {"params", "nonzeros",
+    "sparsity"}}, "params", "nonzeros", "sparsity"}."""
+    per_layer: dict[str, dict[str, Any]] = {}
+    total = nonzero = 0
+    with torch.no_grad():
+        for name, module in layers.items():
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor):
+                raise ZpruneUsageError(f"layer {name} has no weight tensor")
+            params = weight.numel()
+            nz = int(torch.count_nonzero(weight).item())
+            per_layer[name] = {"params": params, "nonzeros": nz, "sparsity": 1.0 - nz / params if params else 0.0}
+            total += params
+            nonzero += nz
+    return {"layers": per_layer, "params": total, "nonzeros": nonzero, "sparsity": 1.0 - nonzero / total if total else 0.0}
+
+
+def select_layers(model: nn.Module, layer_names: list[str]) -> dict[str, nn.Module]:
+    """{name: module} for qualified module names; unknown names are refused."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in layer_names if n not in modules]
+    if unknown:
+        raise ZpruneUsageError(f"no such layer(s) in the model: {', '.join(unknown[:5])}")
+    return {n: modules[n] for n in layer_names}
+
+
+def check_nm(prune_mask: torch.Tensor, n: int, m: int) -> bool:
+    """True iff every group of m consecutive columns in every row has exactly n pruned entries."""
+    rows, cols = prune_mask.shape
+    if m <= 0 or cols % m != 0:
+        return False
+    per_group = prune_mask.reshape(rows, cols // m, m).sum(dim=-1)  # [out, in/m]
+    return bool((per_group == n).all())
+
+
+def nm_violation(weight: torch.Tensor, n: int, m: int) -> tuple[int, int, int] | None:
+    """The first (row, group, non-zeros) whose group of m columns holds fewer than n zeros, else None.
+
+    "At least n zeros", not "exactly": a weight may hold zeros of its own (GGUF Q4 weights do).
+    The width must be a multiple of m (check it first).
+    """
+    rows, cols = weight.shape
+    nonzero = (weight != 0).reshape(rows, cols // m, m).sum(dim=-1)  # [out, in/m]
+    bad = (nonzero > m - n).nonzero()
+    if not bad.numel():
+        return None
+    row, group = bad[0].tolist()
+    return row, group, int(nonzero[row, group])
