@@ -75,3 +75,43 @@ def test_eval_reads_a_sparse_export_bit_identically(tiny_dir, text_file, cache, 
     dense_report = json.loads(invoke("eval", pruned, *args).stdout)
     sparse_report = json.loads(invoke("eval", sparse, *args).stdout)
     assert dense_report["metrics"][0]["value"] == sparse_report["metrics"][0]["value"]
+
+
+def test_eval_fills_the_model_card_from_the_results_store(tiny_dir, text_file, cache, tmp_path):
+    pruned = tmp_path / "pruned"
+    assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
+    assert "Measured results" not in (pruned / "README.md").read_text()
+    report = json.loads(invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 2, "--json").stdout)
+    ppl = next(m for m in report["metrics"] if m["metric"] == "ppl:corpus.txt")["value"]
+    results = json.loads((pruned / "zprune.json").read_text())["results"]
+    assert results["ppl:corpus.txt"]["value"] == pytest.approx(ppl) and results["ppl:corpus.txt"]["protocol"]["n_windows"] == 2
+    card = (pruned / "README.md").read_text()
+    assert "## Measured results" in card and f"{ppl:.4g}" in card and "n_windows 2" in card
+    # the results belong to this recipe's cell: rows carry its digest
+    rows = ResultsStore(results_path(cache)).query(metric="ppl:corpus.txt")
+    assert rows[-1]["recipe"] == json.loads((pruned / "zprune.json").read_text())["recipe_digest"]
+
+
+def test_baseline_is_found_from_another_folder(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dir, base)
+    monkeypatch.chdir(tmp_path)
+    assert invoke("prune", "base", "-m", "magnitude", "--data", text_file, "-n", 2, "-l", 16, "--out", "pruned").exit_code == 0
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "base").mkdir(parents=True)  # a different "base" where the relative path now points
+    monkeypatch.chdir(elsewhere)
+    result = invoke("eval", tmp_path / "pruned", "--data", text_file, "--seqlen", 64, "--max-windows", 1, "--baseline", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["baseline"]["target"] == str(base)
+    shutil.rmtree(base)
+    assert "--baseline cannot evaluate it" in one_line(invoke("eval", tmp_path / "pruned", "--data", text_file, "--baseline"), 1)
+
+
+def test_load_pretrained_returns_the_model(tiny_dir, text_file, cache, tmp_path):
+    import zprune_cli as zp
+
+    assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", tmp_path / "p").exit_code == 0
+    model = zp.load_pretrained(tmp_path / "p")
+    assert isinstance(model, __import__("torch").nn.Module) and zp.load_tokenizer(tmp_path / "p") is not None

@@ -11,7 +11,7 @@ import zprune_cli.calibration as calibration
 import zprune_cli.comparison as comparison
 from zprune_cli.cli.app import app
 from zprune_cli.comparison import compare, grid_recipes
-from zprune_cli.evaluate.run import Evaluation
+from zprune_cli.evaluation.run import Evaluation
 from zprune_cli.settings import Calibration
 
 runner = CliRunner()

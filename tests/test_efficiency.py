@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import find_blocks
-from zprune_cli.evaluate.efficiency import (
+from zprune_cli.evaluation.efficiency import (
     count_parameters,
     is_2_4,
     measure_sparsity,
@@ -95,7 +95,7 @@ def test_size_on_disk(tmp_path):
 
 
 def test_throughput_counts_tokens(model, monkeypatch):
-    import zprune_cli.evaluate.efficiency as eff
+    import zprune_cli.evaluation.efficiency as eff
 
     calls = []
     real_forward = model.forward

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.export import FORMATS, apply_masks, export, load_pretrained, load_tokenizer
-from zprune_cli.export.io import parse_size
+from zprune_cli.exports import FORMATS, apply_masks, export, load_pretrained, load_tokenizer
+from zprune_cli.exports.io import parse_size
 
 FINGERPRINT = "0123456789abcdef"
 INPUT_IDS = torch.tensor([[1, 5, 9, 17, 33, 65, 127, 2, 0, 64]])
@@ -287,7 +287,7 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def test_interrupt_leaves_nothing(folders, tmp_path, monkeypatch):
-    from zprune_cli.export import sparse
+    from zprune_cli.exports import sparse
 
     calls = []
 

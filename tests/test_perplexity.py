@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from zprune_cli.errors import ZpruneError
-from zprune_cli.evaluate.perplexity import PerplexityResult, eval_windows, perplexity
+from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
 
 VOCAB = 256
 
@@ -76,7 +76,7 @@ def test_batch_size_does_not_change_the_number(model):
 
 
 def test_logit_chunks_give_the_same_number(model, monkeypatch):
-    import zprune_cli.evaluate.perplexity as mod
+    import zprune_cli.evaluation.perplexity as mod
 
     windows = eval_windows(torch.randint(0, VOCAB, (3 * 20,), generator=torch.Generator().manual_seed(3)), 20)
     whole = perplexity(model, windows).ppl

@@ -11,8 +11,9 @@ import torch
 from conftest import DATA_DIR
 from zprune_cli.calibration import calibrate
 from zprune_cli.comparison import grid_recipes
-from zprune_cli.evaluate.efficiency import is_2_4
-from zprune_cli.evaluate.run import EvalPlan, Evaluation, measure
+from zprune_cli.evaluation.efficiency import is_2_4
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure
+from zprune_cli.methods import METHODS, method_names
 from zprune_cli.models.blocks import pruned_layers
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
@@ -61,19 +62,22 @@ def test_dense_wikitext_perplexity_is_sane(smol):
 
 
 def test_statistics_methods_beat_magnitude(smol):
+    """Every method that reads activation statistics beats every one that does not (magnitude)."""
     handle, calibration, _ = smol
     snapshot = DenseSnapshot(handle.model)
     dense = wikitext_ppl(handle)
     ppl = {}
-    for method in ("magnitude", "wanda", "ria", "zpruner", "sparsegpt"):
+    for method in method_names():
         snapshot.restore()
         report = prune_in_memory(handle.model, calibration.entry, PruneRecipe(method, 0.5))
         assert report.overall == pytest.approx(0.5, abs=1e-3)
         ppl[method] = wikitext_ppl(handle)
     snapshot.restore()
     print(f"\ndense {dense:.2f} | " + " | ".join(f"{m} {v:.2f}" for m, v in ppl.items()))
-    for method in ("wanda", "ria", "zpruner", "sparsegpt"):
-        assert dense < ppl[method] < ppl["magnitude"], (method, ppl)
+    blind = [m for m in ppl if not METHODS[m].uses_stats]
+    assert blind
+    for method in (m for m in ppl if METHODS[m].uses_stats):
+        assert dense < ppl[method] < min(ppl[b] for b in blind), (method, ppl)
 
 
 def test_saved_gguf_model_reloads_with_identical_logits_and_2to4(smol, tmp_path):
@@ -108,10 +112,10 @@ def test_compare_five_methods_with_plot(smol, tmp_path):
 
     handle, calibration, settings = smol
     snapshot = DenseSnapshot(handle.model)
-    outcome = compare(handle, grid_recipes("magnitude,wanda,sparsegpt,ria,zpruner", "0.5"),
+    outcome = compare(handle, grid_recipes(method_names(), "0.5"),
                       Evaluation(data="wikitext2", seqlen=256, max_windows=8), calibration=CAL, settings=settings)
     assert outcome.calibration_key == calibration.key  # the grid reused the module's calibration
-    assert outcome.computed == 6 and len(outcome.rows) == 6
+    assert outcome.computed == len(method_names()) + 1 == len(outcome.rows)
     png = plot_leaderboard(outcome.rows, "ppl:wikitext2", tmp_path / "ppl.png")
     assert png.stat().st_size > 10_000
     dense = next(r for r in outcome.rows if r["method"] == "dense")["metrics"]["ppl:wikitext2"]

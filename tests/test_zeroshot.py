@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import DATA_DIR
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.evaluate.zeroshot import (
+from zprune_cli.evaluation.zeroshot import (
     DATA_DIR_ENV,
     SHIPPED_TASKS_DIR,
     required_data_files,
@@ -259,7 +259,7 @@ def test_shipped_tasks_render_like_lm_eval(tmp_path, full_data):
     DATA_DIR = full_data
     from lm_eval.tasks import TaskManager
 
-    from zprune_cli.evaluate.zeroshot import _hf_offline, _write_resolved_tasks
+    from zprune_cli.evaluation.zeroshot import _hf_offline, _write_resolved_tasks
 
     _write_resolved_tasks(tmp_path, DATA_DIR, shipped_tasks())
     with _hf_offline():

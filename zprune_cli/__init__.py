@@ -7,9 +7,9 @@ from zprune_cli.errors import ZpruneError, ZpruneUsageError  # noqa: E402
 _LAZY = {
     "calibrate": "zprune_cli.calibration",
     "prune": "zprune_cli.pruning",
-    "evaluate": "zprune_cli.evaluate.run",
+    "evaluate": "zprune_cli.evaluation.run",
     "compare": "zprune_cli.comparison",
-    "export": "zprune_cli.export",
+    "export": "zprune_cli.exports",
     "load_pretrained": "zprune_cli.models.pretrained",
     "load_tokenizer": "zprune_cli.models.pretrained",
     "apply_masks": "zprune_cli.formats.masks",
@@ -18,7 +18,7 @@ _LAZY = {
     "Settings": "zprune_cli.settings",
     "Calibration": "zprune_cli.settings",
     "load_settings": "zprune_cli.settings",
-    "Evaluation": "zprune_cli.evaluate.run",
+    "Evaluation": "zprune_cli.evaluation.run",
     "grid_recipes": "zprune_cli.comparison",
     "ModelHandle": "zprune_cli.models.handle",
 }

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluate.run import EvalPlan, Evaluation, measure, metric_name, record
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure, metric_name, record
 from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory

@@ -76,6 +76,13 @@ class Settings:
     grids: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     config_file: Path | None = None  # the TOML these came from, to name it in messages
 
+    def __post_init__(self) -> None:  # plain strings are accepted from library callers
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", _data_dir(self.data_dir, "Settings(data_dir=...)"))
+        if not isinstance(self.calibration, Calibration):
+            raise ZpruneUsageError(f"Settings.calibration must be a Calibration, got {self.calibration!r}")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Built-in defaults under ZPRUNE_* variables: what a library call without settings uses."""
@@ -276,7 +283,10 @@ def _apply_flags(settings: Settings, values: Mapping[str, Any], origin: str) -> 
             changes[key] = str(values[key])
     calibration = {k: values[k] for k in _CALIBRATION_KEYS if k in values}
     if calibration:
-        changes["calibration"] = replace(settings.calibration, **calibration)
+        try:
+            changes["calibration"] = replace(settings.calibration, **calibration)
+        except ZpruneUsageError as exc:
+            raise ZpruneUsageError(str(exc) if origin == "flag" else f"{origin}: {exc}") from None
     return replace(settings, **changes)
 
 

@@ -16,7 +16,8 @@ from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.prune_cmd import recipe_fields
 from zprune_cli.comparison import compare, grid_recipes, known_metrics, leaderboard
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluate.run import Evaluation
+from zprune_cli.methods import method_names
+from zprune_cli.evaluation.run import Evaluation
 from zprune_cli.results import ResultsStore, results_path
 
 FORMATS = ("table", "json", "csv", "md")
@@ -63,10 +64,8 @@ def compare_command(
     quiet: opt.Quiet = False,
     json: opt.Json = False,
 ) -> None:
-    """Prune and evaluate a grid of methods x sparsities x patterns from ONE calibration; print a leaderboard.
-
-    Every cell is a full recipe (the shared options below apply to all cells, with zprune.toml's [sparsity]
-    overrides). Finished cells are kept in the results store: a re-run skips them (--force recomputes).
+    """Prune and evaluate a grid of recipes (methods x sparsities x patterns, the other options shared)
+    from ONE calibration; print a leaderboard. Finished cells are kept: a re-run skips them (--force redoes).
 
     Examples:
       zprune compare smollm2-135m --methods magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --patterns unstructured,2:4
@@ -78,23 +77,31 @@ def compare_command(
     if show:
         _show(c, show_model, metric, fmt, plot)
         return
-    flags = {"methods": methods, "sparsity": sparsity, "patterns": patterns, "eval": eval_data, "tasks": tasks,
-             "limit": limit, "eval_seqlen": eval_seqlen, "max_windows": max_windows, "scope": scope, "allocation": allocation,
-             "owl_m": owl_m, "owl_lambda": owl_lambda, "reconstruct": reconstruct or None, "propagate": propagate,
-             "data": data, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
-    g = {**(c.settings.grid(grid) if grid else {}), **{k: v for k, v in flags.items() if v is not None}}
-    recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"),
-                           **recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
-                                           bool(g.get("reconstruct")), g.get("propagate"), ignore, option))
+    given = locals()  # the grid's keys as flags; a flag given wins over the named grid
+    flags = {key: given[name] for key, name in GRID_FLAGS.items() if given[name] not in (None, False)}
+    g = {**(c.settings.grid(grid) if grid else {}), **flags}
+    recipes, evaluation, calibration = grid_request(c, g, ignore, option, tasks_dir)
+    handle = model_handle(model, c, revision, trust_remote_code)
+    _render_outcome(compare(handle, recipes, evaluation, calibration=calibration, force=force, settings=c.settings,
+                            progress=c.progress), fmt, plot)
+
+
+def grid_request(c, g: dict, ignore, option, tasks_dir):
+    """(recipes, evaluation, calibration) from a grid's values (flags over a named grid)."""
+    shared = recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
+                           bool(g.get("reconstruct")), g.get("propagate"), ignore, option)
+    recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"), **shared)
     evaluation = Evaluation(data=g.get("eval", "wikitext2"), seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
                             tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"))
     calibration = c.settings.with_flags(**{k: g.get(k) for k in ("data", "nsamples", "seqlen", "seed")}).calibration
-    outcome = compare(model_handle(model, c, revision, trust_remote_code), recipes, evaluation, calibration=calibration,
-                      force=force, settings=c.settings, progress=c.progress)
-    _render_outcome(outcome, fmt, plot)
+    return recipes, evaluation, calibration
 
 
-DEFAULT_METHODS = "magnitude,wanda,sparsegpt,ria,zpruner"
+GRID_FLAGS = {"methods": "methods", "sparsity": "sparsity", "patterns": "patterns", "eval": "eval_data", "tasks": "tasks",
+              "limit": "limit", "eval_seqlen": "eval_seqlen", "max_windows": "max_windows", "scope": "scope",
+              "allocation": "allocation", "owl_m": "owl_m", "owl_lambda": "owl_lambda", "reconstruct": "reconstruct",
+              "propagate": "propagate", "data": "data", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed"}
+DEFAULT_METHODS = ",".join(method_names())  # every registered method
 
 
 def _check_format(fmt: str) -> str:

@@ -11,7 +11,7 @@ from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.evaluate.run import Evaluation, evaluate
+from zprune_cli.evaluation.run import Evaluation, evaluate
 
 
 @app.command("eval")

@@ -12,7 +12,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.render import human_bytes
-from zprune_cli.export import export
+from zprune_cli.exports import export
 
 
 class ExportFormat(str, Enum):

@@ -12,19 +12,31 @@ from typing import Any, Iterator
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+# Data on a pipe or in a file gets whole lines: rich wraps and cuts at the terminal's width, or at 80
+# columns when there is no terminal, which breaks `| tee`, CI logs and `| cut`.
+_UNWRAPPED = 100_000
+
+
+def _console(stream) -> Console:
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    return Console(file=stream, soft_wrap=not terminal, width=None if terminal else _UNWRAPPED)
+
+
 def stdout_console() -> Console:
-    return Console(file=sys.stdout, soft_wrap=False)
+    return _console(sys.stdout)
 
 
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, soft_wrap=True)
+    return Console(file=sys.stderr, soft_wrap=True)  # progress bars size themselves to it
 
 
 def error(message: str) -> None:
-    stderr_console().print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    """One red line; the message is user text (paths, regexes), never parsed as markup."""
+    stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
 
 
 def emit_json(data: Any) -> None:
@@ -81,7 +93,7 @@ class RichProgress:
         self._depth = getattr(self, "_depth", 0) + 1
         if self._depth == 1:
             self._progress.start()
-        task_id = self._progress.add_task(description, total=total)
+        task_id = self._progress.add_task(escape(description), total=total)  # paths are text, not markup
         try:
             yield _Task(self._progress, task_id)
             if total is None:

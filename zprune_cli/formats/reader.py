@@ -54,7 +54,7 @@ class WeightReader:
         if (folder / MASKS_MANIFEST).is_file() and not (folder / "config.json").is_file():
             raise ZpruneError(
                 f"{folder} is a masks export, which holds no weights: apply it to the base model "
-                "(zprune prune BASE --masks FILE, or zprune_cli.export.apply_masks)"
+                "(zprune prune BASE --masks FILE, or zprune_cli.exports.apply_masks)"
             )
         self._weight_map = self._dense_weight_map()
         config = read_config(folder)

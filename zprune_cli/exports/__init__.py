@@ -23,7 +23,7 @@ import torch
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.formats import hf, masks, sparse, sparse24
 from zprune_cli.formats.bits import tensor_bytes
-from zprune_cli.export.io import (
+from zprune_cli.exports.io import (
     ShardWriter,
     Sizes,
     check_destination,

@@ -18,8 +18,8 @@ import torch
 from zprune_cli.data.sources import TextSource, resolve_source
 from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.evaluate.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
-from zprune_cli.evaluate.perplexity import eval_windows, perplexity
+from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
+from zprune_cli.evaluation.perplexity import eval_windows, perplexity
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.progress import Progress, ensure
@@ -151,7 +151,7 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
 
 
 def _zeroshot(model, tokenizer, plan: EvalPlan, progress: Progress) -> list[Metric]:
-    from zprune_cli.evaluate.zeroshot import zeroshot
+    from zprune_cli.evaluation.zeroshot import zeroshot
 
     e = plan.evaluation
     started = time.perf_counter()

@@ -152,33 +152,18 @@ def zeroshot(
     Returns {task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}, one entry per leaf task;
     metrics a task does not define, and standard errors lm-eval reports as "N/A", are None.
     """
-    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
-        raise ZpruneUsageError("tasks must be a non-empty list of task names")
-    if batch_size < 1:
-        raise ZpruneUsageError(f"batch_size must be at least 1 (got {batch_size})")
-    if tasks_dir is not None and not Path(tasks_dir).is_dir():
-        raise ZpruneUsageError(f"tasks directory not found: {tasks_dir}")
-
+    _check_arguments(tasks, batch_size, tasks_dir)
     ours = shipped_tasks()
     user = _local_task_names(tasks_dir) if tasks_dir is not None else []
     # a task of the caller's tasks_dir wins over a shipped one of the same name (later include paths override)
     needed_ours = [t for t in tasks if t in ours and t not in user]
-    local = set(ours) | set(user)
-    not_local = [t for t in tasks if t not in local]  # lm-eval built-ins: indexing them takes seconds
-    all_local = not not_local
-    if not_local:
-        builtin = _builtin_task_names()
-        unknown = [t for t in not_local if t not in builtin]
-        if unknown:
-            raise _unknown_task_error(unknown, sorted(local | set(builtin)))
-
+    all_local = _check_task_names(tasks, set(ours) | set(user))
     resolved_data_dir = resolve_data_dir(data_dir)
     if needed_ours and resolved_data_dir is None:
         raise ZpruneUsageError(
             f"{', '.join(needed_ours)} read(s) a local data directory: pass --data-dir (data_dir=) or set "
             f"{DATA_DIR_ENV} to a folder with the layout of shared/data"
         )
-
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -186,44 +171,58 @@ def zeroshot(
     with tempfile.TemporaryDirectory(prefix="zprune-tasks-") as tmp:
         include: list[str] = []
         if needed_ours:
-            assert resolved_data_dir is not None
             _write_resolved_tasks(Path(tmp), resolved_data_dir, needed_ours)
             include.append(tmp)
         if tasks_dir is not None:
             include.append(str(Path(tasks_dir).resolve()))
         task_manager = TaskManager(include_path=include or None, include_defaults=not all_local)
-
         # only local files are read when every task is local: keep `datasets` off the network then
         with _hf_offline() if all_local else nullcontext():
-            try:
-                loaded = task_manager.load(list(tasks))
-            except ZpruneError:
-                raise
-            except Exception as e:  # lm-eval and datasets raise many types; the user needs one line
-                first_line = (str(e).strip().splitlines() or [""])[0]
-                hint = "" if all_local else (
-                    "; lm-eval's built-in tasks download from the Hugging Face hub "
-                    f"(offline, use {', '.join(ours)})"
-                )
-                raise ZpruneError(
-                    f"could not load tasks {', '.join(tasks)}: {type(e).__name__}: {first_line}{hint}"
-                ) from e
-
+            loaded = _load_tasks(task_manager, tasks, all_local, ours)
             if device is not None:
                 model.to(device)
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            out = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=list(loaded["tasks"].values()),
-                num_fewshot=num_fewshot,
-                limit=limit,
-                task_manager=task_manager,
-                log_samples=False,
-            )
+            out = lm_eval.simple_evaluate(model=lm, tasks=list(loaded["tasks"].values()), num_fewshot=num_fewshot,
+                                          limit=limit, task_manager=task_manager, log_samples=False)
+    return _scores(out, loaded["tasks"])
 
+
+def _check_arguments(tasks: list[str], batch_size: int, tasks_dir) -> None:
+    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ZpruneUsageError("tasks must be a non-empty list of task names")
+    if batch_size < 1:
+        raise ZpruneUsageError(f"batch_size must be at least 1 (got {batch_size})")
+    if tasks_dir is not None and not Path(tasks_dir).is_dir():
+        raise ZpruneUsageError(f"tasks directory not found: {tasks_dir}")
+
+
+def _check_task_names(tasks: list[str], local: set[str]) -> bool:
+    """Refuse unknown names (with close matches); True when every task is local (no hub needed)."""
+    not_local = [t for t in tasks if t not in local]  # lm-eval built-ins: indexing them takes seconds
+    if not_local:
+        builtin = _builtin_task_names()
+        unknown = [t for t in not_local if t not in builtin]
+        if unknown:
+            raise _unknown_task_error(unknown, sorted(local | set(builtin)))
+    return not not_local
+
+
+def _load_tasks(task_manager, tasks: list[str], all_local: bool, ours: list[str]):
+    try:
+        return task_manager.load(list(tasks))
+    except ZpruneError:
+        raise
+    except Exception as e:  # lm-eval and datasets raise many types; the user needs one line
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        hint = "" if all_local else (
+            f"; lm-eval's built-in tasks download from the Hugging Face hub (offline, use {', '.join(ours)})")
+        raise ZpruneError(f"could not load tasks {', '.join(tasks)}: {type(e).__name__}: {first_line}{hint}") from e
+
+
+def _scores(out: dict, loaded_tasks: dict) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for name, res in out["results"].items():
-        if name not in loaded["tasks"]:
+        if name not in loaded_tasks:
             continue  # a group's aggregate
         n_samples = out.get("n-samples", {}).get(name, {})
         results[name] = {

@@ -1,0 +1,121 @@
+"""The shape of the package: imports run one way, verbs take few parameters, functions stay short,
+and the engine never names a method."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
+
+# Low to high: a unit may import only units of a strictly lower layer (or itself).
+LAYERS = [
+    {"errors", "__version__"},
+    {"progress", "settings", "masks", "sparsity", "staging", "results", "plot", "tasks"},
+    {"formats"},
+    {"data", "models", "stats"},  # never each other
+    {"methods"},
+    {"recipe", "allocation"},
+    {"provenance", "pipeline"},
+    {"model_card"},
+    {"evaluation", "exports", "calibration", "cache"},
+    {"pruning"},
+    {"comparison"},
+    {"cli", "__init__"},
+    {"__main__"},
+]
+RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
+
+
+def unit_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    return rel.parts[0]
+
+
+def imported_units(path: Path) -> set[str]:
+    """Top-level zprune_cli units a module imports (at any depth of the file, lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "zprune_cli":
+            names = [node.module] if node.module != "zprune_cli" else [f"zprune_cli.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("zprune_cli.")]
+        found |= {n.split(".")[1] for n in names if n.count(".") >= 1}
+    return found
+
+
+def modules():
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_unit_has_a_layer():
+    assert {unit_of(p) for p in modules()} <= set(RANK)
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_run_one_way(path):
+    unit = unit_of(path)
+    for target in imported_units(path) - {unit}:
+        assert RANK[target] < RANK[unit], f"{path.relative_to(PACKAGE)} ({unit}) imports {target}, against the drawn direction"
+
+
+def test_the_direction_check_catches_a_wrong_import(tmp_path, monkeypatch):
+    bad = PACKAGE / "models" / "load.py"
+    source = bad.read_text() + "\nfrom zprune_cli.exports import export  # noqa\n"
+    fake = tmp_path / "load.py"
+    fake.write_text(source)
+    assert "exports" in imported_units(fake) and RANK["exports"] > RANK["models"]
+
+
+def test_the_engine_never_names_a_method():
+    from zprune_cli.methods import method_names
+
+    method_modules = {f"zprune_cli.methods.{name}" for name in method_names()}
+    for path in modules():
+        if unit_of(path) == "methods" or path.name == "allocation.py":  # OWL is defined on Wanda's score
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in method_modules:
+                pytest.fail(f"{path.relative_to(PACKAGE)} imports {node.module}: ask the registry instead")
+            if isinstance(node, ast.Compare) and any(
+                isinstance(c, ast.Constant) and c.value in method_names() for c in [node.left, *node.comparators]
+            ):
+                pytest.fail(f"{path.relative_to(PACKAGE)}:{node.lineno} branches on a method's name")
+
+
+def test_verbs_are_not_shadowed_by_subpackages():
+    """`import zprune_cli.X` binds X on the package: no subpackage may share a verb's name."""
+    import importlib
+
+    import zprune_cli as zp
+
+    for path in modules():
+        if path.name == "__main__.py":
+            continue
+        importlib.import_module("zprune_cli." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"))
+    for name in ("calibrate", "prune", "evaluate", "compare", "export", "load_pretrained", "load_tokenizer"):
+        assert callable(getattr(zp, name)) and not inspect.ismodule(getattr(zp, name)), name
+
+
+def test_public_verbs_take_few_parameters():
+    import zprune_cli as zp
+
+    objects = {"PruneRecipe", "Settings", "Calibration", "Evaluation", "recipe", "recipes", "settings", "calibration",
+               "evaluation"}
+    for name in ("calibrate", "prune", "evaluate", "compare", "export", "load_pretrained", "load_tokenizer"):
+        params = [p for p in inspect.signature(getattr(zp, name)).parameters if p not in objects]
+        assert len(params) <= 8, (name, params)
+
+
+def test_no_function_over_60_lines():
+    long = []
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert not long, long
