@@ -115,3 +115,14 @@ def test_load_pretrained_returns_the_model(tiny_dir, text_file, cache, tmp_path)
     assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", tmp_path / "p").exit_code == 0
     model = zp.load_pretrained(tmp_path / "p")
     assert isinstance(model, __import__("torch").nn.Module) and zp.load_tokenizer(tmp_path / "p") is not None
+
+
+def test_prune_and_eval_count_sparsity_over_the_same_layers(tiny_dir, text_file, cache, tmp_path):
+    pruned = tmp_path / "pruned"
+    result = invoke("prune", tiny_dir, "-m", "wanda", "--ignore", r"mlp\.", "--data", text_file, "-n", 2, "-l", 16,
+                    "--out", pruned, "--json")
+    assert result.exit_code == 0, result.output
+    pruned_overall = json.loads(result.stdout)["overall_sparsity"]
+    report = json.loads(invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 1, "--json").stdout)
+    evaluated = {m["metric"]: m for m in report["metrics"]}["sparsity"]
+    assert pruned_overall == pytest.approx(0.5) and evaluated["value"] == pytest.approx(pruned_overall)  # not diluted by mlp
