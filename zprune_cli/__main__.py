@@ -1,3 +1,3 @@
-from zprune_cli.cli.app import main
+from zprune_cli.cli import main
 
 main()

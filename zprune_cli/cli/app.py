@@ -12,7 +12,7 @@ app = typer.Typer(
     name="zprune",
     cls=ZpruneGroup,
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # help text is plain: [brackets] in it are shown, never parsed
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Prune large language models after training: Z-Pruner, Wanda, SparseGPT, RIA, magnitude.",
     pretty_exceptions_enable=False,
@@ -60,4 +60,7 @@ _register()
 
 
 def main() -> None:
-    app()
+    """Kept for old entry points; `zprune_cli.cli.main` installs the signal handling first."""
+    from zprune_cli.cli import main as entry
+
+    entry()

@@ -32,6 +32,7 @@ def calibrate_command(
 
     A second call with the same model, data, nsamples, seqlen and seed is a cache hit.
 
+    \b
     Examples:
       zprune calibrate smollm2-135m --data self -n 16 -l 256
       zprune calibrate meta-llama/Llama-2-7b-hf --data c4 --gram

@@ -12,7 +12,8 @@ import typer
 from typer.core import TyperGroup
 
 from zprune_cli.cli.output import RichProgress, error, setup_logging
-from zprune_cli.errors import ZpruneError
+from zprune_cli.cli import Terminated
+from zprune_cli.errors import translate
 from zprune_cli.settings import Settings, load_settings
 
 
@@ -60,11 +61,14 @@ def model_handle(model: str, c: Common, revision: Optional[str] = None, trust_re
     return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code)
 
 
-class ZpruneGroup(TyperGroup):
-    """Turns library errors into one red line and an exit code (1 failed run, 2 bad usage).
+def _framework(exc: Exception) -> bool:
+    """Typer's and click's own control flow (--help, usage errors, typer.Exit): theirs to handle."""
+    return type(exc).__module__.split(".")[0] in ("typer", "click")
 
-    ZPRUNE_DEBUG=1 shows the full traceback instead.
-    """
+
+class ZpruneGroup(TyperGroup):
+    """Turns every failure into one red line and an exit code (1 failed run, 2 bad usage, 130/143 when
+    interrupted); `ZPRUNE_DEBUG=1` shows the full traceback instead."""
 
     def list_commands(self, ctx):  # keep the order the commands were added
         return list(self.commands)
@@ -72,11 +76,15 @@ class ZpruneGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ZpruneError as exc:
-            if os.environ.get("ZPRUNE_DEBUG"):
-                raise
-            error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             error("interrupted; nothing half-written was kept")
             raise typer.Exit(130) from None
+        except Terminated:
+            error("terminated; nothing half-written was kept")
+            raise typer.Exit(143) from None
+        except Exception as exc:
+            if os.environ.get("ZPRUNE_DEBUG") or _framework(exc):
+                raise
+            translated = translate(exc)
+            error(str(translated))
+            raise typer.Exit(translated.exit_code) from None

@@ -67,6 +67,7 @@ def compare_command(
     """Prune and evaluate a grid of recipes (methods x sparsities x patterns, the other options shared)
     from ONE calibration; print a leaderboard. Finished cells are kept: a re-run skips them (--force redoes).
 
+    \b
     Examples:
       zprune compare smollm2-135m --methods magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --patterns unstructured,2:4
       zprune compare smollm2-135m --grid paper --format md --plot ppl.png

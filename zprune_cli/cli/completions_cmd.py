@@ -40,6 +40,7 @@ Shell = Annotated[str, typer.Argument(help="bash, zsh or fish.", autocompletion=
 def completions_command(shell: Shell) -> None:
     """Print a shell completion script for zprune.
 
+    \b
     Examples:
       zprune completions bash > ~/.local/share/bash-completion/completions/zprune
       zprune completions zsh > ~/.zfunc/_zprune      # with fpath+=(~/.zfunc) before compinit

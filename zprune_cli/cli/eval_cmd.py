@@ -39,6 +39,7 @@ def eval_command(
 ) -> None:
     """Perplexity (the papers' protocol), zero-shot accuracy and sparsity; every number is stored.
 
+    \b
     Examples:
       zprune eval smollm2-zpruner-50 --data wikitext2 --max-windows 32 --baseline
       zprune eval smollm2-135m --data none --tasks arc_easy_local,piqa_local --limit 200

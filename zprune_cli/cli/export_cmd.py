@@ -49,6 +49,7 @@ def export_command(
     Every format carries the pruning provenance (zprune.json, safetensors metadata, a model card).
     Load any of them back with zprune_cli.load_pretrained; hf also loads with plain transformers.
 
+    \b
     Examples:
       zprune export runs/wanda50 --to exports/wanda50-hf
       zprune export runs/wanda50 --to exports/w50-sparse -f sparse --max-shard-size 2GB

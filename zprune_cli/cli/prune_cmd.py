@@ -67,6 +67,7 @@ def prune_command(
 ) -> None:
     """Prune a model from cached activation statistics (calibrating first when they are missing).
 
+    \b
     Examples:
       zprune prune smollm2-135m --method zpruner --sparsity 0.5 --data self -n 16 -l 256 --out pruned
       zprune prune meta-llama/Llama-2-7b-hf --method sparsegpt --pattern 2:4 --out llama-2-4
