@@ -82,9 +82,8 @@ def compare_command(
     flags = {key: given[name] for key, name in GRID_FLAGS.items() if given[name] not in (None, False)}
     g = {**(c.settings.grid(grid) if grid else {}), **flags}
     recipes, evaluation, calibration = grid_request(c, g, ignore, option, tasks_dir)
-    handle = model_handle(model, c, revision, trust_remote_code)
-    _render_outcome(compare(handle, recipes, evaluation, calibration=calibration, force=force, settings=c.settings,
-                            progress=c.progress), fmt, plot)
+    _render_outcome(compare(model_handle(model, c, revision, trust_remote_code), recipes, evaluation,
+                            calibration=calibration, force=force, settings=c.settings, progress=c.progress), fmt, plot)
 
 
 def grid_request(c, g: dict, ignore, option, tasks_dir):
