@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zprune_cli.errors import ZpruneError
 from zprune_cli.settings import Settings
 from zprune_cli.stats.store import StatsStore
 
@@ -27,8 +28,9 @@ def list_entries(cache_dir=None) -> list[dict]:
         row = {"key": path.name, "path": str(path), "size_bytes": _size(path), "problem": problem}
         if entry is not None:
             s = entry.manifest["settings"]
-            row.update(model=s["model"], data=s["data_description"], nsamples=s["nsamples"], seqlen=s["seqlen"],
-                       seed=s["seed"], gram=s["gram"], dtype=s["dtype"], created=entry.manifest["created"])
+            row.update(model=s.get("model"), data=s.get("data_description"), nsamples=s.get("nsamples"),
+                       seqlen=s.get("seqlen"), seed=s.get("seed"), gram=s.get("gram"), dtype=s.get("dtype"),
+                       created=entry.manifest["created"], propagated="propagated" in s)
         rows.append(row)
     return rows
 
@@ -65,3 +67,20 @@ def collect_garbage(cache_dir=None, dry_run: bool = False) -> list[dict]:
         if not dry_run:
             store.remove(path)
     return removed
+
+
+def verify(cache_dir=None, key: str | None = None) -> list[dict]:
+    """Re-read every file of one entry (or all) against its manifest's sizes and sha256."""
+    from zprune_cli.stats import store as store_module
+
+    store = StatsStore(resolve_cache_dir(cache_dir))
+    store_module._VERIFIED.clear()  # verify means reading the bytes again, not trusting this process
+    paths = [store.resolve_prefix(key)] if key is not None else [path for path, _, _ in store.entries()]
+    rows = []
+    for path in paths:
+        try:
+            store.open(path)
+            rows.append({"key": path.name, "ok": True, "problem": None})
+        except ZpruneError as exc:
+            rows.append({"key": path.name, "ok": False, "problem": str(exc)})
+    return rows

@@ -12,7 +12,7 @@ from zprune_cli import __version__
 from zprune_cli.data.selfgen import generate_windows
 from zprune_cli.data.sources import SELF, TextSource, resolve_source
 from zprune_cli.data.windows import calibration_windows
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import find_blocks, find_linears
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
@@ -85,10 +85,10 @@ def calibrate(
     key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram)
     store = StatsStore(settings.cache_dir)
 
-    entry = store.lookup(key)
+    entry = store.lookup(key, repair=True)  # a damaged entry is removed and computed again
     if entry is None:
-        with store.locked(key):
-            entry = store.lookup(key)  # another writer may have finished while we waited
+        with store.locked(key, progress):
+            entry = store.lookup(key, repair=True)  # another writer may have finished while we waited
             if entry is None:
                 _compute(handle, text, key, store, progress)
                 entry = store.lookup(key)
@@ -108,6 +108,15 @@ def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seq
             return generate_windows(handle.model, handle.tokenizer, nsamples, seqlen, seed, progress_task=task)
     with progress.task(f"Tokenising {text.description}", None):
         return calibration_windows(loaded, handle.tokenizer, nsamples, seqlen, seed)
+
+
+def check_finite(groups, block: str) -> None:
+    """Refuse to store statistics with NaN or inf (a broken model or an fp16 overflow), naming the layers."""
+    for group in groups:
+        for tensor in (group.sumsq, group.gram):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                raise ZpruneError(f"the activations reaching {block}.{group.name} ({', '.join(group.members)}) hold NaN or inf; "
+                                  "nothing was stored. Check the model file, or calibrate in float32 (--dtype float32)")
 
 
 @torch.inference_mode()
@@ -147,5 +156,6 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
                         buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]
                         collector.end_call()
                         task.advance(1)
+                check_finite(collector.groups, f"{blocks_name}.{index}")
                 writer.write_block(index, collector.groups)
                 hidden, buffer = buffer, hidden

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
 from zprune_cli.methods.base import Method
 from zprune_cli.methods.obs import reconstruct
@@ -80,15 +80,29 @@ class _Pruner:
         self.pattern = recipe.pattern_obj
         self.reconstruct = recipe.reconstruct and not type(self.method).updates_weights
 
-    def __call__(self, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
+    def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
         if sparsity <= 0:
             return
         weight = linear.weight.data
+        _require_finite(weight, f"the weight of layer {name}")
+        if type(self.method).uses_stats or self.reconstruct:
+            _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
+            if stats.gram is not None and (self.recipe.needs_gram):
+                _require_finite(stats.gram, f"the Gram matrix of layer {name}")
         result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
         new = result.weight
         if self.reconstruct:
             new = reconstruct(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device))
+        _require_finite(new, f"the pruned weight of layer {name}")
         linear.weight.data.copy_(new)
+
+
+def _require_finite(tensor: torch.Tensor, what: str) -> None:
+    """Stop before anything is saved: a NaN or inf would be pruned, spread by updates, and saved."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ZpruneError(f"{what} holds {bad} non-finite value(s) (NaN or inf); nothing was saved. "
+                          "Check the model file, or calibrate in float32 (--dtype float32)")
 
 
 @torch.inference_mode()
@@ -107,10 +121,10 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     if recipe.propagate == "pruned":
         run_key = PropagatedKey(entry.key, {"recipe": recipe.digest, "weights": weights_digest(layers)})
         store = entry.store
-        stats_entry = store.get(run_key)
+        stats_entry = store.get(run_key, repair=True)
         if stats_entry is None:
-            with store.locked(run_key):
-                stats_entry = store.get(run_key)  # another process may have written it while we waited
+            with store.locked(run_key, progress):
+                stats_entry = store.get(run_key, repair=True)  # another process may have written it while we waited
                 if stats_entry is None:  # first run with this recipe: collect and keep its statistics
                     settings = {**entry.manifest["settings"], "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                     with store.writer(run_key, settings) as writer:
@@ -121,7 +135,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
         for index, prefix, linears in layers:
             stats = stats_entry.block_stats(index, device)
             for name, linear in linears.items():
-                prune_layer(linear, stats[name], targets[prefix + name])
+                prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
             task.advance(1)
     return _report(recipe, layers, started)
 
@@ -146,7 +160,7 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
             writer.write_block(index, collector.groups)
             stats = collector.layer_stats()
             for name, linear in linears.items():
-                prune_layer(linear, stats[name], targets[prefix + name])
+                prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
             for i in range(hidden.shape[0]):  # the pruned block feeds the next one
                 buffer[i] = run_block(block, hidden[i : i + 1], block_kwargs[index])[0]
             hidden, buffer = buffer, hidden

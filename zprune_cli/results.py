@@ -15,6 +15,7 @@ NULL recipe, so they never answer for a cell of this version and are recomputed 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import uuid
@@ -51,7 +52,16 @@ COLUMNS: dict[str, str] = {
 }
 JSON_COLUMNS = frozenset({"settings", "protocol", "versions"})
 CELL_COLUMNS = ("fingerprint", "method", "recipe", "stats_key", "protocol", "metric")
-_BUSY_TIMEOUT_S = 60.0
+PENDING_DIR = "results-pending"  # measurements kept while the database was locked past the timeout
+log = logging.getLogger("zprune")
+
+
+def _busy_timeout() -> float:
+    """Seconds to wait for another writer (ZPRUNE_DB_TIMEOUT, default 60)."""
+    try:
+        return float(os.environ.get("ZPRUNE_DB_TIMEOUT") or 60.0)
+    except ValueError:
+        raise ZpruneUsageError(f"$ZPRUNE_DB_TIMEOUT must be a number of seconds, got {os.environ['ZPRUNE_DB_TIMEOUT']!r}") from None
 
 
 def results_path(cache_dir: str | os.PathLike) -> Path:
@@ -90,19 +100,26 @@ class ResultsStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE takes the write lock up front)
-            self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as e:
-            raise ZpruneError(f"cannot open results database {self.path}: {e}") from e
+            self._conn = sqlite3.connect(self.path, timeout=_busy_timeout(), isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise ZpruneError(f"cannot open results database {self.path}: {getattr(e, 'strerror', None) or e}") from None
         self._conn.row_factory = sqlite3.Row
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._init_schema()
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise ZpruneError(f"results database {self.path} is damaged ({check}); move it aside to start a new one")
+            self._ingest_pending()
+        except sqlite3.OperationalError as e:
+            self._conn.close()
+            raise ZpruneError(f"results database {self.path} is busy or unreadable ({e}); nothing was measured yet, try again") from None
         except sqlite3.DatabaseError as e:
             self._conn.close()
-            raise ZpruneError(f"{self.path} is not a usable zprune results database: {e}") from e
+            raise ZpruneError(f"{self.path} is not a usable zprune results database ({e}); move it aside to start a new one") from None
         except ZpruneError:
             self._conn.close()
             raise
@@ -197,16 +214,48 @@ class ResultsStore:
         built = [self._row(**r) for r in rows]
         if not built:
             return []
-        names = ", ".join(built[0])
-        marks = ", ".join("?" for _ in built[0])
         try:
-            with self._transaction() as conn:
-                conn.executemany(f"INSERT INTO runs ({names}) VALUES ({marks})", [tuple(r.values()) for r in built])
+            self._insert(built)
         except sqlite3.IntegrityError as e:
             raise ZpruneUsageError(f"a run_id of {[r['run_id'] for r in built]} is already recorded") from e
+        except sqlite3.OperationalError as e:  # locked past the busy timeout: keep the measurement, add it later
+            kept = self._keep_pending(built)
+            log.warning("results database busy (%s): %d result(s) kept in %s, recorded the next time it opens",
+                        e, len(built), kept)
         except sqlite3.Error as e:
             raise ZpruneError(f"cannot record results in {self.path}: {e}") from e
         return [r["run_id"] for r in built]
+
+    def _insert(self, rows: list[dict[str, Any]], again: bool = False) -> None:
+        """One transaction; `again` (kept rows being added later) skips those already there."""
+        names = ", ".join(rows[0])
+        marks = ", ".join("?" for _ in rows[0])
+        verb = "INSERT OR IGNORE" if again else "INSERT"
+        with self._transaction() as conn:
+            conn.executemany(f"{verb} INTO runs ({names}) VALUES ({marks})", [tuple(r.values()) for r in rows])
+
+    @property
+    def _pending_dir(self) -> Path:
+        return self.path.parent / PENDING_DIR
+
+    def _keep_pending(self, rows: list[dict[str, Any]]) -> Path:
+        self._pending_dir.mkdir(parents=True, exist_ok=True)
+        path = self._pending_dir / f"{rows[0]['run_id']}.json"
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, path)
+        return path
+
+    def _ingest_pending(self) -> None:
+        """Record what an earlier process kept aside while the database was busy (then drop the files)."""
+        for path in sorted(self._pending_dir.glob("*.json")) if self._pending_dir.is_dir() else []:
+            try:
+                rows = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(rows, list) and rows and all(isinstance(r, dict) and set(r) == set(COLUMNS) for r in rows):
+                self._insert(rows, again=True)
+                path.unlink(missing_ok=True)
 
     @staticmethod
     def _row(*, metric: str, value: float | None, model=None, fingerprint=None, method="dense", sparsity=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -11,36 +12,74 @@ from typing import Iterator
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 
-_TMP_MARK = ".zprune-tmp-"
+_TMP_MARK = ".zprune-tmp-"  # .<name>.zprune-tmp-<pid>-<random>: the writer's pid, to sweep dead ones
 
 
 @contextmanager
 def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
     """Yield an empty temporary folder next to `dest`; on success it replaces `dest` by rename.
 
-    On any error or Ctrl-C the temporary folder is removed and `dest` is left as it was.
+    On any error, Ctrl-C or SIGTERM the temporary folder is removed and `dest` is left as it was; what a
+    SIGKILLed writer left beside `dest` is swept by the next write to the same place.
     """
     parent = dest.parent
-    tmp = parent / f".{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".{dest.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        sweep(parent, dest.name)
         tmp.mkdir()
     except OSError as exc:
         raise ZpruneError(f"cannot write to {parent}: {exc.strerror or exc}") from None
     try:
         yield tmp
-        if dest.exists():
-            if not overwrite:  # appeared while we were writing
-                raise ZpruneUsageError(f"destination {dest} exists; pass --overwrite to replace it")
-            old = parent / f".{dest.name}{_TMP_MARK}old-{uuid.uuid4().hex[:8]}"
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        _publish(tmp, dest, overwrite)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise ZpruneError(f"writing {dest} failed: {exc.strerror or exc}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
+
+
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    if not (dest.exists() or dest.is_symlink()):
+        os.replace(tmp, dest)
+        return
+    if not overwrite:  # appeared while we were writing
+        raise ZpruneUsageError(f"destination {dest} exists; pass --overwrite to replace it")
+    old = dest.parent / f".{dest.name}{_TMP_MARK}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
+    os.replace(dest, old)
+    os.replace(tmp, dest)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """A folder, a file or a link, whichever it is (an old `--out FILE` replaced with --overwrite)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep(parent: Path, name: str | None = None) -> list[Path]:
+    """Remove staging folders beside `dest` (all names when None) whose writer process is dead."""
+    pattern = re.compile(rf"^\.{re.escape(name) if name else '.+'}{re.escape(_TMP_MARK)}(\d+)-")
+    removed = []
+    for path in parent.iterdir() if parent.is_dir() else []:
+        match = pattern.match(path.name)
+        if match and not pid_alive(int(match.group(1))):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

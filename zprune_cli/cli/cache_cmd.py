@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli import cache
@@ -15,7 +16,8 @@ from zprune_cli.cli.render import human_bytes
 cache_app = typer.Typer(help="List, inspect and remove cached statistics (noun, then verb).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-Key = Annotated[str, typer.Argument(help="A statistics key, or a unique prefix of one.")]
+Key = Annotated[str, typer.Argument(help="A statistics key, or a unique prefix of one (6+ characters).")]
+OptionalKey = Annotated[Optional[str], typer.Argument(help="A statistics key or unique prefix; default: every entry.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")]
 
 
@@ -32,9 +34,9 @@ def ls(ctx: typer.Context, cache_dir: opt.CacheDir = None, json: opt.Json = Fals
         table.add_column(col, justify="right" if col in ("size", "seed") else "left")
     for r in rows:
         if r["problem"]:
-            table.add_row(r["key"], f"[red]{r['problem']}[/]", "", "", "", "", human_bytes(r["size_bytes"]), "")
+            table.add_row(escape(r["key"]), f"[red]{escape(r['problem'])}[/]", "", "", "", "", human_bytes(r["size_bytes"]), "")
             continue
-        table.add_row(r["key"], r["model"], r["data"], f"{r['nsamples']} x {r['seqlen']}", str(r["seed"]),
+        table.add_row(escape(r["key"]), escape(str(r["model"])), escape(str(r["data"])), f"{r['nsamples']} x {r['seqlen']}", str(r["seed"]),
                       "yes" if r["gram"] else "no", human_bytes(r["size_bytes"]), r["created"])
     stdout_console().print(table)
 
@@ -48,9 +50,9 @@ def info(ctx: typer.Context, key: Key, cache_dir: opt.CacheDir = None, json: opt
         emit_json(data)
         return
     console = stdout_console()
-    console.print(f"[bold]{data['key']}[/]  {data['path']}  ({human_bytes(data['size_bytes'])})")
+    console.print(f"[bold]{escape(data['key'])}[/]  {escape(data['path'])}  ({human_bytes(data['size_bytes'])})")
     for name, value in data["settings"].items():
-        console.print(f"  {name:18} {value}")
+        console.print(escape(f"  {name:18} {value}"))
     console.print(f"  {'created':18} {data['created']}")
     console.print(f"  {'input groups':18} {data['groups_per_block']} per block, {data['n_blocks']} blocks")
 
@@ -61,6 +63,27 @@ def rm(ctx: typer.Context, key: Key, dry_run: DryRun = False, cache_dir: opt.Cac
     c = common(ctx, cache_dir=cache_dir, json=json)
     removed = cache.remove_entry(c.cache_dir, key, dry_run=dry_run)
     _report(c, [removed], dry_run)
+
+
+@cache_app.command("verify")
+def verify(ctx: typer.Context, key: OptionalKey = None, cache_dir: opt.CacheDir = None, json: opt.Json = False) -> None:
+    """Check every file of one entry (or of all) against its recorded size and sha256; exit 1 if any is bad.
+
+    \b
+    Examples:
+      zprune cache verify
+      zprune cache verify 5a2dbc
+    """
+    c = common(ctx, cache_dir=cache_dir, json=json)
+    rows = cache.verify(c.cache_dir, key)
+    if c.json:
+        emit_json(rows)
+    else:
+        for row in rows:
+            stdout_console().print(escape(f"{row['key']}  {'ok' if row['ok'] else row['problem']}"))
+        stdout_console().print(f"{sum(r['ok'] for r in rows)} of {len(rows)} entries verified")
+    if not all(r["ok"] for r in rows):
+        raise typer.Exit(1)
 
 
 @cache_app.command("gc")
@@ -77,5 +100,5 @@ def _report(c, removed: list[dict], dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     total = sum(r["size_bytes"] for r in removed)
     for r in removed:
-        stdout_console().print(f"{verb} {r['name']} ({human_bytes(r['size_bytes'])})")
+        stdout_console().print(escape(f"{verb} {r['name']} ({human_bytes(r['size_bytes'])})"))
     stdout_console().print(f"{verb} {len(removed)} item(s), {human_bytes(total)}")

@@ -139,7 +139,10 @@ def _read_records(path: Path, field: str = "text") -> list[str]:
                 raise ZpruneUsageError(f"data file {path} line {number} is not JSON (expected one object per line)") from None
             if not isinstance(record, dict) or field not in record:
                 raise ZpruneUsageError(f"data file {path} line {number} has no '{field}' field")
-            docs.append(str(record[field]))
+            if not isinstance(record[field], str):
+                kind = "null" if record[field] is None else type(record[field]).__name__
+                raise ZpruneUsageError(f"data file {path} line {number}: '{field}' is {kind}, not text")
+            docs.append(record[field])
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise ZpruneUsageError(f"data file {path} holds no text")

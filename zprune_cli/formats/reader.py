@@ -30,6 +30,19 @@ def read_config(folder: Path) -> dict:
         raise ZpruneError(f"cannot read {path}: {exc}") from None
 
 
+def layout_of(folder: Path) -> str:
+    """'sparse', 'sparse-24-bitmask' or 'dense' (anything transformers loads itself, .bin included),
+    from the side files alone: no weight is opened."""
+    if (folder / SPARSE_MANIFEST).is_file():
+        return "sparse"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "dense"
+    sparsity = ((config.get(CT_CONFIG_KEY) or {}) if isinstance(config, dict) else {}).get("sparsity_config") or {}
+    return "sparse-24-bitmask" if isinstance(sparsity, dict) and sparsity.get("format") == "sparse-24-bitmask" else "dense"
+
+
 class WeightReader:
     """Dense tensors of a zprune output, an `hf` export, a `sparse` export or a `sparse-24-bitmask` export.
 

@@ -96,9 +96,9 @@ def _compressed_export(folder: str) -> bool:
     """A zprune `sparse` or `sparse-24-bitmask` export, which plain transformers cannot load."""
     from pathlib import Path
 
-    from zprune_cli.formats.reader import WeightReader
+    from zprune_cli.formats.reader import layout_of
 
-    return Path(folder, "config.json").is_file() and WeightReader(Path(folder)).kind != "dense"
+    return Path(folder, "config.json").is_file() and layout_of(Path(folder)) != "dense"
 
 
 def max_length(model) -> int | None:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -109,7 +109,7 @@ def resolve_model(spec: str, revision: str | None = None, trust_remote_code: boo
             spec=spec, location=spec, revision=revision or "main", trust_remote_code=trust_remote_code, is_local=False
         )
     known = ", ".join(sorted(ALIASES))
-    raise ZpruneError(f"no model at '{spec}': not a file, a folder, a hub id (org/name) or an alias ({known})")
+    raise ZpruneUsageError(f"no model at '{spec}': not a file, a folder, a hub id (org/name) or an alias ({known})")
 
 
 def _gguf_source(spec: str, path: Path) -> ModelSource:

@@ -4,6 +4,10 @@ Layout: <cache_dir>/stats/<key>/manifest.json, inputs.safetensors (window token 
 inputs) and block_NNN.safetensors (per input group: `<leader>.sumsq`, optionally `<leader>.gram`).
 An entry is written into a temporary folder and renamed into place when complete, under a lock
 file, so readers never see half an entry and two writers leave one valid entry.
+
+Nothing read from disk is trusted: the manifest is checked field by field, its file names must be
+plain names inside the entry, and every file's size and sha256 are checked before the entry is used.
+A bad entry raises CorruptEntry; the commands that need it remove it and compute it again.
 """
 
 from __future__ import annotations
@@ -11,24 +15,34 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.types import LayerStats
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a sha256 per file; entries of format 1 are recomputed, never misread
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_VERIFIED: set[tuple[str, int, int]] = set()  # (file, size, mtime) whose sha256 matched in this process
+log = logging.getLogger("zprune")
+
+
+class CorruptEntry(ZpruneError):
+    """A store entry that is partial, damaged or of another format: remove it and compute it again."""
 
 
 @dataclass(frozen=True)
@@ -124,36 +138,44 @@ class StatsStore:
         self.root = Path(cache_dir).expanduser() / "stats"
 
     # --- reading -------------------------------------------------------------------------------
-    def lookup(self, key: StatsKey) -> StatsEntry | None:
-        """The entry for `key`; a request without Gram matrices is also served by one with them."""
+    def lookup(self, key: StatsKey, repair: bool = False) -> StatsEntry | None:
+        """The entry for `key`; a request without Gram matrices is also served by one with them.
+        With `repair`, a corrupt entry is removed (and said so) and counts as missing."""
         candidates = [key] if key.gram else [key, key.with_gram()]
         for candidate in candidates:
-            path = self.root / candidate.digest
-            if path.exists():
-                return self.open(path)
+            entry = self.get(candidate, repair)
+            if entry is not None:
+                return entry
         return None
 
-    def get(self, key: StatsKey | PropagatedKey) -> StatsEntry | None:
-        """The entry stored under exactly this key, or None."""
+    def get(self, key: StatsKey | PropagatedKey, repair: bool = False) -> StatsEntry | None:
+        """The entry stored under exactly this key, or None (see `lookup` for `repair`)."""
         path = self.root / key.digest
-        return self.open(path) if path.exists() else None
+        if not (path.exists() or path.is_symlink()):
+            return None
+        try:
+            return self.open(path)
+        except CorruptEntry as exc:
+            if not repair:
+                raise
+            self.discard(path, str(exc))
+            return None
 
     def open(self, path: Path) -> StatsEntry:
-        """Open and verify an entry; refuse a partial or mismatched one with a clear message."""
-        manifest_path = path / MANIFEST
+        """Open and verify an entry (manifest fields, file names, sizes, sha256); CorruptEntry if bad."""
         name = path.name
+        fix = f"zprune cache rm {name} (the command that needs it computes it again)"
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = json.loads((path / MANIFEST).read_text())
         except (OSError, ValueError):
-            raise ZpruneError(
-                f"statistics entry {name} is incomplete or corrupt (no readable manifest); remove it: zprune cache rm {name}"
-            ) from None
-        if manifest.get("format") != FORMAT_VERSION or manifest.get("key") != name:
-            raise ZpruneError(f"statistics entry {name} does not match this zprune version; remove it: zprune cache rm {name}")
-        for fname, size in manifest.get("files", {}).items():
-            file = path / fname
-            if not file.is_file() or file.stat().st_size != size:
-                raise ZpruneError(f"statistics entry {name} is missing or has a truncated {fname}; remove it: zprune cache rm {name}")
+            raise CorruptEntry(f"statistics entry {name} is incomplete or corrupt (no readable manifest); {fix}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION or manifest.get("key") != name:
+            raise CorruptEntry(f"statistics entry {name} was written by another zprune version or under another key; {fix}")
+        problem = manifest_problem(manifest)
+        if problem is None:
+            problem = _files_problem(path, manifest["files"])
+        if problem is not None:
+            raise CorruptEntry(f"statistics entry {name} is corrupt: {problem}; {fix}")
         return StatsEntry(path, manifest)
 
     def entries(self) -> list[tuple[Path, StatsEntry | None, str | None]]:
@@ -171,11 +193,22 @@ class StatsStore:
         return found
 
     def resolve_prefix(self, prefix: str) -> Path:
-        matches = [p for p in (self.root.iterdir() if self.root.is_dir() else []) if p.is_dir() and p.name.startswith(prefix) and not p.name.startswith(TMP_PREFIX)]
+        """The entry named exactly `prefix`, else the one entry whose key starts with it (6+ characters)."""
+        prefix = prefix.strip()
+        if not prefix or "/" in prefix or prefix.startswith("."):
+            raise ZpruneUsageError(f"'{prefix}' is not a statistics key (see: zprune cache ls)")
+        names = [p for p in (self.root.iterdir() if self.root.is_dir() else [])
+                 if (p.is_dir() or p.is_symlink()) and not p.name.startswith(TMP_PREFIX)]
+        exact = [p for p in names if p.name == prefix]
+        if exact:
+            return exact[0]
+        if len(prefix) < MIN_PREFIX:
+            raise ZpruneUsageError(f"'{prefix}' is too short to stand for a key: give at least {MIN_PREFIX} characters")
+        matches = [p for p in names if p.name.startswith(prefix)]
         if not matches:
-            raise ZpruneError(f"no statistics entry matches '{prefix}' (see: zprune cache ls)")
+            raise ZpruneUsageError(f"no statistics entry matches '{prefix}' (see: zprune cache ls)")
         if len(matches) > 1:
-            raise ZpruneError(f"'{prefix}' matches {len(matches)} entries; give more characters of the key")
+            raise ZpruneUsageError(f"'{prefix}' matches {len(matches)} entries; give more characters of the key")
         return matches[0]
 
     # --- writing -------------------------------------------------------------------------------
@@ -189,23 +222,31 @@ class StatsStore:
             raise ZpruneError(f"cache dir {self.root.parent} is not writable ({exc.strerror}); pass --cache-dir or set ZPRUNE_HOME") from None
 
     @contextmanager
-    def locked(self, key: StatsKey | PropagatedKey) -> Iterator[None]:
-        """Hold the key's lock file; a second writer waits here, then finds the entry complete."""
+    def locked(self, key: StatsKey | PropagatedKey, progress=None) -> Iterator[None]:
+        """Hold the key's lock file; a second writer waits here (saying for whom, with a spinner), then
+        finds the entry complete. ZPRUNE_LOCK_TIMEOUT=SECONDS makes it give up instead of waiting on."""
         self._ensure_root()
         lock_path = self.root / f"{key.digest}.lock"
-        with open(lock_path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = _acquire(lock_path, key.digest, progress)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(_command()), "since": time.strftime("%H:%M:%S")}))
+            handle.flush()
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     @contextmanager
     def writer(self, key: StatsKey | PropagatedKey, settings: dict) -> Iterator["EntryWriter"]:
         """Write an entry into a temp folder; it appears under its key only if the block exits cleanly."""
         self._ensure_root()
+        for stale in self.root.glob(f"{TMP_PREFIX}{key.digest}-*"):  # left by a killed writer of this key
+            if not _writer_alive(stale) or stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = self.root / f"{TMP_PREFIX}{key.digest}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         writer = EntryWriter(tmp, key, settings)
         try:
@@ -219,30 +260,145 @@ class StatsStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def remove(self, path: Path) -> int:
+        """Remove an entry, a temporary folder or a lock file (a symlinked entry: the link only)."""
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            return 0
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path)
-        lock = self.root / f"{path.name}.lock"
-        lock.unlink(missing_ok=True)
         return size
 
+    def discard(self, path: Path, why: str) -> None:
+        """Remove a corrupt entry so the caller can compute it again; say so once."""
+        log.warning("%s; computing it again", why.split("; zprune cache rm")[0])
+        self.remove(path)
+
     def garbage(self) -> list[Path]:
-        """Temporary folders left by killed writers, corrupt entries and orphan locks."""
+        """Temporary folders left by killed writers, corrupt entries and lock files nobody holds."""
         if not self.root.is_dir():
             return []
         junk = [p for p in self.root.iterdir() if p.name.startswith(TMP_PREFIX) and not _writer_alive(p)]
         junk += [path for path, entry, problem in self.entries() if entry is None]
+        junk += [p for p in self.root.glob("*.lock") if not _lock_held(p)]
         return sorted(junk)
+
+
+MIN_PREFIX = 6
+
+
+def manifest_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields (None: nothing), so a hand-edited or damaged one is refused."""
+    if not isinstance(m.get("settings"), dict) or not isinstance(m.get("created"), str):
+        return "the manifest has no settings or creation time"
+    files, blocks = m.get("files"), m.get("blocks")
+    if not isinstance(files, dict) or not isinstance(blocks, list):
+        return "the manifest lists no files or blocks"
+    for fname, info in files.items():
+        if not _plain(fname):
+            return f"the manifest names a file outside the entry ({fname!r})"
+        if not (isinstance(info, dict) and isinstance(info.get("size"), int) and isinstance(info.get("sha256"), str)):
+            return f"the manifest gives no size and sha256 for {fname}"
+    for i, block in enumerate(blocks):
+        if not (isinstance(block, dict) and block.get("index") == i and block.get("file") in files
+                and isinstance(block.get("groups"), list)):
+            return f"block {i} of the manifest is malformed"
+        for group in block["groups"]:
+            if not (isinstance(group, dict) and isinstance(group.get("members"), list) and group["members"]
+                    and all(isinstance(x, str) for x in group["members"]) and isinstance(group.get("n_tokens"), int)):
+                return f"an input group of block {i} is malformed"
+    return None
+
+
+def _plain(fname: Any) -> bool:
+    return isinstance(fname, str) and bool(_PLAIN_NAME.match(fname)) and ".." not in fname
+
+
+def _files_problem(path: Path, files: dict[str, dict]) -> str | None:
+    for fname, info in files.items():
+        file = path / fname
+        if file.is_symlink() or not file.is_file():
+            return f"{fname} is missing"
+        stat = file.stat()
+        if stat.st_size != info["size"]:
+            return f"{fname} is truncated ({stat.st_size} of {info['size']} bytes)"
+        memo = (str(file), stat.st_size, stat.st_mtime_ns)
+        if memo not in _VERIFIED:
+            if sha256_of(file) != info["sha256"]:
+                return f"{fname} does not match its checksum (overwritten or damaged)"
+            _VERIFIED.add(memo)
+    return None
+
+
+def sha256_of(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _acquire(lock_path: Path, key: str, progress):
+    """An open lock file held exclusively (waiting for another process if needed)."""
+    timeout = float(os.environ.get("ZPRUNE_LOCK_TIMEOUT") or "inf")
+    started, waiting = time.monotonic(), None
+    try:
+        while True:
+            handle = open(lock_path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                if waiting is None:
+                    holder = _holder(lock_path)
+                    log.info("statistics entry %s is being written by %s; waiting for it", key, holder)
+                    waiting = progress.task(f"Waiting for {holder}", None) if progress is not None else None
+                    if waiting is not None:
+                        waiting.__enter__()
+                if time.monotonic() - started > timeout:
+                    raise ZpruneError(f"statistics entry {key} is still locked by {_holder(lock_path)} after "
+                                      f"{timeout:g} s (ZPRUNE_LOCK_TIMEOUT); try again later") from None
+                time.sleep(0.2)
+                continue
+            try:  # `cache gc` may have removed an unheld lock file between our open and flock
+                if os.fstat(handle.fileno()).st_ino == os.stat(lock_path).st_ino:
+                    return handle
+            except FileNotFoundError:
+                pass
+            handle.close()
+    finally:
+        if waiting is not None:
+            waiting.__exit__(None, None, None)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        info = json.loads(lock_path.read_text() or "{}")
+        return f"process {info['pid']} ({info.get('command', '?')}, since {info.get('since', '?')})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _command() -> list[str]:
+    import sys
+
+    return [Path(sys.argv[0]).name, *sys.argv[1:3]] if sys.argv else ["python"]
+
+
+def _lock_held(lock: Path) -> bool:
+    try:
+        with open(lock, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _writer_alive(tmp: Path) -> bool:
     pid = tmp.name.rsplit("-", 1)[-1]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return int(pid) != os.getpid()
+    return pid.isdigit() and pid_alive(int(pid))
 
 
 class EntryWriter:
@@ -276,7 +432,7 @@ class EntryWriter:
         )
 
     def finish(self) -> None:
-        files = {f.name: f.stat().st_size for f in self.path.iterdir() if f.is_file()}
+        files = {f.name: {"size": f.stat().st_size, "sha256": sha256_of(f)} for f in self.path.iterdir() if f.is_file()}
         manifest = {
             "format": FORMAT_VERSION,
             "key": self.key.digest,
