@@ -60,7 +60,7 @@ def one_line_error(result, code):
     "args, code, needle",
     [
         (["no-such-org/no-such-model"], 1, "could not load model"),
-        (["./missing-folder"], 1, "no model at"),
+        (["./missing-folder"], 2, "no model at"),
         (["{tiny}", "-n", "0"], 2, "--nsamples must be at least 1"),
         (["{tiny}", "-l", "100000"], 2, "beyond the model's maximum"),
         (["{tiny}", "--data", "{binary}"], 2, "not text"),

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, translate
 
 _TMP_MARK = ".zprune-tmp-"  # .<name>.zprune-tmp-<pid>-<random>: the writer's pid, to sweep dead ones
 
@@ -35,7 +35,7 @@ def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
         _publish(tmp, dest, overwrite)
     except OSError as exc:
         _remove(tmp)
-        raise ZpruneError(f"writing {dest} failed: {exc.strerror or exc}") from None
+        raise ZpruneError(f"writing {dest} failed: {translate(exc)}") from None
     except BaseException:
         _remove(tmp)
         raise

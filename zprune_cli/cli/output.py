@@ -45,12 +45,22 @@ def emit_json(data: Any) -> None:
 
 
 def setup_logging(quiet: bool) -> None:
+    """Logs to stderr: rich on a terminal; plain 'warning: ...' lines, never wrapped, in a pipe or a log."""
     logger = logging.getLogger("zprune")
     logger.handlers.clear()
-    handler = RichHandler(console=stderr_console(), show_time=False, show_path=False, markup=False)
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=stderr_console(), show_time=False, show_path=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 class _Task:
