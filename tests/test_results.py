@@ -141,3 +141,14 @@ def test_concurrent_writers(tmp_path):
     with ResultsStore(path) as s:
         assert len(s.query()) == 100
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_cell_is_recorded_whole_or_not_at_all(store):
+    """A kill or an error between two metric rows of one cell must not leave it half-finished."""
+    first = dict(CELL, value=1.0, run_id="r1")
+    clash = dict(CELL, metric="acc:piqa_local", value=2.0, run_id="r1")  # fails on insert, after the first
+    with pytest.raises(Exception):
+        store.record_many([first, clash])
+    assert store.query() == []
+    store.record_many([first, dict(clash, run_id="r2")])
+    assert {r["metric"] for r in store.query()} == {"ppl:wikitext2", "acc:piqa_local"}
