@@ -89,11 +89,12 @@ def test_cli_formats_and_show(tiny_dir, text_file, cache, tmp_path):
     data = json.loads(result.stdout)
     cells = {(r["method"], r["pattern"]) for r in data["rows"]}
     assert cells == {("dense", ""), ("magnitude", "unstructured"), ("magnitude", "2:4"), ("wanda", "unstructured"), ("wanda", "2:4")}
-    md = invoke(*cli_grid(tiny_dir, text_file), "--format", "md").stdout.splitlines()
-    assert md[0].startswith("| model | method") and md[1].startswith("|---") and len(md) == 2 + 5
-    assert any("**" in line for line in md[2:])  # the best value per column is bold
+    md = [line for line in invoke(*cli_grid(tiny_dir, text_file), "--format", "md").stdout.splitlines() if line]
+    assert "seqlen 32, 2 windows" in md[0] and "calibration corpus.txt 2x16 seed 0" in md[0]  # the protocol, stated
+    assert md[1].startswith("| model | method") and md[2].startswith("|---") and len(md) == 3 + 5
+    assert sum("**" in line for line in md[3:]) >= 1  # the best of each sparsity and pattern is bold
     csv_out = invoke(*cli_grid(tiny_dir, text_file), "--format", "csv").stdout.splitlines()
-    assert csv_out[0].startswith("model,method,pattern") and len(csv_out) == 6
+    assert csv_out[0].startswith("group,protocol,model,method,pattern") and csv_out[0].endswith(",best") and len(csv_out) == 6
     shown = invoke("compare", "--show", "--metric", "ppl", "--format", "json")
     assert shown.exit_code == 0 and len(json.loads(shown.stdout)) == 5
     png = tmp_path / "ppl.png"
@@ -131,3 +132,25 @@ def test_bad_input(args, needle, tiny_dir, text_file, cache):
 def test_show_unknown_metric(cache):
     result = invoke("compare", "--show", "--metric", "bleu")
     assert result.exit_code == 2 and "unknown metric" in result.stderr
+
+
+def test_show_never_ranks_across_protocols(tiny_dir, text_file, cache):
+    """Two evaluation setups give two groups, each with its own dense row and its own best marks."""
+    for windows in (1, 2):
+        args = cli_grid(tiny_dir, text_file)
+        args[args.index("--max-windows") + 1] = windows
+        assert invoke(*args, "--json").exit_code == 0
+    rows = json.loads(invoke("compare", "--show", "--format", "json").stdout)
+    groups = {r["group"] for r in rows}
+    assert len(groups) == 2
+    for g in groups:
+        members = [r for r in rows if r["group"] == g]
+        assert [r["method"] for r in members].count("dense") == 1 and len(members) == 5
+        windows = {m["protocol"].split(" windows")[0].rsplit(" ", 1)[-1] for m in members}
+        assert len(windows) == 1  # one protocol per group
+        unstructured = [r for r in members if r["pattern"] == "unstructured"]
+        assert sum("ppl:corpus.txt" in r["best"] for r in unstructured) == 1  # best among its peers only
+        assert all(r["best"] == [] for r in members if r["method"] == "dense")
+    table = invoke("compare", "--show").stdout  # not a terminal: stars, whole lines
+    assert table.count("marked *") == 2 and "*" in table.split("marked *", 2)[2]
+    assert all(len(line) < 400 for line in table.splitlines())

@@ -7,8 +7,10 @@ transaction per cell), so a re-run skips finished cells and Ctrl-C loses only th
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from zprune_cli.calibration import calibrate
@@ -78,7 +80,7 @@ def compare(
     handle = ModelHandle.of(model, settings)
     store = ResultsStore(results_path(settings.cache_dir))
     result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
-    run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}
+    run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
     protocols = expected_protocols(plan, handle)
     computed = skipped = 0
     snapshot = None
@@ -130,8 +132,14 @@ def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, 
 
 def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str | None = None, stats_key: str | None = None,
                 protocols: dict[str, dict] | None = None, metric: str | None = None) -> list[dict]:
-    """One row per (model, recipe, statistics): the latest value of each metric. Dense rows included."""
-    rows: dict[tuple, dict] = {}
+    """One row per (protocol group, model, recipe, statistics): the latest value of each metric.
+
+    A protocol group is one evaluation setup (datasets, seqlen, windows, tasks, limit) on one model with
+    one calibration; rows of different groups are never ranked together. The dense model's rows join
+    every group measured under the same evaluation setup. Each row says its group (`group`, and the
+    `protocol` in words) and which of its metrics are the best of its sparsity and pattern (`best`).
+    """
+    cells: dict[tuple, dict] = {}
     for r in store.query(model=model, fingerprint=fingerprint):
         if r["method"] != "dense" and stats_key is not None and r["stats_key"] != stats_key:
             continue
@@ -141,21 +149,94 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
             continue
         # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
         identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
-        key = (r["model"], r["fingerprint"], r["method"], identity, r["stats_key"])
-        row = rows.setdefault(key, _row(r))
+        key = (r["fingerprint"], _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
+        row = cells.setdefault(key, _row(r))
         if r["created"] >= row["_created"].get(r["metric"], ""):
             row["metrics"][r["metric"]] = r["value"]
             row["_created"][r["metric"]] = r["created"]
-    out = []
-    for row in rows.values():
-        row.pop("_created")
-        out.append(row)
-    out.sort(key=lambda r: (r["model"], r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"], r["recipe"]))
+            row["_protocols"][r["metric"]] = r["protocol"]
+    return _grouped(cells)
+
+
+def _evaluation_of(r: dict) -> str:
+    """The evaluation setup a row was measured under, as canonical text (batch size does not count)."""
+    settings = r.get("settings") or {}
+    evaluation = settings.get("evaluation")
+    if isinstance(evaluation, dict):
+        return json.dumps({k: v for k, v in evaluation.items() if k not in ("batch_size", "speed", "tasks_dir")}, sort_keys=True)
+    return json.dumps(r["protocol"] if r["metric"] != "sparsity" else None, sort_keys=True, default=str)
+
+
+def _grouped(cells: dict[tuple, dict]) -> list[dict]:
+    """Number the protocol groups, put the dense rows into each group of their evaluation, mark the best."""
+    groups: dict[tuple, list[dict]] = {}
+    dense: dict[tuple, list[dict]] = {}
+    for (fingerprint, evaluation, *_), row in cells.items():
+        if row["method"] == "dense":
+            dense.setdefault((fingerprint, evaluation), []).append(row)
+        else:
+            groups.setdefault((fingerprint, evaluation, row["stats_key"]), []).append(row)
+    for (fingerprint, evaluation), rows in dense.items():  # a dense model measured but never pruned
+        if not any(k[:2] == (fingerprint, evaluation) for k in groups):
+            groups[(fingerprint, evaluation, "")] = []
+    out: list[dict] = []
+    for number, (key, rows) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
+        members = [dict(d) for d in dense.get(key[:2], [])] + rows
+        _mark_best(members)
+        description = _describe(members)
+        for row in sorted(members, key=lambda r: (r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"], r["recipe"])):
+            row.pop("_created", None)
+            row.pop("_protocols", None)
+            out.append({**row, "group": number, "protocol": description})
     return out
 
 
+def _mark_best(rows: list[dict]) -> None:
+    """Per sparsity and pattern: the lowest perplexity and the highest accuracy among pruned rows."""
+    for row in rows:
+        row["best"] = []
+    for (pattern, sparsity), peers in _by(rows, lambda r: (r["pattern"], r["sparsity"])).items():
+        if not pattern:  # dense
+            continue
+        for column in {m for r in peers for m in r["metrics"] if m.startswith(("ppl:", "acc:", "acc_norm:"))}:
+            values = [r["metrics"][column] for r in peers if r["metrics"].get(column) is not None]
+            if len(values) < 2:
+                continue
+            best = min(values) if column.startswith("ppl:") else max(values)
+            for r in peers:
+                if r["metrics"].get(column) == best:
+                    r["best"].append(column)
+
+
+def _by(rows: list[dict], key) -> dict:
+    out: dict = {}
+    for row in rows:
+        out.setdefault(key(row), []).append(row)
+    return out
+
+
+def _describe(rows: list[dict]) -> str:
+    """The protocol of a group in words: model, evaluation windows/tasks, calibration."""
+    parts = [rows[0]["model"]] if rows else []
+    protocols = {m: p for r in rows for m, p in r.get("_protocols", {}).items()}
+    for metric, p in sorted(protocols.items()):
+        if metric.startswith("ppl:") and isinstance(p, dict):
+            parts.append(f"{p.get('dataset')} {p.get('split')}, seqlen {p.get('seqlen')}, {p.get('n_windows')} windows")
+        elif metric.startswith("acc:") and isinstance(p, dict):
+            parts.append(f"{p.get('task')} {p.get('num_fewshot')}-shot" + (f", limit {p['limit']}" if p.get("limit") else ""))
+    calibration = next((r["calibration"] for r in rows if r.get("calibration")), None)
+    if calibration:
+        parts.append(f"calibration {Path(str(calibration.get('data'))).name} {calibration.get('nsamples')}x{calibration.get('seqlen')} "
+                     f"seed {calibration.get('seed')}")
+    stats = next((r["stats_key"] for r in rows if r["stats_key"]), "")
+    if stats:
+        parts.append(f"statistics {stats[:10]}")
+    return "; ".join(parts)
+
+
 def _row(r: dict) -> dict:
-    recipe = (r.get("settings") or {}).get("recipe")
+    settings = r.get("settings") or {}
+    recipe = settings.get("recipe")
     label = "dense"
     if isinstance(recipe, dict):
         try:
@@ -167,7 +248,7 @@ def _row(r: dict) -> dict:
     return {"model": r["model"], "method": r["method"], "label": label, "sparsity": r["sparsity"],
             "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
             "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
-            "metrics": {}, "_created": {}}
+            "calibration": settings.get("calibration"), "metrics": {}, "_created": {}, "_protocols": {}}
 
 
 def known_metrics(rows: list[dict]) -> list[str]:

@@ -153,13 +153,6 @@ def _columns(rows: list[dict]) -> list[str]:
         [m for m in metrics if m == "sparsity"]
 
 
-def _best(rows: list[dict], column: str) -> float | None:
-    values = [r["metrics"][column] for r in rows if column in r["metrics"] and r["method"] != "dense"]
-    if not values or column == "sparsity":
-        return None
-    return min(values) if column.startswith("ppl") else max(values)
-
-
 def _cell(value) -> str:
     return "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
@@ -170,35 +163,59 @@ def _recipe(row: dict) -> str:
     return " ".join(x for x in (row["recipe"][:8], extras) if x)
 
 
+HEAD = ["model", "method", "pattern", "target", "propagate", "recipe"]
+
+
 def _render(rows: list[dict], fmt: str) -> None:
+    """One table per protocol group (never ranked across groups); the best per sparsity and pattern is
+    bold on a terminal, and starred (*) in markdown, plain text and csv's `best` column."""
     if fmt == "json":
         emit_json(rows)
         return
-    columns = _columns(rows)
-    head = ["model", "method", "pattern", "target", "propagate", "recipe"]
-    body = [[r["model"], r["method"], r["pattern"], _cell(r["sparsity"]), r["propagate"], _recipe(r)]
-            + [r["metrics"].get(c) for c in columns] for r in rows]
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(head + columns)
-        writer.writerows([row[:6] + ["" if v is None else v for v in row[6:]] for row in body])
-        typer.echo(buffer.getvalue(), nl=False)
+        _render_csv(rows)
         return
-    best = {c: _best(rows, c) for c in columns}
-    if fmt == "md":
-        lines = ["| " + " | ".join(head + columns) + " |", "|" + "---|" * (len(head) + len(columns))]
-        for row in body:
-            cells = row[:6] + [("**" + _cell(v) + "**") if v is not None and v == best[c] else _cell(v) for c, v in zip(columns, row[6:])]
-            lines.append("| " + " | ".join(cells) + " |")
-        typer.echo("\n".join(lines))
-        return
-    table = Table(title="leaderboard (best per column in bold)", title_justify="left")
-    for name in head:
+    for group in [[r for r in rows if r["group"] == g] for g in dict.fromkeys(r["group"] for r in rows)]:
+        (_render_md if fmt == "md" else _render_table)(group)
+
+
+def _body(rows: list[dict], columns: list[str]) -> list[tuple[list[str], list[tuple[str, bool]]]]:
+    """Per row: the text cells, and per metric column (value text, is it the best of its sparsity)."""
+    return [([r["model"], r["method"], r["pattern"], _cell(r["sparsity"]), r["propagate"], _recipe(r)],
+             [(_cell(r["metrics"].get(c)), c in r.get("best", [])) for c in columns]) for r in rows]
+
+
+def _render_csv(rows: list[dict]) -> None:
+    columns = _columns(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["group", "protocol", *HEAD, *columns, "best"])
+    for row, (text, values) in zip(rows, _body(rows, columns)):
+        writer.writerow([row["group"], row["protocol"], *text, *[v for v, _ in values], " ".join(row.get("best", []))])
+    typer.echo(buffer.getvalue(), nl=False)
+
+
+def _render_md(rows: list[dict]) -> None:
+    columns = _columns(rows)
+    lines = [f"**{rows[0]['protocol']}** (best per sparsity and pattern in bold)", "",
+             "| " + " | ".join(HEAD + columns) + " |", "|" + "---|" * (len(HEAD) + len(columns))]
+    for text, values in _body(rows, columns):
+        cells = text + [f"**{v}**" if best else v for v, best in values]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    typer.echo("\n".join(lines) + "\n")
+
+
+def _render_table(rows: list[dict]) -> None:
+    columns = _columns(rows)
+    console = stdout_console()
+    terminal = console.is_terminal
+    mark = "best per sparsity and pattern in bold" if terminal else "best per sparsity and pattern marked *"
+    table = Table(title=escape(f"{rows[0]['protocol']} ({mark})"), title_justify="left")
+    for name in HEAD:
         table.add_column(name)
     for name in columns:
         table.add_column(name, justify="right")
-    for row in body:
-        table.add_row(*[escape(str(v)) for v in row[:6]],
-                      *[(f"[bold]{_cell(v)}[/]" if v is not None and v == best[c] else _cell(v)) for c, v in zip(columns, row[6:])])
-    stdout_console().print(table)
+    for text, values in _body(rows, columns):
+        shown = [(f"[bold]{v}[/]" if terminal else f"{v}*") if best else v for v, best in values]
+        table.add_row(*[escape(t) for t in text], *shown)
+    console.print(table)

@@ -201,7 +201,8 @@ def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], prov
         cell |= {"sparsity": recipe.sparsity, "pattern": recipe.pattern, "scope": recipe.scope,
                  "allocation": recipe.allocation, "propagate": recipe.propagate, "stats_key": provenance.stats_key,
                  "recipe": provenance.cell_digest}
-        settings = {**settings, "recipe": recipe.as_dict(), "masks": provenance.masks}
+        calibration = asdict(provenance.calibration) if provenance.calibration else None
+        settings = {**settings, "recipe": recipe.as_dict(), "masks": provenance.masks, "calibration": calibration}
     versions = package_versions()
     return store.record_many([
         {**cell, "metric": m.name, "value": _finite_or_none(m.value), "protocol": m.protocol, "seconds": m.seconds,
