@@ -50,7 +50,9 @@ def model_card(p: Provenance, fmt: str, name: str) -> str:
         "| setting | value |", "|---|---|",
     ]
     lines += [f"| {k} | {_value(v)} |" for k, v in r.as_dict().items()]
-    lines += [f"| measured sparsity (pruned layers) | {_pct(p.overall_sparsity)} |", _base_line(p), ""]
+    lines += [f"| measured sparsity (pruned layers) | {_pct(p.overall_sparsity)} |", _base_line(p)]
+    lines += [f"| stored precision | {p.dtype} |"] if p.dtype else []
+    lines.append("")
     lines += _calibration(p)
     if p.results:
         lines += ["## Measured results", "", "| metric | value | protocol |", "|---|---|---|"]

@@ -62,6 +62,7 @@ class Provenance:
     stats_key: str | None = None
     calibration: CalibrationRecord | None = None
     masks: str | None = None  # the masks export applied, when the folder came from `prune --masks`
+    dtype: str | None = None  # the precision the weights are stored in
     seconds: float | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     versions: dict[str, str] = field(default_factory=lambda: current_versions())
@@ -172,6 +173,7 @@ def _parse(data: dict[str, Any]) -> Provenance:
         stats_key=data.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None,
         masks=data.get("masks"),
+        dtype=data.get("dtype"),
         seconds=data.get("seconds"),
         created=str(data.get("created", "")),
         versions=dict(data.get("versions") or {}),

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.model_card import model_card
 from zprune_cli.models.handle import ModelHandle
+from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.models.save import save_model
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
 from zprune_cli.progress import Progress, ensure
@@ -63,18 +66,21 @@ def prune(
     calibration: Calibration | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
+    out_dtype: str = "auto",
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> list[PruneOutcome]:
     """Prune `model` with each recipe from one load of weights and statistics.
 
-    With `out`, each pruned model is saved there (one recipe) or under out/<method> (several).
+    With `out`, each pruned model is saved there (one recipe) or under out/<method> (several), its
+    weights in `out_dtype` ("auto": the precision the model was published in, bfloat16 for GGUF).
     """
     settings = resolve_settings(settings)
     progress = ensure(progress)
     recipes = as_recipes(recipe)
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings)
+    save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
     result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
     snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
     outcomes = []
@@ -84,7 +90,7 @@ def prune(
         report = prune_in_memory(handle.model, result.entry, r, progress)
         provenance = make_provenance(handle, report, result)
         if target is not None:
-            save_pruned(handle, provenance, target, overwrite, progress)
+            provenance = save_pruned(handle, provenance, target, overwrite, progress, save_dtype)
         outcomes.append(PruneOutcome(report, result, target, provenance))
     return outcomes
 
@@ -140,8 +146,20 @@ def prune_with_masks(
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),
     )
     if target is not None:
-        save_pruned(handle, provenance, target, overwrite, progress)
+        provenance = save_pruned(handle, provenance, target, overwrite, progress, source_dtype(handle.source))
     return MaskOutcome(n_layers, target, provenance)
+
+
+def default_output(model: str, recipes: list[PruneRecipe]) -> Path:
+    """Where the CLI saves when no --out is given: ./<model>-<method>-<sparsity %> ('-2of4' for N:M), or
+    ./<model>-pruned/<method> for several methods."""
+    base = Path(model.rstrip("/")).name
+    base = base[: -len(".gguf")] if base.endswith(".gguf") else base
+    if len(recipes) > 1:
+        return Path(f"{base}-pruned")
+    r = recipes[0]
+    amount = r.pattern.replace(":", "of") if r.pattern != "unstructured" else f"{round(100 * r.sparsity):d}"
+    return Path(f"{base}-{r.method}-{amount}")
 
 
 def output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
@@ -157,12 +175,18 @@ def output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
     return paths
 
 
-def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrite: bool, progress: Progress) -> None:
+def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrite: bool, progress: Progress,
+                dtype: torch.dtype | None = None) -> Provenance:
+    """Save the model in memory as a folder plain transformers loads, weights in `dtype` (None: as they
+    are); returns the record written beside them."""
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
+    stored = str(dtype or next(handle.model.parameters()).dtype).removeprefix("torch.")
+    provenance = replace(provenance, dtype=stored)
     with progress.task(f"Saving to {out}", None), staged_folder(out, overwrite) as tmp:
-        save_model(handle.model, handle.tokenizer, tmp)
+        save_model(handle.model, handle.tokenizer, tmp, dtype)
         provenance.write(tmp)
         (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))
+    return provenance
 

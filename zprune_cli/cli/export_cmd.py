@@ -41,6 +41,7 @@ def export_command(
     format: Format = ExportFormat.hf,
     max_shard_size: MaxShardSize = "5GB",
     overwrite: Overwrite = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="Store floating-point tensors as float32, bfloat16 or float16 (auto: as in SRC).")] = "auto",
     quiet: opt.Quiet = False,
     json: opt.Json = False,
 ) -> None:
@@ -57,7 +58,8 @@ def export_command(
       zprune export runs/wanda50 --to exports/wanda50-masks --format masks
     """
     c = common(ctx, quiet=quiet, json=json)
-    result = export(src, to, format.value, max_shard_size=max_shard_size, overwrite=overwrite, progress=c.progress)
+    result = export(src, to, format.value, max_shard_size=max_shard_size, overwrite=overwrite, dtype=dtype,
+                    progress=c.progress)
     if c.json:
         emit_json(result)
         return

@@ -13,7 +13,7 @@ from zprune_cli.cli.common import Common, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods import method_names
-from zprune_cli.pruning import prune, prune_with_masks
+from zprune_cli.pruning import default_output, prune, prune_with_masks
 from zprune_cli.recipe import PruneRecipe, parse_method_list
 
 
@@ -49,8 +49,10 @@ def prune_command(
     propagate: opt.Propagate = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the pruned model here (several methods: one subfolder each).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the pruned model here (several methods: one subfolder each). Default: ./MODEL-METHOD-SPARSITY, e.g. ./smollm2-135m-zpruner-50.")] = None,
+    no_save: Annotated[bool, typer.Option("--no-save", help="Prune and report, but save nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    out_dtype: Annotated[str, typer.Option("--out-dtype", help="Precision of the saved weights: float32, bfloat16, float16; auto = the model's own (bfloat16 for GGUF).")] = "auto",
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Apply masks from `zprune export --format masks` instead of pruning.")] = None,
     data: opt.Data = None,
     nsamples: opt.NSamples = None,
@@ -65,25 +67,30 @@ def prune_command(
     quiet: opt.Quiet = False,
     json: opt.Json = False,
 ) -> None:
-    """Prune a model from cached activation statistics (calibrating first when they are missing).
+    """Prune a model from cached activation statistics (calibrating first when they are missing) and
+    save it where plain transformers loads it (--out, default ./MODEL-METHOD-SPARSITY; --no-save to skip).
 
     \b
     Examples:
       zprune prune smollm2-135m --method zpruner --sparsity 0.5 --data self -n 16 -l 256 --out pruned
       zprune prune meta-llama/Llama-2-7b-hf --method sparsegpt --pattern 2:4 --out llama-2-4
-      zprune prune smollm2-135m --method wanda,ria,zpruner --allocation owl --json
+      zprune prune smollm2-135m --method wanda,ria,zpruner --allocation owl --json   # ./smollm2-135m-pruned/METHOD
     """
-    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples,
-               seqlen=seqlen, seed=seed)
+    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples, seqlen=seqlen, seed=seed)
     handle = model_handle(model, c, revision, trust_remote_code)
     if masks is not None:
-        _apply_masks(c, handle, masks, out, overwrite)
-        return
+        return _apply_masks(c, handle, masks, out, overwrite)
     shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, propagate, ignore, option)
     recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
-    outcomes = prune(handle, recipes, calibration=c.settings.calibration, out=out, overwrite=overwrite,
-                     settings=c.settings, progress=c.progress)
+    outcomes = prune(handle, recipes, calibration=c.settings.calibration, out=_output(model, recipes, out, no_save),
+                     overwrite=overwrite, out_dtype=out_dtype, settings=c.settings, progress=c.progress)
     _render(c, outcomes)
+
+
+def _output(model: str, recipes: list[PruneRecipe], out: Optional[Path], no_save: bool) -> Optional[Path]:
+    if no_save and out is not None:
+        raise ZpruneUsageError("--no-save and --out contradict each other; give one")
+    return None if no_save else (out or default_output(model, recipes))
 
 
 def _apply_masks(c: Common, handle, masks: Path, out: Optional[Path], overwrite: bool) -> None:

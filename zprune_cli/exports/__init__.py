@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +36,7 @@ from zprune_cli.exports.io import (
 from zprune_cli.formats.masks import apply_masks
 from zprune_cli.formats.reader import SPARSE_MANIFEST, WeightReader, read_config
 from zprune_cli.model_card import model_card
+from zprune_cli.models.load import parse_dtype
 from zprune_cli.models.pretrained import load_pretrained, load_tokenizer
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import Provenance
@@ -53,9 +54,11 @@ def export(
     format: str = "hf",
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    dtype: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write the pruned model in `src` (a zprune output folder) to the folder `to` in `format`.
+    """Write the pruned model in `src` (a zprune output folder) to the folder `to` in `format`, its
+    floating-point tensors in `dtype` (None or "auto": as stored in `src`).
 
     Returns a summary: destination, files, sizes in bytes (dense, stored, theoretical, on disk, and the
     same for the pruned weights alone), warnings and seconds. Raises ZpruneUsageError for a bad format,
@@ -70,24 +73,15 @@ def export(
     check_destination(source, dest, overwrite)
     reader = WeightReader(source)
     pruned = _pruned_weights(reader, provenance)
+    cast = parse_dtype(dtype)
     provenance = provenance.with_export(format, source.resolve())
+    if cast is not None:
+        provenance = replace(provenance, dtype=str(cast).removeprefix("torch."))
 
-    warnings: list[str] = []
-    if format == "sparse-24-bitmask":
-        for weight_name, module in pruned.items():  # in zprune.json's (model) order: name the first bad layer
-            sparse24.check_24(module, reader.get(weight_name))
-        warnings.append(sparse24.LEGACY_WARNING)
-    if format == "masks" and provenance.recipe.updates_weights:
-        warnings.append(
-            f"{provenance.recipe.label()} changed the "
-            "surviving weights too; masks only record which weights are zero, so applying them to the base "
-            "model will not give this model back (export hf or sparse to keep the weights)"
-        )
-    for warning in warnings:
-        log.warning(warning)
+    warnings = _check_format(format, reader, pruned, provenance)
 
     with staged_folder(dest, overwrite) as tmp:
-        job = _Job(reader, tmp, dest.name, provenance, pruned, max_bytes, ensure(progress))
+        job = _Job(reader, tmp, dest.name, provenance, pruned, max_bytes, ensure(progress), cast)
         sizes, files = _WRITERS[format](job)
         disk = folder_bytes(tmp)
         weights_disk = sum((tmp / f).stat().st_size for f in files)
@@ -105,6 +99,24 @@ def export(
         "warnings": warnings,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], provenance: Provenance) -> list[str]:
+    """Refuse what the format cannot hold (naming the first bad layer); warn about what it loses."""
+    warnings: list[str] = []
+    if format == "sparse-24-bitmask":
+        for weight_name, module in pruned.items():  # in zprune.json's (model) order: name the first bad layer
+            sparse24.check_24(module, reader.get(weight_name))
+        warnings.append(sparse24.LEGACY_WARNING)
+    if format == "masks" and provenance.recipe.updates_weights:
+        warnings.append(
+            f"{provenance.recipe.label()} changed the surviving weights too; masks only record which weights "
+            "are zero, so applying them to the base model will not give this model back (export hf or sparse "
+            "to keep the weights)"
+        )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
 
 
 def _pruned_weights(reader: WeightReader, provenance: Provenance) -> dict[str, str]:
@@ -129,6 +141,7 @@ class _Job:
     pruned: dict[str, str]  # weight name -> module name
     max_bytes: int
     progress: Progress
+    dtype: torch.dtype | None = None  # cast floating-point tensors to this on the way through
 
 
 Encoder = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
@@ -140,6 +153,8 @@ def _write_tensors(job: _Job, writer: ShardWriter, encode_pruned: Encoder, encod
     with job.progress.task(f"writing {job.name}", total=len(job.reader.names)) as task:
         for name in job.reader.names:
             tensor = job.reader.get(name)
+            if job.dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(job.dtype)
             if name in job.pruned:
                 parts = encode_pruned(name, tensor)
                 sizes.add_pruned(tensor, sum(tensor_bytes(t) for t in parts.values()))
@@ -154,6 +169,9 @@ def _write_tensors(job: _Job, writer: ShardWriter, encode_pruned: Encoder, encod
 
 def _model_folder_extras(job: _Job, fmt: str, config: dict) -> None:
     """config.json, tokenizer and other side files, zprune.json and the model card."""
+    if job.dtype is not None:
+        config = {**config, "dtype": str(job.dtype).removeprefix("torch.")}
+        config.pop("torch_dtype", None)
     write_json(job.folder / "config.json", config)
     copy_side_files(job.reader.folder, job.folder)
     job.provenance.write(job.folder)

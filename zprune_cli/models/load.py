@@ -101,6 +101,42 @@ def _compressed_export(folder: str) -> bool:
     return Path(folder, "config.json").is_file() and layout_of(Path(folder)) != "dense"
 
 
+def source_dtype(source: ModelSource) -> torch.dtype | None:
+    """The precision the model was published in: bfloat16 for a GGUF file (dequantised from 4 bits,
+    so 16 bits lose nothing), else the config's dtype; None when the config does not say."""
+    if source.gguf_file:
+        return torch.bfloat16
+    name = None
+    if source.is_local:
+        import json
+        from pathlib import Path
+
+        try:
+            config = json.loads((Path(source.location) / "config.json").read_text())
+            name = config.get("torch_dtype") or config.get("dtype")
+        except (OSError, ValueError):
+            return None
+    else:
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
+            name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        except (OSError, ValueError):
+            return None
+    name = str(name).removeprefix("torch.") if name else None
+    return DTYPES.get(name) if name else None
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """'float32', 'bf16', ... -> torch.dtype; None or 'auto' -> None (decided by the caller)."""
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise ZpruneUsageError(f"unknown dtype '{name}' (use auto, float32, float16 or bfloat16)")
+    return DTYPES[name]
+
+
 def max_length(model) -> int | None:
     """The longest sequence the model was built for, or None when the config does not say."""
     config = getattr(model.config, "get_text_config", lambda: model.config)()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError
@@ -27,11 +30,38 @@ def plain_model(model: nn.Module) -> nn.Module:
     return rebuilt.to(next(model.parameters()).device).eval()
 
 
-def save_model(model: nn.Module, tokenizer, folder: Path, max_shard_size: str = "5GB") -> None:
+def save_model(model: nn.Module, tokenizer, folder: Path, dtype: torch.dtype | None = None,
+               max_shard_size: str = "5GB") -> None:
+    """save_pretrained, with floating-point weights stored in `dtype` (the model in memory is not
+    touched: a cast copy is written) and files readable like any other (safetensors writes 0600)."""
     from zprune_cli.models.load import quiet_transformers
 
     plain = plain_model(model)
+    state = None
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.state_dict().items()}
     with quiet_transformers():  # transformers draws its own shard-writing bar; ours already shows the step
-        plain.save_pretrained(folder, max_shard_size=max_shard_size)
+        plain.save_pretrained(folder, max_shard_size=max_shard_size, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
+    if dtype is not None:
+        _record_dtype(Path(folder) / "config.json", dtype)
+    mode = 0o666 & ~_umask()
+    for file in Path(folder).iterdir():
+        if file.is_file():
+            os.chmod(file, mode)
+
+
+def _record_dtype(config_path: Path, dtype: torch.dtype) -> None:
+    config = json.loads(config_path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for key in ("dtype", "torch_dtype"):
+        if key in config or key == "dtype":
+            config[key] = name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
