@@ -154,3 +154,17 @@ def test_show_never_ranks_across_protocols(tiny_dir, text_file, cache):
     table = invoke("compare", "--show").stdout  # not a terminal: stars, whole lines
     assert table.count("marked *") == 2 and "*" in table.split("marked *", 2)[2]
     assert all(len(line) < 400 for line in table.splitlines())
+
+
+def test_a_cached_rerun_loads_no_model(tiny_dir, text_file, cache, monkeypatch):
+    import zprune_cli.models.handle as handle
+
+    loads = []
+    real = handle.load_model
+    monkeypatch.setattr(handle, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    assert invoke(*cli_grid(tiny_dir, text_file), "--json").exit_code == 0
+    assert len(loads) == 1
+    again = invoke(*cli_grid(tiny_dir, text_file), "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["computed"] == 0
+    assert len(loads) == 1  # protocols from the config, statistics and results from the stores
+    assert invoke("compare", "--show").exit_code == 0 and len(loads) == 1

@@ -80,7 +80,7 @@ def calibrate(
     settings = resolve_settings(settings)
     calibration = calibration or settings.calibration
     progress = ensure(progress)
-    handle = ModelHandle.of(model, settings)
+    handle = ModelHandle.of(model, settings, progress)
     text = resolve_source(calibration.data, "train", settings.data_dir)
     key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram)
     store = StatsStore(settings.cache_dir)

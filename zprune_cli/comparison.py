@@ -77,7 +77,7 @@ def compare(
         raise ZpruneUsageError("the grid names the same recipe twice")
     evaluation = evaluation or Evaluation()
     plan = EvalPlan(evaluation, settings.data_dir)
-    handle = ModelHandle.of(model, settings)
+    handle = ModelHandle.of(model, settings, progress)
     store = ResultsStore(results_path(settings.cache_dir))
     result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
     run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
@@ -97,7 +97,8 @@ def compare(
                 report = prune_in_memory(handle.model, result.entry, recipe, progress)
                 provenance = make_provenance(handle, report, result)
             layer_names = list(provenance.pruned_layers) if provenance else None
-            metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names)
+            metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names,
+                              who=recipe.label() if recipe else f"{handle.source.spec} (dense)")
             record(store, handle, metrics, provenance, run_settings)
             computed += 1
             grid_task.advance(1)
@@ -109,7 +110,7 @@ def compare(
 
 def expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
     """metric -> protocol that a finished cell has recorded (computed before any cell runs)."""
-    seqlen = plan.seqlen_for(handle.model)
+    seqlen = plan.seqlen_for(handle.config)  # the config alone: a fully cached re-run loads no weights
     expected = {}
     for source in plan.sources:
         windows = plan.windows(source, handle.tokenizer, seqlen)

@@ -79,7 +79,7 @@ def prune(
     progress = ensure(progress)
     recipes = as_recipes(recipe)
     outs = output_paths(out, [r.method for r in recipes], overwrite)
-    handle = ModelHandle.of(model, settings)
+    handle = ModelHandle.of(model, settings, progress)
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
     result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
     snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
@@ -131,7 +131,7 @@ def prune_with_masks(
 
     progress = ensure(progress)
     [target] = output_paths(out, ["masks"], overwrite)
-    handle = ModelHandle.of(model, settings)
+    handle = ModelHandle.of(model, settings, progress)
     n_layers = apply_masks(handle.model, masks, fingerprint=handle.source.fingerprint)
     _, manifest = read_masks(masks)
     settings_of_source = manifest.get("settings") or {}

@@ -11,7 +11,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from zprune_cli.cli.output import RichProgress, error, setup_logging
+from zprune_cli.cli.output import error, progress_for, setup_logging
 from zprune_cli.cli import Terminated
 from zprune_cli.errors import translate
 from zprune_cli.settings import Settings, load_settings
@@ -35,8 +35,8 @@ class Common:
     json: bool = False
 
     @property
-    def progress(self) -> RichProgress:
-        return RichProgress(quiet=self.quiet or self.json and not os.environ.get("ZPRUNE_PROGRESS_WITH_JSON"))
+    def progress(self):
+        return progress_for(self.quiet or self.json and not os.environ.get("ZPRUNE_PROGRESS_WITH_JSON"))
 
     @property
     def cache_dir(self) -> Path:

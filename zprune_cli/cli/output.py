@@ -117,3 +117,43 @@ class RichProgress:
 
     def log(self, message: str) -> None:
         logging.getLogger("zprune").info(message)
+
+
+class _LineTask:
+    def __init__(self) -> None:
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+
+@dataclass
+class LineProgress:
+    """Progress for a pipe or a log file: one plain line per finished step, no bars redrawn."""
+
+    def __post_init__(self) -> None:
+        self._depth = 0
+
+    @contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[_LineTask]:
+        import time
+
+        started, step = time.perf_counter(), _LineTask()
+        self._depth += 1
+        try:
+            yield step
+        finally:
+            self._depth -= 1
+        count = f" {step.done}/{total}" if total else ""
+        sys.stderr.write(f"{'  ' * self._depth}{description}:{count} done in {time.perf_counter() - started:.1f}s\n")
+        sys.stderr.flush()
+
+    def log(self, message: str) -> None:
+        logging.getLogger("zprune").info(message)
+
+
+def progress_for(quiet: bool):
+    """Bars on a terminal, one line per step in a pipe or a log, nothing with --quiet."""
+    if quiet or os.environ.get("ZPRUNE_NO_PROGRESS") == "1":
+        return RichProgress(quiet=True)
+    return RichProgress() if sys.stderr.isatty() else LineProgress()

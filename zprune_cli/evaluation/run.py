@@ -86,8 +86,8 @@ class EvalPlan:
             resolve_source(name, EVAL_SPLITS.get(name, "all"), data_dir) for name in evaluation.data
         ]
 
-    def seqlen_for(self, model) -> int:
-        seqlen, limit = self.evaluation.seqlen, max_length(model)
+    def seqlen_for(self, model_or_config) -> int:
+        seqlen, limit = self.evaluation.seqlen, max_length(model_or_config)
         if seqlen is None:
             return min(2048, limit) if limit else 2048
         if limit is not None and seqlen > limit:
@@ -119,13 +119,13 @@ def metric_name(source: TextSource) -> str:
 
 
 def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
-            layer_names: list[str] | None = None) -> list[Metric]:
+            layer_names: list[str] | None = None, who: str = "") -> list[Metric]:
     """Every metric the plan asks for, on a model already in memory. `layer_names`: the pruned layers
-    (sparsity's denominator), default every Linear in the decoder blocks."""
+    (sparsity's denominator), default every Linear in the decoder blocks; `who` names the model in bars."""
     progress = ensure(progress)
     e = plan.evaluation
     seqlen = plan.seqlen_for(model)
-    metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress) for source in plan.sources]
+    metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress, who) for source in plan.sources]
     if e.tasks:
         metrics += _zeroshot(model, tokenizer, plan, progress)
     sparsity = measure_sparsity(model, layer_names)
@@ -136,9 +136,10 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     return metrics
 
 
-def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: int, progress: Progress) -> Metric:
+def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: int, progress: Progress, who: str) -> Metric:
     windows = plan.windows(source, tokenizer, seqlen)
-    with progress.task(f"Perplexity on {source.name if source.name != 'file' else source.where}", len(windows)) as task:
+    what = source.name if source.name != "file" else Path(source.where).name
+    with progress.task(f"Perplexity of {who} on {what}" if who else f"Perplexity on {what}", len(windows)) as task:
         done = [0]
 
         def advance(n_done: int) -> None:
@@ -258,14 +259,14 @@ def evaluate(
     evaluation = evaluation or Evaluation()
     settings = resolve_settings(settings)
     plan = EvalPlan(evaluation, settings.data_dir)
-    handle = ModelHandle.of(target, settings)
+    handle = ModelHandle.of(target, settings, progress)
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
     run_settings = {"evaluation": asdict(evaluation), "dtype": handle.dtype_name}
     store = ResultsStore(results_path(settings.cache_dir))
     layer_names = list(provenance.pruned_layers) if provenance else None
-    metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names)
+    metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names, who=handle.source.spec)
     if handle.source.is_local:
         where = Path(handle.source.location) / (handle.source.gguf_file or "")
         metrics.append(Metric("size_on_disk_bytes", float(size_on_disk(where)), {}))
@@ -276,7 +277,8 @@ def evaluate(
               "metrics": [m.as_dict() for m in metrics]}
     if baseline:
         base = base_model_handle(provenance, settings)
-        base_metrics = measure(base.model, base.tokenizer, plan, progress, layer_names)
+        base.progress = progress
+        base_metrics = measure(base.model, base.tokenizer, plan, progress, layer_names, who=f"{base.source.spec} (dense)")
         record(store, base, base_metrics, None, run_settings)
         report["baseline"] = {"target": base.source.spec, "metrics": [m.as_dict() for m in base_metrics]}
     return report

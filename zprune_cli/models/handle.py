@@ -6,7 +6,8 @@ from functools import cached_property
 
 import torch
 
-from zprune_cli.models.load import load_model, load_tokenizer, resolve_device, resolve_dtype
+from zprune_cli.models.load import load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
+from zprune_cli.progress import NullProgress
 from zprune_cli.models.resolve import ModelSource, resolve_model
 from zprune_cli.settings import Settings
 from zprune_cli.settings import resolve as resolve_settings
@@ -18,16 +19,18 @@ class ModelHandle:
         self.device: torch.device = resolve_device(device)
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         self._loaded = None
+        self.progress = None  # a verb's progress: loading shows a spinner with the model's name
 
     @classmethod
-    def of(cls, model: "str | ModelSource | ModelHandle", settings: Settings | None = None) -> "ModelHandle":
+    def of(cls, model: "str | ModelSource | ModelHandle", settings: Settings | None = None, progress=None) -> "ModelHandle":
         """The handle itself when given one (library calls chained on one loaded model), else a new one on
         the settings' device and dtype. For a hub revision or remote code, build the handle yourself:
         ModelHandle("org/name", revision="v1", trust_remote_code=True)."""
-        if isinstance(model, ModelHandle):
-            return model
-        settings = resolve_settings(settings)
-        return cls(model, settings.device, settings.dtype)
+        if not isinstance(model, ModelHandle):
+            settings = resolve_settings(settings)
+            model = cls(model, settings.device, settings.dtype)
+        model.progress = progress or model.progress
+        return model
 
     @property
     def loaded(self) -> bool:
@@ -35,8 +38,15 @@ class ModelHandle:
 
     def _load(self):
         if self._loaded is None:
-            self._loaded = load_model(self.source, self.device, self.dtype)
+            progress = self.progress or NullProgress()
+            with progress.task(f"Loading {self.source.spec} on {self.device} as {self.dtype_name}", None):
+                self._loaded = load_model(self.source, self.device, self.dtype)
         return self._loaded
+
+    @cached_property
+    def config(self):
+        """The config, without loading the weights when they are not loaded yet."""
+        return self._loaded[0].config if self._loaded is not None else load_config(self.source)
 
     @property
     def model(self):

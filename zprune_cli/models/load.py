@@ -137,9 +137,21 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
-def max_length(model) -> int | None:
+def load_config(source: ModelSource):
+    """The model's config alone (no weights): enough for its maximum length and layer shapes."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
+    except (OSError, ValueError) as exc:
+        raise ZpruneError(f"could not read the config of {source.spec}: {first_line(exc)}") from exc
+
+
+def max_length(model_or_config) -> int | None:
     """The longest sequence the model was built for, or None when the config does not say."""
-    config = getattr(model.config, "get_text_config", lambda: model.config)()
+    base = getattr(model_or_config, "config", model_or_config)
+    config = getattr(base, "get_text_config", lambda: base)()
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
