@@ -181,7 +181,7 @@ def test_non_finite_weight_stops_before_saving(world, tmp_path):
     ids=["data-dir", "nsamples", "seqlen", "db-timeout"],
 )
 def test_environment(world, env, code, needle):
-    args = ["eval", world["model"], "--data", world["text"], "--seqlen", 32, "--max-windows", 1]
+    args = ["eval", world["model"], "--eval", world["text"], "--eval-seqlen", 32, "--max-windows", 1]
     assert needle in one_line(invoke(*args, env=env), code)
 
 
@@ -201,19 +201,20 @@ EVAL_CASES = [
     (["--limit", "0", "--tasks", "arc_easy_local"], 2, "--limit"),
     (["--num-fewshot", "-1", "--tasks", "arc_easy_local"], 2, "--num-fewshot"),
     (["--batch-size", "0"], 2, "--batch-size"),
+    (["--data", "none"], 2, "nothing to measure"),  # the old spelling, still accepted for a release
     (["--max-windows", "0"], 2, "--max-windows"),
-    (["--seqlen", "1"], 2, "--seqlen"),
-    (["--data", "none"], 2, "nothing to measure"),
-    (["--data", "none", "--tasks", "arc_easy_locall"], 2, "arc_easy_local"),
+    (["--eval-seqlen", "1"], 2, "--eval-seqlen"),
+    (["--eval", "none"], 2, "nothing to measure"),
+    (["--eval", "none", "--tasks", "arc_easy_locall"], 2, "arc_easy_local"),
     (["--baseline"], 2, "--baseline needs a zprune output"),
-    (["--data", "wikitext2", "--seqlen", "32"], 1, "--data-dir"),
+    (["--eval", "wikitext2", "--eval-seqlen", "32"], 1, "--data-dir"),
 ]
 
 
 @pytest.mark.parametrize("args, code, needle", EVAL_CASES, ids=[" ".join(c[0]) for c in EVAL_CASES])
 def test_eval_arguments(world, monkeypatch, args, code, needle):
     monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
-    base = [] if "--data" in args else ["--data", world["text"], "--seqlen", "32"]
+    base = [] if "--eval" in args else ["--eval", world["text"], "--eval-seqlen", "32"]
     assert needle in one_line(invoke("eval", world["model"], *base, *args), code)
 
 
@@ -237,20 +238,20 @@ def test_damaged_zprune_json(pruned, tmp_path, content, needle):
     copy = tmp_path / "copy"
     shutil.copytree(pruned, copy)
     (copy / "zprune.json").write_text(content)
-    assert needle in one_line(invoke("eval", copy, "--data", "none", "--speed"), 1)
+    assert needle in one_line(invoke("eval", copy, "--eval", "none", "--speed"), 1)
     assert needle in one_line(invoke("export", copy, "--to", tmp_path / "e"), 1)
 
 
 # --- compare ----------------------------------------------------------------------------------------------
 COMPARE_CASES = [
     (["--eval", ""], 2, "nothing to measure"),
-    (["--methods", ""], 2, "grid is empty"),
+    (["--method", ""], 2, "grid is empty"),
     (["--sparsity", "0.5,abc"], 2, "takes numbers"),
-    (["--patterns", "9:4"], 2, "invalid pattern"),
+    (["--pattern", "9:4"], 2, "invalid pattern"),
     (["--format", "xml"], 2, "--format"),
     (["--grid", "nosuch"], 2, "no grid named"),
-    (["--allocation", "owl", "--patterns", "2:4"], 2, "--allocation owl"),
-    (["--methods", "wanda", "--option", "a=1"], 2, "no option a"),
+    (["--allocation", "owl", "--pattern", "2:4"], 2, "--allocation owl"),
+    (["--method", "wanda", "--option", "a=1"], 2, "no option a"),
 ]
 
 
@@ -446,7 +447,7 @@ def test_disk_full_while_exporting(pruned, tmp_path, monkeypatch):
 def test_damaged_results_database(world, cache):
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "results.sqlite").write_bytes(b"this is not a database" * 100)
-    line = one_line(invoke("eval", world["model"], "--data", world["text"], "--seqlen", 32, "--max-windows", 1), 1)
+    line = one_line(invoke("eval", world["model"], "--eval", world["text"], "--eval-seqlen", 32, "--max-windows", 1), 1)
     assert "results.sqlite" in line and "move it aside" in line
 
 
@@ -481,7 +482,7 @@ def test_results_kept_when_the_database_stays_locked(world, cache):
     thread.start()
     try:
         pytest.MonkeyPatch.setattr(pytest.MonkeyPatch(), run, "measure", measure_then_lock)
-        result = invoke("eval", world["model"], "--data", world["text"], "--seqlen", 32, "--max-windows", 1, "--json",
+        result = invoke("eval", world["model"], "--eval", world["text"], "--eval-seqlen", 32, "--max-windows", 1, "--json",
                         env={"ZPRUNE_DB_TIMEOUT": "0.5"})
     finally:
         run.measure = real_measure

@@ -19,7 +19,7 @@ def invoke(*args):
 
 
 def test_eval_records_perplexity(tiny_dir, text_file, cache):
-    result = invoke("eval", tiny_dir, "--data", text_file, "--seqlen", 64, "--max-windows", 3, "--json")
+    result = invoke("eval", tiny_dir, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 3, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     ppl = next(m for m in report["metrics"] if m["metric"] == "ppl:corpus.txt")
@@ -32,7 +32,7 @@ def test_eval_records_perplexity(tiny_dir, text_file, cache):
 def test_eval_of_a_pruned_folder_with_baseline(tiny_dir, text_file, cache, tmp_path):
     pruned = tmp_path / "pruned"
     assert invoke("prune", tiny_dir, "-m", "magnitude", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
-    result = invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 2, "--baseline", "--json")
+    result = invoke("eval", pruned, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 2, "--baseline", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["provenance"]["method"] == "magnitude"
@@ -40,7 +40,7 @@ def test_eval_of_a_pruned_folder_with_baseline(tiny_dir, text_file, cache, tmp_p
     assert sparsity == pytest.approx(0.5)
     base = {m["metric"]: m["value"] for m in report["baseline"]["metrics"]}
     assert base["sparsity"] < 0.01 and base["ppl:corpus.txt"] != report["metrics"][0]["value"]
-    table = invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 2, "--baseline")
+    table = invoke("eval", pruned, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 2, "--baseline")
     assert "dense" in table.stdout and "magnitude" in table.stdout
 
 
@@ -53,25 +53,25 @@ def one_line(result, code):
 
 def test_bad_input(tiny_dir, text_file, tmp_path, cache, monkeypatch):
     monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
-    assert "beyond the model's maximum" in one_line(invoke("eval", tiny_dir, "--data", text_file, "--seqlen", 100000), 2)
+    assert "beyond the model's maximum" in one_line(invoke("eval", tiny_dir, "--eval", text_file, "--eval-seqlen", 100000), 2)
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n")
-    assert "empty" in one_line(invoke("eval", tiny_dir, "--data", empty), 2)
+    assert "empty" in one_line(invoke("eval", tiny_dir, "--eval", empty), 2)
     short = tmp_path / "short.txt"
     short.write_text("a few words only")
-    assert "too short" in one_line(invoke("eval", tiny_dir, "--data", short, "--seqlen", 500), 1)
-    line = one_line(invoke("eval", tiny_dir, "--data", "wikitext2", "--seqlen", 64), 1)
+    assert "too short" in one_line(invoke("eval", tiny_dir, "--eval", short, "--eval-seqlen", 500), 1)
+    line = one_line(invoke("eval", tiny_dir, "--eval", "wikitext2", "--eval-seqlen", 64), 1)
     assert "--data-dir" in line or "ZPRUNE_DATA_DIR" in line
-    line = one_line(invoke("eval", tiny_dir, "--data", "none", "--tasks", "arc_easy_locl", "--tasks-dir", tmp_path), 2)
+    line = one_line(invoke("eval", tiny_dir, "--eval", "none", "--tasks", "arc_easy_locl", "--tasks-dir", tmp_path), 2)
     assert "arc_easy_local" in line
-    assert "--baseline" in one_line(invoke("eval", tiny_dir, "--data", text_file, "--baseline"), 2)
+    assert "--baseline" in one_line(invoke("eval", tiny_dir, "--eval", text_file, "--baseline"), 2)
 
 
 def test_eval_reads_a_sparse_export_bit_identically(tiny_dir, text_file, cache, tmp_path):
     pruned, sparse = tmp_path / "pruned", tmp_path / "sparse"
     assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
     assert invoke("export", pruned, "--to", sparse, "--format", "sparse").exit_code == 0
-    args = ["--data", text_file, "--seqlen", 64, "--max-windows", 2, "--json"]
+    args = ["--eval", text_file, "--eval-seqlen", 64, "--max-windows", 2, "--json"]
     dense_report = json.loads(invoke("eval", pruned, *args).stdout)
     sparse_report = json.loads(invoke("eval", sparse, *args).stdout)
     assert dense_report["metrics"][0]["value"] == sparse_report["metrics"][0]["value"]
@@ -81,7 +81,7 @@ def test_eval_fills_the_model_card_from_the_results_store(tiny_dir, text_file, c
     pruned = tmp_path / "pruned"
     assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0
     assert "Measured results" not in (pruned / "README.md").read_text()
-    report = json.loads(invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 2, "--json").stdout)
+    report = json.loads(invoke("eval", pruned, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 2, "--json").stdout)
     ppl = next(m for m in report["metrics"] if m["metric"] == "ppl:corpus.txt")["value"]
     results = json.loads((pruned / "zprune.json").read_text())["results"]
     assert results["ppl:corpus.txt"]["value"] == pytest.approx(ppl) and results["ppl:corpus.txt"]["protocol"]["n_windows"] == 2
@@ -102,11 +102,11 @@ def test_baseline_is_found_from_another_folder(tiny_dir, text_file, cache, tmp_p
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "base").mkdir(parents=True)  # a different "base" where the relative path now points
     monkeypatch.chdir(elsewhere)
-    result = invoke("eval", tmp_path / "pruned", "--data", text_file, "--seqlen", 64, "--max-windows", 1, "--baseline", "--json")
+    result = invoke("eval", tmp_path / "pruned", "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 1, "--baseline", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["baseline"]["target"] == str(base)
     shutil.rmtree(base)
-    assert "--baseline cannot evaluate it" in one_line(invoke("eval", tmp_path / "pruned", "--data", text_file, "--baseline"), 1)
+    assert "--baseline cannot evaluate it" in one_line(invoke("eval", tmp_path / "pruned", "--eval", text_file, "--baseline"), 1)
 
 
 def test_load_pretrained_returns_the_model(tiny_dir, text_file, cache, tmp_path):
@@ -123,6 +123,6 @@ def test_prune_and_eval_count_sparsity_over_the_same_layers(tiny_dir, text_file,
                     "--out", pruned, "--json")
     assert result.exit_code == 0, result.output
     pruned_overall = json.loads(result.stdout)["overall_sparsity"]
-    report = json.loads(invoke("eval", pruned, "--data", text_file, "--seqlen", 64, "--max-windows", 1, "--json").stdout)
+    report = json.loads(invoke("eval", pruned, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 1, "--json").stdout)
     evaluated = {m["metric"]: m for m in report["metrics"]}["sparsity"]
     assert pruned_overall == pytest.approx(0.5) and evaluated["value"] == pytest.approx(pruned_overall)  # not diluted by mlp

@@ -79,7 +79,7 @@ def invoke(*args):
 
 
 def cli_grid(tiny_dir, text_file):
-    return ["compare", tiny_dir, "--methods", "magnitude,wanda", "--sparsity", "0.5", "--patterns", "unstructured,2:4",
+    return ["compare", tiny_dir, "--method", "magnitude,wanda", "--sparsity", "0.5", "--pattern", "unstructured,2:4",
             "--data", text_file, "-n", 2, "-l", 16, "--eval", text_file, "--eval-seqlen", 32, "--max-windows", 2]
 
 
@@ -116,8 +116,8 @@ def test_named_grid(tiny_dir, text_file, cache, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["--methods", ""], "grid is empty"),
-        (["--methods", "wanda,wanda"], "twice"),
+        (["--method", ""], "grid is empty"),
+        (["--method", "wanda,wanda"], "twice"),
         (["--grid", "nosuch"], "no grid named"),
         (["--format", "xml"], "--format"),
     ],
@@ -168,3 +168,14 @@ def test_a_cached_rerun_loads_no_model(tiny_dir, text_file, cache, monkeypatch):
     assert again.exit_code == 0 and json.loads(again.stdout)["computed"] == 0
     assert len(loads) == 1  # protocols from the config, statistics and results from the stores
     assert invoke("compare", "--show").exit_code == 0 and len(loads) == 1
+
+
+def test_old_spellings_still_work_for_a_release(tiny_dir, text_file, cache):
+    old = ["compare", tiny_dir, "--methods", "magnitude", "--patterns", "unstructured", "--data", text_file, "-n", 2, "-l", 16,
+           "--eval", text_file, "--eval-seqlen", 32, "--max-windows", 1, "--json"]
+    result = invoke(*old)
+    assert result.exit_code == 0, result.output
+    assert "--methods is the old spelling of --method" in result.stderr
+    assert "--patterns is the old spelling of --pattern" in result.stderr
+    evaluated = invoke("eval", tiny_dir, "--data", text_file, "--seqlen", 32, "--max-windows", 1, "--json")
+    assert evaluated.exit_code == 0 and "--data is the old spelling of --eval" in evaluated.stderr

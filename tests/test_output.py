@@ -31,7 +31,7 @@ def test_prune_summary_is_one_line(tiny_dir, text_file, cache, tmp_path):
 
 
 def test_leaderboard_and_summary_are_not_cut(tiny_dir, text_file, cache):
-    result = invoke("compare", tiny_dir, "--methods", "magnitude,wanda,ria", "--sparsity", "0.5", "--data", text_file,
+    result = invoke("compare", tiny_dir, "--method", "magnitude,wanda,ria", "--sparsity", "0.5", "--data", text_file,
                     "-n", 2, "-l", 16, "--eval", text_file, "--eval-seqlen", 32, "--max-windows", 1)
     assert result.exit_code == 0, result.output
     assert_whole_lines(result.stdout)

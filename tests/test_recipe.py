@@ -228,7 +228,7 @@ def test_cli_prune_and_compare_apply_the_same_config_overrides(tiny_dir, text_fi
     monkeypatch.chdir(tmp_path)
     common = ["--data", str(text_file), "-n", "2", "-l", "16"]
     assert runner.invoke(app, ["prune", str(tiny_dir), "-m", "wanda", *common, "--out", "p"]).exit_code == 0
-    result = runner.invoke(app, ["compare", str(tiny_dir), "--methods", "wanda", "--sparsity", "0.5", *common,
+    result = runner.invoke(app, ["compare", str(tiny_dir), "--method", "wanda", "--sparsity", "0.5", *common,
                                  "--eval", str(text_file), "--eval-seqlen", "32", "--max-windows", "1", "--json"])
     assert result.exit_code == 0, result.output
     [digest] = captured

@@ -29,6 +29,7 @@ from zprune_cli.calibration import calibrate  # noqa: E402
 from zprune_cli.data.sources import resolve_source  # noqa: E402
 from zprune_cli.data.windows import calibration_windows  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
+from zprune_cli.settings import Calibration, Settings  # noqa: E402
 
 
 GOAL_NORMS = 1.2  # calibrate without Gram matrices <= 1.2x a plain forward pass
@@ -89,9 +90,10 @@ def run(args, root: Path) -> int:
     # Warm-up, not timed: the first forward pass of a process is several times slower (allocator,
     # kernels), and the first calibrate pays one-off imports.
     plain_forward(model, windows[:2])
-    calibrate(handle, args.data, 2, args.seqlen, args.seed, cache_dir=root / "warmup", data_dir=DATA_DIR, device="cpu")
+    calibrate(handle, Calibration(args.data, 2, args.seqlen, args.seed),
+              settings=Settings(cache_dir=root / "warmup", data_dir=DATA_DIR, device="cpu"))
 
-    common = dict(data=args.data, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, data_dir=DATA_DIR, device="cpu")
+    calibration = Calibration(data=args.data, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
     times: dict[str, list[float]] = {k: [] for k in ("plain", "norms", "gram", "norms_hit", "gram_hit")}
     sizes = {}
     variants = ["plain", "norms", "gram"]
@@ -102,10 +104,11 @@ def run(args, root: Path) -> int:
                 times["plain"].append(plain_forward(model, windows))
                 continue
             cache = root / f"{variant}-{rep}"
+            settings = Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
             gram = variant == "gram"
-            miss = calibrate(handle, gram=gram, cache_dir=cache, **common)
+            miss = calibrate(handle, calibration, gram=gram, settings=settings)
             assert not miss.hit
-            hit = calibrate(handle, gram=gram, cache_dir=cache, **common)
+            hit = calibrate(handle, calibration, gram=gram, settings=settings)
             assert hit.hit and hit.key == miss.key
             times[variant].append(miss.seconds)
             times[f"{variant}_hit"].append(hit.seconds)

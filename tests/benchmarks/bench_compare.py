@@ -43,26 +43,31 @@ def main() -> None:
     c4 = str(C4)
 
     from zprune_cli.calibration import calibrate
-    from zprune_cli.comparison import compare
-    from zprune_cli.evaluate.run import EvalPlan, measure
+    from zprune_cli.comparison import compare, grid_recipes
+    from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure
     from zprune_cli.models.handle import ModelHandle
+    from zprune_cli.settings import Calibration, Settings
 
     handle = ModelHandle(args.model, device="cpu")
     handle.model  # load once, outside every timing
-    cal = dict(data=c4, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
+    cal = Calibration(data=c4, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
+    evaluation = Evaluation(data=("wikitext2",), seqlen=args.seqlen, max_windows=args.windows)
+
+    def settings(cache: str) -> Settings:
+        return Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
 
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
-        outcome = compare(handle, METHODS, SPARSITIES, eval_data="wikitext2", eval_seqlen=args.seqlen,
-                          max_windows=args.windows, cache_dir=cache, **cal)
+        outcome = compare(handle, grid_recipes(METHODS, SPARSITIES), evaluation, calibration=cal,
+                          settings=settings(cache))
         grid = time.perf_counter() - t
     assert outcome.computed == 16, outcome.computed
 
     with tempfile.TemporaryDirectory() as cache:
         t = time.perf_counter()
-        calibrate(handle, gram=True, cache_dir=cache, **cal)  # SparseGPT is in the grid: Gram matrices
+        calibrate(handle, cal, gram=True, settings=settings(cache))  # SparseGPT is in the grid: Gram matrices
         calibration = time.perf_counter() - t
-    plan = EvalPlan(["wikitext2"], seqlen=args.seqlen, max_windows=args.windows)
+    plan = EvalPlan(evaluation, DATA_DIR)
     measure(handle.model, handle.tokenizer, plan)  # tokenise once, as compare does
     evals = []
     for _ in range(15):
@@ -81,7 +86,7 @@ def main() -> None:
             subprocess.run([*zprune, "-q", "prune", args.model, "--method", METHODS.split(",")[k % 5], "--sparsity", "0.5",
                             "--data", c4, "-n", str(args.nsamples), "-l", str(args.seqlen), "--out", str(out), "--device", "cpu"],
                            check=True, env=env, stdout=subprocess.DEVNULL)
-            subprocess.run([*zprune, "-q", "eval", str(out), "--seqlen", str(args.seqlen), "--max-windows", str(args.windows),
+            subprocess.run([*zprune, "-q", "eval", str(out), "--eval-seqlen", str(args.seqlen), "--max-windows", str(args.windows),
                             "--device", "cpu"], check=True, env=env, stdout=subprocess.DEVNULL)
             runs.append(time.perf_counter() - t)
     independent = statistics.mean(runs) * 15

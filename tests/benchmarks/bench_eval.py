@@ -14,12 +14,12 @@ import statistics
 import sys
 import time
 
-from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline env first)
+from _bench import DATA_DIR, library_state  # noqa: E402  (sets offline env first)
 
 import torch  # noqa: E402
 
-from zprune_cli.evaluate.perplexity import perplexity  # noqa: E402
-from zprune_cli.evaluate.run import EvalPlan  # noqa: E402
+from zprune_cli.evaluation.perplexity import perplexity  # noqa: E402
+from zprune_cli.evaluation.run import EvalPlan, Evaluation  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
 
 GOAL = 0.95
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     handle = ModelHandle(args.model, device="cpu")
     model, tokenizer = handle.model, handle.tokenizer
     print(f"model loaded in {time.perf_counter() - started:.1f} s", flush=True)
-    plan = EvalPlan([args.dataset], seqlen=args.seqlen, max_windows=args.windows, data_dir=DATA_DIR)
+    plan = EvalPlan(Evaluation(data=(args.dataset,), seqlen=args.seqlen, max_windows=args.windows), DATA_DIR)
     windows = plan.windows(plan.sources[0], tokenizer, args.seqlen)
     assert windows.shape[0] == args.windows, f"only {windows.shape[0]} windows available"
 

@@ -24,11 +24,14 @@ from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline
 import torch  # noqa: E402
 
 from zprune_cli.calibration import calibrate  # noqa: E402
-from zprune_cli.export import export, load_pretrained  # noqa: E402
+from zprune_cli.exports import export, load_pretrained, load_tokenizer  # noqa: E402
+from zprune_cli.models.blocks import pruned_layers  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.pipeline import PruneSpec, prune_in_memory, pruned_layers  # noqa: E402
+from zprune_cli.pipeline import prune_in_memory  # noqa: E402
 from zprune_cli.progress import NullProgress  # noqa: E402
 from zprune_cli.pruning import make_provenance, save_pruned  # noqa: E402
+from zprune_cli.recipe import PruneRecipe  # noqa: E402
+from zprune_cli.settings import Calibration, Settings  # noqa: E402
 
 MiB = 2**20
 
@@ -58,7 +61,8 @@ def weight_bytes(folder: Path) -> int:
 def timed_load(folder: Path):
     gc.collect()
     started = time.perf_counter()
-    model, _tokenizer = load_pretrained(folder)
+    model = load_pretrained(folder)
+    load_tokenizer(folder)  # timed as before, when load_pretrained returned (model, tokenizer)
     return time.perf_counter() - started, model
 
 
@@ -82,17 +86,17 @@ def run(args, root: Path) -> int:
     handle = ModelHandle(args.model, device="cpu")
     handle.model, handle.tokenizer  # noqa: B018  load both now
     print(f"model loaded in {time.perf_counter() - started:.1f} s", flush=True)
-    spec = PruneSpec(args.method, args.sparsity, pattern="unstructured")
-    calibration = calibrate(handle, args.data, args.nsamples, args.seqlen, 0, gram=spec.needs_gram,
-                            cache_dir=root / "cache", data_dir=DATA_DIR, device="cpu")
-    report = prune_in_memory(handle.model, calibration.entry, spec)
+    recipe = PruneRecipe(args.method, args.sparsity, pattern="unstructured")
+    calibration = calibrate(handle, Calibration(args.data, args.nsamples, args.seqlen, 0), gram=recipe.needs_gram,
+                            settings=Settings(cache_dir=root / "cache", data_dir=DATA_DIR, device="cpu"))
+    report = prune_in_memory(handle.model, calibration.entry, recipe)
     print(f"pruned: overall {report.overall:.4f} in {report.seconds:.2f} s", flush=True)
     reference = {prefix + name: lin.weight.detach().clone()
                  for _, prefix, found in pruned_layers(handle.model, []) for name, lin in found.items()}
 
     out = root / "pruned"
     t0 = time.perf_counter()
-    save_pruned(handle, make_provenance(handle, calibration, report), out, overwrite=True, progress=NullProgress())
+    save_pruned(handle, make_provenance(handle, report, calibration), out, overwrite=True, progress=NullProgress())
     save_s = time.perf_counter() - t0
     summaries = {}
     for fmt in ("hf", "sparse"):

@@ -35,9 +35,12 @@ from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline
 import torch  # noqa: E402
 
 from zprune_cli.calibration import calibrate  # noqa: E402
-from zprune_cli.evaluate.run import EvalPlan, measure  # noqa: E402
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E402
+from zprune_cli.models.blocks import pruned_layers  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.pipeline import DenseSnapshot, PruneSpec, prune_in_memory, pruned_layers  # noqa: E402
+from zprune_cli.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
+from zprune_cli.recipe import PruneRecipe  # noqa: E402
+from zprune_cli.settings import Calibration, Settings  # noqa: E402
 
 METHODS = ["magnitude", "wanda", "ria", "zpruner", "sparsegpt"]
 SCORE_METHODS = ["magnitude", "wanda", "ria", "zpruner"]
@@ -68,7 +71,7 @@ def med(xs):
 
 
 def auto_propagation(method: str) -> str:
-    return PruneSpec(method, 0.5).resolved_propagate
+    return PruneRecipe(method, 0.5).propagate
 
 
 @torch.inference_mode()
@@ -94,22 +97,26 @@ class Bench:
         self.linears = [lin for _, _, found in pruned_layers(self.model, []) for lin in found.values()]
         n = sum(lin.weight.numel() for lin in self.linears)
         print(f"{len(self.linears)} pruned Linear layers, {n / 1e6:.1f} M weights ({n * 4 / 2**20:.0f} MiB fp32)")
-        self.common = dict(data=args.data, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-                           data_dir=DATA_DIR, device="cpu")
+        self.calibration = Calibration(data=args.data, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
         # One store with Gram matrices serves every re-run (a store without them serves only the score methods).
         self.gram_cache = root / "gram"
-        result = calibrate(self.handle, gram=True, cache_dir=self.gram_cache, **self.common)
+        self.gram_settings = self.settings(self.gram_cache)
+        result = calibrate(self.handle, self.calibration, gram=True, settings=self.gram_settings)
         assert not result.hit
         self.gram_cal_s = result.seconds
         print(f"calibration with Gram (miss): {self.gram_cal_s:.2f} s", flush=True)
 
+    @staticmethod
+    def settings(cache: Path) -> Settings:
+        return Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
+
     def prune_once(self, method: str, propagate: str):
         """Restore the dense weights; calibrate (a hit) + prune. Returns (report, hit seconds, total seconds)."""
-        spec = PruneSpec(method, self.args.sparsity, propagate=propagate)
+        recipe = PruneRecipe(method, self.args.sparsity, propagate=propagate)
         self.snapshot.restore()
         t0 = time.perf_counter()
-        hit = calibrate(self.handle, gram=spec.needs_gram, cache_dir=self.gram_cache, **self.common)
-        report = prune_in_memory(self.model, hit.entry, spec)
+        hit = calibrate(self.handle, self.calibration, gram=recipe.needs_gram, settings=self.gram_settings)
+        report = prune_in_memory(self.model, hit.entry, recipe)
         total = time.perf_counter() - t0
         assert hit.hit, "the store was built before: this must be a cache hit"
         assert abs(report.overall - self.args.sparsity) < 1e-3, report.overall
@@ -136,7 +143,7 @@ class Bench:
         cal_norms, floors = [], []
         for rep in range(args.reps):
             cache = self.root / f"norms-{rep}"
-            result = calibrate(self.handle, gram=False, cache_dir=cache, **self.common)
+            result = calibrate(self.handle, self.calibration, gram=False, settings=self.settings(cache))
             assert not result.hit
             cal_norms.append(result.seconds)
             shutil.rmtree(cache, ignore_errors=True)
@@ -176,7 +183,7 @@ class Bench:
         for key in runs:
             method, propagate, run = key
             x_floor = med([prune_s[key][r] / floors[r] for r in reps])
-            kind = "gram" if PruneSpec(method, 0.5).needs_gram else "norms"
+            kind = "gram" if PruneRecipe(method, 0.5).needs_gram else "norms"
             pct = med([warm_s[key][r] / cal[kind][r] for r in reps])
             default = propagate == auto_propagation(method)
             goal_floor = ("MET" if x_floor <= GOAL_FLOOR else "MISSED") if method in SCORE_METHODS and default else "-"
@@ -199,7 +206,7 @@ class Bench:
     # --- perplexity --------------------------------------------------------------------------------
     def ppl(self) -> None:
         args = self.args
-        plan = EvalPlan(["wikitext2"], seqlen=args.eval_seqlen, max_windows=args.eval_windows, data_dir=DATA_DIR)
+        plan = EvalPlan(Evaluation(data=("wikitext2",), seqlen=args.eval_seqlen, max_windows=args.eval_windows), DATA_DIR)
         self.drop_propagated()
         self.snapshot.restore()
         dense = measure(self.model, self.tokenizer, plan)[0].value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from typer.completion import completion_init
 
 from zprune_cli import __version__
 from zprune_cli.cli import options as opt
@@ -16,7 +17,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Prune large language models after training: Z-Pruner, Wanda, SparseGPT, RIA, magnitude.",
     pretty_exceptions_enable=False,
+    add_completion=False,  # `zprune completions SHELL` prints the scripts; no duplicate global options
 )
+
+
+completion_init()  # runtime completion for `zprune completions` scripts, without Typer's own install options
 
 
 def _version(value: bool) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from zprune_cli.cli.output import error, progress_for, setup_logging
 from zprune_cli.cli import Terminated
@@ -59,6 +60,32 @@ def model_handle(model: str, c: Common, revision: Optional[str] = None, trust_re
     from zprune_cli.models.handle import ModelHandle
 
     return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code)
+
+
+class AliasedCommand(TyperCommand):
+    """A command that still accepts the old spellings of renamed options, for one release, saying so."""
+
+    aliases: dict[str, str] = {}
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        renamed = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if arg == "--":
+                renamed += args[len(renamed):]
+                break
+            if name in self.aliases:
+                sys.stderr.write(f"warning: {name} is the old spelling of {self.aliases[name]}; it goes in the next release\n")
+                arg = self.aliases[name] + eq + value
+            renamed.append(arg)
+        return super().parse_args(ctx, renamed)
+
+
+def aliased(**old_to_new: str) -> type[AliasedCommand]:
+    """aliased(methods="method") -> a command class mapping --methods to --method."""
+    mapping = {("-" if len(old) == 1 else "--") + old.replace("_", "-"): ("--" + new.replace("_", "-"))
+               for old, new in old_to_new.items()}
+    return type("Aliased", (AliasedCommand,), {"aliases": mapping})
 
 
 def _framework(exc: Exception) -> bool:

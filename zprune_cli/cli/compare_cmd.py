@@ -11,7 +11,7 @@ from rich.table import Table
 
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import common, model_handle
+from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.prune_cmd import recipe_fields
 from zprune_cli.comparison import compare, grid_recipes, known_metrics, leaderboard
@@ -23,13 +23,13 @@ from zprune_cli.results import ResultsStore, results_path
 FORMATS = ("table", "json", "csv", "md")
 
 
-@app.command("compare")
+@app.command("compare", cls=aliased(methods="method", patterns="pattern"))
 def compare_command(
     ctx: typer.Context,
     model: opt.Model = opt.DEFAULTS["model"],
-    methods: Annotated[Optional[str], typer.Option("--methods", "-m", help="Comma-separated methods.")] = None,
+    methods: Annotated[Optional[str], typer.Option("--method", "-m", help="Comma-separated methods (default: every method).")] = None,
     sparsity: Annotated[Optional[str], typer.Option("--sparsity", "-s", help="Comma-separated sparsities (unstructured).")] = None,
-    patterns: Annotated[Optional[str], typer.Option("--patterns", "-p", help="Comma-separated: unstructured, 2:4, 4:8.")] = None,
+    patterns: Annotated[Optional[str], typer.Option("--pattern", "-p", help="Comma-separated: unstructured, 2:4, 4:8 (default unstructured).")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, a file).")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Zero-shot tasks, comma-separated.")] = None,
     tasks_dir: Annotated[Optional[str], typer.Option("--tasks-dir", help="Folder of extra lm-eval YAML tasks.")] = None,
@@ -69,7 +69,7 @@ def compare_command(
 
     \b
     Examples:
-      zprune compare smollm2-135m --methods magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --patterns unstructured,2:4
+      zprune compare smollm2-135m --method magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --pattern unstructured,2:4
       zprune compare smollm2-135m --grid paper --format md --plot ppl.png
       zprune compare --show --model smollm2-135m --metric ppl
     """

@@ -9,17 +9,17 @@ from rich.table import Table
 
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import common, model_handle
+from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.evaluation.run import Evaluation, evaluate
 
 
-@app.command("eval")
+@app.command("eval", cls=aliased(data="eval", seqlen="eval_seqlen", l="eval_seqlen"))
 def eval_command(
     ctx: typer.Context,
     target: opt.Model = opt.DEFAULTS["model"],
-    data: Annotated[Optional[str], typer.Option("--data", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file; 'none' skips it (default wikitext2, or none when --tasks is given).")] = None,
-    seqlen: Annotated[Optional[int], typer.Option("--seqlen", "-l", help="Window length (default: min(2048, the model's maximum)).")] = None,
+    data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file; 'none' skips it (default wikitext2, or none when --tasks is given).")] = None,
+    seqlen: Annotated[Optional[int], typer.Option("--eval-seqlen", help="Perplexity window length (default: min(2048, the model's maximum)).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows (or lm-eval requests) per forward pass.")] = 1,
     max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Evaluate only the first N windows.")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Zero-shot tasks through lm-eval, comma-separated (offline: arc_easy_local, piqa_local, ...).")] = None,
@@ -41,8 +41,9 @@ def eval_command(
 
     \b
     Examples:
-      zprune eval smollm2-zpruner-50 --data wikitext2 --max-windows 32 --baseline
-      zprune eval smollm2-135m --data none --tasks arc_easy_local,piqa_local --limit 200
+      zprune eval smollm2-135m-zpruner-50 --eval wikitext2 --max-windows 32 --baseline
+      zprune eval smollm2-135m --tasks arc_easy_local,piqa_local --limit 200
+      zprune eval runs/zp50 --eval c4,wikitext2 --eval-seqlen 2048 --batch-size 4
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
     if data is None:  # --tasks alone measures the tasks only: a full perplexity run is minutes to hours

@@ -63,16 +63,17 @@ class Evaluation:
     speed: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", tuple(split_list(self.data, str, "--data")) if self.data else ())
+        object.__setattr__(self, "data", tuple(split_list(self.data, str, "--eval")) if self.data else ())
         object.__setattr__(self, "tasks", tuple(split_list(self.tasks, str, "--tasks")) if self.tasks else ())
         for name, low in (("batch_size", 1), ("max_windows", 1), ("seqlen", 2), ("num_fewshot", 0), ("limit", 1)):
             value = getattr(self, name)
             if value is None and name not in ("batch_size", "num_fewshot"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ZpruneUsageError(f"--{name.replace('_', '-')} must be an integer >= {low} (got {value!r})")
+                flag = "--eval-seqlen" if name == "seqlen" else f"--{name.replace('_', '-')}"
+                raise ZpruneUsageError(f"{flag} must be an integer >= {low} (got {value!r})")
         if not self.data and not self.tasks and not self.speed:
-            raise ZpruneUsageError("nothing to measure: give perplexity data (--data), --tasks or --speed")
+            raise ZpruneUsageError("nothing to measure: give perplexity text (--eval), --tasks or --speed")
 
 
 class EvalPlan:
@@ -91,7 +92,7 @@ class EvalPlan:
         if seqlen is None:
             return min(2048, limit) if limit else 2048
         if limit is not None and seqlen > limit:
-            raise ZpruneUsageError(f"--seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
+            raise ZpruneUsageError(f"--eval-seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
         return seqlen
 
     def protocol(self, source: TextSource, seqlen: int, n_windows: int) -> dict:
