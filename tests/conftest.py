@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 # Set before transformers / huggingface_hub are imported: they read these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Never the user's cache, not even from module-scoped fixtures (each test also gets its own ZPRUNE_HOME).
+os.environ["ZPRUNE_HOME"] = tempfile.mkdtemp(prefix="zprune-tests-home-")
 # The README runs the tests with ZPRUNE_DATA_DIR=../shared/data; tests change directory, so pin it now.
 if os.environ.get("ZPRUNE_DATA_DIR"):
     os.environ["ZPRUNE_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["ZPRUNE_DATA_DIR"]))

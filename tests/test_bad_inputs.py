@@ -221,7 +221,8 @@ def test_eval_arguments(world, monkeypatch, args, code, needle):
 @pytest.fixture(scope="module")
 def pruned(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("pruned") / "p"
-    result = invoke("prune", world["model"], "-m", "wanda", "--data", world["text"], *CAL, "--out", out)
+    home = {"ZPRUNE_HOME": str(out.parent / "cache")}  # module scope: before the per-test ZPRUNE_HOME is set
+    result = invoke("prune", world["model"], "-m", "wanda", "--data", world["text"], *CAL, "--out", out, env=home)
     assert result.exit_code == 0, result.output
     return out
 

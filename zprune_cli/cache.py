@@ -59,14 +59,30 @@ def remove_entry(cache_dir, key: str, dry_run: bool = False) -> dict:
     return {"name": path.name, "size_bytes": size}
 
 
-def collect_garbage(cache_dir=None, dry_run: bool = False) -> list[dict]:
+def collect_garbage(cache_dir=None, dry_run: bool = False, propagated: bool = False) -> list[dict]:
+    """Remove dead writers' folders, corrupt entries and unheld locks; with `propagated`, also the
+    statistics cached by pruned-propagation runs (`<key>-p<run>`: Gram-sized for SparseGPT)."""
     store = StatsStore(resolve_cache_dir(cache_dir))
     removed = []
-    for path in store.garbage():
+    junk = store.garbage()
+    if propagated:
+        junk += [path for path, entry, _ in store.entries() if entry is not None and is_propagated(path)]
+    for path in junk:
         removed.append({"name": path.name, "size_bytes": _size(path)})
         if not dry_run:
             store.remove(path)
     return removed
+
+
+def is_propagated(path: Path) -> bool:
+    """An entry a `--propagate pruned` run collected on top of a dense one (named <key>-p<run>)."""
+    return "-p" in path.name
+
+
+def propagated_summary(cache_dir=None) -> tuple[int, int]:
+    """(how many, bytes) of the propagated entries: what `cache gc --propagated` would free."""
+    rows = [r for r in list_entries(cache_dir) if r.get("propagated") or is_propagated(Path(r["path"]))]
+    return len(rows), sum(r["size_bytes"] for r in rows)
 
 
 def verify(cache_dir=None, key: str | None = None) -> list[dict]:

@@ -43,6 +43,14 @@ def root(
     """Prune LLMs with no retraining, over a cached activation-statistics store.
 
     Data goes to stdout (--json for machines), logs and progress to stderr.
+
+    \b
+    Examples:
+      zprune prune smollm2-135m --method zpruner --sparsity 0.5       # saves ./smollm2-135m-zpruner-50
+      zprune eval smollm2-135m-zpruner-50 --eval wikitext2 --baseline
+      zprune compare smollm2-135m --method wanda,zpruner,sparsegpt --sparsity 0.5,0.6
+      zprune export smollm2-135m-zpruner-50 --to exported --format sparse
+      zprune cache ls
     Exit codes: 0 success, 1 failed run, 2 bad usage.
     """
     ctx.obj = RootFlags(cache_dir=cache_dir, device=device, dtype=dtype, quiet=quiet, json=json)
