@@ -126,3 +126,21 @@ def test_prune_and_eval_count_sparsity_over_the_same_layers(tiny_dir, text_file,
     report = json.loads(invoke("eval", pruned, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 1, "--json").stdout)
     evaluated = {m["metric"]: m for m in report["metrics"]}["sparsity"]
     assert pruned_overall == pytest.approx(0.5) and evaluated["value"] == pytest.approx(pruned_overall)  # not diluted by mlp
+
+
+def test_eval_reuses_stored_results_unless_forced(tiny_dir, text_file, cache, monkeypatch):
+    import zprune_cli.models.handle as handle
+
+    loads = []
+    real = handle.load_model
+    monkeypatch.setattr(handle, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    args = ["eval", tiny_dir, "--eval", text_file, "--eval-seqlen", 64, "--max-windows", 2, "--json"]
+    first = json.loads(invoke(*args).stdout)
+    second = json.loads(invoke(*args).stdout)
+    assert not first["reused"] and second["reused"] and len(loads) == 1
+    value = {m["metric"]: m["value"] for m in first["metrics"]}
+    assert {m["metric"]: m["value"] for m in second["metrics"]} == value
+    forced = json.loads(invoke(*args, "--force").stdout)
+    assert not forced["reused"] and len(loads) == 2
+    other = json.loads(invoke(*args[:-2], 1, "--json").stdout)  # another protocol: measured
+    assert not other["reused"] and len(loads) == 3

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure, metric_name, record
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, expected_protocols, measure, record
 from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
@@ -106,19 +106,6 @@ def compare(
             snapshot.restore()
     rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=result.key, protocols=protocols)
     return CompareOutcome(computed, skipped, result.key, rows, time.perf_counter() - started)
-
-
-def expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
-    """metric -> protocol that a finished cell has recorded (computed before any cell runs)."""
-    seqlen = plan.seqlen_for(handle.config)  # the config alone: a fully cached re-run loads no weights
-    expected = {}
-    for source in plan.sources:
-        windows = plan.windows(source, handle.tokenizer, seqlen)
-        expected[metric_name(source)] = plan.protocol(source, seqlen, int(windows.shape[0]))
-    e = plan.evaluation
-    for task in e.tasks:
-        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
-    return expected
 
 
 def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, stats_key: str,

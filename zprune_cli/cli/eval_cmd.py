@@ -28,6 +28,7 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Questions per task (for quick checks).")] = None,
     speed: Annotated[bool, typer.Option("--speed", help="Time forward throughput (and 2:4 sparse kernels on CUDA).")] = False,
     baseline: Annotated[bool, typer.Option("--baseline", help="Also evaluate the dense model a zprune output was pruned from.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Measure again even when the results store holds this protocol's numbers.")] = False,
     data_dir: opt.DataDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
@@ -51,7 +52,7 @@ def eval_command(
     evaluation = Evaluation(data=() if data == "none" else data, seqlen=seqlen, batch_size=batch_size,
                             max_windows=max_windows, tasks=tasks or (), tasks_dir=tasks_dir, num_fewshot=num_fewshot,
                             limit=limit, speed=speed)
-    report = evaluate(model_handle(target, c, revision, trust_remote_code), evaluation, baseline=baseline,
+    report = evaluate(model_handle(target, c, revision, trust_remote_code), evaluation, baseline=baseline, force=force,
                       settings=c.settings, progress=c.progress)
     if c.json:
         emit_json(report)
@@ -89,6 +90,8 @@ def metrics_table(report: dict) -> Table:
     if report.get("provenance"):
         p = report["provenance"]
         title += escape(f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {p['overall_sparsity']}, recipe {p['recipe']})")
+    if report.get("reused"):
+        title += " (from the results store; --force measures again)"
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")

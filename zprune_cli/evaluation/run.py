@@ -130,7 +130,7 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     if e.tasks:
         metrics += _zeroshot(model, tokenizer, plan, progress)
     sparsity = measure_sparsity(model, layer_names)
-    metrics.append(Metric("sparsity", sparsity["sparsity"], {"layers": "pruned decoder-block Linear"}, 0.0,
+    metrics.append(Metric("sparsity", sparsity["sparsity"], SPARSITY_PROTOCOL, 0.0,
                           {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
     if e.speed:
         metrics += _speed(model, seqlen, e.batch_size)
@@ -182,6 +182,43 @@ def _speed(model, seqlen: int, batch_size: int) -> list[Metric]:
         metrics.append(Metric("speedup_2to4", speedup["speedup"], {**speedup, "device": device}))
     else:
         metrics.append(Metric("speedup_2to4", float("nan"), {"unavailable": speedup}))
+    return metrics
+
+
+def expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
+    """metric -> protocol that a finished cell has recorded (computed before any cell runs)."""
+    seqlen = plan.seqlen_for(handle.config)  # the config alone: a fully cached re-run loads no weights
+    expected = {}
+    for source in plan.sources:
+        windows = plan.windows(source, handle.tokenizer, seqlen)
+        expected[metric_name(source)] = plan.protocol(source, seqlen, int(windows.shape[0]))
+    e = plan.evaluation
+    for task in e.tasks:
+        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
+    return expected
+
+
+SPARSITY_PROTOCOL = {"layers": "pruned decoder-block Linear"}
+
+
+def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, provenance: Provenance | None) -> list[Metric] | None:
+    """Every metric the plan asks for, from the results store, when all were measured before under the
+    same protocol on the same model and recipe (None otherwise). Reads the tokenizer and config only."""
+    if plan.evaluation.speed:
+        return None  # speed depends on the moment and the machine: always measured
+    base = provenance.base_model.fingerprint if provenance else handle.source.fingerprint
+    cell = {"fingerprint": base, "method": provenance.recipe.method if provenance else "dense",
+            "recipe": provenance.cell_digest if provenance else None, "stats_key": provenance.stats_key if provenance else None}
+    wanted = {**expected_protocols(plan, handle), "sparsity": SPARSITY_PROTOCOL}
+    extra = {f"acc_norm:{task}": wanted[f"acc:{task}"] for task in plan.evaluation.tasks}
+    metrics = []
+    for name, protocol in [*wanted.items(), *extra.items()]:
+        row = store.find(metric=name, protocol=protocol, **cell)
+        if row is None and name not in extra:
+            return None
+        if row is not None:
+            detail = (row.get("settings") or {}).get("detail") or {}
+            metrics.append(Metric(name, row["value"], row["protocol"], row["seconds"] or 0.0, detail))
     return metrics
 
 
@@ -249,13 +286,15 @@ def evaluate(
     evaluation: Evaluation | None = None,
     *,
     baseline: bool = False,
+    force: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> dict:
     """Evaluate a model (hub id, folder, zprune output, .gguf, alias) and record every metric.
 
     With baseline=True, also evaluates the dense model a zprune output was pruned from. On a zprune
-    output folder, its zprune.json and model card get the measured results.
+    output folder, its zprune.json and model card get the measured results. Results already in the
+    store under the same protocol are reused (no model load) unless force=True.
     """
     evaluation = evaluation or Evaluation()
     settings = resolve_settings(settings)
@@ -264,25 +303,44 @@ def evaluate(
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
-    run_settings = {"evaluation": asdict(evaluation), "dtype": handle.dtype_name}
-    store = ResultsStore(results_path(settings.cache_dir))
-    layer_names = list(provenance.pruned_layers) if provenance else None
-    metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names, who=handle.source.spec)
+    run = _Run(ResultsStore(results_path(settings.cache_dir)), plan, {"evaluation": asdict(evaluation), "dtype": handle.dtype_name},
+               list(provenance.pruned_layers) if provenance else None, force, progress)
+    metrics, run_ids, reused = run.metrics(handle, provenance, handle.source.spec)
     if handle.source.is_local:
         where = Path(handle.source.location) / (handle.source.gguf_file or "")
         metrics.append(Metric("size_on_disk_bytes", float(size_on_disk(where)), {}))
-    run_ids = record(store, handle, metrics, provenance, run_settings)
     if provenance is not None:
-        refresh_model_card(Path(handle.source.location), provenance, store)
-    report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids,
+        refresh_model_card(Path(handle.source.location), provenance, run.store)
+    report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids, "reused": reused,
               "metrics": [m.as_dict() for m in metrics]}
     if baseline:
         base = base_model_handle(provenance, settings)
-        base.progress = progress
-        base_metrics = measure(base.model, base.tokenizer, plan, progress, layer_names, who=f"{base.source.spec} (dense)")
-        record(store, base, base_metrics, None, run_settings)
-        report["baseline"] = {"target": base.source.spec, "metrics": [m.as_dict() for m in base_metrics]}
+        base_metrics, _, base_reused = run.metrics(base, None, f"{base.source.spec} (dense)")
+        report["baseline"] = {"target": base.source.spec, "reused": base_reused, "metrics": [m.as_dict() for m in base_metrics]}
     return report
+
+
+@dataclass
+class _Run:
+    """One `evaluate` call: where results go, what to measure, and whether stored results may answer."""
+
+    store: ResultsStore
+    plan: EvalPlan
+    settings: dict
+    layer_names: list[str] | None
+    force: bool
+    progress: Progress | None
+
+    def metrics(self, handle: ModelHandle, provenance: Provenance | None, who: str) -> tuple[list[Metric], list[str], bool]:
+        """(metrics, new run ids, reused from the store?)"""
+        if not self.force:
+            cached = cached_metrics(self.store, handle, self.plan, provenance)
+            if cached is not None:
+                log.info("%s: every metric is in the results store under this protocol (--force measures again)", who)
+                return cached, [], True
+        handle.progress = handle.progress or self.progress
+        metrics = measure(handle.model, handle.tokenizer, self.plan, self.progress, self.layer_names, who=who)
+        return metrics, record(self.store, handle, metrics, provenance, self.settings), False
 
 
 def base_model_handle(provenance: Provenance, settings: Settings) -> ModelHandle:
