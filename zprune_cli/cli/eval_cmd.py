@@ -77,8 +77,7 @@ def _protocol(metric: dict) -> str:
     if metric["metric"].startswith("ppl"):
         return f"{p['dataset']} {p['split']}, seqlen {p['seqlen']}, {p['n_windows']} windows, {p['n_tokens']} tokens"
     if "task" in p:
-        stderr = f" ± {p['stderr']:.4f}" if isinstance(p.get("stderr"), float) else ""
-        return f"{p['n']} questions, {p['num_fewshot']}-shot{stderr}"
+        return f"{p['n']} questions, {p['num_fewshot']}-shot"
     if "unavailable" in p:
         return p["unavailable"]
     return ", ".join(f"{k} {v}" for k, v in p.items())
@@ -95,12 +94,18 @@ def metrics_table(report: dict) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    errors = any(isinstance((m.get("detail") or {}).get("stderr"), float) for m in report["metrics"])
+    if errors:
+        table.add_column("±", justify="right")  # lm-eval's standard error, not part of the protocol
     if base:
         table.add_column("dense", justify="right")
         table.add_column("change", justify="right")
     table.add_column("protocol")
     for m in report["metrics"]:
         row = [m["metric"], _fmt(m["value"], m["metric"])]
+        if errors:
+            stderr = (m.get("detail") or {}).get("stderr")
+            row.append(f"{stderr:.4f}" if isinstance(stderr, float) else "")
         if base:
             b = base.get(m["metric"])
             quality = m["metric"].startswith(("ppl", "acc"))

@@ -16,9 +16,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +179,62 @@ def zeroshot(
         task_manager = TaskManager(include_path=include or None, include_defaults=not all_local)
         # only local files are read when every task is local: keep `datasets` off the network then
         with _hf_offline() if all_local else nullcontext():
-            loaded = _load_tasks(task_manager, tasks, all_local, ours)
+            with quiet_lm_eval():
+                loaded = _load_tasks(task_manager, tasks, all_local, ours)
             if device is not None:
                 model.to(device)
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-            out = lm_eval.simple_evaluate(model=lm, tasks=list(loaded["tasks"].values()), num_fewshot=num_fewshot,
-                                          limit=limit, task_manager=task_manager, log_samples=False)
+            with quiet_lm_eval():
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+                out = lm_eval.simple_evaluate(model=lm, tasks=list(loaded["tasks"].values()), num_fewshot=num_fewshot,
+                                              limit=limit, task_manager=task_manager, log_samples=False)
     return _scores(out, loaded["tasks"])
+
+
+@contextmanager
+def quiet_lm_eval():
+    """lm-eval's own warnings (pretrained is not a str, already-initialised model, num_fewshot overwritten)
+    and tqdm bars would flood stderr: capture them and say, in one line, how many there were."""
+    if os.environ.get("ZPRUNE_DEBUG"):
+        yield
+        return
+    import io
+    import logging
+    import warnings
+
+    records: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                records.append(record.getMessage().splitlines()[0] if record.getMessage() else "")
+
+    loggers = [logging.getLogger(name) for name in ("lm-eval", "lm_eval", "lm_eval.models.huggingface", "lm_eval.evaluator")]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+    collect = _Collect()
+    for lg in loggers:
+        lg.handlers, lg.propagate = [collect], False
+    captured = tempfile.TemporaryFile(mode="w+b")
+    saved_fd = os.dup(2)  # also what subprocesses print (lm-eval asks git for a version, on stderr)
+    try:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        with warnings.catch_warnings(record=True) as caught, redirect_stderr(io.StringIO()) as text:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+    captured.seek(0)
+    lines = captured.read().decode(errors="replace").splitlines() + text.getvalue().splitlines()
+    captured.close()
+    records += [str(w.message).splitlines()[0] for w in caught]
+    records += [line for line in lines if line.strip() and "%|" not in line and not line.startswith("\r")]
+    if records:
+        logging.getLogger("zprune").info("lm-eval: %d warning(s) hidden, e.g. %r (ZPRUNE_DEBUG=1 shows them)",
+                                         len(records), records[0][:120])
 
 
 def _check_arguments(tasks: list[str], batch_size: int, tasks_dir) -> None:
