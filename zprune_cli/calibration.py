@@ -99,6 +99,7 @@ def calibrate(
 
 def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, progress: Progress):
     """Token windows [nsamples, seqlen] for calibration, after checking seqlen against the model."""
+    handle.config  # noqa: B018  the model must be reachable (a small read) before any dataset is fetched
     loaded = None if text.name == SELF else text.load()  # bad data fails before a large model loads
     limit = max_length(handle.model)
     if limit is not None and seqlen > limit:

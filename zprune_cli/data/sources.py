@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.hub import check_reachable
 
 SELF = "self"
 NAMED = ("wikitext2", "c4", "ptb")
@@ -196,14 +197,14 @@ def _hub(name: str, split: str):
         hub_id = "wikitext/wikitext-2-raw-v1"
 
         def load() -> Text:
-            ds = _load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+            ds = _load_dataset((name, split), "wikitext", "wikitext-2-raw-v1", split=split)
             return Text(stream="\n\n".join(ds["text"]))
 
     elif name == "ptb":
         hub_id = "ptb_text_only/penn_treebank"
 
         def load() -> Text:
-            ds = _load_dataset("ptb_text_only", "penn_treebank", split=split)
+            ds = _load_dataset((name, split), "ptb_text_only", "penn_treebank", split=split)
             return Text(stream=" ".join(ds["sentence"]))
 
     else:
@@ -213,20 +214,26 @@ def _hub(name: str, split: str):
         hub_id = f"allenai/c4/{shard[split]}"
 
         def load() -> Text:
-            ds = _load_dataset("allenai/c4", data_files={split: shard[split]}, split=split)
+            ds = _load_dataset((name, split), "allenai/c4", data_files={split: shard[split]}, split=split)
             return Text(documents=list(ds["text"]), joiner=" ")
 
     return hub_id, load
 
 
-def _load_dataset(*args, **kwargs):
+def local_file_for(name: str, split: str) -> str:
+    """The path, inside a data directory, of the local copy of `name`'s `split` that zprune reads."""
+    part = {"validation": "valid"}.get(split, split)
+    return {"wikitext2": f"wikitext2/wiki.{part}.raw", "ptb": f"ptb/ptb.{part}.txt"}.get(name, f"c4/*{split}*.jsonl")
+
+
+def _load_dataset(what: tuple[str, str], *args, **kwargs):
+    name, split = what
+    instead = "--data FILE or --data self" if split == "train" else "--eval FILE"
+    fix = f"put a local copy at DIR/{local_file_for(name, split)} and pass --data-dir DIR (or ZPRUNE_DATA_DIR=DIR), or use {instead}"
+    check_reachable(f"{name} ({split})", fix)
     try:
         from datasets import load_dataset
 
         return load_dataset(*args, **kwargs)
     except Exception as exc:  # datasets raises connection, file and value errors alike when offline
-        raise ZpruneError(
-            f"could not load {args[0]} from the hub ({type(exc).__name__}); offline, point --data-dir or "
-            "ZPRUNE_DATA_DIR at a local copy (layout: wikitext2/wiki.test.raw, c4/*train*.jsonl, ptb/ptb.test.txt) "
-            "or pass --data FILE or --data self"
-        ) from None
+        raise ZpruneError(f"could not load {name} ({split}) from the hub ({type(exc).__name__}); offline, {fix}") from None

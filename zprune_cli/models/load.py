@@ -9,6 +9,7 @@ import logging
 import torch
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.hub import check_reachable
 from zprune_cli.models.resolve import ModelSource
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -77,6 +78,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype):
         model.config.use_cache = False
         return model, pretrained.load_tokenizer(source.location)
     kwargs = _common_kwargs(source)
+    check_hub_reachable(source)
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
@@ -137,15 +139,22 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def check_hub_reachable(source: ModelSource) -> None:
+    if not source.is_local:
+        check_reachable(f"model {source.spec}", "pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 to use a cached download")
+
+
 def load_config(source: ModelSource):
     """The model's config alone (no weights): enough for its maximum length and layer shapes."""
     from transformers import AutoConfig
 
+    check_hub_reachable(source)
     try:
         with quiet_transformers():
             return AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
     except (OSError, ValueError) as exc:
-        raise ZpruneError(f"could not read the config of {source.spec}: {first_line(exc)}") from exc
+        hint = "" if source.is_local else " (offline? pass a local folder or .gguf file, or a model already in the hub cache)"
+        raise ZpruneError(f"could not load model {source.spec} (its config): {first_line(exc)}{hint}") from exc
 
 
 def max_length(model_or_config) -> int | None:
