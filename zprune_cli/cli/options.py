@@ -16,7 +16,7 @@ Model = Annotated[str, typer.Argument(help="Hub id (org/name), local HF folder, 
 ModelDefault = Annotated[str, typer.Argument(help="Hub id, local folder, .gguf file or alias.")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off by default).")]
-Data = Annotated[Optional[str], typer.Option("--data", help=f"Calibration text: c4, wikitext2, ptb, self (sampled from the model), or a .txt/.jsonl/.parquet file (default {_CAL.data}; env ZPRUNE_DATA).")]
+Data = Annotated[Optional[str], typer.Option("--data", help=f"Calibration text: c4, wikitext2, ptb, c4-sample (100 C4 documents shipped with zprune), self (sampled from the model), or a .txt/.jsonl/.parquet file (default {_CAL.data}; env ZPRUNE_DATA).")]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder searched for local copies of named datasets (env ZPRUNE_DATA_DIR).")]
 NSamples = Annotated[Optional[int], typer.Option("--nsamples", "-n", help=f"Calibration windows (default {_CAL.nsamples}).")]
 Seqlen = Annotated[Optional[int], typer.Option("--seqlen", "-l", help=f"Tokens per calibration window (default {_CAL.seqlen}).")]

@@ -20,6 +20,9 @@ from zprune_cli.hub import check_reachable
 
 SELF = "self"
 NAMED = ("wikitext2", "c4", "ptb")
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+# Samples shipped with zprune (data/builtin/SOURCES.md): a first run needs no dataset and no network.
+BUILTIN = {"c4-sample": "c4-sample.jsonl", "wikitext2-sample": "wikitext2-sample.raw"}
 TEXT_SUFFIXES = (".txt", ".raw", ".text", ".md")
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -72,13 +75,16 @@ def resolve_source(spec: str, split: str = "train", data_dir: str | Path | None 
         return TextSource(spec, SELF, split, "self", "", "model")
     if spec in NAMED:
         return _named(spec, split, Path(data_dir).expanduser() if data_dir else None)
+    if spec in BUILTIN:
+        return _builtin(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return _file(spec, path)
     if path.exists():
         raise ZpruneUsageError(f"data '{spec}' is not a file")
     raise ZpruneUsageError(
-        f"unknown data '{spec}': use one of {', '.join(NAMED)}, '{SELF}', or the path of a .txt/.jsonl/.parquet file"
+        f"unknown data '{spec}': use one of {', '.join(NAMED)}, {', '.join(BUILTIN)}, '{SELF}', or the path of a "
+        ".txt/.jsonl/.parquet file"
     )
 
 
@@ -102,6 +108,15 @@ def _file(spec: str, path: Path) -> TextSource:
     else:
         raise ZpruneUsageError(f"data file {path} has an unknown type '{suffixes}': use .txt, .jsonl or .parquet")
     return TextSource(spec, "file", "all", f"file:{path}", _hash_files([path]), str(path), loader)
+
+
+def _builtin(name: str) -> TextSource:
+    path = BUILTIN_DIR / BUILTIN[name]
+    if path.suffix == ".jsonl":
+        loader = lambda: Text(documents=_read_records(path), joiner=" ")  # noqa: E731
+    else:
+        loader = lambda: Text(stream=wikitext_rows_to_text(_read_text(path)))  # noqa: E731
+    return TextSource(name, name, "sample", f"builtin:{name}", _hash_files([path]), str(path), loader)
 
 
 def _read_text(path: Path) -> str:

@@ -39,7 +39,12 @@ def save_model(model: nn.Module, tokenizer, folder: Path, dtype: torch.dtype | N
     plain = plain_model(model)
     state = None
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.state_dict().items()}
+        state, seen = {}, set()
+        for name, tensor in plain.state_dict().items():
+            if tensor.data_ptr() in seen:  # a tied weight (lm_head = embeddings): stored once, as transformers does
+                continue
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     with quiet_transformers():  # transformers draws its own shard-writing bar; ours already shows the step
         plain.save_pretrained(folder, max_shard_size=max_shard_size, state_dict=state)
         if tokenizer is not None:
