@@ -82,3 +82,21 @@ def test_sparse_export_is_smaller_than_hf_at_the_same_dtype(tiny_dir, text_file,
     from zprune_cli.exports import load_pretrained
 
     assert load_pretrained(tmp_path / "sparse").dtype == getattr(torch, dtype)
+
+
+def test_barely_pruned_weights_stay_dense_in_a_sparse_export(tiny_dir, text_file, cache, tmp_path):
+    pruned = tmp_path / "p"
+    assert invoke("prune", tiny_dir, "-m", "magnitude", "-s", "0.01", "--data", text_file, "-n", 2, "-l", 16,
+                  "--out", pruned).exit_code == 0
+    sizes = {}
+    for fmt in ("hf", "sparse"):
+        result = invoke("export", pruned, "--to", tmp_path / fmt, "--format", fmt, "--json")
+        assert result.exit_code == 0, result.output
+        sizes[fmt] = json.loads(result.stdout)["weights_disk_bytes"]
+    assert sizes["sparse"] <= sizes["hf"] * 1.001, sizes  # never larger than dense: 1% pruned is stored dense
+    manifest = json.loads((tmp_path / "sparse" / "zprune-sparse.json").read_text())
+    assert manifest["compressed"] == []
+    from zprune_cli.exports import load_pretrained
+
+    a, b = load_pretrained(pruned), load_pretrained(tmp_path / "sparse")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -189,9 +189,17 @@ def _write_hf(job: _Job) -> tuple[Sizes, list[str]]:
 
 def _write_sparse(job: _Job) -> tuple[Sizes, list[str]]:
     writer = ShardWriter(job.folder, sparse.PREFIX, job.max_bytes, job.provenance.safetensors_metadata())
-    sizes = _write_tensors(job, writer, sparse.compress, hf.encode)
+    compressed: list[str] = []
+
+    def encode(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        if sparse.stored_bytes(weight) >= tensor_bytes(weight):  # barely pruned: values + bitmask would be larger
+            return hf.encode(name, weight)
+        compressed.append(name)
+        return sparse.compress(name, weight)
+
+    sizes = _write_tensors(job, writer, encode, hf.encode)
     weight_map = writer.close()
-    write_json(job.folder / SPARSE_MANIFEST, sparse.manifest(list(job.pruned), weight_map, sizes.as_dict()))
+    write_json(job.folder / SPARSE_MANIFEST, sparse.manifest(compressed, weight_map, sizes.as_dict()))
     _model_folder_extras(job, "sparse", hf.clean_config(read_config(job.reader.folder)))
     return sizes, sorted(set(weight_map.values()))
 
