@@ -240,8 +240,7 @@ def test_cli_prune_and_compare_apply_the_same_config_overrides(tiny_dir, text_fi
 
 
 def test_recipes_differing_in_one_field_are_two_cells_and_two_rows(tiny_dir, text_file):
-    variants = [BASE, *(v for k, v in VARIANTS.items() if k in ("reconstruct", "ignore", "overrides", "method_options")),
-                OWL, *OWL_VARIANTS.values()]  # the fields the old cell key left out
+    variants = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values()]  # every field (VARIANTS["allocation"] is OWL)
     evaluation = Evaluation(data=str(text_file), seqlen=32, max_windows=1)
     outcome = compare(str(tiny_dir), variants, evaluation, calibration=Calibration(str(text_file), 2, 16))
     pruned = [r for r in outcome.rows if r["method"] != "dense"]

@@ -272,8 +272,7 @@ def _overrides(values: Any, pattern: Pattern) -> tuple[tuple[str, float], ...]:
 
 
 def _options_dict(options: Any) -> dict[str, Any]:
-    if isinstance(options, Mapping):
-        return dict(options)
+    """A mapping, or (key, value) pairs as the frozen recipe holds them."""
     try:
         return dict(options)
     except (TypeError, ValueError):
