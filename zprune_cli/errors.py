@@ -32,7 +32,7 @@ def translate(exc: BaseException) -> ZpruneError:
     if isinstance(exc, ZpruneError):
         return exc
     name = type(exc).__name__
-    text = _first_line(exc)
+    text = first_line(exc)
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         if exc.errno == errno.ENOSPC:
@@ -51,6 +51,7 @@ def translate(exc: BaseException) -> ZpruneError:
     return ZpruneError(f"internal error: {name}: {text} ({DEBUG_HINT})")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): what a one-line error shows."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__

@@ -83,3 +83,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def readable_mode() -> int:
+    """The mode a new file gets under the umask (0644 usually): safetensors writes 0600, we chmod to this."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

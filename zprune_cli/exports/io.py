@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from zprune_cli.staging import readable_mode
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.formats.bits import tensor_bytes
 
@@ -68,11 +69,6 @@ def copy_side_files(source: Path, dest: Path) -> list[str]:
     return copied
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -112,7 +108,7 @@ class ShardWriter:
     def _flush(self) -> None:
         path = self.folder / f".shard-{len(self._written):05d}.safetensors"
         save_file(self._pending, str(path), metadata=self.metadata)
-        os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; give shards the usual mode
+        os.chmod(path, readable_mode())  # safetensors writes 0600; give shards the usual mode
         self._written.append((path, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
 

@@ -52,15 +52,13 @@ class WeightReader:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.kind = "dense"
+        self.kind = layout_of(folder)
         self._handles: dict[str, object] = {}
         self._decoders: dict[str, Callable[[], torch.Tensor]] = {}
-        sparse_manifest = folder / SPARSE_MANIFEST
-        if sparse_manifest.is_file():
+        if self.kind == "sparse":
             from zprune_cli.formats.sparse import read_manifest
 
-            manifest = read_manifest(sparse_manifest)
-            self.kind = "sparse"
+            manifest = read_manifest(folder / SPARSE_MANIFEST)
             self._weight_map = manifest["weight_map"]
             self.names = self._sparse_names(manifest)
             return
@@ -70,10 +68,8 @@ class WeightReader:
                 "(zprune prune BASE --masks FILE, or zprune_cli.exports.apply_masks)"
             )
         self._weight_map = self._dense_weight_map()
-        config = read_config(folder)
-        sparsity = (config.get(CT_CONFIG_KEY) or {}).get("sparsity_config") or {}
-        if sparsity.get("format") == "sparse-24-bitmask":
-            self.kind = "sparse-24-bitmask"
+        read_config(folder)  # a folder without a readable config.json is refused here, as before
+        if self.kind == "sparse-24-bitmask":
             self.names = self._sparse24_names()
         else:
             self.names = list(self._weight_map)

@@ -8,7 +8,7 @@ import logging
 
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.hub import check_reachable
 from zprune_cli.models.resolve import ModelSource
 
@@ -176,7 +176,3 @@ def _common_kwargs(source: ModelSource) -> dict:
         kwargs["revision"] = source.revision
     return kwargs
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zprune_cli.staging import readable_mode
 from zprune_cli.errors import ZpruneError
 
 
@@ -51,7 +52,7 @@ def save_model(model: nn.Module, tokenizer, folder: Path, dtype: torch.dtype | N
             tokenizer.save_pretrained(folder)
     if dtype is not None:
         _record_dtype(Path(folder) / "config.json", dtype)
-    mode = 0o666 & ~_umask()
+    mode = readable_mode()
     for file in Path(folder).iterdir():
         if file.is_file():
             os.chmod(file, mode)
@@ -65,8 +66,3 @@ def _record_dtype(config_path: Path, dtype: torch.dtype) -> None:
             config[key] = name
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
