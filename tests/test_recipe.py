@@ -32,6 +32,7 @@ VARIANTS = {
     "scope": PruneRecipe("ria", 0.5, scope="row"),
     "allocation": PruneRecipe("ria", 0.5, allocation="owl"),
     "reconstruct": PruneRecipe("ria", 0.5, reconstruct=True, propagate="dense"),
+    "refine": PruneRecipe("ria", 0.5, refine="swaps"),
     "propagate": PruneRecipe("ria", 0.5, propagate="pruned"),
     "ignore": PruneRecipe("ria", 0.5, ignore=[r"o_proj"]),
     "overrides": PruneRecipe("ria", 0.5, overrides={r"down_proj": 0.3}),
@@ -73,7 +74,15 @@ def test_same_weights_same_digest():
     [
         (dict(method="sparsegpt", scope="row"), "scope", None, "--scope row has no effect"),
         (dict(method="wanda", pattern="2:4", scope="row"), "scope", None, "--scope row has no effect"),
-        (dict(method="sparsegpt", reconstruct=True), "reconstruct", False, "--reconstruct has no effect"),
+        (dict(method="sparsegpt", reconstruct=True), "reconstruct", "none", "--reconstruct has no effect"),
+        (dict(method="alps", refine="swaps"), "refine", "none", "--refine has no effect"),
+        (dict(method="wanda", reconstruct=True), "reconstruct", "obs", None),
+        (dict(method="wanda", reconstruct="PCG"), "reconstruct", "pcg", None),
+        (dict(method="wanda", refine="swaps"), "refine", "swaps:100", None),
+        (dict(method="wanda", refine="swaps:7"), "refine", "swaps:7", None),
+        (dict(method="wanda", refine="swaps"), "propagate", "dense", None),
+        (dict(method="wanda", reconstruct="pcg"), "propagate", "pruned", None),
+        (dict(method="alps"), "propagate", "pruned", None),
         (dict(method="wanda", owl_m=3.0), "owl_m", None, "--owl-m has no effect"),
         (dict(method="magnitude", propagate="pruned"), "propagate", "dense", "--propagate pruned has no effect"),
         (dict(method="zpruner", reconstruct=True), "propagate", "pruned", None),
@@ -106,6 +115,9 @@ def test_normalised_to_what_takes_effect(kwargs, field, expected, warned, caplog
         (dict(scope="col"), ("--scope",)),
         (dict(propagate="sideways"), ("--propagate",)),
         (dict(reconstruct="yes"), ("reconstruct",)),
+        (dict(refine="swaps:0"), ("--refine",)),
+        (dict(refine="swaps:x"), ("--refine",)),
+        (dict(refine="none:3"), ("--refine",)),
         (dict(ignore=["("]), ("--ignore",)),
         (dict(overrides={"x": 1.0}), ("override",)),
         (dict(method="ria", method_options={"b": 1}), ("option b",)),
@@ -153,7 +165,7 @@ def test_cli_says_what_it_normalised(tiny_dir, text_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert "--scope row has no effect" in result.stderr and "--reconstruct has no effect" in result.stderr
     data = json.loads(result.stdout)
-    assert data["scope"] is None and data["reconstruct"] is False and data["recipe_digest"] == PruneRecipe("sparsegpt").digest
+    assert data["scope"] is None and data["reconstruct"] == "none" and data["recipe_digest"] == PruneRecipe("sparsegpt").digest
 
 
 def strict_json(text: str):

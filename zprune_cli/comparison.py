@@ -7,6 +7,7 @@ transaction per cell), so a re-run skips finished cells and Ctrl-C loses only th
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,23 +29,33 @@ from zprune_cli.settings import resolve as resolve_settings
 
 
 def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float] = (0.5,),
-                 patterns: str | Sequence[str] = ("unstructured",), **shared: Any) -> list[PruneRecipe]:
-    """Every method x pattern, and x sparsity for unstructured (N:M fixes its own n/m); `shared` holds the
-    other recipe fields (scope, allocation, reconstruct, propagate, ignore, overrides, ...) for all cells."""
+                 patterns: str | Sequence[str] = ("unstructured",), reconstruct: str | bool | Sequence[str] = "none",
+                 refine: str | Sequence[str] = "none", **shared: Any) -> list[PruneRecipe]:
+    """Every method x pattern x refine x reconstruct, and x sparsity for unstructured (N:M fixes its own
+    n/m); `shared` holds the other recipe fields (scope, allocation, propagate, ignore, overrides, ...).
+
+    A combination that normalises to a cell already in the grid (sparsegpt with --reconstruct pcg is
+    plain sparsegpt) is listed once."""
     methods = split_list(methods, str, "--method")
     ratios = split_list(sparsities, float, "--sparsity")
     patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
+    finishes = list(itertools.product(_axis(refine, "--refine"), _axis(reconstruct, "--reconstruct")))
     if not methods or not patterns or (not ratios and "unstructured" in patterns):
         raise ZpruneUsageError("the grid is empty: give at least one method, one pattern and (for unstructured) one sparsity")
-    recipes: list[PruneRecipe] = []
-    for method in methods:
-        for pattern in patterns:
-            for ratio in ([None] if pattern != "unstructured" else ratios):
-                recipe = PruneRecipe(method=method, sparsity=ratio, pattern=pattern, **shared)
-                if recipe in recipes:
-                    raise ZpruneUsageError(f"the grid names the cell '{recipe.label()}' twice")
-                recipes.append(recipe)
-    return recipes
+    for axis, flag in ((methods, "--method"), (ratios, "--sparsity"), (patterns, "--pattern"), (finishes, "--refine/--reconstruct")):
+        if len(set(axis)) != len(axis):
+            raise ZpruneUsageError(f"the grid names a {flag} value twice")
+    recipes: dict[PruneRecipe, None] = {}
+    for method, pattern, (refine_one, reconstruct_one) in itertools.product(methods, patterns, finishes):
+        for ratio in ([None] if pattern != "unstructured" else ratios):
+            recipes[PruneRecipe(method=method, sparsity=ratio, pattern=pattern, refine=refine_one,
+                                reconstruct=reconstruct_one, **shared)] = None
+    return list(recipes)
+
+
+def _axis(values: str | bool | Sequence[str], flag: str) -> list[str | bool]:
+    """A comma list, a list, or one value (True / False for the old --reconstruct flag)."""
+    return [values] if isinstance(values, bool) else split_list(values, str, flag)
 
 
 @dataclass

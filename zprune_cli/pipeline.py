@@ -21,7 +21,7 @@ from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
 from zprune_cli.methods.base import Method
-from zprune_cli.methods.obs import reconstruct
+from zprune_cli.methods.reconstruction import finish_mask
 from zprune_cli.models.blocks import BlockLayers, find_blocks, layer_modules, pruned_layers
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
@@ -78,21 +78,22 @@ class _Pruner:
         self.recipe = recipe
         self.method: Method = recipe.method_obj
         self.pattern = recipe.pattern_obj
-        self.reconstruct = recipe.reconstruct and not type(self.method).updates_weights
+        self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
 
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
         if sparsity <= 0:
             return
         weight = linear.weight.data
         _require_finite(weight, f"the weight of layer {name}")
-        if type(self.method).uses_stats or self.reconstruct:
+        if type(self.method).uses_stats or self.finishes:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
         result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
         new = result.weight
-        if self.reconstruct:
-            new = reconstruct(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device))
+        if self.finishes:
+            new = finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device), self.pattern,
+                              self.recipe.swap_rounds, self.recipe.reconstruct)
         _require_finite(new, f"the pruned weight of layer {name}")
         linear.weight.data.copy_(new)
 

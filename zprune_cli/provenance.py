@@ -159,7 +159,7 @@ def _parse(data: dict[str, Any]) -> Provenance:
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}")
     recipe = PruneRecipe.from_dict(data["recipe"])
-    if data.get("recipe_digest") not in (None, recipe.digest):
+    if data.get("recipe_digest") not in (None, *recipe.known_digests()):
         raise ValueError(f"recipe_digest {data['recipe_digest']} does not match its recipe ({recipe.digest})")
     layers = data["pruned_layers"]
     if not isinstance(layers, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in layers.values()):

@@ -13,7 +13,10 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
 - `owl_m`/`owl_lambda` are kept only with `allocation="owl"`; set without it they are dropped.
 - A method that does not rank by scope (SparseGPT chooses per block of columns) drops `scope`; other
   methods record their default scope when none is given.
-- `reconstruct` with a method that already updates weights (SparseGPT) is dropped.
+- `reconstruct` is "none", "obs" (SparseGPT's update with the mask fixed; `True` means this) or "pcg"
+  (the exact least-squares weights on the mask); with a method that updates weights itself (SparseGPT,
+  ALPS) it is dropped, and so is `refine`.
+- `refine` is "none" or "swaps:ROUNDS" ("swaps" alone takes the default number of rounds).
 - `propagate="auto"` resolves to "pruned" for methods that update weights or with `reconstruct`, else
   "dense"; a method that reads no statistics (magnitude) without reconstruction always resolves to
   "dense", since both give the same weights.
@@ -39,10 +42,13 @@ from zprune_cli.methods.base import Method
 
 log = logging.getLogger("zprune")
 
-RECIPE_VERSION = 1  # bump when the meaning of a field changes: old digests then never match new ones
+RECIPE_VERSION = 2  # 2: reconstruct became a name and refine was added; bump when the meaning of a field changes: old digests then never match new ones
 PROPAGATE = ("auto", "dense", "pruned")
 ALLOCATIONS = ("uniform", "owl")
 SCOPES = ("row", "layer")
+RECONSTRUCTIONS = ("none", "obs", "pcg")
+REFINEMENTS = ("none", "swaps")
+DEFAULT_SWAP_ROUNDS = 100
 DEFAULT_SPARSITY = 0.5
 DEFAULT_OWL_M = 5.0
 DEFAULT_OWL_LAMBDA = 0.08
@@ -59,7 +65,8 @@ class PruneRecipe:
     allocation: str = "uniform"
     owl_m: float | None = None  # OWL outlier threshold (x mean score); only with allocation="owl"
     owl_lambda: float | None = None  # OWL spread; only with allocation="owl"
-    reconstruct: bool = False  # SparseGPT's weight update with the method's mask held fixed
+    reconstruct: str | bool = "none"  # "none" | "obs" | "pcg": new surviving weights for the method's mask
+    refine: str = "none"  # "none" | "swaps:ROUNDS": Gram-based 1-swaps on the mask before any reconstruction
     propagate: str = "auto"
     ignore: tuple[str, ...] = ()  # regexes of layer names left dense
     overrides: tuple[tuple[str, float], ...] = ()  # (regex, sparsity), the first match wins
@@ -81,12 +88,17 @@ class PruneRecipe:
 
     @property
     def needs_gram(self) -> bool:
-        return type(self.method_obj).needs_gram or self.reconstruct
+        return type(self.method_obj).needs_gram or self.reconstruct != "none" or self.refine != "none"
 
     @property
     def updates_weights(self) -> bool:
         """True when surviving weights change too, so masks alone cannot reproduce the model."""
-        return type(self.method_obj).updates_weights or self.reconstruct
+        return type(self.method_obj).updates_weights or self.reconstruct != "none"
+
+    @property
+    def swap_rounds(self) -> int:
+        """Rounds of mask refinement by swaps (0: none)."""
+        return int(self.refine.split(":")[1]) if self.refine != "none" else 0
 
     # --- identity ---------------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -100,9 +112,16 @@ class PruneRecipe:
     @property
     def digest(self) -> str:
         """16 hex characters of sha256 over the canonical JSON of the normalised recipe."""
-        payload = json.dumps({"recipe_version": RECIPE_VERSION, **self.as_dict()}, sort_keys=True,
-                             separators=(",", ":"), allow_nan=False)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return _digest(RECIPE_VERSION, self.as_dict())
+
+    def known_digests(self) -> set[str]:
+        """This digest, and the one recipe version 1 gave the same weights (reconstruct was on/off, no
+        refine), so records written before version 2 still check out."""
+        digests = {self.digest}
+        if self.refine == "none" and self.reconstruct in ("none", "obs"):
+            old = {k: v for k, v in self.as_dict().items() if k != "refine"}
+            digests.add(_digest(1, {**old, "reconstruct": self.reconstruct == "obs"}))
+        return digests
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneRecipe:
@@ -122,10 +141,16 @@ class PruneRecipe:
         text = f"{self.method} {self.pattern if self.pattern != 'unstructured' else f'{self.sparsity:g}'}"
         extras = [f"{k}={v}" for k, v in self.method_options if method_options(self.method).get(k) != v]
         extras += ["owl"] if self.allocation == "owl" else []
-        extras += ["reconstruct"] if self.reconstruct else []
+        extras += [f"swaps:{self.swap_rounds}"] if self.swap_rounds else []
+        extras += [{"obs": "reconstruct", "pcg": "reconstruct=pcg"}[self.reconstruct]] if self.reconstruct != "none" else []
         extras += [f"ignore={','.join(self.ignore)}"] if self.ignore else []
         extras += [f"overrides={len(self.overrides)}"] if self.overrides else []
         return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _digest(version: int, fields: dict[str, Any]) -> str:
+    payload = json.dumps({"recipe_version": version, **fields}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # --- normalisation ------------------------------------------------------------------------------------
@@ -144,11 +169,12 @@ def _normalise(r: PruneRecipe) -> dict[str, Any]:
                                "OWL varies sparsity per block, N:M fixes it to n/m (use one or the other)")
     out["owl_m"], out["owl_lambda"] = _owl(r, out["allocation"] == "owl")
     out["scope"] = _scope(r.scope, cls, pattern)
-    out["reconstruct"] = _flag(r.reconstruct, "reconstruct")
-    if out["reconstruct"] and cls.updates_weights:
-        log.warning("--reconstruct has no effect with %s, which updates the weights itself; recorded as off", cls.name)
-        out["reconstruct"] = False
-    out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"])
+    out["reconstruct"], out["refine"] = _reconstruct(r.reconstruct), _refine(r.refine)
+    for field, flag in (("reconstruct", "--reconstruct"), ("refine", "--refine")):
+        if out[field] != "none" and cls.updates_weights:
+            log.warning("%s has no effect with %s, which chooses its mask and weights itself; recorded as none", flag, cls.name)
+            out[field] = "none"
+    out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"] != "none")
     out["ignore"] = tuple(sorted({_regex(p, "--ignore") for p in _strings(r.ignore, "ignore")}))
     out["overrides"] = _overrides(r.overrides, pattern)
     return out
@@ -221,10 +247,28 @@ def _scope(value: Any, cls: type[Method], pattern: Pattern) -> str | None:
     return value or cls.default_scope
 
 
-def _flag(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise ZpruneUsageError(f"{field} must be true or false, got {value!r}")
-    return value
+def _reconstruct(value: Any) -> str:
+    """A name; True / False (the old flag, and recipes recorded before version 2) mean obs / none."""
+    if isinstance(value, bool):
+        return "obs" if value else "none"
+    if value is None:
+        return "none"
+    return _choice(value.strip().lower() if isinstance(value, str) else value, RECONSTRUCTIONS, "reconstruct")
+
+
+def _refine(value: Any) -> str:
+    """'none', or 'swaps:ROUNDS' with ROUNDS a positive integer ('swaps' alone: the default rounds)."""
+    text = "none" if value is None else _text(value, "refine").lower()
+    name, _, rounds = text.partition(":")
+    if name not in REFINEMENTS or (name == "none" and rounds):
+        raise ZpruneUsageError(f"--refine must be none or swaps[:ROUNDS], got {value!r}")
+    if name == "none":
+        return "none"
+    if not rounds:
+        return f"swaps:{DEFAULT_SWAP_ROUNDS}"
+    if not rounds.isdigit() or int(rounds) < 1:
+        raise ZpruneUsageError(f"--refine swaps:ROUNDS needs a positive whole number of rounds, got {value!r}")
+    return f"swaps:{int(rounds)}"
 
 
 def _propagate(value: Any, cls: type[Method], reconstruct: bool) -> str:

@@ -190,9 +190,10 @@ def _expect(value: Any, kind: type, key: str, where: Any) -> None:
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
 
 # A grid value is a list, or a comma-separated string, of these; scalars are plain values.
-GRID_LISTS: dict[str, type] = {"methods": str, "sparsity": float, "patterns": str, "eval": str, "tasks": str}
+GRID_LISTS: dict[str, type] = {"methods": str, "sparsity": float, "patterns": str, "eval": str, "tasks": str,
+                                "reconstruct": str, "refine": str}
 GRID_SCALARS: dict[str, type] = {
-    "propagate": str, "allocation": str, "scope": str, "reconstruct": bool, "owl_m": float, "owl_lambda": float,
+    "propagate": str, "allocation": str, "scope": str, "owl_m": float, "owl_lambda": float,
     "data": str, "nsamples": int, "seqlen": int, "seed": int, "eval_seqlen": int, "max_windows": int, "limit": int,
 }
 
@@ -205,8 +206,11 @@ def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:
         raise ZpruneUsageError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {known})")
     out: dict[str, Any] = {}
     for key, value in grid.items():
-        if key in GRID_LISTS:
+        if key == "reconstruct" and isinstance(value, bool):  # the old on/off spelling: true means obs
+            out[key] = ["obs" if value else "none"]
+        elif key in GRID_LISTS:
             out[key] = split_list(value, GRID_LISTS[key], f"{where}.{key}")
+            _check_choices(out[key], key, where)
         else:
             kind = GRID_SCALARS[key]
             if kind is bool:
@@ -216,6 +220,17 @@ def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:
                 _expect(value, kind, key, where)
             out[key] = value
     return out
+
+
+# Grid keys whose values are names: checked here so a typo in a TOML fails before any work.
+GRID_CHOICES = {"reconstruct": ("none", "obs", "pcg"), "refine": ("none", "swaps")}
+
+
+def _check_choices(values: list, key: str, where: str) -> None:
+    choices = GRID_CHOICES.get(key)
+    bad = [v for v in values if choices and v.lower().partition(":")[0] not in choices]
+    if bad:
+        raise ZpruneUsageError(f"{where}: '{key}' takes {', '.join(choices)}, got {bad[0]!r}")
 
 
 def split_list(value: Any, kind: type, what: str) -> list:

@@ -66,19 +66,28 @@ class AliasedCommand(TyperCommand):
     """A command that still accepts the old spellings of renamed options, for one release, saying so."""
 
     aliases: dict[str, str] = {}
+    # Options that may be given bare, and the value that means; e.g. `--reconstruct` alone is `--reconstruct obs`.
+    bare: dict[str, tuple[str, tuple[str, ...]]] = {"--reconstruct": ("obs", ("none", "obs", "pcg"))}
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         renamed = []
-        for arg in args:
+        for i, arg in enumerate(args):
             name, eq, value = arg.partition("=")
             if arg == "--":
-                renamed += args[len(renamed):]
+                renamed += args[i:]
                 break
             if name in self.aliases:
                 sys.stderr.write(f"warning: {name} is the old spelling of {self.aliases[name]}; it goes in the next release\n")
                 arg = self.aliases[name] + eq + value
             renamed.append(arg)
+            if arg in self.bare and not _is_value(args[i + 1] if i + 1 < len(args) else None, self.bare[arg][1]):
+                renamed.append(self.bare[arg][0])
         return super().parse_args(ctx, renamed)
+
+
+def _is_value(token: str | None, choices: tuple[str, ...]) -> bool:
+    """Whether `token` is the value of an option that takes one of `choices` (or a comma list of them)."""
+    return token is not None and all(part.strip().lower() in choices for part in token.split(","))
 
 
 def aliased(**old_to_new: str) -> type[AliasedCommand]:

@@ -40,7 +40,8 @@ def compare_command(
     allocation: opt.Allocation = None,
     owl_m: opt.OwlM = None,
     owl_lambda: opt.OwlLambda = None,
-    reconstruct: opt.Reconstruct = False,
+    reconstruct: opt.ReconstructAxis = None,
+    refine: opt.RefineAxis = None,
     propagate: opt.Propagate = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
@@ -70,7 +71,7 @@ def compare_command(
     \b
     Examples:
       zprune compare smollm2-135m --method magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --pattern unstructured,2:4
-      zprune compare smollm2-135m --grid paper --format md --plot ppl.png
+      zprune compare smollm2-135m --method wanda,zpruner,alps --refine none,swaps --reconstruct none,pcg
       zprune compare --show --model smollm2-135m --metric ppl
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
@@ -89,7 +90,7 @@ def compare_command(
 def grid_request(c, g: dict, ignore, option, tasks_dir):
     """(recipes, evaluation, calibration) from a grid's values (flags over a named grid)."""
     shared = recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
-                           bool(g.get("reconstruct")), g.get("propagate"), ignore, option)
+                           g.get("reconstruct"), g.get("refine"), g.get("propagate"), ignore, option)
     recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"), **shared)
     evaluation = Evaluation(data=g.get("eval", "wikitext2"), seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
                             tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"))
@@ -99,7 +100,7 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
 
 GRID_FLAGS = {"methods": "methods", "sparsity": "sparsity", "patterns": "patterns", "eval": "eval_data", "tasks": "tasks",
               "limit": "limit", "eval_seqlen": "eval_seqlen", "max_windows": "max_windows", "scope": "scope",
-              "allocation": "allocation", "owl_m": "owl_m", "owl_lambda": "owl_lambda", "reconstruct": "reconstruct",
+              "allocation": "allocation", "owl_m": "owl_m", "owl_lambda": "owl_lambda", "reconstruct": "reconstruct", "refine": "refine",
               "propagate": "propagate", "data": "data", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed"}
 DEFAULT_METHODS = ",".join(method_names())  # every registered method
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
-from zprune_cli.cli.common import Common, common, model_handle
+from zprune_cli.cli.common import Common, aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods import method_names
@@ -27,14 +27,15 @@ def parse_options(values: list[str]) -> dict:
     return options
 
 
-def recipe_fields(c: Common, scope, allocation, owl_m, owl_lambda, reconstruct, propagate, ignore, option) -> dict:
+def recipe_fields(c: Common, scope, allocation, owl_m, owl_lambda, reconstruct, refine, propagate, ignore, option) -> dict:
     """The recipe fields shared by every method of a command, with the config's [sparsity] overrides."""
     return {"scope": scope, "allocation": allocation or "uniform", "owl_m": owl_m, "owl_lambda": owl_lambda,
-            "reconstruct": reconstruct, "propagate": propagate or "auto", "ignore": tuple(ignore or ()),
+            "reconstruct": reconstruct or "none", "refine": refine or "none", "propagate": propagate or "auto",
+            "ignore": tuple(ignore or ()),
             "overrides": c.settings.sparsity_overrides, "method_options": parse_options(option or [])}
 
 
-@app.command("prune")
+@app.command("prune", cls=aliased())
 def prune_command(
     ctx: typer.Context,
     model: opt.Model = opt.DEFAULTS["model"],
@@ -45,7 +46,8 @@ def prune_command(
     allocation: opt.Allocation = None,
     owl_m: opt.OwlM = None,
     owl_lambda: opt.OwlLambda = None,
-    reconstruct: opt.Reconstruct = False,
+    reconstruct: opt.Reconstruct = None,
+    refine: opt.Refine = None,
     propagate: opt.Propagate = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
@@ -80,7 +82,7 @@ def prune_command(
     handle = model_handle(model, c, revision, trust_remote_code)
     if masks is not None:
         return _apply_masks(c, handle, masks, out, overwrite)
-    shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, propagate, ignore, option)
+    shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, refine, propagate, ignore, option)
     recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
     outcomes = prune(handle, recipes, calibration=c.settings.calibration, out=_output(model, recipes, out, no_save),
                      overwrite=overwrite, out_dtype=out_dtype, settings=c.settings, progress=c.progress)

@@ -8,7 +8,7 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods.base import METHODS, PRUNE_PRECISION, Method, PruneResult, register
 
 # Importing a method's module registers it.
-from zprune_cli.methods import magnitude, ria, sparsegpt, wanda, zpruner  # noqa: E402,F401  isort: skip
+from zprune_cli.methods import alps, magnitude, ria, sparsegpt, wanda, zpruner  # noqa: E402,F401  isort: skip
 
 __all__ = ["METHODS", "PRUNE_PRECISION", "Method", "PruneResult", "get_method", "method_names", "register"]
 

@@ -23,15 +23,20 @@ class InputGroup:
     members: list[str]  # Linear names relative to the block, first one is the leader
     sumsq: torch.Tensor  # [in] float64
     gram: torch.Tensor | None  # [in, in] float32
+    sum: torch.Tensor | None = None  # [in] float64, the first moment; zeros of sumsq's shape when not given
     n_tokens: int = 0
     n_sequences: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sum is None:
+            self.sum = torch.zeros_like(self.sumsq)
 
     @property
     def name(self) -> str:
         return self.members[0]
 
     def stats(self) -> LayerStats:
-        return LayerStats(sumsq=self.sumsq, n_tokens=self.n_tokens, gram=self.gram)
+        return LayerStats(sumsq=self.sumsq, n_tokens=self.n_tokens, gram=self.gram, sum=self.sum)
 
 
 @dataclass
@@ -68,6 +73,7 @@ class BlockStatsCollector:
                 return None
             flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, in]
             group.sumsq += flat.square().sum(0).to(SUMSQ_DTYPE)
+            group.sum += flat.sum(0).to(SUMSQ_DTYPE)
             if group.gram is not None:
                 group.gram.addmm_(flat.T, flat)
             group.n_tokens += flat.shape[0]

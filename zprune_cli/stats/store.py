@@ -1,7 +1,7 @@
 """The on-disk activation-statistics store.
 
 Layout: <cache_dir>/stats/<key>/manifest.json, inputs.safetensors (window token ids and block 0's
-inputs) and block_NNN.safetensors (per input group: `<leader>.sumsq`, optionally `<leader>.gram`).
+inputs) and block_NNN.safetensors (per input group: `<leader>.sumsq`, `<leader>.sum`, optionally `<leader>.gram`).
 An entry is written into a temporary folder and renamed into place when complete, under a lock
 file, so readers never see half an entry and two writers leave one valid entry.
 
@@ -33,7 +33,9 @@ from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.types import LayerStats
 
-FORMAT_VERSION = 2  # 2: a sha256 per file; entries of format 1 are recomputed, never misread
+# 2: a sha256 per file; 3: the first moment sum(x) per input group. Entries of an older format have
+# other key digests and fail the manifest check: they are recomputed, never misread.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -117,9 +119,8 @@ class StatsEntry:
         result: dict[str, LayerStats] = {}
         for group in block["groups"]:
             leader = group["members"][0]
-            stats = LayerStats(
-                sumsq=tensors[f"{leader}.sumsq"], n_tokens=group["n_tokens"], gram=tensors.get(f"{leader}.gram")
-            )
+            stats = LayerStats(sumsq=tensors[f"{leader}.sumsq"], n_tokens=group["n_tokens"],
+                               gram=tensors.get(f"{leader}.gram"), sum=tensors[f"{leader}.sum"])
             for member in group["members"]:
                 result[member] = stats
         return result
@@ -416,6 +417,7 @@ class EntryWriter:
         tensors = {}
         for group in groups:
             tensors[f"{group.name}.sumsq"] = group.sumsq.contiguous().cpu()
+            tensors[f"{group.name}.sum"] = group.sum.contiguous().cpu()
             if group.gram is not None:
                 tensors[f"{group.name}.gram"] = group.gram.contiguous().cpu()
         fname = f"block_{index:03d}.safetensors"

@@ -19,6 +19,19 @@ class LayerStats:
     sumsq: torch.Tensor
     n_tokens: int
     gram: torch.Tensor | None = None
+    sum: torch.Tensor | None = None  # [in] float64, sum over tokens of x_j (mean/variance-based methods)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[x_j] per input channel, float32, shape [in]."""
+        if self.sum is None:
+            raise ValueError("this statistic has no first moment; it predates store format 3")
+        return (self.sum / max(self.n_tokens, 1)).to(torch.float32)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Var[x_j] = E[x_j^2] - E[x_j]^2 per input channel (population), float32, shape [in]."""
+        return ((self.sumsq / max(self.n_tokens, 1)).to(torch.float32) - self.mean.square()).clamp_min(0)
 
     @property
     def norms(self) -> torch.Tensor:
