@@ -17,7 +17,8 @@ from torch import nn
 from conftest import FAMILIES, MORE_FAMILIES, byte_tokenizer, save_tiny
 from zprune_cli.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import perplexity
-from zprune_cli.exports import export
+from zprune_cli.evaluation.efficiency import semi_structured_speedup
+from zprune_cli.exports import apply_masks, export
 from zprune_cli.models.blocks import find_blocks, find_linears, is_transposed, layer_modules, pruned_layers, weight_view
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.pretrained import load_pretrained
@@ -102,6 +103,12 @@ def test_conv1d_2_4_exports_sparse_and_refuses_the_legacy_24_layout(tmp_path, te
     reloaded = load_pretrained(tmp_path / "sparse").state_dict()
     for key, value in handle.model.state_dict().items():
         assert torch.equal(reloaded[key], value), key
+    export(tmp_path / "out", tmp_path / "masks", format="masks")  # masks keep the stored [in, out] shape
+    base = load_pretrained(tmp_path / "base")
+    assert apply_masks(base, tmp_path / "masks") == 8
+    for name, module in projections(base).items():
+        assert torch.equal(module.weight == 0, handle.model.get_submodule(name).weight == 0), name
+    assert "store their weight as [in, out]" in semi_structured_speedup(handle.model)
 
 
 def test_multimodal_prunes_the_text_tower_only(tmp_path, text_file, cache):
@@ -159,6 +166,8 @@ def test_an_expert_no_token_reaches_is_reported_not_crashed_on(method, tmp_path,
     result = calibrate(handle, cal(text_file), gram=True)
     groups = {m: g["n_tokens"] for g in result.entry.manifest["blocks"][0]["groups"] for m in g["members"]}
     assert groups["mlp.experts.3.0"] == 0 and groups["mlp.experts.3.2"] == 0 and groups["mlp.experts.0.0"] > 0
+    # top-2 routing: each token reaches exactly two experts, and each expert counts only its own tokens
+    assert sum(groups[f"mlp.experts.{e}.0"] for e in range(4)) == 2 * groups["self_attn.q_proj"]
     with caplog.at_level(logging.WARNING, logger="zprune"):
         [outcome] = prune(handle, PruneRecipe(method, 0.5), calibration=cal(text_file))
     [message] = [r.getMessage() for r in caplog.records if "no calibration token" in r.getMessage()]
