@@ -130,7 +130,9 @@ def test_fused_experts_stay_dense_and_are_named(tmp_path, text_file, cache, capl
         prune(handle, PruneRecipe("wanda", 0.5), calibration=cal(text_file))
     assert torch.equal(handle.model.model.layers[0].mlp.experts.gate_up_proj, experts)
     [message] = [r.getMessage() for r in caplog.records if "3 or more dimensions" in r.getMessage()]
-    assert "model.layers.0.mlp.experts.gate_up_proj [4, 128, 32]" in message and "stay dense" in message
+    assert "model.layers.0.mlp.experts.gate_up_proj [4, 128, 32]" in message
+    # experts 2 x 4 x (128 x 32 + 32 x 64) = 49152 dense; attention 2 x (32x32 + 16x32 + 16x32 + 32x32) = 6144 pruned
+    assert "stay dense (89% of the block weights)" in message
 
 
 class _RoutedExperts(nn.Module):
