@@ -84,10 +84,40 @@ def tiny_config(family: str):
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 vocab_size=260, max_position_embeddings=512)
-    raise ValueError(family)
+    return _more_families(tf, family)
+
+
+def _more_families(tf, family: str):
+    """The families tests/test_families.py adds: MoE, Conv1D, fused projections, tied embeddings, a text tower."""
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)  # inside the 260-token vocabulary
+    moe = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+    builders = {
+        "mixtral": lambda: tf.MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2),
+        "qwen2_moe": lambda: tf.Qwen2MoeConfig(**TINY, **moe, num_experts=4, shared_expert_intermediate_size=32),
+        "qwen3_moe": lambda: tf.Qwen3MoeConfig(**TINY, **moe, num_experts=4, head_dim=8),
+        "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=260, n_positions=512, **ids),
+        "phi3": lambda: tf.Phi3Config(**TINY, **ids),
+        "falcon": lambda: tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=260, **ids),
+        "gemma2": lambda: tf.Gemma2Config(**TINY, head_dim=8),
+        "qwen3": lambda: tf.Qwen3Config(**TINY, head_dim=8),
+        "phi": lambda: tf.PhiConfig(**TINY),
+        "stablelm": lambda: tf.StableLmConfig(**TINY),
+        "cohere": lambda: tf.CohereConfig(**TINY, **ids),
+        # Multimodal: the vision tower (3 wider blocks) outweighs the text tower; only the text blocks are pruned.
+        "gemma3_vision": lambda: tf.Gemma3Config(
+            text_config=dict(**TINY, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                               image_size=32, patch_size=8),
+            image_token_index=259, boi_token_index=257, eoi_token_index=258, mm_tokens_per_image=4),
+    }
+    if family not in builders:
+        raise ValueError(family)
+    return builders[family]()
 
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma3", "opt", "gpt_neox"]
+MORE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "gpt2", "phi3", "falcon", "gemma2", "qwen3", "phi", "stablelm",
+                 "cohere", "gemma3_vision"]
 
 
 def tiny_model(family: str = "llama", seed: int = 0):

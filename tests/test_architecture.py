@@ -119,3 +119,12 @@ def test_no_function_over_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
     assert not long, long
+
+
+def test_the_engine_reads_pruned_weights_through_weight_view():
+    """Conv1D stores [in, out]: a direct `.weight.data` / `.weight.detach()` in the engine would read it transposed."""
+    import re
+
+    for rel in ("pipeline.py", "allocation.py", "calibration.py", "stats/collect.py"):
+        source = (PACKAGE / rel).read_text()
+        assert not re.search(r"\.weight\.(data|detach)\b", source), f"{rel} reads a weight directly; use weight_view"

@@ -14,6 +14,7 @@ import torch
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods.base import PRUNE_PRECISION
 from zprune_cli.methods.wanda import wanda_scores
+from zprune_cli.models.blocks import weight_view
 
 
 def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
@@ -34,8 +35,8 @@ def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
 
 
 def block_outlier_fraction(linears: dict, stats: dict, M: float) -> float:
-    """outlier_fraction of one block from its Linear layers {name: Linear} and statistics {name: LayerStats}."""
-    scores = [wanda_scores(linear.weight.detach().to(PRUNE_PRECISION), stats[name]) for name, linear in linears.items()]
+    """outlier_fraction of one block from its projections {name: Linear or Conv1D} and statistics {name: LayerStats}."""
+    scores = [wanda_scores(weight_view(linear).to(PRUNE_PRECISION), stats[name]) for name, linear in linears.items()]
     return outlier_fraction(scores, M)
 
 

@@ -13,7 +13,7 @@ from zprune_cli.data.selfgen import generate_windows
 from zprune_cli.data.sources import SELF, TextSource, resolve_source
 from zprune_cli.data.windows import calibration_windows
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.blocks import find_blocks, find_linears
+from zprune_cli.models.blocks import find_blocks, find_linears, in_features
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.models.runner import capture_block_inputs, run_block
@@ -151,7 +151,7 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
         writer.write_inputs(windows, hidden)
         with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * key.nsamples) as task:
             for index, block in enumerate(blocks):
-                collector = BlockStatsCollector(find_linears(block), with_gram=key.gram)
+                collector = BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)
                 with collector:
                     for i in range(key.nsamples):
                         buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]

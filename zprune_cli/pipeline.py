@@ -10,6 +10,8 @@ module walks the blocks. Two ways to get each block's statistics:
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
 from zprune_cli.methods.base import Method
 from zprune_cli.methods.reconstruction import finish_mask
-from zprune_cli.models.blocks import BlockLayers, find_blocks, layer_modules, pruned_layers
+from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, find_blocks, in_features, layer_modules,
+                                      pruned_layers, weight_view)
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.recipe import PruneRecipe
@@ -30,6 +33,9 @@ from zprune_cli.sparsity import count_zeros
 from zprune_cli.stats.collect import BlockStatsCollector
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
+
+log = logging.getLogger("zprune")
+
 
 @dataclass
 class PruneReport:
@@ -66,7 +72,7 @@ def check_layers(recipe: PruneRecipe, layers: BlockLayers) -> None:
         raise ZpruneUsageError("no Linear layer is left to prune (check --ignore)")
     for name, linear in layer_modules(layers).items():
         try:
-            check_pattern_fits(linear.in_features, recipe.pattern_obj)
+            check_pattern_fits(in_features(linear), recipe.pattern_obj)
         except ZpruneUsageError as exc:
             raise ZpruneUsageError(f"layer {name}: {exc}") from None
 
@@ -83,7 +89,7 @@ class _Pruner:
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
         if sparsity <= 0:
             return
-        weight = linear.weight.data
+        weight = weight_view(linear)  # [out, in], a view that writes through (Conv1D stores [in, out])
         _require_finite(weight, f"the weight of layer {name}")
         if type(self.method).uses_stats or self.finishes:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
@@ -95,7 +101,7 @@ class _Pruner:
             new = finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device), self.pattern,
                               self.recipe.swap_rounds, self.recipe.reconstruct)
         _require_finite(new, f"the pruned weight of layer {name}")
-        linear.weight.data.copy_(new)
+        weight_view(linear).copy_(new)
 
 
 def _require_finite(tensor: torch.Tensor, what: str) -> None:
@@ -115,6 +121,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
         raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
     layers = pruned_layers(model, recipe.ignore)
     check_layers(recipe, layers)
+    _warn_left_dense(model, layers)
     targets = layer_sparsities(recipe, layers, entry)
     prune_layer = _Pruner(recipe)
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
@@ -129,16 +136,18 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
                 if stats_entry is None:  # first run with this recipe: collect and keep its statistics
                     settings = {**entry.manifest["settings"], "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                     with store.writer(run_key, settings) as writer:
-                        _prune_propagating(model, entry, prune_layer, layers, targets, writer, progress, label)
-                    return _report(recipe, layers, started)
+                        unrouted = _prune_propagating(model, entry, prune_layer, layers, targets, writer, progress, label)
+                    return _report(recipe, layers, started, unrouted)
     device = next(model.parameters()).device
+    unrouted: list[str] = []
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
             stats = stats_entry.block_stats(index, device)
+            unrouted += _no_tokens(prefix, linears, stats)
             for name, linear in linears.items():
                 prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
             task.advance(1)
-    return _report(recipe, layers, started)
+    return _report(recipe, layers, started, unrouted)
 
 
 def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: BlockLayers, targets, writer,
@@ -150,22 +159,25 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
     hidden = hidden.to(next(model.parameters()).dtype)
     block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
     buffer = torch.empty_like(hidden)
+    unrouted: list[str] = []
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
             block = blocks[index]
-            collector = BlockStatsCollector(linears, with_gram=prune_layer.recipe.needs_gram)
+            collector = BlockStatsCollector(linears, with_gram=prune_layer.recipe.needs_gram, width_of=in_features)
             with collector:  # statistics of the dense block on the pruned model's inputs
                 for i in range(hidden.shape[0]):
                     run_block(block, hidden[i : i + 1], block_kwargs[index])
                     collector.end_call()
             writer.write_block(index, collector.groups)
             stats = collector.layer_stats()
+            unrouted += _no_tokens(prefix, linears, stats)
             for name, linear in linears.items():
                 prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
             for i in range(hidden.shape[0]):  # the pruned block feeds the next one
                 buffer[i] = run_block(block, hidden[i : i + 1], block_kwargs[index])[0]
             hidden, buffer = buffer, hidden
             task.advance(1)
+    return unrouted
 
 
 def weights_digest(layers) -> str:
@@ -174,12 +186,34 @@ def weights_digest(layers) -> str:
     digest = hashlib.sha256()
     for _, prefix, linears in layers:
         for name, linear in linears.items():
-            w = linear.weight.detach()
+            w = weight_view(linear)
             digest.update(f"{prefix}{name}:{float(w.abs().sum(dtype=torch.float64)):.12e}:{int((w == 0).sum())}".encode())
     return digest.hexdigest()[:16]
 
 
-def _report(recipe: PruneRecipe, layers: BlockLayers, started: float) -> PruneReport:
+def _no_tokens(prefix: str, linears: dict, stats: dict[str, LayerStats]) -> list[str]:
+    """Full names of the layers no calibration token reached (MoE experts the router never chose)."""
+    return [prefix + name for name in linears if stats[name].n_tokens == 0]
+
+
+def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
+    """Say once which weights of the blocks are not 2-D projections and so stay dense, and how much they hold:
+    a 50% run over the attention alone of an MoE model is far from half its weights."""
+    fused = dense_fused_weights(model)
+    if fused:
+        shown = ", ".join(f"{name} {shape}" for name, shape in list(fused.items())[:3])
+        dense = sum(math.prod(shape) for shape in fused.values())
+        share = dense / (dense + sum(m.weight.numel() for m in layer_modules(layers).values()))
+        log.warning(f"{len(fused)} weight(s) inside the decoder blocks have 3 or more dimensions (fused MoE experts: "
+                    f"{shown}{', ...' if len(fused) > 3 else ''}); zprune prunes 2-D projections only, so they "
+                    f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
+
+
+def _report(recipe: PruneRecipe, layers: BlockLayers, started: float, unrouted: list[str]) -> PruneReport:
+    if unrouted:  # once per run, not per layer
+        log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
+                    f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
+                    "masks carry no activation information (calibrate on more samples to reach them)")
     measured = count_zeros(layer_modules(layers))
     sparsity = {name: v["sparsity"] for name, v in measured["layers"].items()}
     params = {name: v["params"] for name, v in measured["layers"].items()}
@@ -190,10 +224,10 @@ class DenseSnapshot:
     """A CPU copy of the prunable weights, to prune several methods from one load of the model."""
 
     def __init__(self, model: nn.Module, ignore: tuple[str, ...] = ()):
-        self._weights = {name: (linear, linear.weight.detach().to("cpu", copy=True))
+        self._weights = {name: (linear, weight_view(linear).to("cpu", copy=True))
                          for name, linear in layer_modules(pruned_layers(model, ignore)).items()}
 
     @torch.inference_mode()
     def restore(self) -> None:
         for linear, weight in self._weights.values():
-            linear.weight.data.copy_(weight.to(linear.weight.device))
+            weight_view(linear).copy_(weight.to(linear.weight.device))

@@ -65,14 +65,13 @@ def compare_command(
     quiet: opt.Quiet = False,
     json: opt.Json = False,
 ) -> None:
-    """Prune and evaluate a grid of recipes (methods x sparsities x patterns, the other options shared)
-    from ONE calibration; print a leaderboard. Finished cells are kept: a re-run skips them (--force redoes).
+    """Prune and evaluate a grid of recipes (methods x sparsities x patterns x refine x reconstruct, the other
+    options shared) from ONE calibration; print a leaderboard. A re-run skips finished cells (--force redoes).
 
     \b
     Examples:
       zprune compare smollm2-135m --method magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --pattern unstructured,2:4
       zprune compare smollm2-135m --method wanda,zpruner,alps --refine none,swaps --reconstruct none,pcg
-      zprune compare --show --model smollm2-135m --metric ppl
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
     fmt = _check_format("json" if c.json else fmt)

@@ -1,8 +1,8 @@
 """Size and speed: sparsity of the pruned Linear layers, parameter counts, bytes on disk, forward throughput,
 and the speed-up of 2:4 semi-structured sparse kernels where the hardware has them.
 
-The layers counted are the `nn.Linear` modules inside the decoder blocks, found generically (the largest
-`nn.ModuleList` under the model), the same layers the pruner touches; embeddings, norms and the LM head stay
+The layers counted are the projections (`nn.Linear`, GPT-2's `Conv1D`) inside the decoder blocks, found
+generically (`models.blocks`), the same layers the pruner touches; embeddings, norms and the LM head stay
 dense and are not counted.
 """
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.blocks import block_linears
+from zprune_cli.models.blocks import block_linears, is_transposed, weight_view
 from zprune_cli.sparsity import count_zeros, nm_violation, select_layers
 
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
@@ -150,7 +150,10 @@ def semi_structured_speedup(
     if not dtypes <= set(_SEMI_STRUCTURED_DTYPES):
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         reasons.append(f"it needs float16 or bfloat16 weights (the model has {names})")
-    not_24 = [name for name, m in layers.items() if not is_2_4(m.weight)]
+    not_24 = [name for name, m in layers.items() if not is_2_4(weight_view(m))]
+    transposed = [name for name, m in layers.items() if is_transposed(m)]
+    if transposed:  # Conv1D multiplies with addmm on its [in, out] weight; the kernels need an F.linear layer
+        reasons.append(f"{len(transposed)} layers store their weight as [in, out] (Conv1D, first: {transposed[0]})")
     if not_24:
         reasons.append(f"{len(not_24)} of {len(layers)} layers are not 2:4 sparse (first: {not_24[0]})")
     if reasons:

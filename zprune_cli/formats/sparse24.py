@@ -37,6 +37,12 @@ def check_24(name: str, weight: torch.Tensor) -> None:
             f"layer {name} (shape {list(weight.shape)}) cannot be 2:4: its input width is not a multiple of 4"
         )
     bad = nm_violation(weight, 2, 4)
+    if bad is not None and weight.shape[0] % 4 == 0 and nm_violation(weight.t(), 2, 4) is None:
+        # 2:4 along the stored rows: a weight stored [in, out] (GPT-2's Conv1D), pruned on its real inputs
+        raise ZpruneError(
+            f"layer {name} (stored shape {list(weight.shape)}) is 2:4 along its first dimension: its weight is "
+            "stored [in, out] (a Conv1D layer), and sparse-24-bitmask groups the second; export as sparse or hf"
+        )
     if bad is not None:
         row, group, nonzeros = bad
         raise ZpruneError(

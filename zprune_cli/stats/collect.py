@@ -8,6 +8,7 @@ so ids cannot be reused), never by layer names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,8 +44,9 @@ class InputGroup:
 class BlockStatsCollector:
     """Attach to one block, run windows through it, read `groups` (and `layer_stats()`)."""
 
-    linears: dict[str, nn.Linear]
+    linears: dict[str, nn.Module]  # projections (nn.Linear, Conv1D) by name
     with_gram: bool = False
+    width_of: Callable[[nn.Module], int] = lambda m: m.in_features  # input width, for a layer no token reaches
     groups: list[InputGroup] = field(default_factory=list)
     _leader_of: dict[str, InputGroup] = field(default_factory=dict)
     _seen: list[tuple[torch.Tensor, InputGroup]] = field(default_factory=list)
@@ -60,15 +62,27 @@ class BlockStatsCollector:
             handle.remove()
         self._handles.clear()
         self._seen.clear()
+        self._add_unreached()
+
+    def _add_unreached(self) -> None:
+        """A layer no token reached (an MoE expert never routed to) still gets its statistic: all
+        zeros with n_tokens 0, so the store and the methods see every layer."""
+        for name, module in self.linears.items():
+            if name not in self._leader_of:
+                width, device = self.width_of(module), module.weight.device
+                gram = torch.zeros((width, width), dtype=GRAM_DTYPE, device=device) if self.with_gram else None
+                group = InputGroup(members=[name], sumsq=torch.zeros(width, dtype=SUMSQ_DTYPE, device=device), gram=gram)
+                self.groups.append(group)
+                self._leader_of[name] = group
 
     def end_call(self) -> None:
         """Call after each window: group discovery ends with the first window."""
         self._seen.clear()
 
     def _hook(self, name: str):
-        def hook(module: nn.Linear, args):
+        def hook(module: nn.Module, args):
             x = args[0]
-            group = self._group_for(name, x, module.in_features)
+            group = self._group_for(name, x, x.shape[-1])  # the input's width: Linear and Conv1D alike
             if group is None:  # a follower: its leader already counted this input
                 return None
             flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, in]
