@@ -13,9 +13,9 @@ from zprune_cli.models.runner import capture_block_inputs, run_block_all
 
 
 def direct_stats(model, windows, gram=False):
-    """sum x^2 (and x x^T) over all tokens for every Linear in the blocks, from one plain forward."""
+    """sum x^2, x x^T and sum x over all tokens for every Linear in the blocks, from one plain forward."""
     name, blocks = find_blocks(model)
-    sums, grams, handles = {}, {}, []
+    sums, grams, firsts, handles = {}, {}, {}, []
     for b, block in enumerate(blocks):
         for lname, linear in find_linears(block).items():
             key = (b, lname)
@@ -24,6 +24,7 @@ def direct_stats(model, windows, gram=False):
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
                 sums[key] = sums.get(key, 0) + x.square().sum(0)
                 grams[key] = grams.get(key, 0) + x.T @ x
+                firsts[key] = firsts.get(key, 0) + x.sum(0)
 
             handles.append(linear.register_forward_pre_hook(hook))
     with torch.no_grad():
@@ -31,7 +32,7 @@ def direct_stats(model, windows, gram=False):
             model(windows[i : i + 1], use_cache=False)
     for h in handles:
         h.remove()
-    return sums, grams
+    return sums, grams, firsts
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -44,7 +45,7 @@ def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     windows, _ = result.entry.inputs()
     assert windows.shape == (3, 32)
-    sums, grams = direct_stats(model, windows)
+    sums, grams, firsts = direct_stats(model, windows)
     n_blocks = len(find_blocks(model)[1])
     assert result.entry.n_blocks == n_blocks
     for b in range(n_blocks):
@@ -55,6 +56,10 @@ def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
             assert s.n_tokens == 3 * 32
             torch.testing.assert_close(s.sumsq, want, rtol=1e-5, atol=1e-6 * float(want.max()))
             torch.testing.assert_close(s.gram.double(), grams[(b, lname)], rtol=1e-4, atol=1e-5 * float(want.max()))
+            first = firsts[(b, lname)]  # the first moment (store format 3), and the mean and variance read from it
+            torch.testing.assert_close(s.sum, first, rtol=1e-5, atol=1e-6 * float(want.max()))
+            torch.testing.assert_close(s.mean.double(), first / 96, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(s.variance.double(), (want / 96 - (first / 96) ** 2).clamp_min(0), rtol=1e-3, atol=1e-5 * float(want.max()))
 
 
 def test_groups_share_inputs(tiny_dir, text_file, cache):
