@@ -46,11 +46,13 @@ class CalibrationResult:
             "seconds": round(self.seconds, 3),
             "hit": self.hit,
             "gram": self.entry.has_gram,
+            "block_statistics": self.entry.has_blocks,
             "settings": self.entry.manifest["settings"],
         }
 
 
-def stats_key(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, gram: bool) -> StatsKey:
+def stats_key(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, gram: bool,
+              blocks: bool = True) -> StatsKey:
     return StatsKey(
         model_fingerprint=handle.source.fingerprint,
         dtype=handle.dtype_name,
@@ -60,6 +62,7 @@ def stats_key(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int,
         seqlen=seqlen,
         seed=seed,
         gram=gram,
+        blocks=blocks,
     )
 
 
@@ -68,10 +71,14 @@ def calibrate(
     calibration: Calibration | None = None,
     *,
     gram: bool = False,
+    inputs_only: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> CalibrationResult:
     """Compute (or find) the activation statistics of `model` on `calibration`; return the store entry.
+
+    gram: also the Gram matrices. inputs_only: only the windows and block 0's inputs, no pass through
+    the blocks (all that pruned propagation needs); an entry with more is used when there is one.
 
     calibration=None takes the settings' defaults (C4, 128 x 2048, seed 0 unless configured). A second
     call with the same key is a cache hit: no model load, no forward pass.
@@ -82,7 +89,8 @@ def calibrate(
     progress = ensure(progress)
     handle = ModelHandle.of(model, settings, progress)
     text = resolve_source(calibration.data, "train", settings.data_dir)
-    key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram)
+    key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram and not inputs_only,
+                    not inputs_only)
     store = StatsStore(settings.cache_dir)
 
     entry = store.lookup(key, repair=True)  # a damaged entry is removed and computed again
@@ -141,6 +149,7 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
         "seqlen": key.seqlen,
         "seed": key.seed,
         "gram": key.gram,
+        "block_statistics": key.blocks,
         "blocks": blocks_name,
         "n_blocks": len(blocks),
         "zprune_version": __version__,
@@ -149,6 +158,8 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
     buffer = torch.empty_like(hidden)
     with store.writer(key, settings) as writer:
         writer.write_inputs(windows, hidden)
+        if not key.blocks:
+            return
         with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * key.nsamples) as task:
             for index, block in enumerate(blocks):
                 collector = BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)

@@ -22,7 +22,7 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.pruning import make_provenance
-from zprune_cli.recipe import PruneRecipe
+from zprune_cli.recipe import PruneRecipe, calibration_needs
 from zprune_cli.results import ResultsStore, results_path
 from zprune_cli.settings import Calibration, Settings, split_list
 from zprune_cli.settings import resolve as resolve_settings
@@ -90,7 +90,7 @@ def compare(
     plan = EvalPlan(evaluation, settings.data_dir)
     handle = ModelHandle.of(model, settings, progress)
     store = ResultsStore(results_path(settings.cache_dir))
-    result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
+    result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
     run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
     protocols = expected_protocols(plan, handle)
     computed = skipped = 0

@@ -117,7 +117,9 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     """Prune `model`'s decoder-block Linear layers in place from the statistics in `entry`."""
     started = time.perf_counter()
     progress = ensure(progress)
-    if recipe.needs_gram and not entry.has_gram:
+    if recipe.statistics != "inputs" and not entry.has_blocks:
+        raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
+    if recipe.statistics == "gram" and not entry.has_gram:
         raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
     layers = pruned_layers(model, recipe.ignore)
     check_layers(recipe, layers)
@@ -134,7 +136,8 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
             with store.locked(run_key, progress):
                 stats_entry = store.get(run_key, repair=True)  # another process may have written it while we waited
                 if stats_entry is None:  # first run with this recipe: collect and keep its statistics
-                    settings = {**entry.manifest["settings"], "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
+                    settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
+                                "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                     with store.writer(run_key, settings) as writer:
                         unrouted = _prune_propagating(model, entry, prune_layer, layers, targets, writer, progress, label)
                     return _report(recipe, layers, started, unrouted)
@@ -142,7 +145,8 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     unrouted: list[str] = []
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
-            stats = stats_entry.block_stats(index, device)
+            # a method that reads no statistics (magnitude) runs from an entry of block 0's inputs alone
+            stats = stats_entry.block_stats(index, device) if stats_entry.has_blocks else dict.fromkeys(linears)
             unrouted += _no_tokens(prefix, linears, stats)
             for name, linear in linears.items():
                 prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
@@ -193,7 +197,7 @@ def weights_digest(layers) -> str:
 
 def _no_tokens(prefix: str, linears: dict, stats: dict[str, LayerStats]) -> list[str]:
     """Full names of the layers no calibration token reached (MoE experts the router never chose)."""
-    return [prefix + name for name in linears if stats[name].n_tokens == 0]
+    return [prefix + name for name in linears if stats[name] is not None and stats[name].n_tokens == 0]
 
 
 def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:

@@ -17,7 +17,7 @@ from zprune_cli.models.save import save_model
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
-from zprune_cli.recipe import PruneRecipe, parse_method_list
+from zprune_cli.recipe import PruneRecipe, calibration_needs, parse_method_list
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
 from zprune_cli.sparsity import count_zeros
@@ -81,7 +81,7 @@ def prune(
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
-    result = calibrate(handle, calibration, gram=any(r.needs_gram for r in recipes), settings=settings, progress=progress)
+    result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
     snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
     outcomes = []
     for r, target in zip(recipes, outs):

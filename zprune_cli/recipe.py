@@ -96,6 +96,17 @@ class PruneRecipe:
         return type(self.method_obj).updates_weights or self.reconstruct != "none"
 
     @property
+    def statistics(self) -> str:
+        """What the dense store entry must hold: "inputs" (block 0's inputs: pruned propagation collects
+        its own statistics; magnitude reads none), "norms" (per-block sums of squares) or "gram"."""
+        reads_stats = type(self.method_obj).uses_stats or self.reconstruct != "none" or self.refine != "none"
+        if self.allocation == "owl":  # outlier shares are read from the dense statistics
+            return "gram" if self.needs_gram and self.propagate == "dense" else "norms"
+        if self.propagate == "pruned" or not reads_stats:
+            return "inputs"
+        return "gram" if self.needs_gram else "norms"
+
+    @property
     def swap_rounds(self) -> int:
         """Rounds of mask refinement by swaps (0: none)."""
         return int(self.refine.split(":")[1]) if self.refine != "none" else 0
@@ -321,6 +332,15 @@ def _options_dict(options: Any) -> dict[str, Any]:
         return dict(options)
     except (TypeError, ValueError):
         raise ZpruneUsageError(f"method options must be KEY=VALUE pairs, got {options!r}") from None
+
+
+STATISTICS = ("inputs", "norms", "gram")  # each holds what the ones before it hold
+
+
+def calibration_needs(recipes: Iterable[PruneRecipe]) -> dict[str, bool]:
+    """calibrate()'s keywords for the least statistics that serve every recipe."""
+    level = max((STATISTICS.index(r.statistics) for r in recipes), default=1)
+    return {"gram": STATISTICS[level] == "gram", "inputs_only": STATISTICS[level] == "inputs"}
 
 
 def parse_method_list(text: str | Iterable[str]) -> list[str]:

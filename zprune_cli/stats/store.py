@@ -59,11 +59,22 @@ class StatsKey:
     seqlen: int
     seed: int
     gram: bool = False
+    # False: only the windows and block 0's inputs, all that pruned propagation starts from (no block pass)
+    blocks: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.blocks and self.gram:
+            raise ValueError("a key without block statistics cannot ask for Gram matrices")
 
     @property
     def digest(self) -> str:
         payload = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def served_by(self) -> list["StatsKey"]:
+        """The keys whose entries hold at least what this one asks for, cheapest first."""
+        fuller = [StatsKey(**{**asdict(self), "blocks": True, "gram": False}), self.with_gram()]
+        return list(dict.fromkeys([self, *(k for k in fuller if k.gram >= self.gram and k.blocks >= self.blocks)]))
 
     def propagated(self, run: dict) -> "PropagatedKey":
         """The key of the statistics a pruned-propagation run collected on top of this entry."""
@@ -73,7 +84,7 @@ class StatsKey:
         return StatsKey(**{**asdict(self), "gram": False})
 
     def with_gram(self) -> "StatsKey":
-        return StatsKey(**{**asdict(self), "gram": True})
+        return StatsKey(**{**asdict(self), "gram": True, "blocks": True})
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,11 @@ class StatsEntry:
     def has_gram(self) -> bool:
         return bool(self.manifest["settings"]["gram"])
 
+    @property
+    def has_blocks(self) -> bool:
+        """Whether per-block statistics are stored (an inputs-only entry serves pruned propagation only)."""
+        return bool(self.manifest["settings"].get("block_statistics", True))
+
     def block_stats(self, index: int, device: torch.device | str = "cpu") -> dict[str, LayerStats]:
         """Statistics of block `index` keyed by Linear name relative to the block."""
         block = self.manifest["blocks"][index]
@@ -140,10 +156,9 @@ class StatsStore:
 
     # --- reading -------------------------------------------------------------------------------
     def lookup(self, key: StatsKey, repair: bool = False) -> StatsEntry | None:
-        """The entry for `key`; a request without Gram matrices is also served by one with them.
+        """The entry for `key`, or one holding more (Gram matrices, block statistics) than it asks for.
         With `repair`, a corrupt entry is removed (and said so) and counts as missing."""
-        candidates = [key] if key.gram else [key, key.with_gram()]
-        for candidate in candidates:
+        for candidate in key.served_by():
             entry = self.get(candidate, repair)
             if entry is not None:
                 return entry

@@ -1,0 +1,76 @@
+"""No wasted passes: how often each decoder block runs for a prune, counted with forward hooks.
+
+With n calibration windows, a first run with pruned propagation calls every block 2n times (statistics
+of its inputs, then the pruned block's outputs) plus once per window-0 pass that records the keyword
+arguments the model hands each block (one when block 0's inputs are computed, one when propagation
+starts). It never runs the dense calibration pass whose statistics it would not read. Magnitude reads
+no statistics: only block 0's inputs are computed. A cached re-run of the same recipe runs no block.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from zprune_cli.models.blocks import find_blocks
+from zprune_cli.models.handle import ModelHandle
+from zprune_cli.pruning import prune
+from zprune_cli.recipe import PruneRecipe
+from zprune_cli.settings import Calibration
+
+N = 4  # calibration windows
+
+
+class BlockCalls:
+    """Counts finished forward calls per decoder block of a model."""
+
+    def __init__(self, model):
+        _, blocks = find_blocks(model)
+        self.calls = [0] * len(blocks)
+        self.handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(blocks)]
+
+    def _hook(self, index):
+        def hook(module, args, output):
+            self.calls[index] += 1
+
+        return hook
+
+    def take(self) -> list[int]:
+        calls, self.calls = self.calls, [0] * len(self.calls)
+        return calls
+
+
+def run(handle, recipe, text_file):
+    prune(handle, recipe, calibration=Calibration(str(text_file), N, 32, 0))
+
+
+def counted_run(tiny_dir, recipe, text_file) -> list[int]:
+    """Block calls of one prune on a freshly loaded (dense) model."""
+    handle = ModelHandle(str(tiny_dir), "cpu", "float32")
+    counter = BlockCalls(handle.model)
+    run(handle, recipe, text_file)
+    return counter.take()
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "alps", "wanda"])
+def test_pruned_propagation_runs_each_block_twice_per_window(method, tiny_dir, text_file, cache):
+    first = counted_run(tiny_dir, PruneRecipe(method, 0.5, propagate="pruned"), text_file)
+    assert set(first) == {2 * N + 2}, first  # was 3n + 2: a dense calibration pass came first
+    other = counted_run(tiny_dir, PruneRecipe(method, 0.6, propagate="pruned"), text_file)
+    assert set(other) == {2 * N + 1}, other  # another recipe: block 0's inputs are stored
+    again = counted_run(tiny_dir, PruneRecipe(method, 0.6, propagate="pruned"), text_file)
+    assert set(again) == {0}, again  # the same recipe on the same weights: its statistics are cached
+
+
+def test_magnitude_computes_only_block0_inputs(tiny_dir, text_file, cache):
+    handle = ModelHandle(str(tiny_dir), "cpu", "float32")
+    counter = BlockCalls(handle.model)
+    run(handle, PruneRecipe("magnitude", 0.5), text_file)
+    assert set(counter.take()) == {1}  # window 0's pass that records every block's keyword arguments
+
+
+def test_score_methods_with_dense_statistics_calibrate_once(tiny_dir, text_file, cache):
+    handle = ModelHandle(str(tiny_dir), "cpu", "float32")
+    counter = BlockCalls(handle.model)
+    recipes = [PruneRecipe(m, 0.5) for m in ("wanda", "ria", "zpruner", "magnitude")]
+    prune(handle, recipes, calibration=Calibration(str(text_file), N, 32, 0))
+    assert set(counter.take()) == {N + 1}  # one calibration pass serves all four
