@@ -193,3 +193,17 @@ def test_peak_memory_within_20_percent(command, model_60m, tmp_path):
     measured = peak - floor  # what the run adds to Python with its libraries imported
     assert estimate["host_peak_bytes"] - IMPORTS_BYTES == pytest.approx(measured, rel=0.20)
     assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.20)
+
+
+def test_accelerator_split_between_device_and_host(tiny_dir):
+    """On an accelerator the weights, inputs and activations are on the device; the host holds the loader's
+    copies and the fixed overhead (arithmetic only: no GPU is needed to check the split)."""
+    handle = zp.ModelHandle(str(tiny_dir), "cpu", "float32")
+    shape = model_shape(handle.config, handle.source)
+    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
+    on_cpu = estimate_calibrate(Target(shape, torch.bfloat16, torch.device("cpu")), cal, gram=True)
+    on_gpu = estimate_calibrate(Target(shape, torch.bfloat16, torch.device("cuda")), cal, gram=True)
+    assert on_cpu.device_peak_bytes == on_cpu.host_peak_bytes
+    assert on_gpu.device_peak_bytes < on_cpu.device_peak_bytes and on_gpu.host_peak_bytes > IMPORTS_BYTES
+    assert on_gpu.device_peak_bytes >= on_gpu.model_bytes + 2 * 4 * 64 * shape.hidden * 2
+    assert (on_gpu.store_bytes, on_gpu.block_calls) == (on_cpu.store_bytes, on_cpu.block_calls)

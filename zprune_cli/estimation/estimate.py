@@ -134,8 +134,8 @@ def saved_bytes(t: Target, out_dtype: torch.dtype) -> int:
 
 
 def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], snapshot: bool) -> tuple[dict, int, int, int]:
-    """(propagation steps, propagated store bytes, extra model passes, extra block calls); `snapshot`: a CPU
-    copy of the dense Linear weights is held (several recipes from one load)."""
+    """(pruning and propagation steps, propagated store bytes, extra model passes, extra block calls);
+    `snapshot`: a CPU copy of the dense Linear weights is held (several recipes from one load)."""
     f, s = t.footprint, t.shape
     copy = {"dense snapshot": s.block_linear_params * f.d} if snapshot else {}
     steps, store, passes, calls = {}, 0, 0, 0
