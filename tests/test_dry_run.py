@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -150,18 +149,26 @@ def test_forward_passes_match_hooks_on_real_runs(tiny_dir, text_file, cache):
 # --- peak memory: a real run in its own process, its peak resident memory from the kernel -------------------
 
 IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.pruning, zprune_cli.comparison"
+# The process reports its own high-water mark (VmHWM: per address space, so it starts afresh at exec), not
+# getrusage's ru_maxrss, which Linux carries over exec from the forking parent: under pytest that is
+# the test process's own peak.
+HWM = """
+import atexit, os, sys
+def _hwm():
+    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
+        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
+atexit.register(_hwm)
+"""
+RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"
 
 
-def peak_rss(argv: list[str], env: dict) -> tuple[int, str]:
+def peak_rss(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int, str]:
     """(peak resident bytes of this one process, its stdout)."""
-    with tempfile.TemporaryFile() as err:  # not a pipe: os.wait4 must reap the process to get its own usage
-        proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=err)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        assert proc.returncode == 0, err.read().decode()[-2000:]
-    return usage.ru_maxrss * 1024, out.decode()
+    hwm = tmp_path / "hwm"
+    result = subprocess.run([sys.executable, "-c", code, *args], env={**env, "HWM_FILE": str(hwm)},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(hwm.read_text()) * 1024, result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +193,9 @@ def test_peak_memory_within_20_percent(command, model_60m, tmp_path):
     env = {**os.environ, "ZPRUNE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
     args = [command, str(model_60m), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q"]
     args += ["--method", "wanda", "--out", str(tmp_path / "out")] if command == "prune" else []
-    floor, _ = peak_rss(["-c", IMPORTS], env)
-    _, text = peak_rss(["-m", "zprune_cli", *args, "--dry-run", "--json"], env)
-    estimate = json.loads(text)
-    peak, _ = peak_rss(["-m", "zprune_cli", *args], env)
+    floor, _ = peak_rss(HWM + IMPORTS, [], env, tmp_path)
+    estimate = json.loads(peak_rss(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
+    peak, _ = peak_rss(RUN_ZPRUNE, args, env, tmp_path)
     measured = peak - floor  # what the run adds to Python with its libraries imported
     assert estimate["host_peak_bytes"] - IMPORTS_BYTES == pytest.approx(measured, rel=0.20)
     assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.20)
