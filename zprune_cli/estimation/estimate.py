@@ -86,11 +86,15 @@ def _peaks(t: Target, steps: dict[str, dict[str, int]], host_steps: dict[str, di
     return device_peak, host_peak, f"{hname} (host)", {k: v for k, v in hparts.items() if v}
 
 
-def _loading(t: Target) -> tuple[dict, dict]:
-    """(on the device, on the host): the model is loaded on the host, then moved."""
+def _loading(t: Target) -> dict[str, int]:
+    """The model is loaded on the host (with the loader's copies), then moved to the device."""
     f = t.footprint
-    parts = {"model": f.model, "loader's transient copies": f.load_extra()}  # the copies stay on the host
-    return parts, dict(parts)
+    return {"model": f.model, "loader's transient copies": f.load_extra()}
+
+
+def _writing_inputs(t: Target, cal: Calibration) -> dict[str, int]:
+    """On an accelerator the store's block inputs and token ids are written from a host copy."""
+    return {"block inputs (host copy)": t.footprint.block_inputs(cal) + t.footprint.token_ids(cal)}
 
 
 def _base(t: Target, command: str, cal: Calibration | None) -> dict:
@@ -115,9 +119,9 @@ def _notes(t: Target) -> list[str]:
 def estimate_calibrate(t: Target, cal: Calibration, gram: bool) -> Estimate:
     """A cold `calibrate` (a cache hit loads nothing and runs nothing)."""
     f, s = t.footprint, t.shape
-    load_dev, load_host = _loading(t)
-    steps = {"loading": load_dev, "calibrating": f.calibrating(cal, gram)}
-    host = {"loading": load_host, "writing block inputs": {"block inputs copy and bytes": 2 * f.block_inputs(cal)}}
+    load = _loading(t)
+    steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
+    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal)}
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     base = _base(t, "calibrate", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
@@ -152,11 +156,11 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     """A cold `prune` (calibrating first); out_dtype None: nothing is saved."""
     f = t.footprint
     gram = any(r.needs_gram for r in recipes)
-    load_dev, load_host = _loading(t)
-    steps = {"loading": load_dev, "calibrating": f.calibrating(cal, gram)}
+    load = _loading(t)
+    steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=len(recipes) > 1)
     steps.update(pruning)
-    host = {"loading": load_host, "writing block inputs": {"block inputs copy and bytes": 2 * f.block_inputs(cal)}}
+    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal)}
     if len(recipes) > 1:
         host["dense snapshot"] = {"dense snapshot": t.shape.block_linear_params * f.d}
     output = 0
@@ -164,7 +168,7 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
         one = saved_bytes(t, out_dtype)
         output = one * len(recipes)
         steps["saving"] = {**f.saving(out_dtype), **host.get("dense snapshot", {})}
-        host["saving"] = {"tensor being written": 2 * f.saving(out_dtype)["tensor being written"]}
+        host["saving"] = {"tensor being written": f.saving(out_dtype)["tensor being written"]}
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     base = _base(t, "prune", cal)
     dense = base["store_bytes_with_gram" if gram else "store_bytes_without_gram"]
@@ -182,14 +186,14 @@ def estimate_eval(t: Target, windows: Sequence[tuple[int, int]], batch: int, bas
     """Perplexity over `windows` ((seqlen, n_windows) per dataset); with `baseline` the dense model too,
     both held at once. Zero-shot tasks run through lm-eval and are not counted."""
     f = t.footprint
-    load_dev, load_host = _loading(t)
+    load = _loading(t)
     seqlen = max((L for L, _ in windows), default=0)
     evaluating = f.evaluating(seqlen, batch) if windows else {"model": f.model}
     if baseline:
         evaluating = {**evaluating, "baseline model": f.model}
-        load_dev = {**load_dev, "model being evaluated": f.model}
-    steps = {"loading": load_dev, "evaluating": evaluating}
-    device_peak, host_peak, step, parts = _peaks(t, steps, {"loading": load_host})
+        load = {**load, "model being evaluated": f.model}
+    steps = {"loading": load, "evaluating": evaluating}
+    device_peak, host_peak, step, parts = _peaks(t, steps, {"loading": _loading(t)})
     passes = _eval_passes(windows, batch) * (2 if baseline else 1)
     base = _base(t, "eval", None)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
@@ -202,14 +206,14 @@ def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]
     """A cold grid: one calibration, every recipe pruned in memory, the dense model and every cell evaluated."""
     f = t.footprint
     gram = any(r.needs_gram for r in recipes)
-    load_dev, load_host = _loading(t)
+    load = _loading(t)
     snapshot = {"dense snapshot": t.shape.block_linear_params * f.d}
     seqlen = max((L for L, _ in windows), default=0)
-    steps = {"loading": load_dev, "calibrating": f.calibrating(cal, gram),
+    steps = {"loading": load, "calibrating": f.calibrating(cal, gram),
              "evaluating": {**(f.evaluating(seqlen, 1) if windows else {"model": f.model}), **snapshot}}
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=True)
     steps.update(pruning)
-    host = {"loading": load_host, "writing block inputs": {"block inputs copy and bytes": 2 * f.block_inputs(cal)},
+    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal),
             "dense snapshot": snapshot}
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     evals = _eval_passes(windows, 1) * (len(recipes) + 1)
