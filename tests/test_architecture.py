@@ -22,7 +22,7 @@ LAYERS = [
     {"provenance", "pipeline"},
     {"model_card"},
     {"evaluation", "exports", "calibration", "cache"},
-    {"pruning"},
+    {"pruning", "estimation"},
     {"comparison"},
     {"cli", "__init__"},
     {"__main__"},

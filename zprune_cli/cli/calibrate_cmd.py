@@ -3,6 +3,7 @@ from __future__ import annotations
 import typer
 
 from zprune_cli.calibration import calibrate
+from zprune_cli.cli import dry_run as dry
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common, model_handle
@@ -27,6 +28,7 @@ def calibrate_command(
     dtype: opt.Dtype = None,
     quiet: opt.Quiet = False,
     json: opt.Json = False,
+    dry_run: opt.DryRun = False,
 ) -> None:
     """Run calibration text through the model once and store activation statistics.
 
@@ -36,10 +38,13 @@ def calibrate_command(
     Examples:
       zprune calibrate smollm2-135m --data self -n 16 -l 256
       zprune calibrate meta-llama/Llama-2-7b-hf --data c4 --gram
+      zprune calibrate meta-llama/Llama-2-7b-hf --gram --dry-run       # memory, store size, passes
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples,
                seqlen=seqlen, seed=seed)
     handle = model_handle(model, c, revision, trust_remote_code)
+    if dry_run:
+        return dry.calibrate(c, handle, gram)
     result = calibrate(handle, c.settings.calibration, gram=gram, settings=c.settings, progress=c.progress)
     if c.json:
         emit_json(result.summary())

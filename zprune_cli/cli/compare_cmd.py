@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from zprune_cli.cli import dry_run as dry
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
@@ -64,6 +65,7 @@ def compare_command(
     dtype: opt.Dtype = None,
     quiet: opt.Quiet = False,
     json: opt.Json = False,
+    dry_run: opt.DryRun = False,
 ) -> None:
     """Prune and evaluate a grid of recipes (methods x sparsities x patterns x refine x reconstruct, the other
     options shared) from ONE calibration; print a leaderboard. A re-run skips finished cells (--force redoes).
@@ -76,14 +78,19 @@ def compare_command(
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
     fmt = _check_format("json" if c.json else fmt)
     if show:
-        _show(c, show_model, metric, fmt, plot)
-        return
-    given = locals()  # the grid's keys as flags; a flag given wins over the named grid
-    flags = {key: given[name] for key, name in GRID_FLAGS.items() if given[name] not in (None, False)}
-    g = {**(c.settings.grid(grid) if grid else {}), **flags}
+        return _show(c, show_model, metric, fmt, plot)
+    g = grid_values(c, locals(), grid)
     recipes, evaluation, calibration = grid_request(c, g, ignore, option, tasks_dir)
+    if dry_run:
+        return dry.compare(c, model_handle(model, c, revision, trust_remote_code), recipes, evaluation, calibration)
     _render_outcome(compare(model_handle(model, c, revision, trust_remote_code), recipes, evaluation,
                             calibration=calibration, force=force, settings=c.settings, progress=c.progress), fmt, plot)
+
+
+def grid_values(c, given: dict, grid: Optional[str]) -> dict:
+    """The grid's keys: a named grid from the config, with the flags given (the command's locals) on top."""
+    flags = {key: given[name] for key, name in GRID_FLAGS.items() if given[name] not in (None, False)}
+    return {**(c.settings.grid(grid) if grid else {}), **flags}
 
 
 def grid_request(c, g: dict, ignore, option, tasks_dir):

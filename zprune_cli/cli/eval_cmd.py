@@ -7,6 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from zprune_cli.cli import dry_run as dry
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
@@ -37,6 +38,7 @@ def eval_command(
     dtype: opt.Dtype = None,
     quiet: opt.Quiet = False,
     json: opt.Json = False,
+    dry_run: opt.DryRun = False,
 ) -> None:
     """Perplexity (the papers' protocol), zero-shot accuracy and sparsity; every number is stored.
 
@@ -52,8 +54,10 @@ def eval_command(
     evaluation = Evaluation(data=() if data == "none" else data, seqlen=seqlen, batch_size=batch_size,
                             max_windows=max_windows, tasks=tasks or (), tasks_dir=tasks_dir, num_fewshot=num_fewshot,
                             limit=limit, speed=speed)
-    report = evaluate(model_handle(target, c, revision, trust_remote_code), evaluation, baseline=baseline, force=force,
-                      settings=c.settings, progress=c.progress)
+    handle = model_handle(target, c, revision, trust_remote_code)
+    if dry_run:
+        return dry.evaluate(c, handle, evaluation, baseline)
+    report = evaluate(handle, evaluation, baseline=baseline, force=force, settings=c.settings, progress=c.progress)
     if c.json:
         emit_json(report)
         return

@@ -7,6 +7,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from zprune_cli.cli import dry_run as dry
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import Common, aliased, common, model_handle
@@ -68,6 +69,7 @@ def prune_command(
     dtype: opt.Dtype = None,
     quiet: opt.Quiet = False,
     json: opt.Json = False,
+    dry_run: opt.DryRun = False,
 ) -> None:
     """Prune a model from cached activation statistics (calibrating first when they are missing) and
     save it where plain transformers loads it (--out, default ./MODEL-METHOD-SPARSITY; --no-save to skip).
@@ -80,10 +82,14 @@ def prune_command(
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples, seqlen=seqlen, seed=seed)
     handle = model_handle(model, c, revision, trust_remote_code)
+    if masks is not None and dry_run:
+        raise ZpruneUsageError("--dry-run estimates pruning runs; --masks applies saved masks, give one of the two")
     if masks is not None:
         return _apply_masks(c, handle, masks, out, overwrite)
     shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, refine, propagate, ignore, option)
     recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
+    if dry_run:
+        return dry.prune(c, handle, recipes, _output(model, recipes, out, no_save), overwrite, out_dtype)
     outcomes = prune(handle, recipes, calibration=c.settings.calibration, out=_output(model, recipes, out, no_save),
                      overwrite=overwrite, out_dtype=out_dtype, settings=c.settings, progress=c.progress)
     _render(c, outcomes)

@@ -1,0 +1,215 @@
+"""`--dry-run`: loads no weights, writes nothing, and its numbers match what the real runs do (store sizes
+and forward passes exactly, peak memory within 20% on a model big enough for the weights to dominate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import zprune_cli as zp
+from zprune_cli.cli.app import app
+from zprune_cli.estimation.estimate import Target, estimate_calibrate, estimate_eval, estimate_prune
+from zprune_cli.estimation.memory import IMPORTS_BYTES
+from zprune_cli.estimation.shape import model_shape
+from zprune_cli.models.blocks import find_blocks
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = {"dry_run", "command", "model", "dtype", "device", "params", "model_bytes", "n_blocks", "device_peak_bytes",
+          "host_peak_bytes", "peak_step", "peak_parts", "store_bytes", "store_bytes_without_gram", "store_bytes_with_gram",
+          "output_bytes", "model_passes", "block_calls", "notes"}
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def broken_dir(tiny_dir, tmp_path, monkeypatch) -> Path:
+    """The tiny model with its weights replaced by garbage, and a loader that fails if it is ever called."""
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_dir, folder)
+    (folder / "model.safetensors").write_bytes(b"not weights" * 100)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("--dry-run loaded the weights")
+
+    monkeypatch.setattr("zprune_cli.models.handle.load_model", no_load)
+    return folder
+
+
+def dry(*args) -> dict:
+    result = run(*args, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("command", ["calibrate", "prune", "eval", "compare"])
+def test_dry_run_loads_no_weights_and_writes_nothing(command, broken_dir, text_file, cache, tmp_path):
+    cal = ["--data", text_file, "-n", 3, "-l", 16, "--device", "cpu"]
+    ev = ["--eval", text_file, "--eval-seqlen", 32, "--device", "cpu"]
+    args = {"calibrate": ["calibrate", broken_dir, *cal, "--gram"],
+            "prune": ["prune", broken_dir, "--method", "wanda,sparsegpt", *cal, "--out", tmp_path / "out"],
+            "eval": ["eval", broken_dir, *ev, "--max-windows", 4, "--batch-size", 2],
+            "compare": ["compare", broken_dir, "--method", "wanda", "--sparsity", "0.5", *cal, *ev]}[command]
+    estimate = dry(*args)
+    assert set(estimate) == FIELDS and estimate["command"] == command and estimate["dry_run"] is True
+    assert estimate["params"] > 0 and estimate["host_peak_bytes"] >= estimate["model_bytes"] > 0
+    if command != "eval":  # eval calibrates nothing
+        assert estimate["store_bytes_with_gram"] > estimate["store_bytes_without_gram"] > 0
+    assert not cache.exists() and not (tmp_path / "out").exists()
+    table = run(*args, "--dry-run")
+    assert table.exit_code == 0 and "peak host memory" in table.stdout and "block calls" in table.stdout
+    assert not cache.exists()
+
+
+def test_dry_run_resolves_as_the_command_would(broken_dir, text_file, tmp_path):
+    (tmp_path / "taken").mkdir()
+    taken = run("prune", broken_dir, "--data", text_file, "--out", tmp_path / "taken", "--dry-run")
+    assert taken.exit_code == 2 and "already exists" in taken.stderr
+    long = run("calibrate", broken_dir, "--data", text_file, "-l", 4096, "--dry-run")
+    assert long.exit_code == 2 and "beyond the model's maximum" in long.stderr
+    bad = run("prune", broken_dir, "--pattern", "2:4", "--sparsity", "0.7", "--dry-run")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def entry_sizes(cache: Path) -> dict[str, int]:
+    return {p.name: sum(f.stat().st_size for f in p.iterdir()) for p in (cache / "stats").iterdir() if p.is_dir()}
+
+
+@pytest.mark.parametrize("gram", [False, True])
+def test_store_size_matches_a_real_entry(gram, tiny_dir, text_file, cache):
+    flags = ["--data", text_file, "-n", 4, "-l", 64, "--device", "cpu"] + (["--gram"] if gram else [])
+    estimate = dry("calibrate", tiny_dir, *flags)
+    real = json.loads(run("calibrate", tiny_dir, *flags, "--json").stdout)["size_bytes"]
+    assert estimate["store_bytes"] == pytest.approx(real, rel=0.05)
+    assert estimate["store_bytes_with_gram" if gram else "store_bytes_without_gram"] == estimate["store_bytes"]
+
+
+def test_propagated_store_size_matches(tiny_dir, text_file, cache):
+    flags = ["--method", "sparsegpt", "--data", text_file, "-n", 4, "-l", 64, "--device", "cpu", "--no-save"]
+    estimate = dry("prune", tiny_dir, *flags)
+    assert run("prune", tiny_dir, *flags).exit_code == 0
+    sizes = entry_sizes(cache)
+    assert len(sizes) == 2 and estimate["store_bytes"] == pytest.approx(sum(sizes.values()), rel=0.05)
+
+
+class Counter:
+    """Whole-model forward calls (pre-hook: counted even when the pass stops at block 0) and decoder-block
+    forwards that ran to the end (forward hook)."""
+
+    def __init__(self, model):
+        self.model_passes = self.block_calls = 0
+        _, blocks = find_blocks(model)
+        self.handles = [model.register_forward_pre_hook(self._model)]
+        self.handles += [b.register_forward_hook(self._block) for b in blocks]
+
+    def _model(self, *args):
+        self.model_passes += 1
+
+    def _block(self, *args):
+        self.block_calls += 1
+
+    def counts(self) -> tuple[int, int]:
+        counts = (self.model_passes, self.block_calls)
+        self.model_passes = self.block_calls = 0
+        return counts
+
+
+def test_forward_passes_match_hooks_on_real_runs(tiny_dir, text_file, cache):
+    handle = zp.ModelHandle(str(tiny_dir), "cpu", "float32")
+    target = Target(model_shape(handle.config, handle.source), handle.dtype, handle.device)
+    settings = zp.Settings(cache_dir=cache)
+    cal = zp.Calibration(str(text_file), nsamples=3, seqlen=32)
+    counter = Counter(handle.model)
+    zp.calibrate(handle, cal, settings=settings)
+    expected = estimate_calibrate(target, cal, gram=False)
+    assert counter.counts() == (expected.model_passes, expected.block_calls) == (3, 2 * (1 + 3))
+
+    # sparsegpt needs Gram matrices, so prune calibrates again (cold), then propagates: one window embedded for
+    # the blocks' arguments, each block run twice per window (statistics, then the pruned block's outputs)
+    recipe = zp.PruneRecipe("sparsegpt", 0.5)
+    zp.prune(handle, recipe, calibration=cal, settings=settings)
+    full = estimate_prune(target, cal, [recipe], None)
+    assert counter.counts() == (full.model_passes, full.block_calls) == (3 + 1, 2 * (1 + 3) + 2 * (1 + 2 * 3))
+
+    zp.evaluate(handle, zp.Evaluation(data=str(text_file), seqlen=32, max_windows=5, batch_size=2), settings=settings)
+    ev = estimate_eval(target, [(32, 5)], batch=2, baseline=False)
+    assert counter.counts() == (ev.model_passes, ev.block_calls) == (3, 3 * 2)
+
+
+# --- peak memory: a real run in its own process, its peak resident memory from the kernel -------------------
+
+IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.pruning, zprune_cli.comparison"
+# The process reports its own high-water mark (VmHWM: per address space, so it starts afresh at exec), not
+# getrusage's ru_maxrss, which Linux carries over exec from the forking parent: under pytest that is
+# the test process's own peak.
+HWM = """
+import atexit, os, sys
+def _hwm():
+    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
+        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
+atexit.register(_hwm)
+"""
+RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"
+
+
+def peak_rss(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int, str]:
+    """(peak resident bytes of this one process, its stdout)."""
+    hwm = tmp_path / "hwm"
+    result = subprocess.run([sys.executable, "-c", code, *args], env={**env, "HWM_FILE": str(hwm)},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(hwm.read_text()) * 1024, result.stdout
+
+
+@pytest.fixture(scope="module")
+def model_60m(tmp_path_factory) -> Path:
+    """A random Llama of 58M parameters (232 MB in float32): big enough that fixed overheads do not dominate."""
+    import transformers as tf
+
+    from conftest import byte_tokenizer
+
+    folder = tmp_path_factory.mktemp("llama-60m")
+    config = tf.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                            num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["calibrate", "prune"])
+def test_peak_memory_within_20_percent(command, model_60m, tmp_path):
+    env = {**os.environ, "ZPRUNE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
+    args = [command, str(model_60m), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q"]
+    args += ["--method", "wanda", "--out", str(tmp_path / "out")] if command == "prune" else []
+    floor, _ = peak_rss(HWM + IMPORTS, [], env, tmp_path)
+    estimate = json.loads(peak_rss(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
+    peak, _ = peak_rss(RUN_ZPRUNE, args, env, tmp_path)
+    measured = peak - floor  # what the run adds to Python with its libraries imported
+    assert estimate["host_peak_bytes"] - IMPORTS_BYTES == pytest.approx(measured, rel=0.20)
+    assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.20)
+
+
+def test_accelerator_split_between_device_and_host(tiny_dir):
+    """On an accelerator the weights, inputs and activations are on the device; the host holds the loader's
+    copies and the fixed overhead (arithmetic only: no GPU is needed to check the split)."""
+    handle = zp.ModelHandle(str(tiny_dir), "cpu", "float32")
+    shape = model_shape(handle.config, handle.source)
+    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
+    on_cpu = estimate_calibrate(Target(shape, torch.bfloat16, torch.device("cpu")), cal, gram=True)
+    on_gpu = estimate_calibrate(Target(shape, torch.bfloat16, torch.device("cuda")), cal, gram=True)
+    assert on_cpu.device_peak_bytes == on_cpu.host_peak_bytes
+    assert on_gpu.device_peak_bytes < on_cpu.device_peak_bytes and on_gpu.host_peak_bytes > IMPORTS_BYTES
+    assert on_gpu.device_peak_bytes >= on_gpu.model_bytes + 2 * 4 * 64 * shape.hidden * 2
+    assert (on_gpu.store_bytes, on_gpu.block_calls) == (on_cpu.store_bytes, on_cpu.block_calls)

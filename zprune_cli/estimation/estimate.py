@@ -1,0 +1,225 @@
+"""What a command will need, from the model's shapes alone: peak device and host memory, the store entry
+with and without Gram matrices, output disk and forward passes. Pure arithmetic on a ModelShape.
+
+Forward passes are counted as the code runs them: calibration embeds every window (`model_passes`:
+the first goes through the whole model to record every block's arguments, the others stop at block 0),
+then runs each window through each block (`block_calls`, completed block forwards); a `--propagate
+pruned` recipe embeds one window, then runs each block twice per window (statistics, then the pruned
+block's outputs); evaluation runs ceil(windows / batch) whole-model passes per dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
+from zprune_cli.estimation.shape import ModelShape
+from zprune_cli.estimation.store_size import element_size, entry_bytes, safetensors_bytes
+from zprune_cli.recipe import PruneRecipe
+from zprune_cli.settings import Calibration
+
+HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot")
+# Files saved beside the weights besides the tokenizer: config, generation config, zprune.json, model card.
+SAVED_FILES_BYTES = 12_000
+SAVED_BYTES_PER_LAYER = 80  # zprune.json and the model card list each pruned layer's sparsity
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model as a command will run it."""
+
+    shape: ModelShape
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def footprint(self) -> Footprint:
+        return Footprint(self.shape, self.dtype)
+
+
+@dataclass
+class Estimate:
+    command: str
+    model: str
+    dtype: str
+    device: str
+    params: int
+    model_bytes: int
+    n_blocks: int
+    device_peak_bytes: int  # on "cpu" the device is the host: the same number as host_peak_bytes
+    host_peak_bytes: int
+    peak_step: str  # the step at which the larger peak is reached
+    peak_parts: dict[str, int]  # what that peak is made of
+    store_bytes: int  # what this run adds to the statistics store (0 when nothing)
+    store_bytes_without_gram: int  # the calibration entry without Gram matrices
+    store_bytes_with_gram: int  # ... and with them
+    output_bytes: int  # disk for saved models (prune); 0 when nothing is saved
+    model_passes: int
+    block_calls: int
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_RUNTIME = {"python, torch, transformers": IMPORTS_BYTES, "model code, tokenizer, text": RUNTIME_BYTES}
+
+
+def _peaks(t: Target, steps: dict[str, dict[str, int]], host_steps: dict[str, dict[str, int]]):
+    """(device peak, host peak, step, parts). On the CPU every part shares one memory; on an accelerator the
+    host holds only the loader's copies, what is written to disk and the dense snapshot."""
+    if t.device.type == "cpu":
+        name, parts = max(steps.items(), key=lambda kv: sum(kv[1].values()))
+        parts = {**{k: v for k, v in parts.items() if v}, **_RUNTIME}
+        return sum(parts.values()), sum(parts.values()), name, parts
+    on_device = {n: {k: v for k, v in p.items() if k not in HOST_ONLY} for n, p in steps.items()}
+    dname, dparts = max(on_device.items(), key=lambda kv: sum(kv[1].values()))
+    hname, hparts = max(host_steps.items(), key=lambda kv: sum(kv[1].values()))
+    hparts = {**hparts, **_RUNTIME}
+    device_peak, host_peak = sum(dparts.values()), sum(hparts.values())
+    if device_peak >= host_peak:
+        return device_peak, host_peak, dname, {k: v for k, v in dparts.items() if v}
+    return device_peak, host_peak, f"{hname} (host)", {k: v for k, v in hparts.items() if v}
+
+
+def _loading(t: Target) -> dict[str, int]:
+    """The model is loaded on the host (with the loader's copies), then moved to the device."""
+    f = t.footprint
+    return {"model": f.model, "loader's transient copies": f.load_extra()}
+
+
+def _writing_inputs(t: Target, cal: Calibration) -> dict[str, int]:
+    """On an accelerator the store's block inputs and token ids are written from a host copy."""
+    return {"block inputs (host copy)": t.footprint.block_inputs(cal) + t.footprint.token_ids(cal)}
+
+
+def _base(t: Target, command: str, cal: Calibration | None) -> dict:
+    s = t.shape
+    without = entry_bytes(s, t.dtype, cal, False) if cal else 0
+    with_gram = entry_bytes(s, t.dtype, cal, True) if cal else 0
+    return {"command": command, "model": s.spec, "dtype": str(t.dtype).removeprefix("torch."), "device": str(t.device),
+            "params": s.params, "model_bytes": t.footprint.model, "n_blocks": s.n_blocks,
+            "store_bytes_without_gram": without, "store_bytes_with_gram": with_gram}
+
+
+def _notes(t: Target) -> list[str]:
+    notes = ["activations, the loader's transient copies and a fixed runtime overhead are approximations "
+             "(docs/dry-run.md); weights, block inputs, statistics, store sizes and pass counts are exact"]
+    if not t.shape.traced:
+        notes.append("input groups by the conservative rule (every Linear its own): statistics are an upper bound")
+    if t.device.type != "cpu":
+        notes.append("device peak is what torch allocates; the CUDA context (about 0.3-0.5 GiB) comes on top")
+    return notes
+
+
+def estimate_calibrate(t: Target, cal: Calibration, gram: bool) -> Estimate:
+    """A cold `calibrate` (a cache hit loads nothing and runs nothing)."""
+    f, s = t.footprint, t.shape
+    load = _loading(t)
+    steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
+    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal)}
+    device_peak, host_peak, step, parts = _peaks(t, steps, host)
+    base = _base(t, "calibrate", cal)
+    return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
+                    store_bytes=base["store_bytes_with_gram" if gram else "store_bytes_without_gram"], output_bytes=0,
+                    model_passes=cal.nsamples, block_calls=s.n_blocks * (1 + cal.nsamples), notes=_notes(t))
+
+
+def saved_bytes(t: Target, out_dtype: torch.dtype) -> int:
+    """One saved model: the weights in `out_dtype` (tied ones once), headers, tokenizer and small files."""
+    s = t.shape
+    weights = s.params * element_size(out_dtype) + 8 + 120 * s.n_tensors  # header: about 120 bytes per tensor
+    layers = sum(len(g.members) for block in s.groups for g in block)
+    return weights + s.tokenizer_bytes + SAVED_FILES_BYTES + SAVED_BYTES_PER_LAYER * layers
+
+
+def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], snapshot: bool) -> tuple[dict, int, int, int]:
+    """(pruning and propagation steps, propagated store bytes, extra model passes, extra block calls);
+    `snapshot`: a CPU copy of the dense Linear weights is held (several recipes from one load)."""
+    f, s = t.footprint, t.shape
+    copy = {"dense snapshot": s.block_linear_params * f.d} if snapshot else {}
+    steps, store, passes, calls = {}, 0, 0, 0
+    for r in recipes:
+        steps[f"pruning {r.label()}"] = {**f.pruning(r.needs_gram), **copy}
+        if r.propagate == "pruned":
+            steps[f"propagating {r.label()}"] = {**f.calibrating(cal, r.needs_gram), **copy}
+            store += entry_bytes(s, t.dtype, cal, r.needs_gram, propagated=True)
+            passes, calls = passes + 1, calls + s.n_blocks * (1 + 2 * cal.nsamples)
+    return steps, store, passes, calls
+
+
+def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], out_dtype: torch.dtype | None) -> Estimate:
+    """A cold `prune` (calibrating first); out_dtype None: nothing is saved."""
+    f = t.footprint
+    gram = any(r.needs_gram for r in recipes)
+    load = _loading(t)
+    steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
+    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=len(recipes) > 1)
+    steps.update(pruning)
+    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal)}
+    if len(recipes) > 1:
+        host["dense snapshot"] = {"dense snapshot": t.shape.block_linear_params * f.d}
+    output = 0
+    if out_dtype is not None:
+        one = saved_bytes(t, out_dtype)
+        output = one * len(recipes)
+        steps["saving"] = {**f.saving(out_dtype), **host.get("dense snapshot", {})}
+        host["saving"] = {"tensor being written": f.saving(out_dtype)["tensor being written"]}
+    device_peak, host_peak, step, parts = _peaks(t, steps, host)
+    base = _base(t, "prune", cal)
+    dense = base["store_bytes_with_gram" if gram else "store_bytes_without_gram"]
+    return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
+                    store_bytes=dense + propagated, output_bytes=output, model_passes=cal.nsamples + passes,
+                    block_calls=t.shape.n_blocks * (1 + cal.nsamples) + calls, notes=_notes(t))
+
+
+def _eval_passes(windows: Sequence[tuple[int, int]], batch: int) -> int:
+    """windows: (seqlen, n_windows) per perplexity dataset."""
+    return sum(math.ceil(n / batch) for _, n in windows)
+
+
+def estimate_eval(t: Target, windows: Sequence[tuple[int, int]], batch: int, baseline: bool) -> Estimate:
+    """Perplexity over `windows` ((seqlen, n_windows) per dataset); with `baseline` the dense model too,
+    both held at once. Zero-shot tasks run through lm-eval and are not counted."""
+    f = t.footprint
+    load = _loading(t)
+    seqlen = max((L for L, _ in windows), default=0)
+    evaluating = f.evaluating(seqlen, batch) if windows else {"model": f.model}
+    if baseline:
+        evaluating = {**evaluating, "baseline model": f.model}
+        load = {**load, "model being evaluated": f.model}
+    steps = {"loading": load, "evaluating": evaluating}
+    device_peak, host_peak, step, parts = _peaks(t, steps, {"loading": _loading(t)})
+    passes = _eval_passes(windows, batch) * (2 if baseline else 1)
+    base = _base(t, "eval", None)
+    return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
+                    store_bytes=0, output_bytes=0, model_passes=passes, block_calls=passes * t.shape.n_blocks,
+                    notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted"])
+
+
+def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe],
+                     windows: Sequence[tuple[int, int]]) -> Estimate:
+    """A cold grid: one calibration, every recipe pruned in memory, the dense model and every cell evaluated."""
+    f = t.footprint
+    gram = any(r.needs_gram for r in recipes)
+    load = _loading(t)
+    snapshot = {"dense snapshot": t.shape.block_linear_params * f.d}
+    seqlen = max((L for L, _ in windows), default=0)
+    steps = {"loading": load, "calibrating": f.calibrating(cal, gram),
+             "evaluating": {**(f.evaluating(seqlen, 1) if windows else {"model": f.model}), **snapshot}}
+    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=True)
+    steps.update(pruning)
+    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal),
+            "dense snapshot": snapshot}
+    device_peak, host_peak, step, parts = _peaks(t, steps, host)
+    evals = _eval_passes(windows, 1) * (len(recipes) + 1)
+    base = _base(t, "compare", cal)
+    dense = base["store_bytes_with_gram" if gram else "store_bytes_without_gram"]
+    return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
+                    store_bytes=dense + propagated, output_bytes=0, model_passes=cal.nsamples + passes + evals,
+                    block_calls=t.shape.n_blocks * (1 + cal.nsamples + evals) + calls,
+                    notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted; cells already in the results store are skipped"])

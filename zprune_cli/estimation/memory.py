@@ -1,0 +1,112 @@
+"""Bytes held at once while a command runs, part by part, from a ModelShape.
+
+Exact: the weights in the run dtype, block 0's inputs and their buffer, the statistics of one block, the
+logits of one pass. Approximate (see docs/dry-run.md): one block's activations, the loader's transient
+copies and a fixed runtime overhead, each a formula or a constant measured on the models we test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zprune_cli.estimation.shape import ModelShape
+from zprune_cli.estimation.store_size import GRAM_BYTES, SUMSQ_BYTES, element_size
+from zprune_cli.settings import Calibration
+
+MiB = 1 << 20
+# Resident before the first tensor: Python with torch, transformers and zprune imported (247 MiB measured with
+# torch 2.13 for the CPU; a CUDA build maps more).
+IMPORTS_BYTES = 250 * MiB
+# Then the model's code, its tokenizer and the text: 64-98 MiB measured for the tokenizer and config alone.
+RUNTIME_BYTES = 100 * MiB
+# Loading a GGUF file holds dequantised float32 tensors beside the model for a while: measured 0.64 x the
+# float32 model on SmolLM2-135M (Q4_1); taken as a constant for other GGUF files.
+GGUF_LOAD_FACTOR = 0.65
+NLL_CHUNK_ELEMENTS = 1 << 26  # evaluation/perplexity.py: fp32 logits materialised at once for the NLL
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The sizes one run is made of (bytes), for a model shape, run dtype and window length."""
+
+    shape: ModelShape
+    dtype: torch.dtype
+
+    @property
+    def d(self) -> int:
+        return element_size(self.dtype)
+
+    @property
+    def model(self) -> int:
+        return self.shape.params * self.d
+
+    def load_extra(self) -> int:
+        """Transient bytes while loading, on the host: GGUF dequantisation, or the weight files read to
+        convert them to another dtype (a same-dtype safetensors file is memory-mapped into the weights)."""
+        if self.shape.gguf:
+            return int(GGUF_LOAD_FACTOR * self.shape.params * FP32)
+        if self.shape.file_dtype and self.shape.file_dtype != str(self.dtype).removeprefix("torch."):
+            return self.shape.weight_file_bytes
+        return 0
+
+    def activations(self, tokens: int, batch: int = 1) -> int:
+        """One block's live activations for `batch` windows of `tokens`: about four hidden-wide tensors
+        (residual, norm, attention output, projections) and three of the widest input (MLP gate, up, product),
+        plus attention scores: materialised in eager attention (scores, fp32 softmax, cast), one copy counted
+        for SDPA (fused kernels hold less; the math fallback holds this)."""
+        s = self.shape
+        linear = batch * tokens * self.d * (4 * s.hidden + 3 * s.widest)
+        per_score = 2 * self.d + FP32 if s.attention == "eager" else self.d
+        return linear + batch * s.n_heads * tokens * tokens * per_score
+
+    def hooks(self, tokens: int) -> int:
+        """The statistics hook's float32 copy of one Linear input and its square."""
+        return 2 * tokens * self.shape.widest * FP32
+
+    def logits(self, tokens: int, batch: int = 1) -> int:
+        return batch * tokens * self.shape.vocab * self.d
+
+    def block_stats(self, gram: bool) -> int:
+        """The largest block's accumulators (sumsq float64, Gram float32), one input group each."""
+        return max(sum(g.width * SUMSQ_BYTES + (g.width * g.width * GRAM_BYTES if gram else 0) for g in block)
+                   for block in self.shape.groups)
+
+    def block_inputs(self, cal: Calibration) -> int:
+        """Block 0's inputs of every window [nsamples, seqlen, hidden], in the run dtype."""
+        return cal.nsamples * cal.seqlen * self.shape.hidden * self.d
+
+    def token_ids(self, cal: Calibration) -> int:
+        return cal.nsamples * cal.seqlen * 8
+
+    # --- phases: the bytes held at the peak of each step, on the device ------------------------------
+    def calibrating(self, cal: Calibration, gram: bool) -> dict[str, int]:
+        """Embedding all windows (the first through the whole model, for every block's arguments), then
+        one block at a time: inputs + a same-size buffer, activations, hook copies, the statistics and
+        safetensors' copy of them when written."""
+        first = self.logits(cal.seqlen) + self.activations(cal.seqlen)
+        blocks = self.activations(cal.seqlen) + self.hooks(cal.seqlen) + 2 * self.block_stats(gram)
+        return {"model": self.model, "block inputs + buffer": 2 * self.block_inputs(cal),
+                "token ids": self.token_ids(cal), "activations, statistics": max(first, blocks)}
+
+    def evaluating(self, tokens: int, batch: int) -> dict[str, int]:
+        nll = 2 * min(tokens * self.shape.vocab, NLL_CHUNK_ELEMENTS) * FP32
+        return {"model": self.model, "logits": self.logits(tokens, batch),
+                "activations, statistics": self.activations(tokens, batch) + nll}
+
+    def pruning(self, gram: bool) -> dict[str, int]:
+        """One layer at a time: the block's statistics and the method's float32 copies of the largest weight
+        (scores, masks, updates: about eight) with int64 indices of the exact lowest-k selection (two)."""
+        temporaries = self.shape.largest_linear * (8 * FP32 + 2 * 8)
+        return {"model": self.model, "activations, statistics": self.block_stats(gram) + temporaries}
+
+    def saving(self, out_dtype: torch.dtype) -> dict[str, int]:
+        """save_pretrained: a GGUF-loaded model is rebuilt from its config (a second copy), the state is cast
+        to the output dtype (a copy unless the dtypes agree), and one tensor at a time is copied on writing
+        (measured: about the largest tensor)."""
+        out = element_size(out_dtype)
+        cast = self.shape.params * out if out_dtype != self.dtype else 0
+        return {"model": self.model, "rebuilt model": self.model if self.shape.gguf else 0,
+                "state in output dtype": cast, "tensor being written": self.shape.largest_tensor * out}
