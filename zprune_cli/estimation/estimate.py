@@ -19,7 +19,7 @@ import torch
 from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.estimation.store_size import element_size, entry_bytes, safetensors_bytes
-from zprune_cli.recipe import PruneRecipe
+from zprune_cli.recipe import PruneRecipe, calibration_needs
 from zprune_cli.settings import Calibration
 
 HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot")
@@ -153,9 +153,9 @@ def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
 
 
 def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], out_dtype: torch.dtype | None) -> Estimate:
-    """A cold `prune` (calibrating first); out_dtype None: nothing is saved."""
+    """A cold `prune` (calibrating first, only what the recipes read); out_dtype None: nothing is saved."""
     f = t.footprint
-    gram = any(r.needs_gram for r in recipes)
+    gram, dense, dense_calls = _dense_calibration(t, cal, recipes)
     load = _loading(t)
     steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=len(recipes) > 1)
@@ -171,10 +171,18 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
         host["saving"] = {"tensor being written": f.saving(out_dtype)["tensor being written"]}
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     base = _base(t, "prune", cal)
-    dense = base["store_bytes_with_gram" if gram else "store_bytes_without_gram"]
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
                     store_bytes=dense + propagated, output_bytes=output, model_passes=cal.nsamples + passes,
-                    block_calls=t.shape.n_blocks * (1 + cal.nsamples) + calls, notes=_notes(t))
+                    block_calls=dense_calls + calls, notes=_notes(t))
+
+
+def _dense_calibration(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]) -> tuple[bool, int, int]:
+    """(Gram matrices?, entry bytes, block calls) of the calibration a prune or grid runs: only what its
+    recipes read (block 0's inputs alone when every recipe propagates pruned or reads no statistics)."""
+    needs = calibration_needs(recipes)
+    blocks = not needs["inputs_only"]
+    entry = entry_bytes(t.shape, t.dtype, cal, needs["gram"], blocks_stored=blocks)
+    return needs["gram"], entry, t.shape.n_blocks * (1 + (cal.nsamples if blocks else 0))
 
 
 def _eval_passes(windows: Sequence[tuple[int, int]], batch: int) -> int:
@@ -205,7 +213,7 @@ def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]
                      windows: Sequence[tuple[int, int]]) -> Estimate:
     """A cold grid: one calibration, every recipe pruned in memory, the dense model and every cell evaluated."""
     f = t.footprint
-    gram = any(r.needs_gram for r in recipes)
+    gram, dense, dense_calls = _dense_calibration(t, cal, recipes)
     load = _loading(t)
     snapshot = {"dense snapshot": t.shape.block_linear_params * f.d}
     seqlen = max((L for L, _ in windows), default=0)
@@ -218,8 +226,7 @@ def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     evals = _eval_passes(windows, 1) * (len(recipes) + 1)
     base = _base(t, "compare", cal)
-    dense = base["store_bytes_with_gram" if gram else "store_bytes_without_gram"]
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
                     store_bytes=dense + propagated, output_bytes=0, model_passes=cal.nsamples + passes + evals,
-                    block_calls=t.shape.n_blocks * (1 + cal.nsamples + evals) + calls,
+                    block_calls=dense_calls + t.shape.n_blocks * evals + calls,
                     notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted; cells already in the results store are skipped"])

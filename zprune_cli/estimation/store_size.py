@@ -13,6 +13,7 @@ import torch
 
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.settings import Calibration
+from zprune_cli.stats.store import FORMAT_VERSION
 
 _CODES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
 SUMSQ_BYTES = 8  # float64 (stats/collect.py SUMSQ_DTYPE)
@@ -43,41 +44,48 @@ def inputs_bytes(shape: ModelShape, dtype: torch.dtype, cal: Calibration) -> int
 
 
 def block_bytes(shape: ModelShape, index: int, gram: bool) -> int:
-    """block_NNN.safetensors: per input group `<leader>.sumsq` [in] float64 (+ `<leader>.gram` [in, in])."""
+    """block_NNN.safetensors: per input group `<leader>.sumsq` and `<leader>.sum` [in] float64 (+ `<leader>.gram`
+    [in, in] float32)."""
     tensors: list[tuple[str, torch.dtype, list[int]]] = []
     for g in shape.groups[index]:
         tensors.append((f"{g.members[0]}.sumsq", torch.float64, [g.width]))
+        tensors.append((f"{g.members[0]}.sum", torch.float64, [g.width]))
         if gram:
             tensors.append((f"{g.members[0]}.gram", torch.float32, [g.width, g.width]))
     return safetensors_bytes(tensors)
 
 
-def entry_bytes(shape: ModelShape, dtype: torch.dtype, cal: Calibration, gram: bool, propagated: bool = False) -> int:
-    """A whole entry: the dense one (inputs + blocks + manifest), or the statistics a pruned-propagation
-    run keeps (blocks + manifest, no inputs)."""
-    blocks = [block_bytes(shape, i, gram) for i in range(shape.n_blocks)]
+def entry_bytes(shape: ModelShape, dtype: torch.dtype, cal: Calibration, gram: bool, propagated: bool = False,
+                blocks_stored: bool = True) -> int:
+    """A whole entry: the dense one (inputs + blocks + manifest; `blocks_stored` False: block 0's inputs
+    only, what pruned propagation starts from), or the statistics a pruned-propagation run keeps (blocks +
+    manifest, no inputs)."""
+    blocks = [block_bytes(shape, i, gram) for i in range(shape.n_blocks)] if blocks_stored else []
     files = {f"block_{i:03d}.safetensors": size for i, size in enumerate(blocks)}
     if not propagated:
         files["inputs.safetensors"] = inputs_bytes(shape, dtype, cal)
-    return sum(files.values()) + _manifest_bytes(shape, dtype, cal, gram, files, propagated)
+    return sum(files.values()) + _manifest_bytes(shape, dtype, cal, gram, files, propagated, blocks_stored)
 
 
-def _manifest_bytes(shape: ModelShape, dtype: torch.dtype, cal: Calibration, gram: bool, files: dict, propagated: bool) -> int:
+def _manifest_bytes(shape: ModelShape, dtype: torch.dtype, cal: Calibration, gram: bool, files: dict, propagated: bool,
+                    blocks_stored: bool) -> int:
     tokens = cal.nsamples * cal.seqlen
     settings = {"model": shape.spec, "model_location": shape.location, "gguf_file": "x" * 24 if shape.gguf else None,
                 "revision": None, "fingerprint": "0" * 16, "dtype": str(dtype).removeprefix("torch."), "data": cal.data,
                 "data_description": f"{cal.data} ({'0' * 12} bytes)", "data_identity": f"file:{cal.data}",
                 "nsamples": cal.nsamples, "seqlen": cal.seqlen, "seed": cal.seed, "gram": gram,
-                "blocks": shape.blocks_name, "n_blocks": shape.n_blocks, "zprune_version": "0.1.0"}
+                "block_statistics": blocks_stored, "blocks": shape.blocks_name, "n_blocks": shape.n_blocks, "zprune_version": "0.1.0"}
     fields = {"model_fingerprint": "0" * 16, "dtype": settings["dtype"], "data": settings["data_identity"],
-              "data_hash": "0" * 64, "nsamples": cal.nsamples, "seqlen": cal.seqlen, "seed": cal.seed, "gram": gram}
+              "data_hash": "0" * 64, "nsamples": cal.nsamples, "seqlen": cal.seqlen, "seed": cal.seed, "gram": gram,
+              "blocks": blocks_stored}
     key = "0" * 20
     if propagated:
         settings["propagated"] = {"recipe": "0" * 16, "weights": "0" * 16}
         fields, key = {"base": key, "run": {"recipe": "0" * 16, "weights": "0" * 16}}, key + "-p" + "0" * 12
-    manifest = {"format": 2, "key": key, "key_fields": fields, "settings": settings, "created": "2026-01-01T00:00:00+0000",
+    manifest = {"format": FORMAT_VERSION, "key": key, "key_fields": fields, "settings": settings, "created": "2026-01-01T00:00:00+0000",
                 "blocks": [{"index": i, "file": f"block_{i:03d}.safetensors",
                             "groups": [{"members": list(g.members), "n_tokens": tokens, "n_sequences": cal.nsamples,
-                                        "width": g.width} for g in groups]} for i, groups in enumerate(shape.groups)],
+                                        "width": g.width} for g in groups]} for i, groups in enumerate(shape.groups)
+                           if blocks_stored],
                 "files": {name: {"size": size, "sha256": "0" * 64} for name, size in files.items()}}
     return len(json.dumps(manifest, indent=1, default=str))
