@@ -201,3 +201,32 @@ def test_grid_axes_for_refine_and_reconstruct(caplog):
     assert {(r.refine, r.reconstruct) for r in recipes if r.method == "wanda"} == {
         ("none", "none"), ("none", "pcg"), ("swaps:100", "none"), ("swaps:100", "pcg")}
     assert len({r.digest for r in recipes}) == 5
+
+
+def test_an_entry_of_store_format_2_is_recomputed_never_misread(tiny_dir, text_file, cache):
+    """Format 3 added sum(x); an entry written before (no `.sum`, "format": 2) is removed and computed again."""
+    from zprune_cli.calibration import calibrate
+    from zprune_cli.stats.store import CorruptEntry, StatsStore
+
+    cal = Calibration(str(text_file), 2, 16, 0)
+    first = calibrate(str(tiny_dir), cal)
+    manifest = first.path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "format": 2}))
+    with pytest.raises(CorruptEntry, match="another zprune version"):
+        StatsStore(cache).open(first.path)
+    again = calibrate(str(tiny_dir), cal)
+    assert not again.hit and json.loads(manifest.read_text())["format"] == 3
+    assert again.entry.block_stats(0)[next(iter(again.entry.block_stats(0)))].sum is not None
+
+
+def test_cli_compare_takes_refine_and_reconstruct_axes(tiny_dir, text_file):
+    result = runner.invoke(app, ["compare", str(tiny_dir), "--method", "wanda,sparsegpt", "--sparsity", "0.5",
+                                 "--refine", "none,swaps:2", "--reconstruct", "none,pcg", "--data", str(text_file),
+                                 "-n", "2", "-l", "16", "--eval", str(text_file), "--eval-seqlen", "16",
+                                 "--max-windows", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["computed"] == 1 + 4 + 1  # dense, wanda x 4, sparsegpt once
+    pruned = [r for r in data["rows"] if r["method"] != "dense"]
+    assert len({r["recipe"] for r in pruned}) == 5
