@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from zprune_cli import __version__
+from zprune_cli import __version__, distributed
 from zprune_cli.data.selfgen import generate_windows
 from zprune_cli.data.sources import SELF, TextSource, resolve_source
 from zprune_cli.data.windows import calibration_windows
@@ -20,7 +21,7 @@ from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
-from zprune_cli.stats.collect import BlockStatsCollector
+from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import StatsEntry, StatsKey, StatsStore
 
 DEFAULT_DATA = Calibration.data
@@ -92,17 +93,21 @@ def calibrate(
     key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram and not inputs_only,
                     not inputs_only)
     store = StatsStore(settings.cache_dir)
+    distributed.start(handle.device, calibration.nsamples)  # under torchrun only
 
-    entry = store.lookup(key, repair=True)  # a damaged entry is removed and computed again
-    if entry is None:
-        with store.locked(key, progress):
-            entry = store.lookup(key, repair=True)  # another writer may have finished while we waited
-            if entry is None:
-                _compute(handle, text, key, store, progress)
-                entry = store.lookup(key)
-                assert entry is not None
-                return CalibrationResult(key.digest, entry.path, entry.size_bytes(), time.perf_counter() - started, False, entry)
-    return CalibrationResult(entry.key, entry.path, entry.size_bytes(), time.perf_counter() - started, True, entry)
+    # a damaged entry is removed and computed again
+    with store.claimed(key, lambda: store.lookup(key, repair=True), progress) as entry:
+        if entry is None:
+            _compute(handle, text, key, store, progress)
+            entry = store.share(store.lookup(key) if distributed.is_main() else None)
+            assert entry is not None
+            return CalibrationResult(key.digest, entry.path, _size(entry), time.perf_counter() - started, False, entry)
+    return CalibrationResult(entry.key, entry.path, _size(entry), time.perf_counter() - started, True, entry)
+
+
+def _size(entry: StatsEntry) -> int:
+    """The entry's size on disk, from its manifest (a torchrun rank on another node may not see the files)."""
+    return entry.size_bytes() if entry.path.is_dir() else sum(info["size"] for info in entry.manifest["files"].values())
 
 
 def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, progress: Progress):
@@ -130,12 +135,44 @@ def check_finite(groups, block: str) -> None:
 
 @torch.inference_mode()
 def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsStore, progress: Progress) -> None:
+    """Every rank tokenises the same windows and runs its shard of them; under torchrun the statistics are
+    summed over the ranks block by block, and rank 0 alone writes the entry (with all windows' inputs)."""
     windows = calibration_inputs(handle, text, key.nsamples, key.seqlen, key.seed, progress)
     model = handle.model
-    with progress.task("Embedding calibration windows", key.nsamples) as task:
-        inputs = capture_block_inputs(model, windows, progress_task=task)
+    mine = distributed.shard(key.nsamples)  # all windows with one process
+    with progress.task("Embedding calibration windows", len(mine)) as task:
+        inputs = capture_block_inputs(model, windows[mine.start : mine.stop], progress_task=task)
     blocks_name, blocks = find_blocks(model)
-    settings = {
+    all_hidden = distributed.gather_windows(inputs.hidden, key.nsamples)  # None on ranks other than 0
+    hidden = inputs.hidden
+    buffer = torch.empty_like(hidden)
+    with _writer(store, key, _manifest_settings(handle, text, key, blocks_name, len(blocks))) as writer:
+        if writer is not None:
+            writer.write_inputs(windows, all_hidden)
+        if not key.blocks:
+            return
+        with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * len(mine)) as task:
+            for index, block in enumerate(blocks):
+                collector = BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)
+                with collector:
+                    for i in range(len(mine)):
+                        buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]
+                        collector.end_call()
+                        task.advance(1)
+                groups = reduce_groups(collector.groups)
+                check_finite(groups, f"{blocks_name}.{index}")
+                if writer is not None:
+                    writer.write_block(index, groups)
+                hidden, buffer = buffer, hidden
+
+
+def _writer(store: StatsStore, key: StatsKey, settings: dict):
+    """The entry's writer on rank 0 (the only process there is without torchrun); nothing elsewhere."""
+    return store.writer(key, settings) if distributed.is_main() else nullcontext()
+
+
+def _manifest_settings(handle: ModelHandle, text: TextSource, key: StatsKey, blocks_name: str, n_blocks: int) -> dict:
+    return {
         "model": handle.source.spec,
         "model_location": handle.source.location,
         "gguf_file": handle.source.gguf_file,
@@ -151,23 +188,6 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
         "gram": key.gram,
         "block_statistics": key.blocks,
         "blocks": blocks_name,
-        "n_blocks": len(blocks),
+        "n_blocks": n_blocks,
         "zprune_version": __version__,
     }
-    hidden = inputs.hidden
-    buffer = torch.empty_like(hidden)
-    with store.writer(key, settings) as writer:
-        writer.write_inputs(windows, hidden)
-        if not key.blocks:
-            return
-        with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * key.nsamples) as task:
-            for index, block in enumerate(blocks):
-                collector = BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)
-                with collector:
-                    for i in range(key.nsamples):
-                        buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]
-                        collector.end_call()
-                        task.advance(1)
-                check_finite(collector.groups, f"{blocks_name}.{index}")
-                writer.write_block(index, collector.groups)
-                hidden, buffer = buffer, hidden

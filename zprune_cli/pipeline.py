@@ -14,11 +14,13 @@ import logging
 import math
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from zprune_cli import distributed
 from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
@@ -30,7 +32,7 @@ from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.recipe import PruneRecipe
 from zprune_cli.sparsity import count_zeros
-from zprune_cli.stats.collect import BlockStatsCollector
+from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
 
@@ -121,6 +123,8 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
         raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
     if recipe.statistics == "gram" and not entry.has_gram:
         raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
+    distributed.start(next(model.parameters()).device, entry.manifest["settings"]["nsamples"])  # torchrun only
+    entry = entry.readable()
     layers = pruned_layers(model, recipe.ignore)
     check_layers(recipe, layers)
     _warn_left_dense(model, layers)
@@ -131,16 +135,14 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     if recipe.propagate == "pruned":
         run_key = PropagatedKey(entry.key, {"recipe": recipe.digest, "weights": weights_digest(layers)})
         store = entry.store
-        stats_entry = store.get(run_key, repair=True)
-        if stats_entry is None:
-            with store.locked(run_key, progress):
-                stats_entry = store.get(run_key, repair=True)  # another process may have written it while we waited
-                if stats_entry is None:  # first run with this recipe: collect and keep its statistics
-                    settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
-                                "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
-                    with store.writer(run_key, settings) as writer:
-                        unrouted = _prune_propagating(model, entry, prune_layer, layers, targets, writer, progress, label)
-                    return _report(recipe, layers, started, unrouted)
+        with store.claimed(run_key, lambda: store.get(run_key, repair=True), progress) as stats_entry:
+            if stats_entry is None:  # first run with this recipe: collect and keep its statistics
+                settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
+                            "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
+                with store.writer(run_key, settings) if distributed.is_main() else nullcontext() as writer:
+                    unrouted = _prune_propagating(model, entry, prune_layer, layers, targets, writer, progress, label)
+                return _report(recipe, layers, started, unrouted)
+        stats_entry = stats_entry.readable()
     device = next(model.parameters()).device
     unrouted: list[str] = []
     with progress.task(label, len(layers)) as task:
@@ -159,7 +161,8 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
     """The papers' protocol: block l's statistics come from the outputs of the pruned blocks below."""
     device = next(model.parameters()).device
     _, blocks = find_blocks(model)
-    input_ids, hidden = entry.inputs(device)
+    mine = distributed.shard(entry.manifest["settings"]["nsamples"])  # under torchrun, this rank's windows only
+    input_ids, hidden = entry.inputs(device, mine if distributed.active() else None)
     hidden = hidden.to(next(model.parameters()).dtype)
     block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
     buffer = torch.empty_like(hidden)
@@ -172,8 +175,10 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
                 for i in range(hidden.shape[0]):
                     run_block(block, hidden[i : i + 1], block_kwargs[index])
                     collector.end_call()
-            writer.write_block(index, collector.groups)
-            stats = collector.layer_stats()
+            groups = reduce_groups(collector.groups)  # summed over the ranks: every rank prunes alike
+            if writer is not None:
+                writer.write_block(index, groups)
+            stats = {member: group.stats() for group in groups for member in group.members}
             unrouted += _no_tokens(prefix, linears, stats)
             for name, linear in linears.items():
                 prune_layer(prefix + name, linear, stats[name], targets[prefix + name])

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from zprune_cli import distributed
 from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.model_card import model_card
@@ -172,7 +173,7 @@ def output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
     for path in paths:  # refuse before any work is done, not after an hour of pruning
         if path.exists() and not overwrite:
             raise ZpruneUsageError(f"output {path} already exists; pass --overwrite to replace it")
-    return paths
+    return paths if distributed.is_main() else [None] * len(paths)  # under torchrun rank 0 alone saves
 
 
 def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrite: bool, progress: Progress,

@@ -14,7 +14,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from zprune_cli.cli.output import error, progress_for, setup_logging
 from zprune_cli.cli import Terminated
-from zprune_cli.errors import translate
+from zprune_cli import distributed
+from zprune_cli.errors import ZpruneUsageError, translate
 from zprune_cli.settings import Settings, load_settings
 
 
@@ -122,5 +123,18 @@ class ZpruneGroup(TyperGroup):
             if os.environ.get("ZPRUNE_DEBUG") or _framework(exc):
                 raise
             translated = translate(exc)
-            error(str(translated))
+            if distributed.is_main():
+                error(str(translated))
+            elif not isinstance(translated, ZpruneUsageError):  # bad usage is the same on every rank: rank 0 says it
+                error(f"process {distributed.rank()}: {translated}")
             raise typer.Exit(translated.exit_code) from None
+
+    def resolve_command(self, ctx: click.Context, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if distributed.active() and name not in RUN_BY_RANKS:
+            raise ZpruneUsageError(f"`zprune {name}` runs as one process; under torchrun only "
+                                   f"{' and '.join(RUN_BY_RANKS)} split their windows across processes")
+        return name, command, rest
+
+
+RUN_BY_RANKS = ("calibrate", "prune")  # the commands whose work torchrun splits (the others would repeat it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from zprune_cli import distributed
+
 
 # Data on a pipe or in a file gets whole lines: rich wraps and cuts at the terminal's width, or at 80
 # columns when there is no terminal, which breaks `| tee`, CI logs and `| cut`.
@@ -27,7 +30,14 @@ def _console(stream) -> Console:
 
 
 def stdout_console() -> Console:
-    return _console(sys.stdout)
+    return _console(sys.stdout if distributed.is_main() else io.StringIO())  # torchrun: rank 0 reports
+
+
+def emit_json(data: Any) -> None:
+    if not distributed.is_main():  # torchrun: one report, from rank 0
+        return
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def stderr_console() -> Console:
@@ -37,11 +47,6 @@ def stderr_console() -> Console:
 def error(message: str) -> None:
     """One red line; the message is user text (paths, regexes), never parsed as markup."""
     stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    sys.stdout.flush()
 
 
 def setup_logging(quiet: bool) -> None:
@@ -54,7 +59,8 @@ def setup_logging(quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # torchrun: the other ranks say only what went wrong, not what rank 0 says already
+    logger.setLevel((logging.WARNING if quiet else logging.INFO) if distributed.is_main() else logging.ERROR)
     logger.propagate = False
 
 
@@ -154,6 +160,6 @@ class LineProgress:
 
 def progress_for(quiet: bool):
     """Bars on a terminal, one line per step in a pipe or a log, nothing with --quiet."""
-    if quiet or os.environ.get("ZPRUNE_NO_PROGRESS") == "1":
+    if quiet or os.environ.get("ZPRUNE_NO_PROGRESS") == "1" or not distributed.is_main():
         return RichProgress(quiet=True)
     return RichProgress() if sys.stderr.isatty() else LineProgress()

@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.hub import check_reachable
 from zprune_cli.models.resolve import ModelSource
@@ -19,13 +20,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' means the first CUDA device when there is one, else the CPU."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except RuntimeError:
         raise ZpruneUsageError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ZpruneUsageError(f"device '{device}' asked for, but torch sees no CUDA device")
+    if resolved.type == "cuda" and resolved.index is None and distributed.active():
+        resolved = torch.device("cuda", distributed.local_rank())  # torchrun: one GPU per process on a node
     return resolved
 
 

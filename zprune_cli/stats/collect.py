@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from zprune_cli import distributed
 from zprune_cli.stats.types import LayerStats
 
 SUMSQ_DTYPE = torch.float64  # exact sums over many tokens; a vector, so cheap
@@ -115,3 +116,40 @@ class BlockStatsCollector:
     def layer_stats(self) -> dict[str, LayerStats]:
         """Statistics by Linear name (members of a group share the same object)."""
         return {member: group.stats() for group in self.groups for member in group.members}
+
+
+def reduce_groups(groups: list[InputGroup]) -> list[InputGroup]:
+    """Under torchrun: every rank's statistics of one block, summed, identical on every rank.
+
+    Ranks may disagree on the groups: a layer no token of this rank's windows reached (an MoE expert)
+    is a zero singleton here and part of a shared-input group on another rank. The groups are first
+    laid out as one process over all windows would have found them (discovered in window order, then
+    the layers reached by no window), then summed position by position."""
+    if not distributed.active():
+        return groups
+    layout = _layout(distributed.all_gather_object([(g.members, g.n_sequences > 0) for g in groups]))
+    mine = {g.name: g for g in groups}
+    merged = [_as_group(mine[members[0]], members) for members in layout]
+    for g in merged:
+        counts = torch.tensor([g.n_tokens, g.n_sequences], dtype=torch.int64, device=g.sumsq.device)
+        distributed.all_reduce_sum([g.sumsq, g.sum, counts, *([g.gram] if g.gram is not None else [])])
+        g.n_tokens, g.n_sequences = int(counts[0]), int(counts[1])
+    return merged
+
+
+def _layout(per_rank: list[list[tuple[list[str], bool]]]) -> list[list[str]]:
+    """The groups of all ranks in window order (ranks hold contiguous shards), each layer in one group."""
+    layout, placed = [], set()
+    for reached_only in (True, False):
+        for groups in per_rank:
+            for members, reached in groups:
+                if reached >= reached_only and members[0] not in placed:
+                    layout.append(members)
+                    placed.update(members)
+    return layout
+
+
+def _as_group(local: InputGroup, members: list[str]) -> InputGroup:
+    """This rank's share of a group (zeros when it reached none of its layers), under the common members."""
+    return InputGroup(members=list(members), sumsq=local.sumsq, gram=local.gram, sum=local.sum,
+                      n_tokens=local.n_tokens, n_sequences=local.n_sequences)

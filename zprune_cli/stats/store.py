@@ -20,14 +20,16 @@ import os
 import re
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
@@ -141,10 +143,22 @@ class StatsEntry:
                 result[member] = stats
         return result
 
-    def inputs(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(window token ids [n, seqlen], block 0's inputs [n, seqlen, hidden])."""
-        tensors = load_file(self.path / "inputs.safetensors", device=str(device))
-        return tensors["input_ids"], tensors["hidden"]
+    def inputs(self, device: torch.device | str = "cpu", rows: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(window token ids [n, seqlen], block 0's inputs [n, seqlen, hidden]); with `rows`, those windows
+        only, read without loading the others (a torchrun rank's shard)."""
+        if rows is None:
+            tensors = load_file(self.path / "inputs.safetensors", device=str(device))
+            return tensors["input_ids"], tensors["hidden"]
+        with safe_open(self.path / "inputs.safetensors", framework="pt", device=str(device)) as f:
+            return (f.get_slice("input_ids")[rows.start : rows.stop], f.get_slice("hidden")[rows.start : rows.stop])
+
+    def readable(self) -> "StatsEntry":
+        """Self, or a one-line error when this process cannot see the entry's files (a torchrun rank on
+        another node whose cache folder is not the one rank 0 wrote to)."""
+        if not (self.path / MANIFEST).is_file():
+            raise ZpruneError(f"process {distributed.rank()} cannot read statistics entry {self.key} at {self.path}: "
+                              "under torchrun every node must see the same --cache-dir (a shared filesystem)")
+        return self
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
@@ -226,6 +240,30 @@ class StatsStore:
         if len(matches) > 1:
             raise ZpruneUsageError(f"'{prefix}' matches {len(matches)} entries; give more characters of the key")
         return matches[0]
+
+    @contextmanager
+    def claimed(self, key: StatsKey | PropagatedKey, find, progress=None) -> Iterator["StatsEntry | None"]:
+        """The entry `find()` returns, or None while this process holds the key's lock to write it.
+
+        Under torchrun rank 0 alone looks up and locks, and every rank gets its answer, so no rank
+        computes alone and one writes. With one process: look up, else lock and look again (another
+        writer may have finished while we waited)."""
+        with ExitStack() as stack:
+            entry = None
+            if distributed.is_main():
+                entry = find()
+                if entry is None:
+                    stack.enter_context(self.locked(key, progress))
+                    entry = find()
+            yield self.share(entry)
+
+    @staticmethod
+    def share(entry: "StatsEntry | None") -> "StatsEntry | None":
+        """Rank 0's entry on every rank (its path and manifest; files are read only when asked)."""
+        if not distributed.active():
+            return entry
+        found = distributed.broadcast_object(None if entry is None else (str(entry.path), entry.manifest))
+        return None if found is None else StatsEntry(Path(found[0]), found[1])
 
     # --- writing -------------------------------------------------------------------------------
     def _ensure_root(self) -> None:
