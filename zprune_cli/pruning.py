@@ -111,7 +111,8 @@ def check_offloadable(recipes: list[PruneRecipe]) -> None:
 
 def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult, out: Path | None,
                     overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
-    """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished."""
+    """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished.
+    The pruned weights live only there: the handle's blocks are read from the dense checkpoint again."""
     if out is None:
         report = prune_in_memory(handle.model, result.entry, recipe, progress)
         return PruneOutcome(report, result, None, make_provenance(handle, report, result))

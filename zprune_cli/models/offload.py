@@ -99,7 +99,8 @@ class OffloadedBlocks:
         self.auto: set[int] = set()  # materialised by a pre-hook, released by the forward hook
         self.listeners: list[Callable[[int, str, nn.Module], None]] = []
         for i, block in enumerate(self.blocks):
-            missing = [block_prefix(self.blocks_name, i) + n for n, _ in block.named_parameters() if block_prefix(self.blocks_name, i) + n not in files]
+            prefix = block_prefix(self.blocks_name, i)
+            missing = [prefix + n for n, _ in block.named_parameters() if prefix + n not in files]
             if missing:
                 raise ZpruneError(f"the checkpoint names none of {', '.join(missing[:3])}; --offload disk needs a "
                                   "checkpoint saved with the model's own parameter names")

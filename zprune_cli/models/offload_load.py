@@ -50,6 +50,10 @@ def load_offloaded(source: ModelSource, device: torch.device, dtype: torch.dtype
     for name, tensor in read_tensors(folder, files, outside).items():
         tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
         set_module_tensor_to_device(model, name, device, value=tensor)
+    for name, buffer in list(model.named_buffers()):  # as load_model's model.to(device, dtype) does (rotary inv_freq)
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        module._buffers[leaf] = buffer.to(device, dtype) if buffer.is_floating_point() else buffer.to(device)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # a tied LM head is not in the checkpoint: it shares the embeddings
     left = [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(f"{blocks_name}.")]
