@@ -17,6 +17,7 @@ from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import find_blocks, find_linears, in_features
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
+from zprune_cli.models.offload import held
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.settings import Calibration, Settings
@@ -154,7 +155,7 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
         with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * len(mine)) as task:
             for index, block in enumerate(blocks):
                 collector = BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)
-                with collector:
+                with held(model, index), collector:  # --offload disk: this block alone is read from disk
                     for i in range(len(mine)):
                         buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]
                         collector.end_call()

@@ -9,6 +9,7 @@ module walks the blocks. Two ways to get each block's statistics:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -28,6 +29,7 @@ from zprune_cli.methods.base import Method
 from zprune_cli.methods.reconstruction import finish_mask
 from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, find_blocks, in_features, layer_modules,
                                       pruned_layers, weight_view)
+from zprune_cli.models.offload import held
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.recipe import PruneRecipe
@@ -133,27 +135,31 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
     stats_entry = entry
     if recipe.propagate == "pruned":
-        run_key = PropagatedKey(entry.key, {"recipe": recipe.digest, "weights": weights_digest(layers)})
+        run_key = PropagatedKey(entry.key, {"recipe": recipe.digest, "weights": weights_digest(layers, model)})
         store = entry.store
         with store.claimed(run_key, lambda: store.get(run_key, repair=True), progress) as stats_entry:
             if stats_entry is None:  # first run with this recipe: collect and keep its statistics
                 settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                 with store.writer(run_key, settings) if distributed.is_main() else nullcontext() as writer:
-                    unrouted = _prune_propagating(model, entry, prune_layer, layers, targets, writer, progress, label)
-                return _report(recipe, layers, started, unrouted)
+                    unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
+                                                            progress, label)
+                return _report(recipe, started, unrouted, measured)
         stats_entry = stats_entry.readable()
     device = next(model.parameters()).device
     unrouted: list[str] = []
+    measured: dict[str, dict] = {}
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
             # a method that reads no statistics (magnitude) runs from an entry of block 0's inputs alone
             stats = stats_entry.block_stats(index, device) if stats_entry.has_blocks else dict.fromkeys(linears)
             unrouted += _no_tokens(prefix, linears, stats)
-            for name, linear in linears.items():
-                prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
+            with held(model, index, done=True):  # --offload disk: read, prune, measure, hand to the save, release
+                for name, linear in linears.items():
+                    prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
+                measured.update(_measure(prefix, linears))
             task.advance(1)
-    return _report(recipe, layers, started, unrouted)
+    return _report(recipe, started, unrouted, measured)
 
 
 def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: BlockLayers, targets, writer,
@@ -167,37 +173,52 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
     block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
     buffer = torch.empty_like(hidden)
     unrouted: list[str] = []
+    measured: dict[str, dict] = {}
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
-            block = blocks[index]
-            collector = BlockStatsCollector(linears, with_gram=prune_layer.recipe.needs_gram, width_of=in_features)
-            with collector:  # statistics of the dense block on the pruned model's inputs
-                for i in range(hidden.shape[0]):
-                    run_block(block, hidden[i : i + 1], block_kwargs[index])
-                    collector.end_call()
-            groups = reduce_groups(collector.groups)  # summed over the ranks: every rank prunes alike
-            if writer is not None:
-                writer.write_block(index, groups)
-            stats = {member: group.stats() for group in groups for member in group.members}
-            unrouted += _no_tokens(prefix, linears, stats)
-            for name, linear in linears.items():
-                prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
-            for i in range(hidden.shape[0]):  # the pruned block feeds the next one
-                buffer[i] = run_block(block, hidden[i : i + 1], block_kwargs[index])[0]
+            with held(model, index, done=True):  # --offload disk: this block alone is in memory
+                _prune_block_propagating(blocks[index], hidden, buffer, block_kwargs[index], writer, index,
+                                         prune_layer, prefix, linears, targets, unrouted)
+                measured.update(_measure(prefix, linears))
             hidden, buffer = buffer, hidden
             task.advance(1)
-    return unrouted
+    return unrouted, measured
 
 
-def weights_digest(layers) -> str:
+def _prune_block_propagating(block, hidden, buffer, kwargs, writer, index, prune_layer, prefix, linears, targets,
+                             unrouted: list[str]) -> None:
+    """Collect block `index`'s statistics on `hidden`, prune it, and write its pruned outputs to `buffer`."""
+    collector = BlockStatsCollector(linears, with_gram=prune_layer.recipe.needs_gram, width_of=in_features)
+    with collector:  # statistics of the dense block on the pruned model's inputs
+        for i in range(hidden.shape[0]):
+            run_block(block, hidden[i : i + 1], kwargs)
+            collector.end_call()
+    groups = reduce_groups(collector.groups)  # summed over the ranks under torchrun: every rank prunes alike
+    if writer is not None:  # rank 0 alone writes
+        writer.write_block(index, groups)
+    stats = {member: group.stats() for group in groups for member in group.members}
+    unrouted += _no_tokens(prefix, linears, stats)
+    for name, linear in linears.items():
+        prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
+    for i in range(hidden.shape[0]):  # the pruned block feeds the next one
+        buffer[i] = run_block(block, hidden[i : i + 1], kwargs)[0]
+
+
+def weights_digest(layers, model: nn.Module | None = None) -> str:
     """A cheap fingerprint of the weights about to be pruned, so cached propagation statistics are
     reused only for the weights they were collected from (not, say, a model pruned already)."""
     digest = hashlib.sha256()
-    for _, prefix, linears in layers:
-        for name, linear in linears.items():
-            w = weight_view(linear)
-            digest.update(f"{prefix}{name}:{float(w.abs().sum(dtype=torch.float64)):.12e}:{int((w == 0).sum())}".encode())
+    for index, prefix, linears in layers:
+        with held(model, index) if model is not None else contextlib.nullcontext():
+            for name, linear in linears.items():
+                w = weight_view(linear)
+                digest.update(f"{prefix}{name}:{float(w.abs().sum(dtype=torch.float64)):.12e}:{int((w == 0).sum())}".encode())
     return digest.hexdigest()[:16]
+
+
+def _measure(prefix: str, linears: dict) -> dict[str, dict]:
+    """One block's measured sparsity, taken while its weights are in memory (offloaded blocks leave)."""
+    return count_zeros({prefix + name: linear for name, linear in linears.items()})["layers"]
 
 
 def _no_tokens(prefix: str, linears: dict, stats: dict[str, LayerStats]) -> list[str]:
@@ -218,14 +239,13 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
                     f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
 
 
-def _report(recipe: PruneRecipe, layers: BlockLayers, started: float, unrouted: list[str]) -> PruneReport:
+def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict]) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
-    measured = count_zeros(layer_modules(layers))
-    sparsity = {name: v["sparsity"] for name, v in measured["layers"].items()}
-    params = {name: v["params"] for name, v in measured["layers"].items()}
+    sparsity = {name: v["sparsity"] for name, v in measured.items()}
+    params = {name: v["params"] for name, v in measured.items()}
     return PruneReport(recipe, sparsity, params, time.perf_counter() - started)
 
 

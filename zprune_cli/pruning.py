@@ -14,7 +14,9 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.model_card import model_card
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import parse_dtype, source_dtype
+from zprune_cli.models.offload import on_done
 from zprune_cli.models.save import save_model
+from zprune_cli.models.stream_save import StreamingSave
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
@@ -82,7 +84,11 @@ def prune(
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
+    if handle.offload == "disk":
+        check_offloadable(recipes)
     result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
+    if handle.offload == "disk":  # each block is saved as it is finished, never the whole model at once
+        return [prune_streaming(handle, recipes[0], result, outs[0], overwrite, progress, save_dtype)]
     snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
     outcomes = []
     for r, target in zip(recipes, outs):
@@ -94,6 +100,33 @@ def prune(
             provenance = save_pruned(handle, provenance, target, overwrite, progress, save_dtype)
         outcomes.append(PruneOutcome(report, result, target, provenance))
     return outcomes
+
+
+def check_offloadable(recipes: list[PruneRecipe]) -> None:
+    """What --offload disk does not do yet: it holds one block at a time, so nothing may read them all."""
+    if len(recipes) > 1:
+        raise ZpruneUsageError("--offload disk prunes one method at a time (several would need every block kept dense)")
+    if recipes[0].allocation == "owl":
+        raise ZpruneUsageError("--offload disk does not support --allocation owl yet (it reads every block's weights first)")
+
+
+def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult, out: Path | None,
+                    overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
+    """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished.
+    The pruned weights live only there: the handle's blocks are read from the dense checkpoint again."""
+    if out is None:
+        report = prune_in_memory(handle.model, result.entry, recipe, progress)
+        return PruneOutcome(report, result, None, make_provenance(handle, report, result))
+    with staged_folder(out, overwrite) as tmp:
+        saver = StreamingSave(handle.model, tmp, dtype)
+        with on_done(handle.model, saver):
+            report = prune_in_memory(handle.model, result.entry, recipe, progress)
+        with progress.task(f"Saving to {out}", None):
+            saver.finish(handle.tokenizer)
+        provenance = replace(make_provenance(handle, report, result), dtype=str(dtype or handle.dtype).removeprefix("torch."))
+        provenance.write(tmp)
+        (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))
+    return PruneOutcome(report, result, out, provenance)
 
 
 def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult) -> Provenance:
@@ -133,6 +166,8 @@ def prune_with_masks(
     progress = ensure(progress)
     [target] = output_paths(out, ["masks"], overwrite)
     handle = ModelHandle.of(model, settings, progress)
+    if handle.offload == "disk":
+        raise ZpruneUsageError("--masks applies to a model loaded whole; run it without --offload disk")
     n_layers = apply_masks(handle.model, masks, fingerprint=handle.source.fingerprint)
     _, manifest = read_masks(masks)
     settings_of_source = manifest.get("settings") or {}

@@ -71,6 +71,7 @@ class Settings:
     data_dir: Path | None = None  # where local copies of named datasets live (one resolver for all uses)
     device: str = "auto"
     dtype: str = "auto"
+    offload: str = "none"  # "disk": decoder blocks read from safetensors only while they run (ModelHandle.of)
     calibration: Calibration = Calibration()
     sparsity_overrides: tuple[tuple[str, float], ...] = ()  # (regex, ratio), from [sparsity]
     grids: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))

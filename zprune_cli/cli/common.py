@@ -56,11 +56,12 @@ def common(ctx: typer.Context, cache_dir=None, device=None, dtype=None, quiet=Fa
     return Common(settings, quiet, json)
 
 
-def model_handle(model: str, c: Common, revision: Optional[str] = None, trust_remote_code: bool = False):
+def model_handle(model: str, c: Common, revision: Optional[str] = None, trust_remote_code: bool = False,
+                 offload: str = "none"):
     """The model a command works on: resolved now (fails fast on a bad spec), loaded when first needed."""
     from zprune_cli.models.handle import ModelHandle
 
-    return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code)
+    return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code, offload)
 
 
 class AliasedCommand(TyperCommand):

@@ -7,6 +7,8 @@ from functools import cached_property
 import torch
 
 from zprune_cli.models.load import load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
+from zprune_cli.models.offload import check_offload, refuse_unreadable
+from zprune_cli.models.offload_load import load_offloaded
 from zprune_cli.progress import NullProgress
 from zprune_cli.models.resolve import ModelSource, resolve_model
 from zprune_cli.settings import Settings
@@ -14,8 +16,12 @@ from zprune_cli.settings import resolve as resolve_settings
 
 
 class ModelHandle:
-    def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False):
+    def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False,
+                 offload: str = "none"):
         self.source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision, trust_remote_code)
+        self.offload = check_offload(offload)  # "disk": decoder blocks read from safetensors only while they run
+        if self.offload == "disk":
+            refuse_unreadable(self.source)  # before any data is read or any work is done
         self.device: torch.device = resolve_device(device)
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         self._loaded = None
@@ -28,7 +34,7 @@ class ModelHandle:
         ModelHandle("org/name", revision="v1", trust_remote_code=True)."""
         if not isinstance(model, ModelHandle):
             settings = resolve_settings(settings)
-            model = cls(model, settings.device, settings.dtype)
+            model = cls(model, settings.device, settings.dtype, offload=settings.offload)
         model.progress = progress or model.progress
         return model
 
@@ -40,7 +46,8 @@ class ModelHandle:
         if self._loaded is None:
             progress = self.progress or NullProgress()
             with progress.task(f"Loading {self.source.spec} on {self.device} as {self.dtype_name}", None):
-                self._loaded = load_model(self.source, self.device, self.dtype)
+                loader = load_offloaded if self.offload == "disk" else load_model
+                self._loaded = loader(self.source, self.device, self.dtype)
         return self._loaded
 
     @cached_property

@@ -1,0 +1,153 @@
+"""`--offload disk`: decoder blocks read from safetensors only while they run. Results equal the
+in-memory run bit for bit; the tracked peak of materialised block weights does not grow with depth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import byte_tokenizer, tiny_config
+from zprune_cli import calibrate, prune
+from zprune_cli.cli.app import app
+from zprune_cli.models.offload import TRACKER
+from zprune_cli.recipe import PruneRecipe
+from zprune_cli.settings import Calibration, Settings
+
+RECIPES = {"wanda": PruneRecipe(method="wanda", sparsity=0.5),  # dense propagation: statistics from the store
+           "sparsegpt": PruneRecipe(method="sparsegpt", sparsity=0.5, propagate="pruned")}
+
+
+def save_llama(folder, n_blocks: int):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(n_blocks)
+    config = tiny_config("llama")
+    config.num_hidden_layers = n_blocks
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def block_bytes(folder) -> int:
+    """The bytes of one decoder block's parameters, read from the checkpoint."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return sum(f.get_tensor(k).numel() * 4 for k in f.keys() if k.startswith("model.layers.0."))
+
+
+@pytest.fixture(scope="module")
+def depths(tmp_path_factory):
+    return {n: save_llama(tmp_path_factory.mktemp(f"llama{n}"), n) for n in (3, 12)}
+
+
+def run(folder, offload: str, recipe: str, tmp_path, text_file):
+    """Calibrate and prune (saved) in one fresh store; returns (calibration entry, saved state, report, peak)."""
+    from transformers import AutoModelForCausalLM
+
+    settings = Settings(cache_dir=tmp_path / f"cache-{offload}", device="cpu", dtype="float32", offload=offload)
+    calibration = Calibration(data=str(text_file), nsamples=3, seqlen=24, seed=0)
+    TRACKER.reset()
+    entry = calibrate(str(folder), calibration, gram=True, settings=settings).entry
+    out = tmp_path / f"out-{offload}"
+    [outcome] = prune(str(folder), RECIPES[recipe], calibration=calibration, out=out, settings=settings)
+    state = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    return entry, state, outcome.report, TRACKER.peak
+
+
+def assert_same_stats(a, b, n_blocks: int) -> None:
+    for x, y in zip(a.inputs(), b.inputs()):
+        assert torch.equal(x, y)
+    for index in range(n_blocks):
+        sa, sb = a.block_stats(index), b.block_stats(index)
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            assert torch.equal(sa[name].sumsq, sb[name].sumsq)
+            assert (sa[name].gram is None) == (sb[name].gram is None)
+            assert sa[name].gram is None or torch.equal(sa[name].gram, sb[name].gram)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_offload_equals_in_memory_and_peak_is_one_block(depths, recipe, tmp_path, text_file):
+    peaks = {}
+    for n, folder in depths.items():
+        entry, state, report, _ = run(folder, "none", recipe, tmp_path / f"mem{n}", text_file)
+        off_entry, off_state, off_report, peaks[n] = run(folder, "disk", recipe, tmp_path / f"disk{n}", text_file)
+        assert_same_stats(entry, off_entry, n)
+        assert state.keys() == off_state.keys()
+        assert all(torch.equal(state[k], off_state[k]) for k in state), "saved weights differ"
+        assert report.layers == off_report.layers and 0.45 < off_report.overall < 0.55
+    one = block_bytes(depths[3])
+    assert 0 < peaks[3] <= one and peaks[12] <= one  # never more than the block that runs
+    assert peaks[12] - peaks[3] < one
+
+
+def test_offloaded_save_is_sharded_by_block(depths, tmp_path, text_file):
+    run(depths[3], "disk", "wanda", tmp_path, text_file)
+    index = json.loads((tmp_path / "out-disk" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(index.values())) == 4  # 3 blocks + the weights outside them
+    assert index["model.layers.2.mlp.up_proj.weight"] != index["model.layers.1.mlp.up_proj.weight"]
+    assert json.loads((tmp_path / "out-disk" / "zprune.json").read_text())["recipe"]["method"] == "wanda"
+
+
+def test_cli_prune_offload(depths, tmp_path, text_file):
+    out = tmp_path / "pruned"
+    result = CliRunner().invoke(app, ["prune", str(depths[3]), "--offload", "disk", "--method", "wanda", "--data",
+                                      str(text_file), "-n", "2", "-l", "16", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert 0.45 < json.loads(result.stdout)["overall_sparsity"] < 0.55 and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["calibrate", "prune"])
+def test_refuses_gguf_and_bin(tmp_path, command):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    binary = tmp_path / "bin-model"
+    binary.mkdir()
+    tiny_config("llama").save_pretrained(binary)
+    torch.save({}, binary / "pytorch_model.bin")
+    for model, words in ((gguf, "is a GGUF file"), (binary, "has no model.safetensors")):
+        result = CliRunner().invoke(app, [command, str(model), "--offload", "disk", "--data", "self", "-n", "1", "-l", "8"])
+        assert result.exit_code == 2, result.output
+        assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_unknown_offload_mode(tiny_dir):
+    result = CliRunner().invoke(app, ["calibrate", str(tiny_dir), "--offload", "ram"])
+    assert result.exit_code == 2 and "unknown --offload 'ram'" in result.output
+
+
+def test_sharded_checkpoint_and_tied_head(tmp_path, text_file):
+    """An index-json checkpoint (zprune's own offloaded output) and a tied LM head read block by block."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "tied"
+    torch.manual_seed(1)
+    config = tiny_config("llama")
+    config.tie_word_embeddings = True
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    _, state, _, _ = run(folder, "none", "wanda", tmp_path / "mem", text_file)
+    _, off_state, _, _ = run(folder, "disk", "wanda", tmp_path / "disk", text_file)
+    assert all(torch.equal(state[k], off_state[k]) for k in state)
+    sharded = tmp_path / "disk" / "out-disk"
+    assert "lm_head.weight" not in json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    settings = {o: Settings(cache_dir=tmp_path / f"again-{o}", device="cpu", dtype="float32", offload=o) for o in ("none", "disk")}
+    calibration = Calibration(data=str(text_file), nsamples=2, seqlen=16, seed=0)
+    mem, disk = (calibrate(str(sharded), calibration, settings=settings[o]).entry for o in ("none", "disk"))
+    assert_same_stats(mem, disk, 2)
+
+
+def test_bfloat16_forward_matches_whole_model(tiny_dir):
+    """Buffers (rotary inv_freq) are cast as a whole-model load casts them, so half precision matches too."""
+    from zprune_cli.models.handle import ModelHandle
+
+    whole = ModelHandle(str(tiny_dir), "cpu", "bfloat16").model
+    offloaded = ModelHandle(str(tiny_dir), "cpu", "bfloat16", offload="disk").model
+    ids = torch.arange(2, 30)[None]
+    with torch.no_grad():
+        assert torch.equal(whole(ids).logits, offloaded(ids).logits)
+    assert all(p.is_meta for p in offloaded.model.layers.parameters())  # released after the forward

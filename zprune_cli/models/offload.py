@@ -1,0 +1,193 @@
+"""`--offload disk`: a model whose decoder blocks live on disk until they run.
+
+DESIGN section 0: one decoder block in memory at a time, whatever the model's depth. The skeleton is
+built on the meta device (buffers such as rotary inv_freq stay real), the weights outside the blocks
+(embeddings, final norm, LM head) are read for real, and each block's parameters are read from the
+safetensors shards only while the block is needed, then released back to meta. Two ways in:
+- hooks: a forward pre-hook reads a block, a forward hook releases it (a whole-model forward works);
+- `held(model, index)`: the engine keeps a block in memory across its loop over windows, and with
+  done=True tells the listeners (a streaming save) that the block is final before it is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.models.blocks import block_prefix, find_blocks
+from zprune_cli.models.resolve import ModelSource
+
+OFFLOAD_MODES = ("none", "disk")
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class MemoryTracker:
+    """Bytes of block parameters materialised now and at most: a deterministic peak for tests and logs."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+
+    def reset(self) -> None:
+        self.current = self.peak = 0
+
+    def add(self, nbytes: int) -> None:
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+
+
+TRACKER = MemoryTracker()
+
+
+def check_offload(mode: str) -> str:
+    if mode not in OFFLOAD_MODES:
+        raise ZpruneUsageError(f"unknown --offload '{mode}' (use none or disk)")
+    return mode
+
+
+def refuse_unreadable(source: ModelSource) -> None:
+    """Fail before any work when the checkpoint cannot be read block by block (safetensors only)."""
+    if source.gguf_file:
+        raise ZpruneUsageError(f"--offload disk reads safetensors checkpoints; {source.spec} is a GGUF file "
+                               "(run without --offload, or convert it to safetensors first)")
+    if source.is_local:
+        weight_map(Path(source.location), source.spec)
+
+
+def weight_map(folder: Path, spec: str) -> dict[str, str]:
+    """{tensor name: shard file name} from the index json (sharded) or the single model.safetensors."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        return dict(json.loads(index.read_text())["weight_map"])
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        raise ZpruneUsageError(f"--offload disk reads safetensors checkpoints; {spec} has no model.safetensors "
+                               f"or {INDEX_FILE} (a .bin checkpoint cannot be read block by block)")
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as f:
+        return dict.fromkeys(f.keys(), single.name)
+
+
+def read_tensors(folder: Path, files: dict[str, str], names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors, each shard opened once (safe_open maps the file; get_tensor copies one tensor)."""
+    from safetensors import safe_open
+
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    out = {}
+    for file, group in by_file.items():
+        with safe_open(str(folder / file), "pt", device="cpu") as f:
+            out.update({name: f.get_tensor(name) for name in group})
+    return out
+
+
+class OffloadedBlocks:
+    """The decoder blocks of one offloaded model: materialise, release, hold, and hooks that do both."""
+
+    def __init__(self, model: nn.Module, folder: Path, files: dict[str, str], device, dtype):
+        self.blocks_name, self.blocks = find_blocks(model)
+        self.folder, self.files, self.device, self.dtype = folder, files, device, dtype
+        self.held: set[int] = set()
+        self.auto: set[int] = set()  # materialised by a pre-hook, released by the forward hook
+        self.listeners: list[Callable[[int, str, nn.Module], None]] = []
+        for i, block in enumerate(self.blocks):
+            prefix = block_prefix(self.blocks_name, i)
+            missing = [prefix + n for n, _ in block.named_parameters() if prefix + n not in files]
+            if missing:
+                raise ZpruneError(f"the checkpoint names none of {', '.join(missing[:3])}; --offload disk needs a "
+                                  "checkpoint saved with the model's own parameter names")
+            block.register_forward_pre_hook(self._pre_hook(i))
+            block.register_forward_hook(self._post_hook(i))
+
+    def is_materialised(self, index: int) -> bool:
+        return not any(p.is_meta for p in self.blocks[index].parameters())
+
+    def materialise(self, index: int) -> None:
+        if self.is_materialised(index):
+            return
+        block, prefix = self.blocks[index], block_prefix(self.blocks_name, index)
+        names = [n for n, _ in block.named_parameters()]
+        tensors = read_tensors(self.folder, self.files, [prefix + n for n in names])
+        for name in names:
+            tensor = tensors[prefix + name]
+            tensor = tensor.to(self.device, self.dtype) if tensor.is_floating_point() else tensor.to(self.device)
+            _set_parameter(block, name, tensor)
+            TRACKER.add(tensor.numel() * tensor.element_size())
+
+    def release(self, index: int) -> None:
+        for name, param in list(self.blocks[index].named_parameters()):
+            if not param.is_meta:
+                TRACKER.add(-param.numel() * param.element_size())
+                _set_parameter(self.blocks[index], name, torch.empty_like(param, device="meta"))
+
+    @contextlib.contextmanager
+    def hold(self, index: int, done: bool = False) -> Iterator[nn.Module]:
+        self.materialise(index)
+        self.held.add(index)
+        self.auto.discard(index)  # a forward stopped early (at block 0) never reached its releasing hook
+        try:
+            yield self.blocks[index]
+            if done:  # only a block that finished cleanly is handed to a streaming save
+                for listener in self.listeners:
+                    listener(index, block_prefix(self.blocks_name, index), self.blocks[index])
+        finally:
+            self.held.discard(index)
+            self.release(index)
+
+    def _pre_hook(self, index: int):
+        def hook(module, args):
+            if index not in self.held and not self.is_materialised(index):
+                self.materialise(index)
+                self.auto.add(index)
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module, args, output):
+            if index in self.auto and index not in self.held:
+                self.auto.discard(index)
+                self.release(index)
+
+        return hook
+
+
+def _set_parameter(block: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = block.get_submodule(owner) if owner else block
+    module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+
+
+def offloaded(model: nn.Module) -> OffloadedBlocks | None:
+    return getattr(model, "_zprune_offload", None)
+
+
+@contextlib.contextmanager
+def held(model: nn.Module, index: int, done: bool = False) -> Iterator[None]:
+    """Keep block `index` in memory for the body (a no-op for a model loaded whole)."""
+    state = offloaded(model)
+    if state is None:
+        yield
+        return
+    with state.hold(index, done):
+        yield
+
+
+@contextlib.contextmanager
+def on_done(model: nn.Module, listener: Callable[[int, str, nn.Module], None]) -> Iterator[None]:
+    """Call listener(index, prefix, block) for each block finished under held(..., done=True)."""
+    state = offloaded(model)
+    if state is None:
+        raise ZpruneError("a streaming save needs a model loaded with --offload disk")
+    state.listeners.append(listener)
+    try:
+        yield
+    finally:
+        state.listeners.remove(listener)
