@@ -1,0 +1,114 @@
+"""Benchmark: peak resident memory and wall time of calibrate + prune, in memory against `--offload disk`.
+
+A random Llama (default about 3 B parameters: hidden 3072, 26 blocks, intermediate 8192, vocab 32000) is
+written once to disk in bfloat16 by this script, then pruned with Wanda 50% (dense statistics, a short
+calibration: the point is memory, not quality) twice, each in a fresh process with a fresh cache: the whole
+model in float32 memory, and `--offload disk`. Each process reports its own peak resident memory (VmHWM,
+read at exit). The model's float32 size is printed beside, so the offloaded peak reads as a share of it.
+
+    python tests/benchmarks/bench_offload.py                     # ~3 B parameters, ~6 GB on disk
+    python tests/benchmarks/bench_offload.py --hidden 1024 --blocks 8 --intermediate 2816   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import REPO, library_state
+
+REPORT = ("import atexit, sys\n"
+          "def _peak():\n"
+          "    with open('/proc/self/status') as s:\n"
+          "        sys.stderr.write('VMHWM ' + next(l.split()[1] for l in s if l.startswith('VmHWM')) + '\\n')\n"
+          "atexit.register(_peak)\n"
+          "from zprune_cli.cli import main\n"
+          "sys.argv = ['zprune'] + sys.argv[1:]\n"
+          "main()\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=3072)
+    p.add_argument("--blocks", type=int, default=26)
+    p.add_argument("--intermediate", type=int, default=8192)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--nsamples", type=int, default=2)
+    p.add_argument("--seqlen", type=int, default=64)
+    p.add_argument("--work", type=Path, default=None, help="folder for the model and outputs (default: a temporary one)")
+    p.add_argument("--modes", default="disk,none", help="offload modes to run, in order")
+    return p.parse_args(argv)
+
+
+def write_model(args: argparse.Namespace, folder: Path) -> int:
+    """A random Llama saved as bfloat16 safetensors shards, built block by block in bfloat16 (never fp32)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.blocks,
+                         num_attention_heads=args.hidden // 128, num_key_value_heads=args.hidden // 128,
+                         vocab_size=args.vocab, max_position_embeddings=2048, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)  # built in bfloat16 directly: a 3 B model never exists in float32 here
+    model = LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder, max_shard_size="2GB")
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import byte_tokenizer  # every byte one token: enough to feed text through
+
+    byte_tokenizer().save_pretrained(folder)
+    del model
+    return params
+
+
+def run(folder: Path, text: Path, mode: str, args: argparse.Namespace, work: Path) -> tuple[float, int]:
+    """(wall seconds, peak resident KiB) of one `zprune prune` process."""
+    cache, out = work / f"cache-{mode}", work / f"out-{mode}"
+    env = {**os.environ, "ZPRUNE_HOME": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, "-c", REPORT, "prune", str(folder), "--method", "wanda", "--sparsity", "0.5",
+               "--data", str(text), "-n", str(args.nsamples), "-l", str(args.seqlen), "--offload", mode,
+               "--dtype", "float32", "--out", str(out), "--overwrite", "--quiet", "--json"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{mode}: exit {done.returncode}: {done.stderr[-2000:]}")
+    peak = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("VMHWM")))
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, peak
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="zprune-bench-offload-"))
+    folder, text = work / "model", work / "text.txt"
+    text.write_text(("The quick brown fox jumps over the lazy dog while the model is pruned. " * 400))
+    started = time.perf_counter()
+    params = write_model(args, folder) if not (folder / "config.json").exists() else None
+    disk = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    print(f"{library_state()}; model written in {time.perf_counter() - started:.0f} s: "
+          f"{params or 'existing'} parameters, {disk / 2**30:.2f} GiB bfloat16 on disk, float32 size "
+          f"{2 * disk / 2**30:.2f} GiB; calibration {args.nsamples} x {args.seqlen}", flush=True)
+    rows = []
+    for mode in args.modes.split(","):
+        seconds, peak = run(folder, text, mode, args, work)
+        rows.append({"offload": mode, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**20, 3),
+                     "share_of_fp32_model": round(peak * 1024 / (2 * disk), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| offload | wall | peak RSS | share of the fp32 model |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['offload']} | {r['seconds']:.0f} s | {r['peak_rss_gib']:.2f} GiB | {r['share_of_fp32_model']:.0%} |")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
