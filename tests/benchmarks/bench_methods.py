@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     cache = args.cache or Path(tempfile.mkdtemp(prefix="zprune-bench-methods-"))
     out = args.out or cache / "bench_methods.jsonl"
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    library = library_state()  # the code this process imported (HEAD may move while a long run goes on)
     settings = Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
     handle = ModelHandle(args.model, "cpu", "float32")
     started = time.perf_counter()
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             seconds = report.seconds
         metrics = {m.name: m.value for m in measure(handle.model, handle.tokenizer, plan)}
         cell = {"recipe": name, "column": column, "ppl": metrics["ppl:wikitext2"], "prune_seconds": round(seconds, 1),
-                "sparsity": metrics["sparsity"], "library": library_state()}
+                "sparsity": metrics["sparsity"], "library": library}
         done.append(cell)
         with out.open("a") as f:
             f.write(json.dumps(cell) + "\n")
@@ -123,7 +124,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cells = run(args)
-    print(f"\n{library_state()}, torch threads {torch.get_num_threads()}")
+    print(f"\ntorch threads {torch.get_num_threads()}")
     print(table(cells, args.columns.split(","), args.recipes.split(",")))
     best = {}
     for column in args.columns.split(","):
