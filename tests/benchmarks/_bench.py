@@ -25,3 +25,15 @@ def library_state() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "zprune_cli (not a git checkout)"
     return f"zprune_cli at {head}{' + local changes' if dirty else ''}"
+
+
+# Each process reports its own high-water mark (VmHWM, per address space, so it starts afresh at exec); not
+# getrusage's ru_maxrss, which Linux carries over exec from the forking parent.
+HWM = """
+import atexit, os, sys
+def _hwm():
+    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
+        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
+atexit.register(_hwm)
+"""
+RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"

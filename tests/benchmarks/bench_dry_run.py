@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import REPO, library_state  # noqa: E402  (sets offline env first)
+from _bench import HWM, REPO, RUN_ZPRUNE, library_state  # noqa: E402  (sets offline env first)
 
 sys.path.insert(0, str(REPO))  # this checkout's zprune, also in the child processes (PYTHONPATH below)
 
@@ -41,16 +41,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# Each process reports its own high-water mark (VmHWM, per address space, so it starts afresh at exec); not
-# getrusage's ru_maxrss, which Linux carries over exec from the forking parent.
-HWM = """
-import atexit, os, sys
-def _hwm():
-    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
-        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
-atexit.register(_hwm)
-"""
-RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"
 
 
 def run(code: str, args: list[str], env: dict) -> tuple[int, float, str]:

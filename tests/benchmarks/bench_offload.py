@@ -22,17 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import REPO, library_state
-
-REPORT = ("import atexit, sys\n"
-          "def _peak():\n"
-          "    with open('/proc/self/status') as s:\n"
-          "        sys.stderr.write('VMHWM ' + next(l.split()[1] for l in s if l.startswith('VmHWM')) + '\\n')\n"
-          "atexit.register(_peak)\n"
-          "from zprune_cli.cli import main\n"
-          "sys.argv = ['zprune'] + sys.argv[1:]\n"
-          "main()\n")
-
+from _bench import REPO, RUN_ZPRUNE, library_state
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,8 +62,9 @@ def write_model(args: argparse.Namespace, folder: Path) -> int:
 def run(folder: Path, text: Path, mode: str, args: argparse.Namespace, work: Path) -> tuple[float, int]:
     """(wall seconds, peak resident KiB) of one `zprune prune` process."""
     cache, out = work / f"cache-{mode}", work / f"out-{mode}"
-    env = {**os.environ, "ZPRUNE_HOME": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, "-c", REPORT, "prune", str(folder), "--method", "wanda", "--sparsity", "0.5",
+    hwm = work / f"hwm-{mode}"
+    env = {**os.environ, "ZPRUNE_HOME": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "HWM_FILE": str(hwm)}
+    command = [sys.executable, "-c", RUN_ZPRUNE, "prune", str(folder), "--method", "wanda", "--sparsity", "0.5",
                "--data", str(text), "-n", str(args.nsamples), "-l", str(args.seqlen), "--offload", mode,
                "--dtype", "float32", "--out", str(out), "--overwrite", "--quiet", "--json"]
     started = time.perf_counter()
@@ -81,7 +72,7 @@ def run(folder: Path, text: Path, mode: str, args: argparse.Namespace, work: Pat
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{mode}: exit {done.returncode}: {done.stderr[-2000:]}")
-    peak = int(next(line.split()[1] for line in done.stderr.splitlines() if line.startswith("VMHWM")))
+    peak = int(hwm.read_text())  # KiB, written by the process itself at exit (see _bench.HWM)
     shutil.rmtree(out, ignore_errors=True)
     return seconds, peak
 
