@@ -18,7 +18,7 @@ import torch
 
 from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
 from zprune_cli.estimation.shape import ModelShape
-from zprune_cli.estimation.store_size import element_size, entry_bytes, safetensors_bytes
+from zprune_cli.estimation.store_size import element_size, entry_bytes
 from zprune_cli.recipe import PruneRecipe, calibration_needs
 from zprune_cli.settings import Calibration
 

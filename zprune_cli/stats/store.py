@@ -82,9 +82,6 @@ class StatsKey:
         """The key of the statistics a pruned-propagation run collected on top of this entry."""
         return PropagatedKey(self.digest, run)
 
-    def without_gram(self) -> "StatsKey":
-        return StatsKey(**{**asdict(self), "gram": False})
-
     def with_gram(self) -> "StatsKey":
         return StatsKey(**{**asdict(self), "gram": True, "blocks": True})
 
