@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from zprune_cli.cli.output import error, progress_for, setup_logging
-from zprune_cli.cli import Terminated
+from zprune_cli.cli import Terminated, swallowed_signal
 from zprune_cli import distributed
 from zprune_cli.errors import ZpruneUsageError, translate
 from zprune_cli.settings import Settings, load_settings
@@ -123,6 +123,9 @@ class ZpruneGroup(TyperGroup):
         except Exception as exc:
             if os.environ.get("ZPRUNE_DEBUG") or _framework(exc):
                 raise
+            if swallowed := swallowed_signal():
+                error(f"{swallowed[1]}; nothing half-written was kept")
+                raise typer.Exit(swallowed[0]) from None
             translated = translate(exc)
             if distributed.is_main():
                 error(str(translated))
