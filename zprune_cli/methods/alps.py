@@ -93,7 +93,7 @@ class ALPS(Method):
         Y = B0 @ scaled.H
         B, _ = self._admm(B0, Y, scaled, project)
         B, mask = project(B)
-        B, _ = pcg_solve(scaled.H, Y, ~mask, B, self.pcg_tol, self.pcg_iter)
+        B, _ = pcg_solve(scaled.H, B0, ~mask, B, self.pcg_tol, self.pcg_iter, stall=0.0)  # the reference: pcg_iter steps
         W = (B / scaled.d).masked_fill(mask, 0)
         return PruneResult(weight=W.to(device=weight.device, dtype=weight.dtype), prune_mask=mask.to(weight.device))
 
