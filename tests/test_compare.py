@@ -49,6 +49,9 @@ def test_grid_calibrates_once_and_resumes(tiny_dir, text_file, cache, counters):
     by_cell = {(r["method"], r["sparsity"]): r["metrics"] for r in first.rows}
     assert by_cell[("wanda", 0.3)]["sparsity"] == pytest.approx(0.3, abs=0.02)
     assert by_cell[("magnitude", 0.5)]["sparsity"] == pytest.approx(0.5)
+    for row in first.rows:  # each cell's own times, for a grid's overhead (wall time / sum of cells)
+        assert row["seconds"]["evaluate"] > 0 and (row["seconds"]["prune"] > 0) == (row["method"] != "dense")
+    assert sum(r["seconds"]["prune"] + r["seconds"]["evaluate"] for r in first.rows) < first.seconds
     second = run_grid(tiny_dir, text_file)
     assert counters == {"calibrations": 1, "prunes": 6}  # nothing recomputed
     assert second.computed == 0 and second.skipped == 7 and second.rows == first.rows

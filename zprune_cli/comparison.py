@@ -108,9 +108,12 @@ def compare(
                 report = prune_in_memory(handle.model, result.entry, recipe, progress)
                 provenance = make_provenance(handle, report, result)
             layer_names = list(provenance.pruned_layers) if provenance else None
+            measuring = time.perf_counter()
             metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names,
                               who=recipe.label() if recipe else f"{handle.source.spec} (dense)")
-            record(store, handle, metrics, provenance, run_settings)
+            seconds = {"prune": round(report.seconds, 3) if recipe else 0.0,
+                       "evaluate": round(time.perf_counter() - measuring, 3)}
+            record(store, handle, metrics, provenance, {**run_settings, "seconds": seconds})
             computed += 1
             grid_task.advance(1)
         if snapshot is not None:
@@ -154,6 +157,7 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
             row["metrics"][r["metric"]] = r["value"]
             row["_created"][r["metric"]] = r["created"]
             row["_protocols"][r["metric"]] = r["protocol"]
+            row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
     return _grouped(cells)
 
 
@@ -247,7 +251,8 @@ def _row(r: dict) -> dict:
     return {"model": r["model"], "method": r["method"], "label": label, "sparsity": r["sparsity"],
             "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
             "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
-            "calibration": settings.get("calibration"), "metrics": {}, "_created": {}, "_protocols": {}}
+            "calibration": settings.get("calibration"), "seconds": settings.get("seconds"),  # prune / evaluate, per cell
+            "metrics": {}, "_created": {}, "_protocols": {}}
 
 
 def known_metrics(rows: list[dict]) -> list[str]:
