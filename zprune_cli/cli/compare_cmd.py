@@ -31,7 +31,7 @@ def compare_command(
     methods: Annotated[Optional[str], typer.Option("--method", "-m", help="Comma-separated methods (default: every method).")] = None,
     sparsity: Annotated[Optional[str], typer.Option("--sparsity", "-s", help="Comma-separated sparsities (unstructured).")] = None,
     patterns: Annotated[Optional[str], typer.Option("--pattern", "-p", help="Comma-separated: unstructured, 2:4, 4:8 (default unstructured).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, a file).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, a file; none with --tasks).")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Zero-shot tasks, comma-separated.")] = None,
     tasks_dir: Annotated[Optional[str], typer.Option("--tasks-dir", help="Folder of extra lm-eval YAML tasks.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Questions per task.")] = None,
@@ -98,7 +98,8 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
     shared = recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
                            g.get("reconstruct"), g.get("refine"), g.get("propagate"), ignore, option)
     recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"), **shared)
-    evaluation = Evaluation(data=g.get("eval", "wikitext2"), seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
+    data = g.get("eval", "wikitext2")
+    evaluation = Evaluation(data=() if data in ("none", ["none"]) else data, seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
                             tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"))
     calibration = c.settings.with_flags(**{k: g.get(k) for k in ("data", "nsamples", "seqlen", "seed")}).calibration
     return recipes, evaluation, calibration

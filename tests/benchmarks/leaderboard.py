@@ -1,0 +1,160 @@
+"""The published leaderboard: SmolLM2-135M and Gemma-3-270M under the papers' protocol, one command.
+
+Every number comes from `zprune compare --grid NAME` (the leaderboard-* grids of the repository's
+zprune.toml) run as a subprocess, with the shared C4 shard as calibration data and ../shared/data for
+wikitext-2 and the zero-shot sets. Cells go to the results store of one cache folder, so a killed run
+resumes where it stopped; the merged cells, each run's wall time and its cells' own times go to
+leaderboard.json next to this file.
+
+    python tests/benchmarks/leaderboard.py                  # run (or resume) every model x grid
+    python tests/benchmarks/leaderboard.py --publish        # README "Results", RESULTS.md section, PNG
+    python tests/benchmarks/leaderboard.py --check --models smollm2-135m --grids leaderboard-dense --methods magnitude
+
+`--check` recomputes the chosen cells in a fresh cache and compares every perplexity with the committed
+leaderboard.json to 4 significant digits (exit 1 on a difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import C4, DATA_DIR, REPO, library_state
+from publish import cell_key, differences
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "leaderboard.json"
+MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
+THREADS = 2  # torch threads in every compare process (this machine's cores)
+GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-gram", "leaderboard-best")
+# Gemma-3-270M costs about twice SmolLM2's per cell: it runs the two cheaper grids, within the time budget
+DEFAULT_GRIDS = {"smollm2-135m": GRIDS, "gemma3-270m": GRIDS[:2]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated model aliases")
+    p.add_argument("--grids", default=None, help="comma-separated grid names from zprune.toml (default: per model)")
+    p.add_argument("--methods", default=None, help="only these methods of each grid (passed as --method)")
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "zprune-leaderboard",
+                   help="cache folder holding the results store (the run resumes from it)")
+    p.add_argument("--results", type=Path, default=RESULTS_JSON, help="the leaderboard's JSON file")
+    p.add_argument("--check", action="store_true", help="recompute in a fresh cache and compare to --results")
+    p.add_argument("--publish", action="store_true", help="write README / RESULTS.md / PNG from --results")
+    return p.parse_args(argv)
+
+
+# --- running the grids --------------------------------------------------------------------------------------
+
+
+def run_grid(model: str, grid: str, cache: Path, methods: str | None) -> dict:
+    """One `zprune compare --grid` process: its JSON outcome plus its wall time."""
+    command = [sys.executable, "-m", "zprune_cli", "compare", model, "--grid", grid, "--data", str(C4),
+               "--data-dir", str(DATA_DIR), "--cache-dir", str(cache), "--json"]
+    if methods:
+        command += ["--method", methods]
+    started = time.perf_counter()
+    # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
+    env = {**os.environ, "ZPRUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(command[2:])} failed with exit code {done.returncode}")
+    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1)}
+
+
+def slim(row: dict, model: str, grid: str) -> dict:
+    keep = ("method", "label", "pattern", "sparsity", "propagate", "recipe", "protocol", "metrics", "seconds")
+    return {"model": model, "grid": grid, **{k: row.get(k) for k in keep}}
+
+
+def run_all(args: argparse.Namespace, cache: Path, board: dict) -> dict:
+    """Runs each model x grid, merging its rows into `board` (cells by key) and noting each run's times."""
+    cells = {cell_key(c): c for c in board.get("cells", [])}
+    runs = list(board.get("runs", []))
+    for model in args.models.split(","):
+        for grid in args.grids.split(",") if args.grids else DEFAULT_GRIDS.get(model, GRIDS):
+            before = {k: (c.get("seconds") or {}) for k, c in cells.items()}
+            outcome = run_grid(model, grid, cache, args.methods)
+            fresh = []
+            for row in outcome["rows"]:
+                key = cell_key({**row, "model": model})
+                if key not in cells or before.get(key) != (row.get("seconds") or {}):
+                    fresh.append(row)
+                cells[key] = slim(row, model, cells.get(key, {}).get("grid", grid))
+            run = describe_run(model, grid, outcome, fresh)
+            print(summary_line(run), flush=True)
+            if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in runs):
+                runs = [r for r in runs if (r["model"], r["grid"]) != (model, grid)] + [run]  # the run that computed
+    return {"library": library_state(), "protocol": PROTOCOL, "runs": runs, "cells": sorted(cells.values(), key=order)}
+
+
+def describe_run(model: str, grid: str, outcome: dict, fresh: list[dict]) -> dict:
+    """A run's wall time against the sum of its freshly computed cells' prune and evaluation times."""
+    inside = sum((r.get("seconds") or {}).get("prune", 0) + (r.get("seconds") or {}).get("evaluate", 0) for r in fresh)
+    return {"model": model, "grid": grid, "computed": outcome["computed"], "skipped": outcome["skipped"],
+            "wall_seconds": outcome["wall_seconds"], "cells_seconds": round(inside, 1),
+            "overhead": round(outcome["wall_seconds"] / inside, 3) if inside else None}
+
+
+def summary_line(run: dict) -> str:
+    ratio = f", overhead {run['overhead']:.2f}x" if run["overhead"] else ""
+    return (f"{run['model']} {run['grid']}: {run['computed']} computed, {run['skipped']} stored, "
+            f"wall {run['wall_seconds']:.0f} s, cells {run['cells_seconds']:.0f} s{ratio}")
+
+
+PATTERN_ORDER = {"": 0, "unstructured": 1, "2:4": 2, "4:8": 3}
+
+
+def order(cell: dict):
+    return (cell["model"], cell["protocol"], PATTERN_ORDER.get(cell["pattern"], 9), cell["sparsity"] or 0,
+            cell["label"], cell["propagate"] or "")
+
+
+PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
+            "perplexity": "wikitext-2 test, windows of 512 tokens, the first 16 (max_windows in zprune.toml)",
+            "zero-shot": "the first 200 questions of each set (limit in zprune.toml), lm-eval acc and acc_norm",
+            "dtype": "float32", "device": "cpu", "threads": THREADS}
+
+
+# --- checking a re-run ----------------------------------------------------------------------------------------
+
+
+def check(args: argparse.Namespace) -> int:
+    committed = json.loads(args.results.read_text())
+    with tempfile.TemporaryDirectory(prefix="zprune-leaderboard-check-") as cache:
+        fresh = run_all(args, Path(cache), {})
+    bad = differences(fresh, committed)
+    compared = sum(1 for c in fresh["cells"] for m in c["metrics"] if m.startswith("ppl:"))
+    for line in bad:
+        print(line)
+    print(f"{compared - len(bad)} of {compared} perplexities equal the committed ones to 4 significant digits")
+    return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        return check(args)
+    if args.publish:
+        from publish import publish
+
+        publish(json.loads(args.results.read_text()))
+        return 0
+    board = json.loads(args.results.read_text()) if args.results.exists() else {}
+    started = time.perf_counter()
+    board = run_all(args, args.cache, board)
+    args.results.write_text(json.dumps(board, indent=1) + "\n")
+    print(f"leaderboard: {len(board['cells'])} cells in {args.results}, this run {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

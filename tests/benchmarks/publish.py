@@ -1,0 +1,205 @@
+"""The leaderboard's data (leaderboard.json) and its published forms: the README "Results" section, the
+leaderboard section of RESULTS.md and the PNG plot, and the comparison `leaderboard.py --check` makes.
+Rendering is pure (a test re-renders and compares with the committed files); writing replaces only the
+text between the markers. No zprune or torch import: tests load this module cheaply."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parents[1] / "README.md"
+RESULTS_MD = HERE / "RESULTS.md"
+PLOT = HERE.parents[1] / "docs" / "leaderboard.png"
+START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+COLUMNS = ("50%", "60%", "70%", "2:4", "4:8")
+TASKS = ("arc_easy_local", "arc_challenge_local", "piqa_local", "boolq_local", "winogrande_local", "hellaswag_local")
+
+
+def cell_key(row: dict) -> str:
+    """A cell: the model, its evaluation protocol and its recipe (the dense row has none)."""
+    return f"{row['model']}|{row['protocol']}|{row['recipe'] or 'dense'}"
+
+
+def same_to_4_significant(a: float, b: float) -> bool:
+    """|a - b| within half a unit of b's 4th significant digit (29.19 vs 29.185 passes, 29.20 does not)."""
+    if a == b:
+        return True
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return False
+    unit = 10 ** (math.floor(math.log10(abs(b))) - 3)
+    return abs(a - b) <= unit / 2 * (1 + 1e-9)  # the half-unit itself passes, whatever the float rounding
+
+
+def differences(fresh: dict, committed: dict) -> list[str]:
+    """Every perplexity of `fresh` that differs from its committed cell (a subset may be re-run)."""
+    known = {cell_key(c): c for c in committed["cells"]}
+    out = []
+    for cell in fresh["cells"]:
+        old = known.get(cell_key(cell))
+        if old is None:
+            out.append(f"{cell['model']} {cell['label']}: not in the committed results")
+            continue
+        for metric, value in cell["metrics"].items():
+            before = old["metrics"].get(metric)
+            if metric.startswith("ppl:") and not same_to_4_significant(_float(value), _float(before)):
+                out.append(f"{cell['model']} {cell['label']} {metric}: {value} now, {before} committed")
+    return out
+
+
+def _float(value) -> float:
+    return math.nan if value is None else float(value)  # the store keeps a non-finite value as null
+
+
+def column_of(cell: dict) -> str | None:
+    if cell["method"] == "dense":
+        return None
+    return f"{cell['sparsity'] * 100:.0f}%" if cell["pattern"] == "unstructured" else cell["pattern"]
+
+
+def recipe_name(cell: dict) -> str:
+    """'zpruner + swaps:100 + pcg' from the label 'zpruner 0.5 (swaps:100, reconstruct=pcg)'."""
+    extras = [x.replace("reconstruct=", "") for x in cell["label"].partition(" (")[2].rstrip(")").split(", ") if x]
+    return " + ".join([cell["method"], *extras])
+
+
+def perplexity_of(cell: dict) -> float | None:
+    values = [v for m, v in cell["metrics"].items() if m.startswith("ppl:")]
+    return values[0] if values else None
+
+
+def perplexity_table(cells: list[dict]) -> list[str]:
+    """Rows: dense, then each recipe x propagation; columns: 50/60/70% and 2:4, 4:8. Best pruned value bold."""
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for cell in cells:
+        value = perplexity_of(cell)
+        if value is None:
+            continue
+        name = ("dense", "") if cell["method"] == "dense" else (recipe_name(cell), cell["propagate"])
+        rows.setdefault(name, {})[column_of(cell) or "dense"] = value
+    best = {c: min((v[c] for k, v in rows.items() if k[0] != "dense" and c in v and math.isfinite(v[c])), default=None)
+            for c in COLUMNS}
+    lines = ["| method | propagation | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+    for (name, propagate), values in sorted(rows.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
+        shown = [_number(values.get("dense") if name == "dense" else values.get(c), best[c] if name != "dense" else None)
+                 for c in COLUMNS]
+        lines.append(f"| {name} | {propagate or '-'} | " + " | ".join(shown) + " |")
+    return lines
+
+
+def _number(value: float | None, best: float | None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.2f}"
+    return f"**{text}**" if best is not None and value == best else text
+
+
+def zeroshot_table(cells: list[dict]) -> list[str]:
+    """acc (acc_norm where lm-eval reports it) per task, and the mean acc, per recipe."""
+    scored = [c for c in cells if any(m.startswith("acc:") for m in c["metrics"])]
+    if not scored:
+        return []
+    tasks = [t for t in TASKS if any(f"acc:{t}" in c["metrics"] for c in scored)]
+    lines = ["| method | pattern | " + " | ".join(t.removesuffix("_local") for t in tasks) + " | mean acc |",
+             "|---|---|" + "---:|" * (len(tasks) + 1)]
+    for cell in sorted(scored, key=lambda c: (c["method"] != "dense", column_of(c) or "", recipe_name(c))):
+        values = []
+        for task in tasks:
+            acc, norm = cell["metrics"].get(f"acc:{task}"), cell["metrics"].get(f"acc_norm:{task}")
+            values.append("-" if acc is None else f"{acc * 100:.1f}" + (f" / {norm * 100:.1f}" if norm is not None else ""))
+        accs = [cell["metrics"][f"acc:{t}"] for t in tasks if cell["metrics"].get(f"acc:{t}") is not None]
+        mean = f"{100 * sum(accs) / len(accs):.1f}" if accs else "-"
+        name = "dense" if cell["method"] == "dense" else f"{recipe_name(cell)} ({cell['propagate']})"
+        lines.append(f"| {name} | {column_of(cell) or '-'} | " + " | ".join(values) + f" | {mean} |")
+    return lines
+
+
+def readme_section(board: dict) -> str:
+    """The README's Results: per model, the perplexity table and the zero-shot table, labelled."""
+    out = [START, "", f"Measured with `python tests/benchmarks/leaderboard.py` ({board['library']}, CPU, float32). "
+           f"Calibration: {board['protocol']['calibration']}. Perplexity: {board['protocol']['perplexity']}. "
+           "Lower is better; the best pruned value per column is bold. Every cell, its time and the "
+           "analysis are in [tests/benchmarks/RESULTS.md](tests/benchmarks/RESULTS.md).", ""]
+    for model in dict.fromkeys(c["model"] for c in board["cells"]):
+        cells = [c for c in board["cells"] if c["model"] == model]
+        out += [f"**{model}: wikitext-2 perplexity**", "", *perplexity_table(cells), ""]
+        zeroshot = zeroshot_table(cells)
+        if zeroshot:
+            out += [f"**{model}: zero-shot accuracy, % (acc / acc_norm)**", "", *zeroshot, ""]
+    if PLOT.exists():
+        out += ["![perplexity against sparsity](docs/leaderboard.png)", ""]
+    out.append(END)
+    return "\n".join(out)
+
+
+def results_section(board: dict) -> str:
+    """RESULTS.md: the commands, each run's wall time against its cells' own times, and every cell's times."""
+    out = [START, "", "## Leaderboard (`tests/benchmarks/leaderboard.py`)", "", f"Library: {board['library']}.", "",
+           "    python tests/benchmarks/leaderboard.py            # runs (resumes) every model x grid", 
+           "    python tests/benchmarks/leaderboard.py --publish  # this section, the README's Results, the PNG", "",
+           "| model | grid | cells computed | wall s | cells' prune + eval s | overhead |", "|---|---|---:|---:|---:|---:|"]
+    for run in board["runs"]:
+        overhead = f"{run['overhead']:.2f}x" if run["overhead"] else "-"
+        out.append(f"| {run['model']} | {run['grid']} | {run['computed']} | {run['wall_seconds']:.0f} | "
+                   f"{run['cells_seconds']:.0f} | {overhead} |")
+    total = sum(r["wall_seconds"] for r in board["runs"])
+    out += ["", f"Total wall time of the runs above: {total / 60:.1f} min.", "",
+            "| model | recipe | column | propagation | ppl | prune s | eval s |", "|---|---|---|---|---:|---:|---:|"]
+    for cell in board["cells"]:
+        seconds = cell.get("seconds") or {}
+        value = perplexity_of(cell)
+        out.append(f"| {cell['model']} | {recipe_name(cell)} | {column_of(cell) or '-'} | {cell['propagate'] or '-'} | "
+                   f"{'-' if value is None else f'{value:.2f}'} | {seconds.get('prune', 0):.1f} | {seconds.get('evaluate', 0):.1f} |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with the part between the markers replaced (appended when there is none yet)."""
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    return pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def published_section(text: str) -> str | None:
+    match = re.search(re.escape(START) + ".*?" + re.escape(END), text, re.S)
+    return match.group(0) if match else None
+
+
+def plot(board: dict, path: Path = PLOT) -> None:
+    """Perplexity against unstructured sparsity, one panel per model, one line per recipe x propagation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(c["model"] for c in board["cells"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), dpi=110, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        series: dict[str, list[tuple[float, float]]] = {}
+        for cell in board["cells"]:
+            value = perplexity_of(cell)
+            if cell["model"] != model or value is None:
+                continue
+            if cell["method"] == "dense":
+                ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"dense ({value:.2f})")
+            elif cell["pattern"] == "unstructured":
+                series.setdefault(f"{recipe_name(cell)} ({cell['propagate']})", []).append((cell["sparsity"], value))
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set(yscale="log", xlabel="sparsity (unstructured)", ylabel="wikitext-2 perplexity (log)", title=model)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def publish(board: dict) -> None:
+    plot(board)
+    README.write_text(replace_section(README.read_text(), readme_section(board)))
+    RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), results_section(board)))
+    print(f"wrote {README.name} (Results), {RESULTS_MD.name} (Leaderboard), {PLOT.relative_to(HERE.parents[1])}")
