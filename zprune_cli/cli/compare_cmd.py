@@ -15,8 +15,9 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.prune_cmd import recipe_fields
-from zprune_cli.comparison import compare, grid_recipes, known_metrics, leaderboard
+from zprune_cli.comparison import compare, grid_recipes, leaderboard
 from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.leaderboard_cells import HEAD, known_metrics, metric_columns, protocol_groups, row_cells
 from zprune_cli.methods import method_names
 from zprune_cli.evaluation.run import Evaluation
 from zprune_cli.results import ResultsStore, results_path
@@ -154,25 +155,6 @@ def _plot(rows, path):
     plot_leaderboard(rows, metrics[0], path)
 
 
-def _columns(rows: list[dict]) -> list[str]:
-    metrics = known_metrics(rows)
-    return [m for m in metrics if m.startswith("ppl:")] + [m for m in metrics if m.startswith(("acc:", "acc_norm:"))] + \
-        [m for m in metrics if m == "sparsity"]
-
-
-def _cell(value) -> str:
-    return "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
-def _recipe(row: dict) -> str:
-    """The recipe digest, with what sets the row apart from the method's defaults ('3f2a9c1d owl, reconstruct')."""
-    extras = row["label"].partition(" (")[2].rstrip(")")
-    return " ".join(x for x in (row["recipe"][:8], extras) if x)
-
-
-HEAD = ["model", "method", "pattern", "target", "propagate", "recipe"]
-
-
 def _render(rows: list[dict], fmt: str) -> None:
     """One table per protocol group (never ranked across groups); the best per sparsity and pattern is
     bold on a terminal, and starred (*) in markdown, plain text and csv's `best` column."""
@@ -182,38 +164,32 @@ def _render(rows: list[dict], fmt: str) -> None:
     if fmt == "csv":
         _render_csv(rows)
         return
-    for group in [[r for r in rows if r["group"] == g] for g in dict.fromkeys(r["group"] for r in rows)]:
+    for group in protocol_groups(rows):
         (_render_md if fmt == "md" else _render_table)(group)
 
 
-def _body(rows: list[dict], columns: list[str]) -> list[tuple[list[str], list[tuple[str, bool]]]]:
-    """Per row: the text cells, and per metric column (value text, is it the best of its sparsity)."""
-    return [([r["model"], r["method"], r["pattern"], _cell(r["sparsity"]), r["propagate"], _recipe(r)],
-             [(_cell(r["metrics"].get(c)), c in r.get("best", [])) for c in columns]) for r in rows]
-
-
 def _render_csv(rows: list[dict]) -> None:
-    columns = _columns(rows)
+    columns = metric_columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["group", "protocol", *HEAD, *columns, "best"])
-    for row, (text, values) in zip(rows, _body(rows, columns)):
+    for row, (text, values) in zip(rows, row_cells(rows, columns)):
         writer.writerow([row["group"], row["protocol"], *text, *[v for v, _ in values], " ".join(row.get("best", []))])
     typer.echo(buffer.getvalue(), nl=False)
 
 
 def _render_md(rows: list[dict]) -> None:
-    columns = _columns(rows)
+    columns = metric_columns(rows)
     lines = [f"**{rows[0]['protocol']}** (best per sparsity and pattern in bold)", "",
              "| " + " | ".join(HEAD + columns) + " |", "|" + "---|" * (len(HEAD) + len(columns))]
-    for text, values in _body(rows, columns):
+    for text, values in row_cells(rows, columns):
         cells = text + [f"**{v}**" if best else v for v, best in values]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     typer.echo("\n".join(lines) + "\n")
 
 
 def _render_table(rows: list[dict]) -> None:
-    columns = _columns(rows)
+    columns = metric_columns(rows)
     console = stdout_console()
     terminal = console.is_terminal
     mark = "best per sparsity and pattern in bold" if terminal else "best per sparsity and pattern marked *"
@@ -222,7 +198,7 @@ def _render_table(rows: list[dict]) -> None:
         table.add_column(name)
     for name in columns:
         table.add_column(name, justify="right")
-    for text, values in _body(rows, columns):
+    for text, values in row_cells(rows, columns):
         shown = [(f"[bold]{v}[/]" if terminal else f"{v}*") if best else v for v, best in values]
         table.add_row(*[escape(t) for t in text], *shown)
     console.print(table)
