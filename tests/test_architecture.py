@@ -21,7 +21,7 @@ LAYERS = [
     {"methods"},
     {"recipe", "allocation"},
     {"provenance", "pipeline"},
-    {"model_card"},
+    {"model_card", "report_html"},  # documents rendered from records
     {"evaluation", "exports", "calibration", "cache"},
     {"pruning", "estimation"},
     {"comparison"},
