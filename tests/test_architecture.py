@@ -14,13 +14,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
     {"errors", "__version__"},
-    {"progress", "settings", "masks", "sparsity", "staging", "results", "plot", "tasks", "hub", "distributed"},
+    {"progress", "settings", "masks", "sparsity", "staging", "results", "plot", "leaderboard_cells", "tasks", "hub",
+     "distributed"},
     {"formats"},
     {"data", "models", "stats"},  # never each other
     {"methods"},
     {"recipe", "allocation"},
     {"provenance", "pipeline"},
-    {"model_card"},
+    {"model_card", "report_html"},  # documents rendered from records
     {"evaluation", "exports", "calibration", "cache"},
     {"pruning", "estimation"},
     {"comparison"},

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, expected_protocols, measure, record
+from zprune_cli.leaderboard_cells import known_metrics  # noqa: F401  (moved there; still importable from here)
 from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
@@ -253,7 +254,3 @@ def _row(r: dict) -> dict:
             "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
             "calibration": settings.get("calibration"), "seconds": settings.get("seconds"),  # prune / evaluate, per cell
             "metrics": {}, "_created": {}, "_protocols": {}}
-
-
-def known_metrics(rows: list[dict]) -> list[str]:
-    return sorted({m for r in rows for m in r["metrics"]})

@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from zprune_cli.errors import ZpruneError
 
 
+class PlotUnavailable(ZpruneError):
+    """matplotlib is not installed: `--plot` fails with this, the HTML report says it instead of a plot."""
+
+
+def plot_image(rows: list[dict], metric: str, image_format: str = "png") -> bytes:
+    """The plot of `metric` against sparsity as an image file's bytes (PNG unless told)."""
+    plt = _pyplot()
+    fig = _draw(plt, rows, metric)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=image_format)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
 def plot_leaderboard(rows: list[dict], metric: str, path: str | Path) -> Path:
+    """Write the plot to `path`, in the format its suffix names (.png, .svg, .pdf; PNG when it has none)."""
+    path = Path(path)
+    image = plot_image(rows, metric, path.suffix.lstrip(".").lower() or "png")
+    try:
+        path.write_bytes(image)
+    except OSError as exc:
+        raise ZpruneError(f"cannot write plot {path}: {exc.strerror}") from None
+    return path
+
+
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ZpruneError("--plot needs matplotlib: pip install 'zprune[plot]'") from None
-    path = Path(path)
+        raise PlotUnavailable("plotting needs matplotlib: pip install 'zprune[plot]'") from None
+    return plt
+
+
+def _draw(plt, rows: list[dict], metric: str):
+    """The figure: one line per (method, pattern), the dense model as a dashed line, log-scale y."""
     series: dict[str, list[tuple[float, float]]] = {}
     dense = [r["metrics"][metric] for r in rows if r["method"] == "dense" and metric in r["metrics"]]
     for r in rows:
@@ -36,10 +68,4 @@ def plot_leaderboard(rows: list[dict], metric: str, path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise ZpruneError(f"cannot write plot {path}: {exc.strerror}") from None
-    finally:
-        plt.close(fig)
-    return path
+    return fig

@@ -1,4 +1,4 @@
-"""Publishing a folder atomically: write into a hidden temporary folder beside it, rename when complete."""
+"""Publishing a folder or a file atomically: write into a hidden temporary one beside it, rename when complete."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +38,22 @@ def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
         raise ZpruneError(f"writing {dest} failed: {translate(exc)}") from None
     except BaseException:
         _remove(tmp)
+        raise
+
+
+def write_file_atomically(dest: Path, data: bytes) -> None:
+    """Write `dest` through a temporary file beside it, renamed over it when complete: a reader sees the
+    old file or the new one, never half of one, and a failure leaves no temporary file behind."""
+    tmp = dest.parent / f".{dest.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        sweep(dest.parent, dest.name)
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    except BaseException as exc:  # an I/O error, Ctrl-C or SIGTERM: the temporary file goes too
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ZpruneError(f"cannot write {dest}: {exc.strerror or exc}") from None
         raise
 
 

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -13,15 +17,18 @@ from zprune_cli.cli import dry_run as dry
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
-from zprune_cli.cli.output import emit_json, stdout_console
+from zprune_cli.cli.output import emit_text, json_text, stdout_console, text_console
 from zprune_cli.cli.prune_cmd import recipe_fields
-from zprune_cli.comparison import compare, grid_recipes, known_metrics, leaderboard
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.comparison import compare, grid_recipes, leaderboard
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.leaderboard_cells import HEAD, known_metrics, metric_columns, protocol_groups, row_cells
 from zprune_cli.methods import method_names
 from zprune_cli.evaluation.run import Evaluation
 from zprune_cli.results import ResultsStore, results_path
+from zprune_cli.staging import write_file_atomically
 
-FORMATS = ("table", "json", "csv", "md")
+FORMATS = ("table", "json", "csv", "md", "html")
+log = logging.getLogger("zprune")
 
 
 @app.command("compare", cls=aliased(methods="method", patterns="pattern"))
@@ -51,7 +58,8 @@ def compare_command(
     show: Annotated[bool, typer.Option("--show", help="Print the stored leaderboard; compute nothing.")] = False,
     metric: Annotated[Optional[str], typer.Option("--metric", help="With --show: only this metric (e.g. ppl, ppl:wikitext2, acc).")] = None,
     show_model: Annotated[Optional[str], typer.Option("--model", help="With --show: only this model (as it was named).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, csv or md.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, csv, md or html (one self-contained page with the plot; like the others it goes to stdout unless --out).")] = "table",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the leaderboard (any --format, with or without --show) to this file instead of stdout, whole or not at all.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write perplexity vs sparsity to this PNG (needs the plot extra).")] = None,
     data: opt.Data = None,
     nsamples: opt.NSamples = None,
@@ -74,17 +82,23 @@ def compare_command(
     Examples:
       zprune compare smollm2-135m --method magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --pattern unstructured,2:4
       zprune compare smollm2-135m --method wanda,zpruner,alps --refine none,swaps --reconstruct none,pcg
+      zprune compare --show --format html --out report.html     # one page: tables, plots, versions
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
-    fmt = _check_format("json" if c.json else fmt)
+    output = Output.checked("json" if c.json else fmt, out, plot)
     if show:
-        return _show(c, show_model, metric, fmt, plot)
-    g = grid_values(c, locals(), grid)
-    recipes, evaluation, calibration = grid_request(c, g, ignore, option, tasks_dir)
+        return _show(c, show_model, metric, output)
+    request = grid_request(c, grid_values(c, locals(), grid), ignore, option, tasks_dir)
+    _run_grid(c, model_handle(model, c, revision, trust_remote_code), request, force, dry_run, output)
+
+
+def _run_grid(c, handle, request: tuple, force: bool, dry_run: bool, output: Output) -> None:
+    """--dry-run's estimate, or the grid computed (cells already stored are skipped) and its leaderboard."""
+    recipes, evaluation, calibration = request
     if dry_run:
-        return dry.compare(c, model_handle(model, c, revision, trust_remote_code), recipes, evaluation, calibration)
-    _render_outcome(compare(model_handle(model, c, revision, trust_remote_code), recipes, evaluation,
-                            calibration=calibration, force=force, settings=c.settings, progress=c.progress), fmt, plot)
+        return dry.compare(c, handle, recipes, evaluation, calibration)
+    _render_outcome(compare(handle, recipes, evaluation, calibration=calibration, force=force, settings=c.settings,
+                            progress=c.progress), output)
 
 
 def grid_values(c, given: dict, grid: Optional[str]) -> dict:
@@ -112,13 +126,7 @@ GRID_FLAGS = {"methods": "methods", "sparsity": "sparsity", "patterns": "pattern
 DEFAULT_METHODS = ",".join(method_names())  # every registered method
 
 
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise ZpruneUsageError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    return fmt
-
-
-def _show(c, show_model: Optional[str], metric: Optional[str], fmt: str, plot: Optional[Path]) -> None:
+def _show(c, show_model: Optional[str], metric: Optional[str], output: Output) -> None:
     store = ResultsStore(results_path(c.cache_dir))
     rows = leaderboard(store, model=show_model)
     if show_model is not None and not rows:
@@ -128,94 +136,134 @@ def _show(c, show_model: Optional[str], metric: Optional[str], fmt: str, plot: O
         if not any(m == metric or m.startswith(metric + ":") for m in known):
             raise ZpruneUsageError(f"unknown metric '{metric}' (stored: {', '.join(known) or 'none'})")
         rows = leaderboard(store, model=show_model, metric=metric)
-    _render(rows, fmt)
-    if plot:
-        _plot(rows, plot)
+    output.deliver(rows, rows)
 
 
-def _render_outcome(outcome, fmt: str, plot: Optional[Path]) -> None:
+def _render_outcome(outcome, output: Output) -> None:
+    summary = (f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, "
+               f"one calibration ({outcome.calibration_key}), {outcome.seconds:.1f}s")
+    data = {"computed": outcome.computed, "skipped": outcome.skipped, "stats_key": outcome.calibration_key,
+            "seconds": round(outcome.seconds, 3), "rows": outcome.rows}
+    output.deliver(outcome.rows, data, summary)
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the leaderboard goes: --format, --out (stdout when None) and --plot."""
+
+    fmt: str
+    out: Optional[Path] = None
+    plot: Optional[Path] = None
+
+    @classmethod
+    def checked(cls, fmt: str, out: Optional[Path], plot: Optional[Path]) -> Output:
+        """Refuse a bad --format or --out now, before a grid runs for hours (the write can still fail later:
+        a full disk)."""
+        if fmt not in FORMATS:
+            raise ZpruneUsageError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+        if out is not None and out.is_dir():
+            raise ZpruneUsageError(f"--out {out} is a folder; give a file name")
+        if out is not None and not out.parent.is_dir():
+            raise ZpruneUsageError(f"--out {out}: the folder {out.parent} does not exist")
+        if out is not None and not os.access(out.parent, os.W_OK):
+            raise ZpruneUsageError(f"--out {out}: the folder {out.parent} is not writable")
+        return cls(fmt, out, plot)
+
+    def deliver(self, rows: list[dict], json_data: Any, summary: str = "") -> None:
+        """The leaderboard to stdout or --out (`json_data` for json, `summary` under a table), then the plot."""
+        if self.fmt == "table" and self.out is None:
+            _print_tables(rows, stdout_console(), summary)  # straight to the console: bold on a terminal
+        elif self.out is None:
+            emit_text(_text(rows, self.fmt, json_data, summary))
+        else:
+            write_file_atomically(self.out, _text(rows, self.fmt, json_data, summary).encode("utf-8"))
+            log.info("wrote the leaderboard (%s) to %s", self.fmt, self.out)
+        if self.plot:
+            _plot(rows, self.plot)
+
+
+def _text(rows: list[dict], fmt: str, json_data: Any, summary: str) -> str:
+    """The leaderboard in `fmt` as text; a table as on a pipe (best marked *)."""
     if fmt == "json":
-        emit_json({"computed": outcome.computed, "skipped": outcome.skipped, "stats_key": outcome.calibration_key,
-                   "seconds": round(outcome.seconds, 3), "rows": outcome.rows})
-    else:
-        _render(outcome.rows, fmt)
-        if fmt == "table":
-            stdout_console().print(f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, "
-                                   f"one calibration ({outcome.calibration_key}), {outcome.seconds:.1f}s")
-    if plot:
-        _plot(outcome.rows, plot)
+        return json_text(json_data)
+    if fmt == "csv":
+        return _csv(rows)
+    if fmt == "md":
+        return "".join(_md(group) for group in protocol_groups(rows))
+    if fmt == "html":
+        return _html(rows)
+    console = text_console()
+    _print_tables(rows, console, summary)
+    return console.file.getvalue()
+
+
+def _ppl_metrics(rows: list[dict]) -> list[str]:
+    return [m for m in known_metrics(rows) if m.startswith("ppl:")]
 
 
 def _plot(rows, path):
     from zprune_cli.plot import plot_leaderboard
 
-    metrics = [m for m in known_metrics(rows) if m.startswith("ppl:")]
+    metrics = _ppl_metrics(rows)
     if not metrics:
         raise ZpruneUsageError("--plot needs perplexity results (--eval)")
     plot_leaderboard(rows, metrics[0], path)
 
 
-def _columns(rows: list[dict]) -> list[str]:
-    metrics = known_metrics(rows)
-    return [m for m in metrics if m.startswith("ppl:")] + [m for m in metrics if m.startswith(("acc:", "acc_norm:"))] + \
-        [m for m in metrics if m == "sparsity"]
+def _html(rows: list[dict]) -> str:
+    from zprune_cli.provenance import current_versions
+    from zprune_cli.report_html import leaderboard_html
+
+    return leaderboard_html(rows, plots={group[0]["group"]: _group_plot(group) for group in protocol_groups(rows)},
+                            versions=current_versions())
 
 
-def _cell(value) -> str:
-    return "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+def _group_plot(rows: list[dict]) -> bytes | str:
+    """One group's perplexity plot as PNG bytes, or the line the page shows instead (a plot never mixes
+    groups: their protocols differ)."""
+    from zprune_cli.plot import plot_image
+
+    metrics = _ppl_metrics(rows)
+    if not metrics:
+        return "No plot: this group has no perplexity results."
+    try:
+        return plot_image(rows, metrics[0])
+    except ZpruneError as exc:  # matplotlib missing, or no pruned cell to draw
+        return f"No plot: {exc}."
 
 
-def _recipe(row: dict) -> str:
-    """The recipe digest, with what sets the row apart from the method's defaults ('3f2a9c1d owl, reconstruct')."""
-    extras = row["label"].partition(" (")[2].rstrip(")")
-    return " ".join(x for x in (row["recipe"][:8], extras) if x)
-
-
-HEAD = ["model", "method", "pattern", "target", "propagate", "recipe"]
-
-
-def _render(rows: list[dict], fmt: str) -> None:
-    """One table per protocol group (never ranked across groups); the best per sparsity and pattern is
-    bold on a terminal, and starred (*) in markdown, plain text and csv's `best` column."""
-    if fmt == "json":
-        emit_json(rows)
-        return
-    if fmt == "csv":
-        _render_csv(rows)
-        return
-    for group in [[r for r in rows if r["group"] == g] for g in dict.fromkeys(r["group"] for r in rows)]:
-        (_render_md if fmt == "md" else _render_table)(group)
-
-
-def _body(rows: list[dict], columns: list[str]) -> list[tuple[list[str], list[tuple[str, bool]]]]:
-    """Per row: the text cells, and per metric column (value text, is it the best of its sparsity)."""
-    return [([r["model"], r["method"], r["pattern"], _cell(r["sparsity"]), r["propagate"], _recipe(r)],
-             [(_cell(r["metrics"].get(c)), c in r.get("best", [])) for c in columns]) for r in rows]
-
-
-def _render_csv(rows: list[dict]) -> None:
-    columns = _columns(rows)
+def _csv(rows: list[dict]) -> str:
+    columns = metric_columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["group", "protocol", *HEAD, *columns, "best"])
-    for row, (text, values) in zip(rows, _body(rows, columns)):
+    for row, (text, values) in zip(rows, row_cells(rows, columns)):
         writer.writerow([row["group"], row["protocol"], *text, *[v for v, _ in values], " ".join(row.get("best", []))])
-    typer.echo(buffer.getvalue(), nl=False)
+    return buffer.getvalue()
 
 
-def _render_md(rows: list[dict]) -> None:
-    columns = _columns(rows)
+def _md(rows: list[dict]) -> str:
+    """One protocol group as a markdown table, the best per sparsity and pattern in bold; a blank line after."""
+    columns = metric_columns(rows)
     lines = [f"**{rows[0]['protocol']}** (best per sparsity and pattern in bold)", "",
              "| " + " | ".join(HEAD + columns) + " |", "|" + "---|" * (len(HEAD) + len(columns))]
-    for text, values in _body(rows, columns):
+    for text, values in row_cells(rows, columns):
         cells = text + [f"**{v}**" if best else v for v, best in values]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    typer.echo("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n\n"
 
 
-def _render_table(rows: list[dict]) -> None:
-    columns = _columns(rows)
-    console = stdout_console()
+def _print_tables(rows: list[dict], console: Console, summary: str = "") -> None:
+    """One table per protocol group (never ranked across groups); the best per sparsity and pattern is bold
+    on a terminal, starred (*) elsewhere."""
+    for group in protocol_groups(rows):
+        _print_table(group, console)
+    if summary:
+        console.print(summary)
+
+
+def _print_table(rows: list[dict], console: Console) -> None:
+    columns = metric_columns(rows)
     terminal = console.is_terminal
     mark = "best per sparsity and pattern in bold" if terminal else "best per sparsity and pattern marked *"
     table = Table(title=escape(f"{rows[0]['protocol']} ({mark})"), title_justify="left")
@@ -223,7 +271,7 @@ def _render_table(rows: list[dict]) -> None:
         table.add_column(name)
     for name in columns:
         table.add_column(name, justify="right")
-    for text, values in _body(rows, columns):
+    for text, values in row_cells(rows, columns):
         shown = [(f"[bold]{v}[/]" if terminal else f"{v}*") if best else v for v, best in values]
         table.add_row(*[escape(t) for t in text], *shown)
     console.print(table)

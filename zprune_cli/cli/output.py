@@ -33,11 +33,24 @@ def stdout_console() -> Console:
     return _console(sys.stdout if distributed.is_main() else io.StringIO())  # torchrun: rank 0 reports
 
 
-def emit_json(data: Any) -> None:
+def text_console() -> Console:
+    """A console that renders into a string (console.file.getvalue()), as on a pipe: whole lines, no styles."""
+    return _console(io.StringIO())
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str) + "\n"
+
+
+def emit_text(text: str) -> None:
     if not distributed.is_main():  # torchrun: one report, from rank 0
         return
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def emit_json(data: Any) -> None:
+    emit_text(json_text(data))
 
 
 def stderr_console() -> Console:

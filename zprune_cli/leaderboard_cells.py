@@ -1,0 +1,43 @@
+"""The leaderboard as text cells, shared by every rendering (terminal table, markdown, csv, html): which
+columns there are, how a value is written, and which metric cells are the best of their sparsity and pattern.
+
+Rows are `comparison.leaderboard` rows (model, method, pattern, sparsity, propagate, recipe, label,
+metrics, group, protocol, best).
+"""
+
+from __future__ import annotations
+
+HEAD = ["model", "method", "pattern", "target", "propagate", "recipe"]
+
+
+def known_metrics(rows: list[dict]) -> list[str]:
+    return sorted({m for r in rows for m in r["metrics"]})
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    """Perplexities first, then accuracies, then the measured sparsity."""
+    metrics = known_metrics(rows)
+    return [m for m in metrics if m.startswith("ppl:")] + [m for m in metrics if m.startswith(("acc:", "acc_norm:"))] + \
+        [m for m in metrics if m == "sparsity"]
+
+
+def cell_text(value) -> str:
+    return "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def recipe_text(row: dict) -> str:
+    """The recipe digest, with what sets the row apart from the method's defaults ('3f2a9c1d owl, reconstruct')."""
+    extras = row["label"].partition(" (")[2].rstrip(")")
+    return " ".join(x for x in (row["recipe"][:8], extras) if x)
+
+
+def row_cells(rows: list[dict], columns: list[str]) -> list[tuple[list[str], list[tuple[str, bool]]]]:
+    """Per row: the HEAD cells, and per metric column (value text, is it the best of its sparsity and pattern)."""
+    return [([r["model"], r["method"], r["pattern"], cell_text(r["sparsity"]), r["propagate"], recipe_text(r)],
+             [(cell_text(r["metrics"].get(c)), c in r.get("best", [])) for c in columns]) for r in rows]
+
+
+def protocol_groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows split by protocol group, in order of first appearance: each is one table, never ranked
+    against another."""
+    return [[r for r in rows if r["group"] == g] for g in dict.fromkeys(r["group"] for r in rows)]
