@@ -23,7 +23,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
@@ -32,7 +34,7 @@ from publish import cell_key, differences
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "leaderboard.json"
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
-THREADS = 2  # torch threads in every compare process (this machine's cores)
+THREADS = 1  # torch threads per compare process: one core each, no oversubscription, identical re-runs
 GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-gram", "leaderboard-best")
 # Gemma-3-270M costs about twice SmolLM2's per cell: it runs the two cheaper grids, within the time budget
 DEFAULT_GRIDS = {"smollm2-135m": GRIDS, "gemma3-270m": GRIDS[:2]}
@@ -46,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "zprune-leaderboard",
                    help="cache folder holding the results store (the run resumes from it)")
     p.add_argument("--results", type=Path, default=RESULTS_JSON, help="the leaderboard's JSON file")
+    p.add_argument("--jobs", type=int, default=2, help="models run side by side (one compare process each)")
     p.add_argument("--check", action="store_true", help="recompute in a fresh cache and compare to --results")
     p.add_argument("--publish", action="store_true", help="write README / RESULTS.md / PNG from --results")
     return p.parse_args(argv)
@@ -66,7 +69,7 @@ def run_grid(model: str, grid: str, cache: Path, methods: str | None) -> dict:
     done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command[2:])} failed with exit code {done.returncode}")
+        raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {done.returncode}")
     return {**json.loads(done.stdout), "wall_seconds": round(wall, 1)}
 
 
@@ -75,25 +78,51 @@ def slim(row: dict, model: str, grid: str) -> dict:
     return {"model": model, "grid": grid, **{k: row.get(k) for k in keep}}
 
 
-def run_all(args: argparse.Namespace, cache: Path, board: dict) -> dict:
-    """Runs each model x grid, merging its rows into `board` (cells by key) and noting each run's times."""
-    cells = {cell_key(c): c for c in board.get("cells", [])}
-    runs = list(board.get("runs", []))
-    for model in args.models.split(","):
-        for grid in args.grids.split(",") if args.grids else DEFAULT_GRIDS.get(model, GRIDS):
-            before = {k: (c.get("seconds") or {}) for k, c in cells.items()}
-            outcome = run_grid(model, grid, cache, args.methods)
+class Board:
+    """The leaderboard being built: cells by key and the latest computing run per model x grid, saved
+    to `path` after every grid (so a killed run keeps what finished). Models run in parallel threads."""
+
+    def __init__(self, board: dict, path: Path | None):
+        self.cells = {cell_key(c): c for c in board.get("cells", [])}
+        self.runs = list(board.get("runs", []))
+        self.path = path
+        self.lock = threading.Lock()
+
+    def merge(self, model: str, grid: str, outcome: dict) -> dict:
+        """Takes one compare outcome; returns its run (fresh cells: new, or with new times)."""
+        with self.lock:
             fresh = []
             for row in outcome["rows"]:
                 key = cell_key({**row, "model": model})
-                if key not in cells or before.get(key) != (row.get("seconds") or {}):
+                old = self.cells.get(key)
+                if old is None or (old.get("seconds") or {}) != (row.get("seconds") or {}):
                     fresh.append(row)
-                cells[key] = slim(row, model, cells.get(key, {}).get("grid", grid))
+                self.cells[key] = slim(row, model, old["grid"] if old else grid)
             run = describe_run(model, grid, outcome, fresh)
+            if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in self.runs):
+                self.runs = [r for r in self.runs if (r["model"], r["grid"]) != (model, grid)] + [run]
+            if self.path:
+                self.path.write_text(json.dumps(self.data(), indent=1) + "\n")
+            return run
+
+    def data(self) -> dict:
+        runs = sorted(self.runs, key=lambda r: (r["model"], GRIDS.index(r["grid"]) if r["grid"] in GRIDS else 99))
+        return {"library": library_state(), "protocol": PROTOCOL, "runs": runs,
+                "cells": sorted(self.cells.values(), key=order)}
+
+
+def run_all(args: argparse.Namespace, cache: Path, board: Board) -> dict:
+    """Every model's grids, one model per core at a time (each compare process has THREADS threads)."""
+
+    def one_model(model: str) -> None:
+        for grid in args.grids.split(",") if args.grids else DEFAULT_GRIDS.get(model, GRIDS):
+            run = board.merge(model, grid, run_grid(model, grid, cache, args.methods))
             print(summary_line(run), flush=True)
-            if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in runs):
-                runs = [r for r in runs if (r["model"], r["grid"]) != (model, grid)] + [run]  # the run that computed
-    return {"library": library_state(), "protocol": PROTOCOL, "runs": runs, "cells": sorted(cells.values(), key=order)}
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for done in [pool.submit(one_model, m) for m in args.models.split(",")]:
+            done.result()
+    return board.data()
 
 
 def describe_run(model: str, grid: str, outcome: dict, fresh: list[dict]) -> dict:
@@ -130,7 +159,7 @@ PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
 def check(args: argparse.Namespace) -> int:
     committed = json.loads(args.results.read_text())
     with tempfile.TemporaryDirectory(prefix="zprune-leaderboard-check-") as cache:
-        fresh = run_all(args, Path(cache), {})
+        fresh = run_all(args, Path(cache), Board({}, None))
     bad = differences(fresh, committed)
     compared = sum(1 for c in fresh["cells"] for m in c["metrics"] if m.startswith("ppl:"))
     for line in bad:
@@ -148,10 +177,9 @@ def main(argv=None) -> int:
 
         publish(json.loads(args.results.read_text()))
         return 0
-    board = json.loads(args.results.read_text()) if args.results.exists() else {}
+    board = Board(json.loads(args.results.read_text()) if args.results.exists() else {}, args.results)
     started = time.perf_counter()
     board = run_all(args, args.cache, board)
-    args.results.write_text(json.dumps(board, indent=1) + "\n")
     print(f"leaderboard: {len(board['cells'])} cells in {args.results}, this run {time.perf_counter() - started:.0f} s")
     return 0
 
