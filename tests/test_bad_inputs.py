@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import save_tiny
 from zprune_cli.cli.app import app
+from zprune_cli.errors import ZpruneError
 
 runner = CliRunner()
 CAL = ["-n", "2", "-l", "16"]
@@ -426,6 +427,23 @@ def test_disk_full_while_storing_statistics(world, cache, monkeypatch):
     monkeypatch.setattr(store, "save_file", _disk_full)
     assert "disk is full" in one_line(invoke("calibrate", world["model"], "--data", world["text"], *CAL), 1)
     assert not leftovers(cache)
+
+
+@pytest.mark.parametrize("message", [
+    "Error while serializing: I/O error: No space left on device (os error 28)",  # safetensors 0.8 (a full tmpfs)
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'])  # older releases
+def test_full_disk_under_safetensors_reads_as_a_full_disk(message, tmp_path):
+    """safetensors' writer reports ENOSPC as a SafetensorError (seen on a full tmpfs), not as an OSError."""
+    from safetensors import SafetensorError
+
+    from zprune_cli.errors import translate
+    from zprune_cli.staging import staged_folder
+
+    assert str(translate(SafetensorError(message))).startswith("the disk is full; free space")
+    assert "damaged or truncated" in str(translate(SafetensorError("Error while deserializing header: HeaderTooLarge")))
+    with pytest.raises(ZpruneError, match=r"writing .*out failed: the disk is full"), staged_folder(tmp_path / "out", False):
+        raise SafetensorError(message)
+    assert not leftovers(tmp_path) and not (tmp_path / "out").exists()
 
 
 def test_disk_full_while_saving(world, cache, tmp_path, monkeypatch):
