@@ -172,20 +172,24 @@ def peak_rss(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int
     return int(hwm.read_text()) * 1024, result.stdout
 
 
-@pytest.fixture(scope="module")
-def model_60m(tmp_path_factory) -> Path:
-    """A random Llama of 58M parameters (232 MB in float32): big enough that fixed overheads do not dominate."""
+def save_llama_512(folder: Path, n_blocks: int) -> Path:
+    """A random Llama 512 wide: 125 MiB of embeddings and LM head, 12 MiB per decoder block in float32."""
     import transformers as tf
 
     from conftest import byte_tokenizer
 
-    folder = tmp_path_factory.mktemp("llama-60m")
-    config = tf.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+    config = tf.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=n_blocks, num_attention_heads=8,
                             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024)
     torch.manual_seed(0)
     tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_60m(tmp_path_factory) -> Path:
+    """A random Llama of 58M parameters (232 MB in float32): big enough that fixed overheads do not dominate."""
+    return save_llama_512(tmp_path_factory.mktemp("llama-60m"), 8)
 
 
 @pytest.mark.slow
@@ -200,6 +204,21 @@ def test_peak_memory_within_20_percent(command, model_60m, tmp_path):
     measured = peak - floor  # what the run adds to Python with its libraries imported
     assert estimate["host_peak_bytes"] - IMPORTS_BYTES == pytest.approx(measured, rel=0.20)
     assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.20)
+
+
+@pytest.mark.slow
+def test_offloaded_peak_does_not_grow_with_depth(model_60m, tmp_path):
+    """--offload disk holds one block whatever the depth, and so does the process: three times the blocks
+    (8 -> 24, 12 MiB each) add less than two blocks to the peak (before each release handed the freed heap
+    back, it grew by 72 MiB)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
+    deep = save_llama_512(tmp_path / "llama-24", 24)
+    peaks = []
+    for i, model in enumerate((model_60m, deep)):
+        args = ["prune", str(model), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q",
+                "--offload", "disk", "--method", "wanda", "--out", str(tmp_path / f"out{i}")]
+        peaks.append(peak_rss(RUN_ZPRUNE, args, {**env, "ZPRUNE_HOME": str(tmp_path / f"cache{i}")}, tmp_path)[0])
+    assert peaks[1] - peaks[0] < 2 * 12 * 2**20, [p / 2**20 for p in peaks]
 
 
 def test_accelerator_split_between_device_and_host(tiny_dir):
