@@ -170,6 +170,24 @@ def test_non_finite_weight_stops_before_saving(world, tmp_path):
         assert not out.exists() and not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("extra", [[], ["--offload", "disk"], ["--dry-run"], ["--offload", "disk", "--dry-run"]],
+                         ids=["in-memory", "offloaded", "dry-run", "offloaded-dry-run"])
+def test_a_model_with_no_decoder_blocks(world, tmp_path, cache, extra):
+    """A causal LM with zero decoder layers: refused in one line naming what was found, whichever path reads it."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import byte_tokenizer, tiny_config
+
+    config = tiny_config("llama")
+    config.num_hidden_layers = 0
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "no-blocks")
+    byte_tokenizer().save_pretrained(tmp_path / "no-blocks")
+    line = one_line(invoke("calibrate", tmp_path / "no-blocks", "--data", world["text"], *CAL, *extra), 1)
+    assert "found no decoder blocks in LlamaForCausalLM" in line and "model.layers (0 x )" in line
+    stats = cache / "stats"  # the key's lock file may stay (zprune cache gc); no entry, no temporary folder
+    assert not stats.exists() or not any(p.is_dir() for p in stats.iterdir())
+
+
 # --- environment and configuration -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "env, code, needle",
