@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import save_tiny
 from zprune_cli.cli.app import app
+from zprune_cli.errors import ZpruneError
 
 runner = CliRunner()
 CAL = ["-n", "2", "-l", "16"]
@@ -167,6 +168,24 @@ def test_non_finite_weight_stops_before_saving(world, tmp_path):
         assert "non-finite" in line or "NaN" in line
         assert ("model.layers.1.mlp.up_proj" in line) or ("layers.0" in line and method == "sparsegpt") or "layers" in line
         assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("extra", [[], ["--offload", "disk"], ["--dry-run"], ["--offload", "disk", "--dry-run"]],
+                         ids=["in-memory", "offloaded", "dry-run", "offloaded-dry-run"])
+def test_a_model_with_no_decoder_blocks(world, tmp_path, cache, extra):
+    """A causal LM with zero decoder layers: refused in one line naming what was found, whichever path reads it."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import byte_tokenizer, tiny_config
+
+    config = tiny_config("llama")
+    config.num_hidden_layers = 0
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "no-blocks")
+    byte_tokenizer().save_pretrained(tmp_path / "no-blocks")
+    line = one_line(invoke("calibrate", tmp_path / "no-blocks", "--data", world["text"], *CAL, *extra), 1)
+    assert "found no decoder blocks in LlamaForCausalLM" in line and "model.layers (0 x )" in line
+    stats = cache / "stats"  # the key's lock file may stay (zprune cache gc); no entry, no temporary folder
+    assert not stats.exists() or not any(p.is_dir() for p in stats.iterdir())
 
 
 # --- environment and configuration -----------------------------------------------------------------------
@@ -426,6 +445,23 @@ def test_disk_full_while_storing_statistics(world, cache, monkeypatch):
     monkeypatch.setattr(store, "save_file", _disk_full)
     assert "disk is full" in one_line(invoke("calibrate", world["model"], "--data", world["text"], *CAL), 1)
     assert not leftovers(cache)
+
+
+@pytest.mark.parametrize("message", [
+    "Error while serializing: I/O error: No space left on device (os error 28)",  # safetensors 0.8 (a full tmpfs)
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'])  # older releases
+def test_full_disk_under_safetensors_reads_as_a_full_disk(message, tmp_path):
+    """safetensors' writer reports ENOSPC as a SafetensorError (seen on a full tmpfs), not as an OSError."""
+    from safetensors import SafetensorError
+
+    from zprune_cli.errors import translate
+    from zprune_cli.staging import staged_folder
+
+    assert str(translate(SafetensorError(message))).startswith("the disk is full; free space")
+    assert "damaged or truncated" in str(translate(SafetensorError("Error while deserializing header: HeaderTooLarge")))
+    with pytest.raises(ZpruneError, match=r"writing .*out failed: the disk is full"), staged_folder(tmp_path / "out", False):
+        raise SafetensorError(message)
+    assert not leftovers(tmp_path) and not (tmp_path / "out").exists()
 
 
 def test_disk_full_while_saving(world, cache, tmp_path, monkeypatch):

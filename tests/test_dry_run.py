@@ -22,7 +22,7 @@ from zprune_cli.estimation.shape import model_shape
 from zprune_cli.models.blocks import find_blocks
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = {"dry_run", "command", "model", "dtype", "device", "params", "model_bytes", "n_blocks", "device_peak_bytes",
+FIELDS = {"dry_run", "command", "model", "dtype", "device", "offload", "params", "model_bytes", "n_blocks", "device_peak_bytes",
           "host_peak_bytes", "peak_step", "peak_parts", "store_bytes", "store_bytes_without_gram", "store_bytes_with_gram",
           "output_bytes", "model_passes", "block_calls", "notes"}
 runner = CliRunner()
@@ -172,15 +172,13 @@ def peak_rss(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int
     return int(hwm.read_text()) * 1024, result.stdout
 
 
-@pytest.fixture(scope="module")
-def model_60m(tmp_path_factory) -> Path:
-    """A random Llama of 58M parameters (232 MB in float32): big enough that fixed overheads do not dominate."""
+def save_llama_512(folder: Path, n_blocks: int) -> Path:
+    """A random Llama 512 wide: 125 MiB of embeddings and LM head, 12 MiB per decoder block in float32."""
     import transformers as tf
 
     from conftest import byte_tokenizer
 
-    folder = tmp_path_factory.mktemp("llama-60m")
-    config = tf.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+    config = tf.LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=n_blocks, num_attention_heads=8,
                             num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024)
     torch.manual_seed(0)
     tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
@@ -188,11 +186,19 @@ def model_60m(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def model_60m(tmp_path_factory) -> Path:
+    """A random Llama of 58M parameters (232 MB in float32): big enough that fixed overheads do not dominate."""
+    return save_llama_512(tmp_path_factory.mktemp("llama-60m"), 8)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("offload", ["none", "disk"])
 @pytest.mark.parametrize("command", ["calibrate", "prune"])
-def test_peak_memory_within_20_percent(command, model_60m, tmp_path):
+def test_peak_memory_within_20_percent(command, offload, model_60m, tmp_path):
     env = {**os.environ, "ZPRUNE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
-    args = [command, str(model_60m), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q"]
+    args = [command, str(model_60m), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q",
+            "--offload", offload]
     args += ["--method", "wanda", "--out", str(tmp_path / "out")] if command == "prune" else []
     floor, _ = peak_rss(HWM + IMPORTS, [], env, tmp_path)
     estimate = json.loads(peak_rss(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
@@ -200,6 +206,21 @@ def test_peak_memory_within_20_percent(command, model_60m, tmp_path):
     measured = peak - floor  # what the run adds to Python with its libraries imported
     assert estimate["host_peak_bytes"] - IMPORTS_BYTES == pytest.approx(measured, rel=0.20)
     assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.20)
+
+
+@pytest.mark.slow
+def test_offloaded_peak_does_not_grow_with_depth(model_60m, tmp_path):
+    """--offload disk holds one block whatever the depth, and so does the process: three times the blocks
+    (8 -> 24, 12 MiB each) add less than two blocks to the peak (before each release handed the freed heap
+    back, it grew by 72 MiB)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
+    deep = save_llama_512(tmp_path / "llama-24", 24)
+    peaks = []
+    for i, model in enumerate((model_60m, deep)):
+        args = ["prune", str(model), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q",
+                "--offload", "disk", "--method", "wanda", "--out", str(tmp_path / f"out{i}")]
+        peaks.append(peak_rss(RUN_ZPRUNE, args, {**env, "ZPRUNE_HOME": str(tmp_path / f"cache{i}")}, tmp_path)[0])
+    assert peaks[1] - peaks[0] < 2 * 12 * 2**20, [p / 2**20 for p in peaks]
 
 
 def test_accelerator_split_between_device_and_host(tiny_dir):
@@ -214,3 +235,76 @@ def test_accelerator_split_between_device_and_host(tiny_dir):
     assert on_gpu.device_peak_bytes < on_cpu.device_peak_bytes and on_gpu.host_peak_bytes > IMPORTS_BYTES
     assert on_gpu.device_peak_bytes >= on_gpu.model_bytes + 2 * 4 * 64 * shape.hidden * 2
     assert (on_gpu.store_bytes, on_gpu.block_calls) == (on_cpu.store_bytes, on_cpu.block_calls)
+
+
+# --- --offload disk: the weights outside the blocks stay loaded, the blocks are read one at a time ------------
+
+@pytest.fixture(scope="module")
+def deep_dir(tmp_path_factory) -> Path:
+    """The tiny Llama with 12 decoder blocks: most of its weights are in the blocks."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import byte_tokenizer, tiny_config
+
+    folder = tmp_path_factory.mktemp("tiny-llama-12")
+    config = tiny_config("llama")
+    config.num_hidden_layers = 12
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_offload_estimate_matches_the_weights_an_offloaded_run_holds(deep_dir, text_file, cache):
+    """The offloaded estimate's weights are those the run keeps (outside the blocks) plus the peak of block
+    weights models/offload.py tracks; both exact. Everything else in it is the in-memory estimate's."""
+    from zprune_cli.models.offload import TRACKER
+
+    settings = zp.Settings(cache_dir=cache, device="cpu", dtype="float32", offload="disk")
+    handle = zp.ModelHandle(str(deep_dir), "cpu", "float32", offload="disk")
+    cal = zp.Calibration(str(text_file), nsamples=3, seqlen=32)
+    TRACKER.reset()
+    zp.prune(handle, zp.PruneRecipe("sparsegpt", 0.5), calibration=cal, out=cache.parent / "out", settings=settings)
+    kept = sum(p.numel() * p.element_size() for p in handle.model.parameters() if not p.is_meta)
+    target = Target(model_shape(handle.config, handle.source), handle.dtype, handle.device, "disk")
+    assert target.footprint.weights() == {"weights outside the blocks": kept, "one decoder block": TRACKER.peak,
+                                          "block being read": 0}  # a float32 file run in float32: no conversion
+    assert 0 < TRACKER.peak < kept + TRACKER.peak < target.footprint.model / 3
+
+
+@pytest.mark.parametrize("command", ["calibrate", "prune"])
+def test_offload_estimate_is_below_the_in_memory_one(command, deep_dir, text_file, tmp_path):
+    args = [command, deep_dir, "--data", text_file, "-n", 3, "-l", 32, "--device", "cpu"]
+    args += ["--method", "sparsegpt", "--out", tmp_path / "out"] if command == "prune" else ["--gram"]
+    whole, offloaded = dry(*args), dry(*args, "--offload", "disk")
+    assert (whole["offload"], offloaded["offload"]) == ("none", "disk")
+    assert offloaded["host_peak_bytes"] < whole["host_peak_bytes"] and "model" not in offloaded["peak_parts"]
+    same = ("store_bytes", "output_bytes", "model_passes", "block_calls", "params", "model_bytes")
+    assert {k: offloaded[k] for k in same} == {k: whole[k] for k in same}  # memory alone depends on the mode
+    table = run(*args, "--offload", "disk", "--dry-run")
+    assert table.exit_code == 0 and "--offload disk" in table.stdout and "one at a time (of 12)" in table.stdout
+
+
+def test_offload_dry_run_refuses_what_the_run_refuses(tiny_dir, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("--dry-run loaded the weights")
+
+    monkeypatch.setattr("zprune_cli.models.handle.load_offloaded", no_load)
+    for flags, words in ((["--method", "wanda,sparsegpt"], "one method at a time"), (["--allocation", "owl"], "owl")):
+        result = run("prune", tiny_dir, *flags, "--offload", "disk", "--dry-run")
+        assert result.exit_code == 2 and words in result.stderr and "Traceback" not in result.output, result.output
+
+
+def test_offload_on_an_accelerator_keeps_reading_and_writing_on_the_host(deep_dir):
+    """Arithmetic only, as for the model in memory: the device holds the weights outside the blocks and one
+    block, the host the bytes read from the checkpoint and each block coming back to be written."""
+    handle = zp.ModelHandle(str(deep_dir), "cpu", "float32")
+    shape = model_shape(handle.config, handle.source)
+    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
+    recipe = [zp.PruneRecipe("wanda", 0.5)]
+    gpu = {o: estimate_prune(Target(shape, torch.bfloat16, torch.device("cuda"), o), cal, recipe, torch.float32)
+           for o in ("none", "disk")}
+    assert gpu["disk"].device_peak_bytes < gpu["none"].device_peak_bytes
+    weights = Target(shape, torch.bfloat16, torch.device("cuda"), "disk").footprint.weights()
+    assert gpu["disk"].device_peak_bytes >= weights["weights outside the blocks"] + weights["one decoder block"]
+    assert gpu["disk"].host_peak_bytes > IMPORTS_BYTES

@@ -3,7 +3,9 @@ in-memory run bit for bit; the tracked peak of materialised block weights does n
 
 from __future__ import annotations
 
+import errno
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +153,99 @@ def test_bfloat16_forward_matches_whole_model(tiny_dir):
     with torch.no_grad():
         assert torch.equal(whole(ids).logits, offloaded(ids).logits)
     assert all(p.is_meta for p in offloaded.model.layers.parameters())  # released after the forward
+
+
+# --- a disk that fills while the blocks are written ---------------------------------------------------------
+# A full disk reaches us two ways: Python's own writes raise OSError(ENOSPC); safetensors' Rust writer raises
+# SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)") (measured with
+# safetensors 0.8 on a full tmpfs), which is no OSError.
+def disk_full(flavour: str) -> Exception:
+    if flavour == "safetensors":
+        from safetensors import SafetensorError
+
+        return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def fill_disk_after(monkeypatch, module, n_files: int, flavour: str) -> list[str]:
+    """`module.save_file` writes n_files files, then leaves a partial file and fails as a full disk does."""
+    real, written = module.save_file, []
+
+    def save_file(tensors, filename, *args, **kwargs):
+        written.append(str(filename))
+        if len(written) > n_files:
+            Path(filename).write_bytes(b"partial")
+            raise disk_full(flavour)
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(module, "save_file", save_file)
+    return written
+
+
+def one_error_line(result) -> str:
+    """Exit 1 with exactly one line on stderr, an error, and no traceback anywhere."""
+    assert result.exit_code == 1, (result.exit_code, result.output)
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def staging_left(folder: Path) -> list[str]:
+    """Temporary folders of a staged output (.NAME.zprune-tmp-*) or of a store entry (.tmp-*)."""
+    return [p.name for p in folder.rglob("*") if ".zprune-tmp-" in p.name or p.name.startswith(".tmp-")]
+
+
+def complete_entries(cache: Path) -> list[str]:
+    """The store's entry folders, each of which must open with a verified manifest (no half-written one)."""
+    from zprune_cli.stats.store import StatsStore
+
+    entries = StatsStore(cache).entries()
+    assert all(problem is None for _, _, problem in entries), entries
+    return sorted(path.name for path, _, _ in entries)
+
+
+def prune_offloaded(model, out: Path, method: str, text_file, *extra):
+    return CliRunner().invoke(app, ["prune", str(model), "--offload", "disk", "--method", method, "--data",
+                                    str(text_file), "-n", "2", "-l", "16", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("flavour", ["os", "safetensors"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])  # sparsegpt also writes its propagated statistics meanwhile
+@pytest.mark.parametrize("previous", [False, True], ids=["new-out", "overwrite"])
+def test_disk_full_while_streaming_blocks(depths, method, flavour, previous, tmp_path, text_file, cache, monkeypatch):
+    import safetensors.torch
+
+    out = tmp_path / "outputs" / "pruned"
+    if previous:  # an earlier complete output, to be kept whole when its replacement fails
+        out.mkdir(parents=True)
+        (out / "config.json").write_text('{"earlier": true}')
+    with monkeypatch.context() as full:
+        written = fill_disk_after(full, safetensors.torch, 1, flavour)  # block 0's shard, then full
+        result = prune_offloaded(depths[3], out, method, text_file, *(["--overwrite"] if previous else []))
+    # the one line names the folder asked for, as the in-memory save does (staging.staged_folder)
+    assert one_error_line(result).startswith(f"error: writing {out} failed: the disk is full; free space")
+    assert [Path(f).name for f in written] == ["model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors"]
+    if previous:
+        assert [p.name for p in out.iterdir()] == ["config.json"] and "earlier" in (out / "config.json").read_text()
+    else:
+        assert not out.exists()
+    assert not staging_left(tmp_path / "outputs") and not staging_left(cache)
+    before = complete_entries(cache)  # the calibration entry, complete; a propagated one never appears
+    assert len(before) == 1
+
+    # room again: the same command completes (no lock or staging folder is left in its way)
+    assert prune_offloaded(depths[3], out, method, text_file, "--overwrite").exit_code == 0
+    assert (out / "model.safetensors.index.json").is_file()
+    assert len(complete_entries(cache)) == len(before) + (method == "sparsegpt")  # now with its propagated entry
+
+
+@pytest.mark.parametrize("flavour", ["os", "safetensors"])
+def test_disk_full_while_calibrating_offloaded(depths, flavour, text_file, cache, monkeypatch):
+    import zprune_cli.stats.store as store
+
+    written = fill_disk_after(monkeypatch, store, 2, flavour)  # inputs and block 0, then full at block 1
+    args = ["calibrate", str(depths[3]), "--offload", "disk", "--data", str(text_file), "-n", "2", "-l", "16"]
+    assert one_error_line(CliRunner().invoke(app, args)).startswith("error: the disk is full; free space")
+    assert [Path(f).name for f in written][-1] == "block_001.safetensors"
+    assert not staging_left(cache) and complete_entries(cache) == []

@@ -1,6 +1,8 @@
 """The library's own exceptions; the CLI turns each into one line and an exit code."""
 
 import errno
+import os
+import re
 
 
 class ZpruneError(Exception):
@@ -33,13 +35,14 @@ def translate(exc: BaseException) -> ZpruneError:
         return exc
     name = type(exc).__name__
     text = first_line(exc)
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        if exc.errno == errno.ENOSPC:
+    io_error = os_error_of(exc)
+    if io_error is not None:
+        where = f" ({io_error.filename})" if getattr(io_error, "filename", None) else ""
+        if io_error.errno == errno.ENOSPC:
             return ZpruneError(f"the disk is full{where}; free space or point --cache-dir / --out elsewhere")
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if io_error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return ZpruneError(f"permission denied{where}; choose a writable --cache-dir / --out")
-        return ZpruneError(f"{exc.strerror or text}{where}")
+        return ZpruneError(f"{io_error.strerror or text}{where}")
     if name == "SafetensorError":
         return ZpruneError(f"a safetensors file is damaged or truncated: {text}; remove it (for statistics: zprune cache gc)")
     if name in ("OperationalError", "DatabaseError", "IntegrityError") and type(exc).__module__ == "sqlite3":
@@ -49,6 +52,25 @@ def translate(exc: BaseException) -> ZpruneError:
     if isinstance(exc, MemoryError):
         return ZpruneError("out of host memory; lower --nsamples, --seqlen or --batch-size")
     return ZpruneError(f"internal error: {name}: {text} ({DEBUG_HINT})")
+
+
+# safetensors' Rust code reports an I/O failure only in its message: "I/O error: No space left on device (os
+# error 28)" as 0.8 prints it, "IoError(Os { code: 28, kind: StorageFull, ... })" in the Debug form of older releases.
+_ERRNO_IN_MESSAGE = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The operating-system error behind `exc`: itself, or the one a SafetensorError carries in its message
+    (a full disk under save_file is a SafetensorError, not an OSError); None for anything else."""
+    if isinstance(exc, OSError):
+        return exc
+    if type(exc).__name__ != "SafetensorError":
+        return None
+    found = _ERRNO_IN_MESSAGE.search(str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code))
 
 
 def first_line(exc: BaseException) -> str:

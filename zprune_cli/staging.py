@@ -10,7 +10,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError, translate
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 
 _TMP_MARK = ".zprune-tmp-"  # .<name>.zprune-tmp-<pid>-<random>: the writer's pid, to sweep dead ones
 
@@ -33,12 +33,12 @@ def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
         _publish(tmp, dest, overwrite)
-    except OSError as exc:
+    except BaseException as exc:
         _remove(tmp)
-        raise ZpruneError(f"writing {dest} failed: {translate(exc)}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+        io_error = os_error_of(exc)  # safetensors reports a full disk as its own error, not an OSError
+        if io_error is None:
+            raise
+        raise ZpruneError(f"writing {dest} failed: {translate(io_error)}") from None
 
 
 def write_file_atomically(dest: Path, data: bytes) -> None:

@@ -21,13 +21,13 @@ from zprune_cli.estimation.shape import model_shape
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length, parse_dtype, source_dtype
-from zprune_cli.pruning import output_paths
+from zprune_cli.pruning import check_offloadable, output_paths
 from zprune_cli.recipe import PruneRecipe
 from zprune_cli.settings import Calibration
 
 
 def _target(handle: ModelHandle) -> Target:
-    return Target(model_shape(handle.config, handle.source), handle.dtype, handle.device)
+    return Target(model_shape(handle.config, handle.source), handle.dtype, handle.device, handle.offload)
 
 
 def _check_calibration(c: Common, handle: ModelHandle, cal: Calibration) -> None:
@@ -53,6 +53,8 @@ def calibrate(c: Common, handle: ModelHandle, gram: bool) -> None:
 def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: Optional[Path], overwrite: bool,
           out_dtype: str) -> None:
     output_paths(out, [r.method for r in recipes], overwrite)  # an existing folder is refused as the run would
+    if handle.offload == "disk":
+        check_offloadable(recipes)
     _check_calibration(c, handle, c.settings.calibration)
     save = (parse_dtype(out_dtype) or source_dtype(handle.source) or handle.dtype) if out is not None else None
     show(c, estimate_prune(_target(handle), c.settings.calibration, recipes, save))
@@ -74,17 +76,26 @@ def _parts(parts: dict[str, int]) -> str:
     return " + ".join(f"{name} {human_bytes(size)}" for name, size in parts.items())
 
 
+def _mode(e: Estimate) -> tuple[str, str, str]:
+    """The row naming the memory mode the estimate is for."""
+    if e.offload == "disk":
+        return ("offload", "disk", f"decoder blocks read from the checkpoint one at a time (of {e.n_blocks})")
+    return ("offload", "none", "the whole model in memory")
+
+
 def show(c: Common, e: Estimate) -> None:
     """The estimate as a table on stdout, or as JSON with --json."""
     if c.json:
         emit_json({"dry_run": True, **e.as_dict()})
         return
-    table = Table(title=escape(f"dry run: zprune {e.command} {e.model} ({e.dtype} on {e.device}); no weights loaded, "
-                               "nothing written"), title_justify="left")
+    mode = ", --offload disk" if e.offload == "disk" else ""
+    table = Table(title=escape(f"dry run: zprune {e.command} {e.model} ({e.dtype} on {e.device}{mode}); no weights "
+                               "loaded, nothing written"), title_justify="left")
     for name, justify in (("", "left"), ("estimate", "right"), ("detail", "left")):
         table.add_column(name, justify=justify)
     same = " (the device is the host)" if e.device == "cpu" else ""
     rows = [("parameters", f"{e.params / 1e6:.1f} M", f"{human_bytes(e.model_bytes)} as {e.dtype}, {e.n_blocks} blocks"),
+            _mode(e),
             ("peak device memory", human_bytes(e.device_peak_bytes), f"while {e.peak_step}{same}"),
             ("peak host memory", human_bytes(e.host_peak_bytes), ""),
             ("  peak made of", "", _parts(e.peak_parts)),

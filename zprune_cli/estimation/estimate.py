@@ -22,7 +22,8 @@ from zprune_cli.estimation.store_size import element_size, entry_bytes
 from zprune_cli.recipe import PruneRecipe, calibration_needs
 from zprune_cli.settings import Calibration
 
-HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot")
+HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot", "block being read",
+             "block in output dtype", "last shard in output dtype")  # the last three: --offload disk
 # Files saved beside the weights besides the tokenizer: config, generation config, zprune.json, model card.
 SAVED_FILES_BYTES = 12_000
 SAVED_BYTES_PER_LAYER = 80  # zprune.json and the model card list each pruned layer's sparsity
@@ -35,10 +36,11 @@ class Target:
     shape: ModelShape
     dtype: torch.dtype
     device: torch.device
+    offload: str = "none"  # "disk": the decoder blocks are read from the checkpoint one at a time
 
     @property
     def footprint(self) -> Footprint:
-        return Footprint(self.shape, self.dtype)
+        return Footprint(self.shape, self.dtype, self.offload)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Estimate:
     model: str
     dtype: str
     device: str
+    offload: str  # the mode estimated: "none" (the model in memory) or "disk" (one decoder block at a time)
     params: int
     model_bytes: int
     n_blocks: int
@@ -88,8 +91,15 @@ def _peaks(t: Target, steps: dict[str, dict[str, int]], host_steps: dict[str, di
 
 def _loading(t: Target) -> dict[str, int]:
     """The model is loaded on the host (with the loader's copies), then moved to the device."""
-    f = t.footprint
-    return {"model": f.model, "loader's transient copies": f.load_extra()}
+    return t.footprint.loading()
+
+
+def _host_steps(t: Target, cal: Calibration, out_dtype: torch.dtype | None = None) -> dict[str, dict[str, int]]:
+    """What the host alone holds, step by step, when the device is an accelerator."""
+    host = {"loading": _loading(t), "writing block inputs": _writing_inputs(t, cal)}
+    if t.offload == "disk":
+        host.update(t.footprint.offload_host(out_dtype))
+    return host
 
 
 def _writing_inputs(t: Target, cal: Calibration) -> dict[str, int]:
@@ -102,7 +112,7 @@ def _base(t: Target, command: str, cal: Calibration | None) -> dict:
     without = entry_bytes(s, t.dtype, cal, False) if cal else 0
     with_gram = entry_bytes(s, t.dtype, cal, True) if cal else 0
     return {"command": command, "model": s.spec, "dtype": str(t.dtype).removeprefix("torch."), "device": str(t.device),
-            "params": s.params, "model_bytes": t.footprint.model, "n_blocks": s.n_blocks,
+            "offload": t.offload, "params": s.params, "model_bytes": t.footprint.model, "n_blocks": s.n_blocks,
             "store_bytes_without_gram": without, "store_bytes_with_gram": with_gram}
 
 
@@ -113,6 +123,9 @@ def _notes(t: Target) -> list[str]:
         notes.append("input groups by the conservative rule (every Linear its own): statistics are an upper bound")
     if t.device.type != "cpu":
         notes.append("device peak is what torch allocates; the CUDA context (about 0.3-0.5 GiB) comes on top")
+    if t.offload == "disk":
+        notes.append("--offload disk: the weights outside the decoder blocks stay loaded, the blocks are read from "
+                     "the checkpoint one at a time (the largest is counted)")
     return notes
 
 
@@ -121,8 +134,7 @@ def estimate_calibrate(t: Target, cal: Calibration, gram: bool) -> Estimate:
     f, s = t.footprint, t.shape
     load = _loading(t)
     steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
-    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal)}
-    device_peak, host_peak, step, parts = _peaks(t, steps, host)
+    device_peak, host_peak, step, parts = _peaks(t, steps, _host_steps(t, cal))
     base = _base(t, "calibrate", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
                     store_bytes=base["store_bytes_with_gram" if gram else "store_bytes_without_gram"], output_bytes=0,
@@ -160,15 +172,16 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=len(recipes) > 1)
     steps.update(pruning)
-    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal)}
+    host = _host_steps(t, cal, out_dtype)
     if len(recipes) > 1:
         host["dense snapshot"] = {"dense snapshot": t.shape.block_linear_params * f.d}
     output = 0
     if out_dtype is not None:
-        one = saved_bytes(t, out_dtype)
-        output = one * len(recipes)
+        output = saved_bytes(t, out_dtype) * len(recipes)
         steps["saving"] = {**f.saving(out_dtype), **host.get("dense snapshot", {})}
-        host["saving"] = {"tensor being written": f.saving(out_dtype)["tensor being written"]}
+        host.setdefault("saving", {"tensor being written": f.saving(out_dtype)["tensor being written"]})  # unless offloaded
+        if t.offload == "disk":  # each block is written as it is finished (one recipe: check_offloadable)
+            steps["writing a block"] = f.writing_block(out_dtype, recipes[0].needs_gram)
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     base = _base(t, "prune", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,

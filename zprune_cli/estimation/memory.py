@@ -34,6 +34,7 @@ class Footprint:
 
     shape: ModelShape
     dtype: torch.dtype
+    offload: str = "none"  # "disk": the decoder blocks stay in the checkpoint and are read one at a time
 
     @property
     def d(self) -> int:
@@ -42,6 +43,42 @@ class Footprint:
     @property
     def model(self) -> int:
         return self.shape.params * self.d
+
+    @property
+    def outside_params(self) -> int:
+        """Parameters outside the decoder blocks: embeddings, final norm, LM head (tied ones once)."""
+        return self.shape.params - self.shape.blocks_params
+
+    def weights(self) -> dict[str, int]:
+        """The weights held while the blocks run: the whole model; with --offload disk the weights outside the
+        blocks (read at load and kept: models/offload_load.py) and the one block that runs (the largest), with
+        the file's copy of it while it is read and converted."""
+        if self.offload != "disk":
+            return {"model": self.model}
+        return {"weights outside the blocks": self.outside_params * self.d,
+                "one decoder block": self.shape.largest_block_params * self.d,
+                "block being read": self.converting(self.shape.largest_block_params)}
+
+    def loading(self) -> dict[str, int]:
+        """On the host, while the model is built: every weight, or with --offload disk those outside the blocks."""
+        if self.offload != "disk":
+            return {"model": self.model, "loader's transient copies": self.load_extra()}
+        return {"weights outside the blocks": self.outside_params * self.d,
+                "loader's transient copies": self.converting(self.outside_params)}
+
+    def file_bytes(self, params: int) -> int:
+        """`params` weights as the checkpoint stores them (in the run dtype when the published one is unknown)."""
+        return params * (element_size(getattr(torch, self.shape.file_dtype)) if self.shape.file_dtype else self.d)
+
+    @property
+    def converted(self) -> bool:
+        """The checkpoint's dtype differs from the run dtype (unknown counts as the same)."""
+        return self.shape.file_dtype not in (None, str(self.dtype).removeprefix("torch."))
+
+    def converting(self, params: int) -> int:
+        """Transient host bytes while `params` weights are read from safetensors: the file's tensors beside the
+        converted ones; none in the same dtype (the file is memory-mapped into the weights, as in load_extra)."""
+        return self.file_bytes(params) if self.converted else 0
 
     def load_extra(self) -> int:
         """Transient bytes while loading, on the host: GGUF dequantisation, or the weight files read to
@@ -88,25 +125,51 @@ class Footprint:
         safetensors' copy of them when written."""
         first = self.logits(cal.seqlen) + self.activations(cal.seqlen)
         blocks = self.activations(cal.seqlen) + self.hooks(cal.seqlen) + 2 * self.block_stats(gram)
-        return {"model": self.model, "block inputs + buffer": 2 * self.block_inputs(cal),
+        return {**self.weights(), "block inputs + buffer": 2 * self.block_inputs(cal),
                 "token ids": self.token_ids(cal), "activations, statistics": max(first, blocks)}
 
     def evaluating(self, tokens: int, batch: int) -> dict[str, int]:
         nll = 2 * min(tokens * self.shape.vocab, NLL_CHUNK_ELEMENTS) * FP32
-        return {"model": self.model, "logits": self.logits(tokens, batch),
+        return {**self.weights(), "logits": self.logits(tokens, batch),
                 "activations, statistics": self.activations(tokens, batch) + nll}
 
     def pruning(self, gram: bool) -> dict[str, int]:
         """One layer at a time: the block's statistics and the method's float32 copies of the largest weight
         (scores, masks, updates: about eight) with int64 indices of the exact lowest-k selection (two)."""
         temporaries = self.shape.largest_linear * (8 * FP32 + 2 * 8)
-        return {"model": self.model, "activations, statistics": self.block_stats(gram) + temporaries}
+        return {**self.weights(), "activations, statistics": self.block_stats(gram) + temporaries}
 
     def saving(self, out_dtype: torch.dtype) -> dict[str, int]:
         """save_pretrained: a GGUF-loaded model is rebuilt from its config (a second copy), the state is cast
         to the output dtype (a copy unless the dtypes agree), and one tensor at a time is copied on writing
         (measured: about the largest tensor)."""
         out = element_size(out_dtype)
+        if self.offload == "disk":  # the blocks are written already: the weights outside them, in the last shard
+            cast = self.outside_params * out if out_dtype != self.dtype else 0
+            return {"weights outside the blocks": self.outside_params * self.d, "last shard in output dtype": cast,
+                    "tensor being written": self.shape.largest_tensor * out}
         cast = self.shape.params * out if out_dtype != self.dtype else 0
         return {"model": self.model, "rebuilt model": self.model if self.shape.gguf else 0,
                 "state in output dtype": cast, "tensor being written": self.shape.largest_tensor * out}
+
+    def writing_block(self, out_dtype: torch.dtype, gram: bool) -> dict[str, int]:
+        """--offload disk, as each pruned block is handed to the save (models/stream_save.py): the block in the
+        output dtype (a copy unless the dtypes agree) and about one tensor copied on writing, beside the weights
+        and the block's statistics."""
+        out = element_size(out_dtype)
+        cast = self.shape.largest_block_params * out if out_dtype != self.dtype else 0
+        return {**self.weights(), "activations, statistics": self.block_stats(gram), "block in output dtype": cast,
+                "tensor being written": self.shape.largest_linear * out}
+
+    def offload_host(self, out_dtype: torch.dtype | None) -> dict[str, dict[str, int]]:
+        """--offload disk on an accelerator: what the host holds at each step. The weights outside the blocks are
+        read and converted on the host, then moved; a block is read on the host and converted as it moves; a
+        finished block comes back to the host in the output dtype to be written."""
+        outside, block = self.outside_params, self.shape.largest_block_params
+        steps = {"loading": {"loader's transient copies": self.file_bytes(outside) + self.converted * outside * self.d},
+                 "reading a block": {"block being read": self.file_bytes(block)}}
+        if out_dtype is not None:
+            out = element_size(out_dtype)
+            steps["writing a block"] = {"block in output dtype": block * out}
+            steps["saving"] = {"last shard in output dtype": outside * out}
+        return steps

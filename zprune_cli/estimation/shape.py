@@ -44,6 +44,8 @@ class ModelShape:
     location: str  # the resolved folder or hub id (recorded in the store's manifest)
     params: int  # unique parameters (tied embeddings once)
     block_linear_params: int  # weights of every nn.Linear inside the decoder blocks
+    blocks_params: int  # every parameter inside the decoder blocks (the rest stays loaded under --offload disk)
+    largest_block_params: int  # the parameters of the largest decoder block (the one --offload disk holds at a time)
     n_tensors: int  # parameter tensors (unique), each one entry in a saved file's header
     largest_tensor: int  # elements of the largest parameter (often the embeddings)
     largest_linear: int  # elements of the largest Linear weight inside the blocks
@@ -86,9 +88,11 @@ def model_shape(config, source: ModelSource) -> ModelShape:
     else:
         hidden, vocab, groups = traced
     linears = [lin for b in blocks for lin in find_linears(b).values()]
+    per_block = [sum(p.numel() for p in b.parameters()) for b in blocks]
     return ModelShape(
         spec=source.spec, location=source.location, params=sum(p.numel() for p in model.parameters()),
-        block_linear_params=sum(lin.weight.numel() for lin in linears), n_tensors=len(list(model.parameters())),
+        block_linear_params=sum(lin.weight.numel() for lin in linears), blocks_params=sum(per_block),
+        largest_block_params=max(per_block, default=0), n_tensors=len(list(model.parameters())),
         largest_tensor=max(p.numel() for p in model.parameters()),
         largest_linear=max((lin.weight.numel() for lin in linears), default=0),
         n_blocks=len(blocks), blocks_name=blocks_name,

@@ -12,6 +12,7 @@ safetensors shards only while the block is needed, then released back to meta. T
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 from pathlib import Path
 from typing import Callable, Iterator
@@ -127,6 +128,7 @@ class OffloadedBlocks:
             if not param.is_meta:
                 TRACKER.add(-param.numel() * param.element_size())
                 _set_parameter(self.blocks[index], name, torch.empty_like(param, device="meta"))
+        _return_freed_heap()
 
     @contextlib.contextmanager
     def hold(self, index: int, done: bool = False) -> Iterator[nn.Module]:
@@ -157,6 +159,24 @@ class OffloadedBlocks:
                 self.release(index)
 
         return hook
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl
+    except (AttributeError, OSError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _return_freed_heap() -> None:
+    """Give the heap freed with a block back to the system. glibc does not reuse what the temporaries of one
+    block leave between blocks read from disk, so without this the resident memory of an offloaded prune grew
+    with depth (a 512-wide Llama, 12 MiB blocks: 343 MiB with 8 blocks, 415 MiB with 24; trimmed: 291 and 292)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _set_parameter(block: nn.Module, name: str, tensor: torch.Tensor) -> None:
