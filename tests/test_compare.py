@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import zprune_cli.calibration as calibration
@@ -12,6 +13,7 @@ import zprune_cli.comparison as comparison
 from zprune_cli.cli.app import app
 from zprune_cli.comparison import compare, grid_recipes
 from zprune_cli.evaluation.run import Evaluation
+from zprune_cli.results import ResultsStore, results_path
 from zprune_cli.settings import Calibration
 
 runner = CliRunner()
@@ -52,6 +54,8 @@ def test_grid_calibrates_once_and_resumes(tiny_dir, text_file, cache, counters):
     for row in first.rows:  # each cell's own times, for a grid's overhead (wall time / sum of cells)
         assert row["seconds"]["evaluate"] > 0 and (row["seconds"]["prune"] > 0) == (row["method"] != "dense")
     assert sum(r["seconds"]["prune"] + r["seconds"]["evaluate"] for r in first.rows) < first.seconds
+    stored = ResultsStore(results_path(cache)).query()  # the thread count a number depends on is on record
+    assert stored and {r["versions"]["torch_threads"] for r in stored} == {str(torch.get_num_threads())}
     second = run_grid(tiny_dir, text_file)
     assert counters == {"calibrations": 1, "prunes": 6}  # nothing recomputed
     assert second.computed == 0 and second.skipped == 7 and second.rows == first.rows

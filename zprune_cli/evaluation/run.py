@@ -242,7 +242,9 @@ def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], prov
                  "recipe": provenance.cell_digest}
         calibration = asdict(provenance.calibration) if provenance.calibration else None
         settings = {**settings, "recipe": recipe.as_dict(), "masks": provenance.masks, "calibration": calibration}
-    versions = package_versions()
+    # float sums depend on how work is split across threads: at 60-70% sparsity with pruned propagation,
+    # 1 vs 2 CPU threads moved SmolLM2's perplexity by ~4%; a re-run reproduces a number only with the same count
+    versions = {**package_versions(), "torch_threads": str(torch.get_num_threads())}
     return store.record_many([
         {**cell, "metric": m.name, "value": _finite_or_none(m.value), "protocol": m.protocol, "seconds": m.seconds,
          "settings": {**settings, "target": handle.source.spec, "detail": m.detail}, "versions": versions}
