@@ -8,6 +8,10 @@ read at exit). The model's float32 size is printed beside, so the offloaded peak
 
     python tests/benchmarks/bench_offload.py                     # ~3 B parameters, ~6 GB on disk
     python tests/benchmarks/bench_offload.py --hidden 1024 --blocks 8 --intermediate 2816   # a quick check
+    python tests/benchmarks/bench_offload.py --model smollm2-135m --data C4 -n 32 -l 512   # a real model
+
+`--model` takes a model alias (written to safetensors in bfloat16 first: `--offload disk` reads
+safetensors, not GGUF) or a folder of safetensors; `--data` a calibration text file (C4: the shared shard).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import REPO, RUN_ZPRUNE, library_state
+from _bench import C4, REPO, RUN_ZPRUNE, library_state
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,8 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=26)
     p.add_argument("--intermediate", type=int, default=8192)
     p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--nsamples", type=int, default=2)
-    p.add_argument("--seqlen", type=int, default=64)
+    p.add_argument("--nsamples", "-n", type=int, default=2)
+    p.add_argument("--seqlen", "-l", type=int, default=64)
+    p.add_argument("--model", default=None, help="a model alias or safetensors folder instead of the random Llama")
+    p.add_argument("--data", default=None, help="calibration text file (C4: the shared C4 shard; default: a repeated sentence)")
     p.add_argument("--work", type=Path, default=None, help="folder for the model and outputs (default: a temporary one)")
     p.add_argument("--modes", default="disk,none", help="offload modes to run, in order")
     return p.parse_args(argv)
@@ -59,6 +65,19 @@ def write_model(args: argparse.Namespace, folder: Path) -> int:
     return params
 
 
+def write_alias(alias: str, folder: Path) -> int:
+    """A model alias (e.g. the GGUF SmolLM2) saved as bfloat16 safetensors, as `prune` saves its outputs."""
+    import torch
+
+    from zprune_cli.models.handle import ModelHandle
+    from zprune_cli.models.save import save_model
+
+    handle = ModelHandle(alias, "cpu", "float32")
+    params = sum(p.numel() for p in handle.model.parameters())
+    save_model(handle.model, handle.tokenizer, folder, dtype=torch.bfloat16)
+    return params
+
+
 def run(folder: Path, text: Path, mode: str, args: argparse.Namespace, work: Path) -> tuple[float, int]:
     """(wall seconds, peak resident KiB) of one `zprune prune` process."""
     cache, out = work / f"cache-{mode}", work / f"out-{mode}"
@@ -81,9 +100,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="zprune-bench-offload-"))
     folder, text = work / "model", work / "text.txt"
-    text.write_text(("The quick brown fox jumps over the lazy dog while the model is pruned. " * 400))
+    if args.data:
+        text = C4 if args.data == "C4" else Path(args.data)
+    else:
+        text.write_text(("The quick brown fox jumps over the lazy dog while the model is pruned. " * 400))
     started = time.perf_counter()
-    params = write_model(args, folder) if not (folder / "config.json").exists() else None
+    if args.model and Path(args.model).is_dir():
+        folder, params = Path(args.model), None
+    elif not (folder / "config.json").exists():
+        params = write_alias(args.model, folder) if args.model else write_model(args, folder)
+    else:
+        params = None
     disk = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     print(f"{library_state()}; model written in {time.perf_counter() - started:.0f} s: "
           f"{params or 'existing'} parameters, {disk / 2**30:.2f} GiB bfloat16 on disk, float32 size "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -63,6 +62,7 @@ def run_grid(model: str, grid: str, cache: Path, methods: str | None) -> dict:
                "--data-dir", str(DATA_DIR), "--cache-dir", str(cache), "--json"]
     if methods:
         command += ["--method", methods]
+    library = library_state()  # the code this process imports (HEAD may move during a long leaderboard)
     started = time.perf_counter()
     # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
     env = {**os.environ, "ZPRUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
@@ -70,7 +70,7 @@ def run_grid(model: str, grid: str, cache: Path, methods: str | None) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {done.returncode}")
-    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1)}
+    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library}
 
 
 def slim(row: dict, model: str, grid: str) -> dict:
@@ -107,7 +107,8 @@ class Board:
 
     def data(self) -> dict:
         runs = sorted(self.runs, key=lambda r: (r["model"], GRIDS.index(r["grid"]) if r["grid"] in GRIDS else 99))
-        return {"library": library_state(), "protocol": PROTOCOL, "runs": runs,
+        libraries = sorted({r.get("library", "unknown") for r in runs})
+        return {"library": ", ".join(libraries), "protocol": PROTOCOL, "runs": runs,
                 "cells": sorted(self.cells.values(), key=order)}
 
 
@@ -128,7 +129,8 @@ def run_all(args: argparse.Namespace, cache: Path, board: Board) -> dict:
 def describe_run(model: str, grid: str, outcome: dict, fresh: list[dict]) -> dict:
     """A run's wall time against the sum of its freshly computed cells' prune and evaluation times."""
     inside = sum((r.get("seconds") or {}).get("prune", 0) + (r.get("seconds") or {}).get("evaluate", 0) for r in fresh)
-    return {"model": model, "grid": grid, "computed": outcome["computed"], "skipped": outcome["skipped"],
+    return {"model": model, "grid": grid, "library": outcome["library"], "computed": outcome["computed"],
+            "skipped": outcome["skipped"],
             "wall_seconds": outcome["wall_seconds"], "cells_seconds": round(inside, 1),
             "overhead": round(outcome["wall_seconds"] / inside, 3) if inside else None}
 
