@@ -190,7 +190,8 @@ def plot(board: dict, path: Path = PLOT) -> None:
                 series.setdefault(f"{recipe_name(cell)} ({cell['propagate']})", []).append((cell["sparsity"], value))
         for label, points in sorted(series.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            style = ":" if label.endswith("(dense)") else "-"  # calibrate-once statistics dotted, pruned propagation solid
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle=style, label=label)
         ax.set(yscale="log", xlabel="sparsity (unstructured)", ylabel="wikitext-2 perplexity (log)", title=model)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
