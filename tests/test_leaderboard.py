@@ -38,6 +38,8 @@ def test_differences_name_each_changed_perplexity_only():
     changed = {"cells": [cell("wanda", 0.5, 60.01), cell("ria", 0.5, 61.0)]}
     lines = publish.differences(changed, committed)
     assert len(lines) == 2 and "60.01 now, 60.0 committed" in lines[0] and "not in the committed" in lines[1]
+    elsewhere = {"cells": [{**cell("wanda", 0.5, 60.0), "protocol": "p; statistics 0123abcd"}]}
+    assert publish.differences(elsewhere, {"cells": [{**cell("wanda", 0.5, 60.0), "protocol": "p; statistics 9f8e7d6c"}]}) == []
     accuracy_only = {"cells": [cell("wanda", 0.5, None, metrics={"acc:piqa_local": 0.1})]}
     assert publish.differences(accuracy_only, committed) == []  # perplexities are compared, not accuracies
 
