@@ -118,6 +118,9 @@ def test_named_grid(tiny_dir, text_file, cache, tmp_path, monkeypatch):
     result = invoke("compare", tiny_dir, "--grid", "small", "--json")
     assert result.exit_code == 0, result.output
     assert [r["method"] for r in json.loads(result.stdout)["rows"]] == ["dense", "magnitude"]
+    (tmp_path / "zprune.toml").write_text((tmp_path / "zprune.toml").read_text() + "batch_size = 0\n")
+    refused = invoke("compare", tiny_dir, "--grid", "small", "--json")  # the grid's batch size reaches the evaluation
+    assert refused.exit_code == 2 and "--batch-size must be an integer >= 1" in refused.output
 
 
 @pytest.mark.parametrize(

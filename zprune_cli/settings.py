@@ -196,6 +196,7 @@ GRID_LISTS: dict[str, type] = {"methods": str, "sparsity": float, "patterns": st
 GRID_SCALARS: dict[str, type] = {
     "propagate": str, "allocation": str, "scope": str, "owl_m": float, "owl_lambda": float,
     "data": str, "nsamples": int, "seqlen": int, "seed": int, "eval_seqlen": int, "max_windows": int, "limit": int,
+    "batch_size": int,  # evaluation batch (perplexity windows, lm-eval requests); not part of a protocol
 }
 
 

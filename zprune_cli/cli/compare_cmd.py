@@ -114,7 +114,8 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
     recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"), **shared)
     data = g.get("eval", "wikitext2")
     evaluation = Evaluation(data=() if data in ("none", ["none"]) else data, seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
-                            tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"))
+                            tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"),
+                            batch_size=g.get("batch_size", 1))
     calibration = c.settings.with_flags(**{k: g.get(k) for k in ("data", "nsamples", "seqlen", "seed")}).calibration
     return recipes, evaluation, calibration
 
