@@ -150,17 +150,7 @@ def test_forward_passes_match_hooks_on_real_runs(tiny_dir, text_file, cache):
 # --- peak memory: a real run in its own process, its peak resident memory from the kernel -------------------
 
 IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.pruning, zprune_cli.comparison"
-# The process reports its own high-water mark (VmHWM: per address space, so it starts afresh at exec), not
-# getrusage's ru_maxrss, which Linux carries over exec from the forking parent: under pytest that is
-# the test process's own peak.
-HWM = """
-import atexit, os, sys
-def _hwm():
-    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
-        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
-atexit.register(_hwm)
-"""
-RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"
+from peak_memory import HWM, RUN_ZPRUNE  # noqa: E402  (the child reports its own VmHWM)
 
 
 def peak_rss(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,13 +28,5 @@ def library_state() -> str:
     return f"zprune_cli at {head}{' + local changes' if dirty else ''}"
 
 
-# Each process reports its own high-water mark (VmHWM, per address space, so it starts afresh at exec); not
-# getrusage's ru_maxrss, which Linux carries over exec from the forking parent.
-HWM = """
-import atexit, os, sys
-def _hwm():
-    with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
-        out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
-atexit.register(_hwm)
-"""
-RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"
+sys.path.insert(0, str(REPO / "tests"))
+from peak_memory import HWM, RUN_ZPRUNE  # noqa: E402,F401  (shared with the peak-memory tests)
