@@ -90,3 +90,13 @@ def test_a_rerun_reproduces_committed_perplexities(tmp_path):
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "6 of 6 perplexities equal the committed ones" in done.stdout
+
+
+def test_makespan_follows_the_schedule_with_each_worker_taking_the_next_run():
+    runs = [{"model": m, "grid": g, "wall_seconds": s} for m, g, s in
+            (("a", "x", 10.0), ("a", "y", 4.0), ("b", "x", 3.0), ("b", "y", 5.0))]
+    board = {"schedule": [["a", "x"], ["b", "x"], ["a", "y"], ["b", "y"]], "runs": runs}
+    # worker 1: a/x (10); worker 2: b/x (3) then a/y (to 7) then b/y (to 12)
+    assert publish.makespan(board, 2) == 12.0
+    assert publish.makespan(board, 1) == 22.0
+    assert publish.makespan({**board, "schedule": [["a", "y"], ["b", "y"], ["a", "x"], ["b", "x"]]}, 2) == 14.0

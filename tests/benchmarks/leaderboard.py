@@ -34,20 +34,25 @@ HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "leaderboard.json"
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
 THREADS = 1  # torch threads per compare process: one core each, no oversubscription, identical re-runs
-GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-gram", "leaderboard-best")
-# Gemma-3-270M costs about twice SmolLM2's per cell: it runs the two cheaper grids, within the time budget
-DEFAULT_GRIDS = {"smollm2-135m": GRIDS, "gemma3-270m": GRIDS[:2]}
+GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-gram", "leaderboard-best")
+# The default run, longest first: --jobs workers take the next model x grid as they finish (list scheduling).
+# Gemma-3-270M costs about twice SmolLM2's per cell: it runs the score grids (Wanda against Z-Pruner under
+# pruned propagation at 50% and 2:4 only), SmolLM2 every grid, within the time budget. SmolLM2's two
+# zero-shot grids share their dense row: the first computes it, the second (started later) reads it.
+SCHEDULE = (("gemma3-270m", "leaderboard-dense"), ("smollm2-135m", "leaderboard-gram"),
+            ("smollm2-135m", "leaderboard-best"), ("gemma3-270m", "leaderboard-pruned-50"),
+            ("smollm2-135m", "leaderboard-pruned"), ("smollm2-135m", "leaderboard-dense"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated model aliases")
-    p.add_argument("--grids", default=None, help="comma-separated grid names from zprune.toml (default: per model)")
+    p.add_argument("--grids", default=None, help="comma-separated grid names from zprune.toml (default: SCHEDULE's)")
     p.add_argument("--methods", default=None, help="only these methods of each grid (passed as --method)")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "zprune-leaderboard",
                    help="cache folder holding the results store (the run resumes from it)")
     p.add_argument("--results", type=Path, default=RESULTS_JSON, help="the leaderboard's JSON file")
-    p.add_argument("--jobs", type=int, default=2, help="models run side by side (one compare process each)")
+    p.add_argument("--jobs", type=int, default=2, help="grids run side by side (one compare process each)")
     p.add_argument("--check", action="store_true", help="recompute in a fresh cache and compare to --results")
     p.add_argument("--publish", action="store_true", help="write README / RESULTS.md / PNG from --results")
     return p.parse_args(argv)
@@ -108,22 +113,38 @@ class Board:
     def data(self) -> dict:
         runs = sorted(self.runs, key=lambda r: (r["model"], GRIDS.index(r["grid"]) if r["grid"] in GRIDS else 99))
         libraries = sorted({r.get("library", "unknown") for r in runs})
-        return {"library": ", ".join(libraries), "protocol": PROTOCOL, "runs": runs,
+        return {"library": ", ".join(libraries), "protocol": PROTOCOL, "schedule": [list(job) for job in SCHEDULE], "runs": runs,
                 "cells": sorted(self.cells.values(), key=order)}
 
 
 def run_all(args: argparse.Namespace, cache: Path, board: Board) -> dict:
-    """Every model's grids, one model per core at a time (each compare process has THREADS threads)."""
+    """The chosen model x grid runs, `--jobs` at a time, in schedule order (each compare process has
+    THREADS threads)."""
+    queue = iter(schedule(args))
+    lock = threading.Lock()
 
-    def one_model(model: str) -> None:
-        for grid in args.grids.split(",") if args.grids else DEFAULT_GRIDS.get(model, GRIDS):
+    def worker() -> None:
+        while True:
+            with lock:
+                job = next(queue, None)
+            if job is None:
+                return
+            model, grid = job
             run = board.merge(model, grid, run_grid(model, grid, cache, args.methods))
             print(summary_line(run), flush=True)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for done in [pool.submit(one_model, m) for m in args.models.split(",")]:
+        for done in [pool.submit(worker) for _ in range(args.jobs)]:
             done.result()
     return board.data()
+
+
+def schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """SCHEDULE's runs of the chosen models, or every chosen model x every chosen grid."""
+    models = args.models.split(",")
+    if args.grids:
+        return [(m, g) for m in models for g in args.grids.split(",")]
+    return [(m, g) for m, g in SCHEDULE if m in models]
 
 
 def describe_run(model: str, grid: str, outcome: dict, fresh: list[dict]) -> dict:
@@ -151,7 +172,7 @@ def order(cell: dict):
 
 PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
             "perplexity": "wikitext-2 test, windows of 512 tokens, the first 16 (max_windows in zprune.toml)",
-            "zero-shot": "the first 200 questions of each set (limit in zprune.toml), lm-eval acc and acc_norm",
+            "zero-shot": "the first 50 questions of each of six sets (limit in zprune.toml), lm-eval acc and acc_norm, 0-shot",
             "dtype": "float32", "device": "cpu", "threads": THREADS}
 
 
