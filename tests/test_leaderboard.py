@@ -100,3 +100,8 @@ def test_makespan_follows_the_schedule_with_each_worker_taking_the_next_run():
     assert publish.makespan(board, 2) == 12.0
     assert publish.makespan(board, 1) == 22.0
     assert publish.makespan({**board, "schedule": [["a", "y"], ["b", "y"], ["a", "x"], ["b", "x"]]}, 2) == 14.0
+
+
+def test_zeroshot_caveat_states_the_standard_error_of_the_subset():
+    text = publish.zeroshot_caveat({"zero-shot": "the first 50 questions", "zero-shot questions": 50})
+    assert "±7 points" in text and "±3 on the mean" in text  # sqrt(.25 / 50) = 7.1%, sqrt(.25 / 300) = 2.9%

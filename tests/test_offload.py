@@ -155,6 +155,84 @@ def test_bfloat16_forward_matches_whole_model(tiny_dir):
     assert all(p.is_meta for p in offloaded.model.layers.parameters())  # released after the forward
 
 
+# --- evaluation block by block -------------------------------------------------------------------------------
+
+
+def eval_ppl(folder, offload: str, text_file, tmp_path, **extra) -> tuple[dict, int]:
+    """(metrics by name, tracked peak of block weights) of one fresh evaluation."""
+    from zprune_cli import evaluate
+    from zprune_cli.evaluation.run import Evaluation
+
+    settings = Settings(cache_dir=tmp_path / f"eval-{offload}", device="cpu", dtype="float32", offload=offload)
+    TRACKER.reset()
+    report = evaluate(str(folder), Evaluation(data=(str(text_file),), seqlen=20, max_windows=5, **extra), settings=settings)
+    return {m["metric"]: m["value"] for m in report["metrics"]}, TRACKER.peak
+
+
+def test_offloaded_perplexity_equals_whole_model_and_holds_one_block(depths, text_file, tmp_path):
+    for n, folder in depths.items():
+        whole, _ = eval_ppl(folder, "none", text_file, tmp_path / f"m{n}")
+        disk, peak = eval_ppl(folder, "disk", text_file, tmp_path / f"d{n}")
+        assert disk["ppl:corpus.txt"] == whole["ppl:corpus.txt"]  # bit for bit: the same ops, one window at a time
+        assert disk["sparsity"] == whole["sparsity"] and 0 < peak <= block_bytes(folder)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt2", "phi3"])  # per-layer kwargs, Conv1D, fused projections
+def test_offloaded_perplexity_other_families(family, text_file, tmp_path):
+    from conftest import save_tiny
+
+    folder = save_tiny(tmp_path / family, family)
+    whole, _ = eval_ppl(folder, "none", text_file, tmp_path / "m")
+    disk, peak = eval_ppl(folder, "disk", text_file, tmp_path / "d")
+    assert disk["ppl:corpus.txt"] == whole["ppl:corpus.txt"] and peak > 0
+
+
+def test_offloaded_eval_of_an_offloaded_prune(depths, tmp_path, text_file):
+    """A 12-block model pruned and saved block by block, then evaluated block by block: the pruned
+    perplexity and 50% sparsity equal the in-memory evaluation of the same folder."""
+    _, _, report, _ = run(depths[12], "disk", "wanda", tmp_path, text_file)
+    out = tmp_path / "out-disk"
+    whole, _ = eval_ppl(out, "none", text_file, tmp_path / "m")
+    disk, peak = eval_ppl(out, "disk", text_file, tmp_path / "d")
+    assert disk["ppl:corpus.txt"] == whole["ppl:corpus.txt"] and peak <= block_bytes(depths[12])
+    assert disk["sparsity"] == whole["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_offloaded_compare_measures_each_block_as_it_is_pruned(depths, tmp_path, text_file):
+    """compare --offload disk: every cell pruned from the checkpoint and measured block by block gives the
+    in-memory grid's perplexities and sparsities, bit for bit, holding one block at a time."""
+    from zprune_cli import compare
+    from zprune_cli.comparison import grid_recipes
+    from zprune_cli.evaluation.run import Evaluation
+
+    recipes = [*grid_recipes("magnitude,wanda", "0.5", "unstructured,2:4"),
+               *grid_recipes("sparsegpt", "0.6", "unstructured", propagate="pruned")]
+    calibration = Calibration(data=str(text_file), nsamples=3, seqlen=24, seed=0)
+    evaluation = Evaluation(data=(str(text_file),), seqlen=20, max_windows=4)
+    rows = {}
+    for offload in ("none", "disk"):
+        settings = Settings(cache_dir=tmp_path / offload, device="cpu", dtype="float32", offload=offload)
+        TRACKER.reset()
+        outcome = compare(str(depths[12]), recipes, evaluation, calibration=calibration, settings=settings)
+        assert outcome.computed == len(recipes) + 1
+        rows[offload] = {r["label"]: r["metrics"] for r in outcome.rows}
+    assert 0 < TRACKER.peak <= block_bytes(depths[12])
+    assert rows["disk"] == rows["none"] and len(rows["disk"]) == len(recipes) + 1
+    assert len({m["ppl:corpus.txt"] for m in rows["disk"].values()}) == len(recipes) + 1  # the cells differ
+
+
+def test_offloaded_compare_refuses_owl_and_tasks(depths, cache):
+    for extra, message in ((["--allocation", "owl"], "--allocation owl"), (["--tasks", "piqa_local"], "without --offload")):
+        result = CliRunner().invoke(app, ["compare", str(depths[3]), "--method", "wanda", "--offload", "disk", *extra])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_offloaded_eval_refuses_whole_model_work(depths, cache):
+    result = CliRunner().invoke(app, ["eval", str(depths[3]), "--offload", "disk", "--tasks", "piqa_local"])
+    assert result.exit_code == 2 and "run them without --offload" in result.output
+    assert result.output.count("\n") == 1
+
+
 # --- a disk that fills while the blocks are written ---------------------------------------------------------
 # A full disk reaches us two ways: Python's own writes raise OSError(ENOSPC); safetensors' Rust writer raises
 # SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)") (measured with

@@ -16,13 +16,14 @@ from typing import Any, Sequence
 
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluation.run import EvalPlan, Evaluation, expected_protocols, measure, record
+from zprune_cli.evaluation.run import (EvalPlan, Evaluation, expected_protocols, measure, measure_while_pruning, record,
+                                       refuse_whole_model_work)
 from zprune_cli.leaderboard_cells import known_metrics  # noqa: F401  (moved there; still importable from here)
 from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
-from zprune_cli.pruning import make_provenance
+from zprune_cli.pruning import check_offloadable, make_provenance
 from zprune_cli.recipe import PruneRecipe, calibration_needs
 from zprune_cli.results import ResultsStore, results_path
 from zprune_cli.settings import Calibration, Settings, split_list
@@ -90,6 +91,9 @@ def compare(
     evaluation = evaluation or Evaluation()
     plan = EvalPlan(evaluation, settings.data_dir)
     handle = ModelHandle.of(model, settings, progress)
+    if handle.offload == "disk":
+        check_offloadable(recipes, one_at_a_time=False)  # each cell reads the dense blocks again: any number
+        refuse_whole_model_work(evaluation)
     store = ResultsStore(results_path(settings.cache_dir))
     result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
     run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
@@ -102,18 +106,11 @@ def compare(
                 skipped += 1
                 grid_task.advance(1)
                 continue
-            provenance = None
-            if recipe is not None:
-                snapshot = snapshot or DenseSnapshot(handle.model)
-                snapshot.restore()
-                report = prune_in_memory(handle.model, result.entry, recipe, progress)
-                provenance = make_provenance(handle, report, result)
-            layer_names = list(provenance.pruned_layers) if provenance else None
-            measuring = time.perf_counter()
-            metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names,
-                              who=recipe.label() if recipe else f"{handle.source.spec} (dense)")
-            seconds = {"prune": round(report.seconds, 3) if recipe else 0.0,
-                       "evaluate": round(time.perf_counter() - measuring, 3)}
+            if recipe is not None and handle.offload == "disk":
+                provenance, metrics, seconds = _offloaded_cell(handle, result, recipe, plan, progress)
+            else:
+                snapshot = snapshot or (DenseSnapshot(handle.model) if recipe is not None else None)
+                provenance, metrics, seconds = _cell(handle, result, recipe, plan, snapshot, progress)
             record(store, handle, metrics, provenance, {**run_settings, "seconds": seconds})
             computed += 1
             grid_task.advance(1)
@@ -121,6 +118,34 @@ def compare(
             snapshot.restore()
     rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=result.key, protocols=protocols)
     return CompareOutcome(computed, skipped, result.key, rows, time.perf_counter() - started)
+
+
+def _cell(handle: ModelHandle, result, recipe: PruneRecipe | None, plan: EvalPlan, snapshot: DenseSnapshot | None,
+          progress: Progress):
+    """(provenance, metrics, seconds) of one cell pruned in memory from the dense snapshot (None: the dense row)."""
+    provenance = report = None
+    if recipe is not None:
+        snapshot.restore()
+        report = prune_in_memory(handle.model, result.entry, recipe, progress)
+        provenance = make_provenance(handle, report, result)
+    layer_names = list(provenance.pruned_layers) if provenance else None
+    measuring = time.perf_counter()
+    metrics = measure(handle.model, handle.tokenizer, plan, progress, layer_names,
+                      who=recipe.label() if recipe else f"{handle.source.spec} (dense)")
+    seconds = {"prune": round(report.seconds, 3) if recipe else 0.0, "evaluate": round(time.perf_counter() - measuring, 3)}
+    return provenance, metrics, seconds
+
+
+def _offloaded_cell(handle: ModelHandle, result, recipe: PruneRecipe, plan: EvalPlan, progress: Progress):
+    """--offload disk: each block is pruned from the checkpoint's dense weights and measured as it is finished;
+    nothing needs restoring (the next cell reads the dense blocks again)."""
+    started = time.perf_counter()
+    report, metrics = measure_while_pruning(handle.model, handle.tokenizer, plan,
+                                            lambda: prune_in_memory(handle.model, result.entry, recipe, progress),
+                                            progress, who=recipe.label())
+    evaluating = sum(m.seconds for m in metrics)  # the windows' capture, their run through each block, the heads
+    seconds = {"prune": round(time.perf_counter() - started - evaluating, 3), "evaluate": round(evaluating, 3)}
+    return make_provenance(handle, report, result), metrics, seconds
 
 
 def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, stats_key: str,

@@ -102,11 +102,12 @@ def prune(
     return outcomes
 
 
-def check_offloadable(recipes: list[PruneRecipe]) -> None:
-    """What --offload disk does not do yet: it holds one block at a time, so nothing may read them all."""
-    if len(recipes) > 1:
+def check_offloadable(recipes: Sequence[PruneRecipe], one_at_a_time: bool = True) -> None:
+    """What --offload disk does not do yet: it holds one block at a time, so nothing may read them all.
+    `compare` prunes each cell from the checkpoint again (one_at_a_time=False); `prune` keeps one model."""
+    if one_at_a_time and len(recipes) > 1:
         raise ZpruneUsageError("--offload disk prunes one method at a time (several would need every block kept dense)")
-    if recipes[0].allocation == "owl":
+    if any(r.allocation == "owl" for r in recipes):
         raise ZpruneUsageError("--offload disk does not support --allocation owl yet (it reads every block's weights first)")
 
 

@@ -9,6 +9,7 @@ read at exit). The model's float32 size is printed beside, so the offloaded peak
     python tests/benchmarks/bench_offload.py                     # ~3 B parameters, ~6 GB on disk
     python tests/benchmarks/bench_offload.py --hidden 1024 --blocks 8 --intermediate 2816   # a quick check
     python tests/benchmarks/bench_offload.py --model smollm2-135m --data C4 -n 32 -l 512   # a real model
+    python tests/benchmarks/bench_offload.py --eval-windows 8    # and `zprune eval` of the pruned model, block by block
 
 `--model` takes a model alias (written to safetensors in bfloat16 first: `--offload disk` reads
 safetensors, not GGUF) or a folder of safetensors; `--data` a calibration text file (C4: the shared shard).
@@ -40,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="calibration text file (C4: the shared C4 shard; default: a repeated sentence)")
     p.add_argument("--work", type=Path, default=None, help="folder for the model and outputs (default: a temporary one)")
     p.add_argument("--modes", default="disk,none", help="offload modes to run, in order")
+    p.add_argument("--eval-windows", type=int, default=0,
+                   help="then `zprune eval` the pruned model in the same mode on this many windows of the calibration text")
     return p.parse_args(argv)
 
 
@@ -78,22 +81,31 @@ def write_alias(alias: str, folder: Path) -> int:
     return params
 
 
-def run(folder: Path, text: Path, mode: str, args: argparse.Namespace, work: Path) -> tuple[float, int]:
-    """(wall seconds, peak resident KiB) of one `zprune prune` process."""
-    cache, out = work / f"cache-{mode}", work / f"out-{mode}"
+def run(folder: Path, text: Path, mode: str, args: argparse.Namespace, work: Path) -> dict:
+    """Wall seconds and peak resident KiB of one `zprune prune` process (and of one `zprune eval` of its output)."""
+    out = work / f"out-{mode}"
+    prune = ["prune", str(folder), "--method", "wanda", "--sparsity", "0.5", "--data", str(text), "-n", str(args.nsamples),
+             "-l", str(args.seqlen), "--out", str(out), "--overwrite"]
+    measured = {"prune": zprune(prune, mode, work)}
+    if args.eval_windows:
+        measured["eval"] = zprune(["eval", str(out), "--eval", str(text), "--eval-seqlen", str(args.seqlen),
+                                   "--max-windows", str(args.eval_windows)], mode, work)
+    shutil.rmtree(out, ignore_errors=True)
+    return measured
+
+
+def zprune(arguments: list[str], mode: str, work: Path) -> tuple[float, int]:
+    """(wall seconds, peak resident KiB) of one zprune process in offload `mode`, in a fresh process."""
     hwm = work / f"hwm-{mode}"
-    env = {**os.environ, "ZPRUNE_HOME": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "HWM_FILE": str(hwm)}
-    command = [sys.executable, "-c", RUN_ZPRUNE, "prune", str(folder), "--method", "wanda", "--sparsity", "0.5",
-               "--data", str(text), "-n", str(args.nsamples), "-l", str(args.seqlen), "--offload", mode,
-               "--dtype", "float32", "--out", str(out), "--overwrite", "--quiet", "--json"]
+    env = {**os.environ, "ZPRUNE_HOME": str(work / f"cache-{mode}"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2",
+           "HWM_FILE": str(hwm)}
+    command = [sys.executable, "-c", RUN_ZPRUNE, *arguments, "--offload", mode, "--dtype", "float32", "--quiet", "--json"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise SystemExit(f"{mode}: exit {done.returncode}: {done.stderr[-2000:]}")
-    peak = int(hwm.read_text())  # KiB, written by the process itself at exit (see _bench.HWM)
-    shutil.rmtree(out, ignore_errors=True)
-    return seconds, peak
+        raise SystemExit(f"{arguments[0]} {mode}: exit {done.returncode}: {done.stderr[-2000:]}")
+    return seconds, int(hwm.read_text())  # KiB, written by the process itself at exit (see _bench.HWM)
 
 
 def main(argv=None) -> None:
@@ -117,13 +129,13 @@ def main(argv=None) -> None:
           f"{2 * disk / 2**30:.2f} GiB; calibration {args.nsamples} x {args.seqlen}", flush=True)
     rows = []
     for mode in args.modes.split(","):
-        seconds, peak = run(folder, text, mode, args, work)
-        rows.append({"offload": mode, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**20, 3),
-                     "share_of_fp32_model": round(peak * 1024 / (2 * disk), 3)})
-        print(json.dumps(rows[-1]), flush=True)
-    print("\n| offload | wall | peak RSS | share of the fp32 model |\n|---|---|---|---|")
+        for step, (seconds, peak) in run(folder, text, mode, args, work).items():
+            rows.append({"step": step, "offload": mode, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**20, 3),
+                         "share_of_fp32_model": round(peak * 1024 / (2 * disk), 3)})
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| step | offload | wall | peak RSS | share of the fp32 model |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['offload']} | {r['seconds']:.0f} s | {r['peak_rss_gib']:.2f} GiB | {r['share_of_fp32_model']:.0%} |")
+        print(f"| {r['step']} | {r['offload']} | {r['seconds']:.0f} s | {r['peak_rss_gib']:.2f} GiB | {r['share_of_fp32_model']:.0%} |")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -173,6 +173,7 @@ def order(cell: dict):
 PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
             "perplexity": "wikitext-2 test, windows of 512 tokens, the first 16 (max_windows in zprune.toml)",
             "zero-shot": "the first 50 questions of each of six sets (limit in zprune.toml), lm-eval acc and acc_norm, 0-shot",
+            "zero-shot questions": 50,
             "dtype": "float32", "device": "cpu", "threads": THREADS}
 
 

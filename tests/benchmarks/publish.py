@@ -119,6 +119,16 @@ def zeroshot_table(cells: list[dict]) -> list[str]:
     return lines
 
 
+def zeroshot_caveat(protocol: dict) -> str:
+    """How far apart two accuracies must be to mean something: the binomial standard error at p = 0.5."""
+    n = protocol.get("zero-shot questions")
+    if not n:
+        return f"Zero-shot: {protocol.get('zero-shot', '')}."
+    per_set, mean = 100 * math.sqrt(0.25 / n), 100 * math.sqrt(0.25 / (n * len(TASKS)))
+    return (f"Zero-shot: {protocol['zero-shot']}. At {n} questions a set's accuracy has a standard error of about "
+            f"±{per_set:.0f} points (±{mean:.0f} on the mean of the six): differences smaller than that are noise.")
+
+
 def readme_section(board: dict) -> str:
     """The README's Results: per model, the perplexity table and the zero-shot table, labelled."""
     out = [START, "", f"Measured with `python tests/benchmarks/leaderboard.py` ({board['library']}, CPU, float32). "
@@ -130,7 +140,8 @@ def readme_section(board: dict) -> str:
         out += [f"**{model}: wikitext-2 perplexity**", "", *perplexity_table(cells), ""]
         zeroshot = zeroshot_table(cells)
         if zeroshot:
-            out += [f"**{model}: zero-shot accuracy, % (acc / acc_norm)**", "", *zeroshot, ""]
+            out += [f"**{model}: zero-shot accuracy, % (acc / acc_norm)**", "", *zeroshot, "",
+                    zeroshot_caveat(board["protocol"]), ""]
     if PLOT.exists():
         out += ["![perplexity against sparsity](docs/leaderboard.png)", ""]
     out.append(END)

@@ -71,6 +71,7 @@ def compare_command(
     cache_dir: opt.CacheDir = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    offload: opt.Offload = "none",
     quiet: opt.Quiet = False,
     json: opt.Json = False,
     dry_run: opt.DryRun = False,
@@ -83,13 +84,14 @@ def compare_command(
       zprune compare smollm2-135m --method magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --pattern unstructured,2:4
       zprune compare smollm2-135m --method wanda,zpruner,alps --refine none,swaps --reconstruct none,pcg
       zprune compare --show --format html --out report.html     # one page: tables, plots, versions
+      zprune compare ./llama-70b --method wanda,sparsegpt --offload disk   # one decoder block in memory at a time
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
     output = Output.checked("json" if c.json else fmt, out, plot)
     if show:
         return _show(c, show_model, metric, output)
     request = grid_request(c, grid_values(c, locals(), grid), ignore, option, tasks_dir)
-    _run_grid(c, model_handle(model, c, revision, trust_remote_code), request, force, dry_run, output)
+    _run_grid(c, model_handle(model, c, revision, trust_remote_code, offload), request, force, dry_run, output)
 
 
 def _run_grid(c, handle, request: tuple, force: bool, dry_run: bool, output: Output) -> None:

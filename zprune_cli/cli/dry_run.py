@@ -18,7 +18,7 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.estimation.estimate import (Estimate, Target, estimate_calibrate, estimate_compare, estimate_eval,
                                             estimate_prune)
 from zprune_cli.estimation.shape import model_shape
-from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of, refuse_whole_model_work
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length, parse_dtype, source_dtype
 from zprune_cli.pruning import check_offloadable, output_paths
@@ -61,6 +61,8 @@ def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: O
 
 
 def evaluate(c: Common, handle: ModelHandle, evaluation: Evaluation, baseline: bool) -> None:
+    if handle.offload == "disk":
+        refuse_whole_model_work(evaluation)
     if baseline and provenance_of(handle) is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with zprune.json); {handle.source.spec} is not one")
     show(c, estimate_eval(_target(handle), _windows(c, handle, evaluation), evaluation.batch_size, baseline))
@@ -69,6 +71,9 @@ def evaluate(c: Common, handle: ModelHandle, evaluation: Evaluation, baseline: b
 def compare(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], evaluation: Evaluation,
             calibration: Calibration) -> None:
     _check_calibration(c, handle, calibration)
+    if handle.offload == "disk":
+        check_offloadable(list(recipes), one_at_a_time=False)
+        refuse_whole_model_work(evaluation)
     show(c, estimate_compare(_target(handle), calibration, recipes, _windows(c, handle, evaluation)))
 
 

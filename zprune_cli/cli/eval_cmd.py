@@ -36,6 +36,7 @@ def eval_command(
     cache_dir: opt.CacheDir = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    offload: opt.Offload = "none",
     quiet: opt.Quiet = False,
     json: opt.Json = False,
     dry_run: opt.DryRun = False,
@@ -47,6 +48,7 @@ def eval_command(
       zprune eval smollm2-135m-zpruner-50 --eval wikitext2 --max-windows 32 --baseline
       zprune eval smollm2-135m --tasks arc_easy_local,piqa_local --limit 200
       zprune eval runs/zp50 --eval c4,wikitext2 --eval-seqlen 2048 --batch-size 4
+      zprune eval runs/llama-70b-50 --offload disk   # one decoder block in memory at a time
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
     if data is None:  # --tasks alone measures the tasks only: a full perplexity run is minutes to hours
@@ -54,7 +56,7 @@ def eval_command(
     evaluation = Evaluation(data=() if data == "none" else data, seqlen=seqlen, batch_size=batch_size,
                             max_windows=max_windows, tasks=tasks or (), tasks_dir=tasks_dir, num_fewshot=num_fewshot,
                             limit=limit, speed=speed)
-    handle = model_handle(target, c, revision, trust_remote_code)
+    handle = model_handle(target, c, revision, trust_remote_code, offload)
     if dry_run:
         return dry.evaluate(c, handle, evaluation, baseline)
     report = evaluate(handle, evaluation, baseline=baseline, force=force, settings=c.settings, progress=c.progress)

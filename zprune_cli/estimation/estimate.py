@@ -203,6 +203,15 @@ def _eval_passes(windows: Sequence[tuple[int, int]], batch: int) -> int:
     return sum(math.ceil(n / batch) for _, n in windows)
 
 
+def _blockwise_hidden(t: Target, windows: Sequence[tuple[int, int]], at_once: bool) -> dict[str, int]:
+    """--offload disk measures perplexity block by block, holding every window's hidden states: one dataset
+    at a time under eval, every dataset's at once under compare (each block is measured as it is pruned)."""
+    if t.offload != "disk" or not windows:
+        return {}
+    tokens = [n * L for L, n in windows]
+    return {"hidden states of every window": (sum(tokens) if at_once else max(tokens)) * t.shape.hidden * t.footprint.d}
+
+
 def estimate_eval(t: Target, windows: Sequence[tuple[int, int]], batch: int, baseline: bool) -> Estimate:
     """Perplexity over `windows` ((seqlen, n_windows) per dataset); with `baseline` the dense model too,
     both held at once. Zero-shot tasks run through lm-eval and are not counted."""
@@ -210,6 +219,9 @@ def estimate_eval(t: Target, windows: Sequence[tuple[int, int]], batch: int, bas
     load = _loading(t)
     seqlen = max((L for L, _ in windows), default=0)
     evaluating = f.evaluating(seqlen, batch) if windows else {"model": f.model}
+    if t.offload == "disk" and windows:  # block by block (evaluation/blockwise.py), one window per call
+        batch = 1
+        evaluating = {**f.evaluating(seqlen, 1), **_blockwise_hidden(t, windows, at_once=False)}
     if baseline:
         evaluating = {**evaluating, "baseline model": f.model}
         load = {**load, "model being evaluated": f.model}
@@ -228,10 +240,12 @@ def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]
     f = t.footprint
     gram, dense, dense_calls = _dense_calibration(t, cal, recipes)
     load = _loading(t)
-    snapshot = {"dense snapshot": t.shape.block_linear_params * f.d}
+    # --offload disk: no snapshot (each cell reads the dense blocks again), each cell measured block by block
+    snapshot = {} if t.offload == "disk" else {"dense snapshot": t.shape.block_linear_params * f.d}
     seqlen = max((L for L, _ in windows), default=0)
     steps = {"loading": load, "calibrating": f.calibrating(cal, gram),
-             "evaluating": {**(f.evaluating(seqlen, 1) if windows else {"model": f.model}), **snapshot}}
+             "evaluating": {**(f.evaluating(seqlen, 1) if windows else {"model": f.model}), **snapshot,
+                            **_blockwise_hidden(t, windows, at_once=True)}}
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=True)
     steps.update(pruning)
     host = {"loading": load, "writing block inputs": _writing_inputs(t, cal),

@@ -6,22 +6,26 @@ measure many pruned variants of one model without tokenising twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
 from zprune_cli.data.sources import TextSource, resolve_source
 from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import eval_windows, perplexity
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
+from zprune_cli.models.offload import offloaded, on_done
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder
 from zprune_cli.results import ResultsStore, package_versions, results_path
@@ -33,6 +37,7 @@ log = logging.getLogger("zprune")
 EVAL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
 C4_EVAL_DOCUMENTS = 1100  # the papers: ' '.join of the first 1100 validation documents ...
 C4_EVAL_WINDOWS = 256  # ... cut to 256 windows
+T = TypeVar("T")
 
 
 @dataclass
@@ -129,7 +134,7 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress, who) for source in plan.sources]
     if e.tasks:
         metrics += _zeroshot(model, tokenizer, plan, progress)
-    sparsity = measure_sparsity(model, layer_names)
+    sparsity = (blockwise_sparsity if offloaded(model) else measure_sparsity)(model, layer_names)
     metrics.append(Metric("sparsity", sparsity["sparsity"], SPARSITY_PROTOCOL, 0.0,
                           {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
     if e.speed:
@@ -137,17 +142,51 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     return metrics
 
 
+def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], T], progress: Progress | None = None,
+                          who: str = "") -> tuple[T, list[Metric]]:
+    """--offload disk: `prune()`'s outcome, and the plan's perplexities and sparsity taken from each block as
+    it is finished, before it leaves memory (the pruned weights are never saved or read again)."""
+    refuse_whole_model_work(plan.evaluation)
+    seqlen = plan.seqlen_for(model)
+    with ensure(progress).task(f"Capturing the evaluation windows' inputs for {who}", None):
+        perplexities = {source: BlockwisePerplexity(model, plan.windows(source, tokenizer, seqlen)) for source in plan.sources}
+    counting = BlockwiseSparsity()
+    with contextlib.ExitStack() as listening:
+        for listener in [*perplexities.values(), counting]:
+            listening.enter_context(on_done(model, listener))
+        outcome = prune()
+    metrics = []
+    for source, measuring in perplexities.items():
+        result = measuring.result()
+        metrics.append(Metric(metric_name(source), result.ppl, plan.protocol(source, seqlen, result.n_windows), result.seconds))
+    sparsity = counting.result()
+    metrics.append(Metric("sparsity", sparsity["sparsity"], SPARSITY_PROTOCOL, 0.0,
+                          {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
+    return outcome, metrics
+
+
+def refuse_whole_model_work(evaluation: Evaluation) -> None:
+    if evaluation.tasks or evaluation.speed:
+        raise ZpruneUsageError("--offload disk measures perplexity and sparsity block by block; zero-shot tasks and "
+                               "--speed run the whole model per request: run them without --offload")
+
+
 def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: int, progress: Progress, who: str) -> Metric:
     windows = plan.windows(source, tokenizer, seqlen)
     what = source.name if source.name != "file" else Path(source.where).name
-    with progress.task(f"Perplexity of {who} on {what}" if who else f"Perplexity on {what}", len(windows)) as task:
+    blockwise = offloaded(model) is not None  # --offload disk: each block read once, not once per window
+    steps = len(windows) + (len(offloaded(model).blocks) if blockwise else 0)
+    with progress.task(f"Perplexity of {who} on {what}" if who else f"Perplexity on {what}", steps) as task:
         done = [0]
 
         def advance(n_done: int) -> None:
             task.advance(n_done - done[0])
             done[0] = n_done
 
-        result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
+        if blockwise:
+            result = blockwise_perplexity(model, windows, progress=advance)
+        else:
+            result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
     protocol = plan.protocol(source, seqlen, result.n_windows)
     return Metric(metric_name(source), result.ppl, protocol, result.seconds)
 
@@ -302,6 +341,8 @@ def evaluate(
     settings = resolve_settings(settings)
     plan = EvalPlan(evaluation, settings.data_dir)
     handle = ModelHandle.of(target, settings, progress)
+    if handle.offload == "disk":
+        refuse_whole_model_work(evaluation)
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
@@ -316,7 +357,7 @@ def evaluate(
     report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids, "reused": reused,
               "metrics": [m.as_dict() for m in metrics]}
     if baseline:
-        base = base_model_handle(provenance, settings)
+        base = base_model_handle(provenance, settings, handle.offload)
         base_metrics, _, base_reused = run.metrics(base, None, f"{base.source.spec} (dense)")
         report["baseline"] = {"target": base.source.spec, "reused": base_reused, "metrics": [m.as_dict() for m in base_metrics]}
     return report
@@ -345,14 +386,14 @@ class _Run:
         return metrics, record(self.store, handle, metrics, provenance, self.settings), False
 
 
-def base_model_handle(provenance: Provenance, settings: Settings) -> ModelHandle:
+def base_model_handle(provenance: Provenance, settings: Settings, offload: str = "none") -> ModelHandle:
     """The dense model a pruned folder came from, refused when it is no longer the same model."""
     b = provenance.base_model
     location = str(Path(b.location) / b.gguf_file) if b.gguf_file else b.location
     candidates = [b.spec, location] if b.spec != location else [b.spec]
     for spec in candidates:
         try:
-            handle = ModelHandle(spec, settings.device, settings.dtype, b.revision)
+            handle = ModelHandle(spec, settings.device, settings.dtype, b.revision, offload=offload)
         except ZpruneError:
             continue
         if handle.source.fingerprint == b.fingerprint:

@@ -1,0 +1,144 @@
+"""Perplexity and sparsity of a model whose decoder blocks stay on disk (`--offload disk`).
+
+A whole-model forward of an offloaded model reads every block from the checkpoint for every window.
+Here each block is read once: every window goes through block 0, then every window through block 1,
+and so on, keeping the hidden states of all windows ([n_windows, seqlen, hidden]). Then the model's own
+forward runs once per window with its blocks swapped for a replay of those final hidden states, so the
+embeddings, final norm, LM head and any logit softcapping are the model's own, whatever the family.
+At one window per forward this is the whole-model computation, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from zprune_cli.errors import ZpruneError
+from zprune_cli.evaluation.perplexity import PerplexityResult, _window_nll_sum
+from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
+from zprune_cli.models.offload import held
+from zprune_cli.models.runner import _split_call, capture_block_inputs
+from zprune_cli.sparsity import count_zeros
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder block: block 0's stand-in returns the current window's final hidden
+    states, the others pass them on, each in the container type the real block returns."""
+
+    def __init__(self, final: torch.Tensor | None, window: list[int], as_tuple: bool):
+        super().__init__()
+        self.final, self.window, self.as_tuple = final, window, as_tuple
+
+    def forward(self, *args, **kwargs):
+        hidden, _ = _split_call(args, kwargs)
+        out = hidden if self.final is None else self.final[self.window[0]].unsqueeze(0)
+        return (out,) if self.as_tuple else out
+
+
+class BlockwisePerplexity:
+    """Perplexity of `windows` ([n_windows, seqlen]) built up block by block. Call it with every decoder
+    block in order while the block is in memory (it is an `offload.on_done` listener, so a pruning run feeds
+    it each block as it is finished), then take `result()`. `seconds` counts its own work only."""
+
+    def __init__(self, model: nn.Module, windows: torch.Tensor):
+        started = time.perf_counter()
+        self.model, self.windows = model, windows
+        self.inputs = capture_block_inputs(model, windows)  # the kwargs do not depend on the weights
+        self.hidden, self.as_tuple, self.next = self.inputs.hidden, False, 0
+        self.seconds = time.perf_counter() - started
+
+    @torch.inference_mode()
+    def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
+        if index != self.next:
+            raise ZpruneError(f"block {index} was finished before block {self.next}: perplexity needs them in order")
+        started = time.perf_counter()
+        kwargs = dict(self.inputs.block_kwargs[index])
+        extra = kwargs.pop("__args__", ())
+        for w in range(self.hidden.shape[0]):
+            out = block(self.hidden[w : w + 1], *extra, **kwargs)
+            self.as_tuple = isinstance(out, (tuple, list))
+            self.hidden[w] = (out[0] if self.as_tuple else out)[0]
+        self.next += 1
+        self.seconds += time.perf_counter() - started
+
+    @torch.inference_mode()
+    def result(self, progress: Callable[[int], None] | None = None) -> PerplexityResult:
+        _, blocks = find_blocks(self.model)
+        if self.next != len(blocks):
+            raise ZpruneError(f"perplexity needs all {len(blocks)} blocks; {self.next} were run")
+        started = time.perf_counter()
+        n_windows, seqlen = self.windows.shape
+        nll = _replay_heads(self.model, blocks, self.windows, self.hidden, self.as_tuple, progress) / (n_windows * (seqlen - 1))
+        self.seconds += time.perf_counter() - started
+        return PerplexityResult(ppl=math.exp(nll) if nll < 709.0 else math.inf, nll=nll, n_windows=n_windows,
+                                n_tokens=n_windows * (seqlen - 1), seqlen=seqlen, seconds=self.seconds)
+
+
+def blockwise_perplexity(model: nn.Module, windows: torch.Tensor,
+                         progress: Callable[[int], None] | None = None) -> PerplexityResult:
+    """Perplexity of the model as it is, one decoder block in memory at a time. `progress` is called with
+    the number of steps done: one per block, then one per window."""
+    blocks_name, blocks = find_blocks(model)
+    measuring = BlockwisePerplexity(model, windows)
+    for index, block in enumerate(blocks):
+        with held(model, index):
+            measuring(index, block_prefix(blocks_name, index), block)
+        if progress is not None:
+            progress(index + 1)
+    return measuring.result(lambda w: progress(len(blocks) + w) if progress is not None else None)
+
+
+def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor, final: torch.Tensor,
+                  as_tuple: bool, progress: Callable[[int], None] | None) -> float:
+    """Sum of token NLLs from the model's forward with its blocks replaying `final` (restored after)."""
+    window = [0]
+    originals = list(blocks)
+    device = final.device
+    try:
+        for i in range(len(blocks)):
+            blocks[i] = _Replay(final if i == 0 else None, window, as_tuple)
+        total = 0.0
+        for w in range(windows.shape[0]):
+            window[0] = w
+            ids = windows[w : w + 1].to(device)
+            logits = model(input_ids=ids, use_cache=False).logits
+            total += _window_nll_sum(logits[0], ids[0])
+            if progress is not None:
+                progress(w + 1)
+        return total
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+
+
+class BlockwiseSparsity:
+    """count_zeros over the pruned layers (default: every projection in the blocks), one block at a time:
+    an `offload.on_done` listener like BlockwisePerplexity; `result()` is `sparsity.count_zeros`'s dict."""
+
+    def __init__(self, layer_names: list[str] | None = None):
+        self.wanted = None if layer_names is None else set(layer_names)
+        self.layers: dict[str, dict] = {}
+
+    def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
+        linears = {prefix + n: m for n, m in find_linears(block).items() if self.wanted is None or prefix + n in self.wanted}
+        self.layers.update(count_zeros(linears)["layers"])
+
+    def result(self) -> dict:
+        params = sum(v["params"] for v in self.layers.values())
+        nonzeros = sum(v["nonzeros"] for v in self.layers.values())
+        return {"layers": self.layers, "params": params, "nonzeros": nonzeros,
+                "sparsity": 1.0 - nonzeros / params if params else 0.0}
+
+
+def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict:
+    """BlockwiseSparsity over the model as it is, each block read while it is counted."""
+    blocks_name, blocks = find_blocks(model)
+    counting = BlockwiseSparsity(layer_names)
+    for index, block in enumerate(blocks):
+        with held(model, index):
+            counting(index, block_prefix(blocks_name, index), block)
+    return counting.result()
