@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError
-from zprune_cli.evaluation.perplexity import PerplexityResult, _window_nll_sum
+from zprune_cli.evaluation.perplexity import PerplexityResult, window_nll_sum
 from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
 from zprune_cli.models.offload import held
-from zprune_cli.models.runner import _split_call, capture_block_inputs
+from zprune_cli.models.runner import split_call, capture_block_inputs
 from zprune_cli.sparsity import count_zeros
 
 
@@ -34,7 +34,7 @@ class _Replay(nn.Module):
         self.final, self.window, self.as_tuple = final, window, as_tuple
 
     def forward(self, *args, **kwargs):
-        hidden, _ = _split_call(args, kwargs)
+        hidden, _ = split_call(args, kwargs)
         out = hidden if self.final is None else self.final[self.window[0]].unsqueeze(0)
         return (out,) if self.as_tuple else out
 
@@ -106,7 +106,7 @@ def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor
             window[0] = w
             ids = windows[w : w + 1].to(device)
             logits = model(input_ids=ids, use_cache=False).logits
-            total += _window_nll_sum(logits[0], ids[0])
+            total += window_nll_sum(logits[0], ids[0])
             if progress is not None:
                 progress(w + 1)
         return total

@@ -65,7 +65,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _window_nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> float:
+def window_nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> float:
     """Sum of NLL of ids[1:] given logits[:-1] for one window. logits [L, V] (model dtype), ids [L]."""
     seqlen, vocab = logits.shape
     chunk = max(1, _CHUNK_ELEMENTS // vocab)
@@ -110,7 +110,7 @@ def perplexity(
                 batch = windows[first : first + batch_size].to(device)  # [b, seqlen]
                 logits = model(input_ids=batch, use_cache=False).logits  # [b, seqlen, V]
                 for row in range(batch.shape[0]):
-                    nll_sum += _window_nll_sum(logits[row], batch[row])
+                    nll_sum += window_nll_sum(logits[row], batch[row])
                 del logits
                 if progress is not None:
                     progress(min(first + batch_size, n_windows))

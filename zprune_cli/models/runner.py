@@ -29,7 +29,7 @@ class BlockInputs:
     block_kwargs: list[dict[str, Any]]  # per block: keyword arguments the model passes to it
 
 
-def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+def split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
     kwargs = dict(kwargs)
     if args:
         hidden, rest = args[0], args[1:]
@@ -52,7 +52,7 @@ def capture_block_inputs(model: nn.Module, windows: torch.Tensor, progress_task=
 
     def make_hook(index: int):
         def hook(module, args, kwargs):
-            h, kw = _split_call(args, kwargs)
+            h, kw = split_call(args, kwargs)
             if state["window"] == 0:
                 block_kwargs[index] = kw
             if index == 0:
