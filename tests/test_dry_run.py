@@ -280,9 +280,20 @@ def test_offload_dry_run_refuses_what_the_run_refuses(tiny_dir, monkeypatch):
         raise AssertionError("--dry-run loaded the weights")
 
     monkeypatch.setattr("zprune_cli.models.handle.load_offloaded", no_load)
-    for flags, words in ((["--method", "wanda,sparsegpt"], "one method at a time"), (["--allocation", "owl"], "owl")):
-        result = run("prune", tiny_dir, *flags, "--offload", "disk", "--dry-run")
-        assert result.exit_code == 2 and words in result.stderr and "Traceback" not in result.output, result.output
+    for command in ("eval", "compare"):  # zero-shot runs the whole model per request: refused, as the run refuses it
+        result = run(command, tiny_dir, "--tasks", "piqa_local", "--offload", "disk", "--dry-run")
+        assert result.exit_code == 2 and "without --offload" in result.stderr and "Traceback" not in result.output, result.output
+
+
+def test_offloaded_dry_run_takes_several_methods_and_owl(tiny_dir, text_file, tmp_path, monkeypatch):
+    """Offloaded, several methods each read the dense blocks from the checkpoint again, and OWL reads each
+    block for its score: both are estimated (the run does both), each method's output counted."""
+    monkeypatch.setattr("zprune_cli.models.handle.load_offloaded", lambda *a, **k: pytest.fail("loaded the weights"))
+    flags = ["--allocation", "owl", "--data", text_file, "-n", 4, "-l", 64, "--offload", "disk"]
+    two = dry("prune", tiny_dir, "--method", "wanda,ria", *flags, "--out", tmp_path / "two")
+    one = dry("prune", tiny_dir, "--method", "wanda", *flags, "--out", tmp_path / "one")
+    assert two["offload"] == "disk" and two["output_bytes"] == 2 * one["output_bytes"] > 0
+    assert two["host_peak_bytes"] == one["host_peak_bytes"]  # no dense snapshot beside the offloaded blocks
 
 
 def test_offload_on_an_accelerator_keeps_reading_and_writing_on_the_host(deep_dir):

@@ -23,7 +23,7 @@ from zprune_cli.masks import Pattern
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
-from zprune_cli.pruning import check_offloadable, make_provenance
+from zprune_cli.pruning import make_provenance
 from zprune_cli.recipe import PruneRecipe, calibration_needs
 from zprune_cli.results import ResultsStore, results_path
 from zprune_cli.settings import Calibration, Settings, split_list
@@ -92,7 +92,6 @@ def compare(
     plan = EvalPlan(evaluation, settings.data_dir)
     handle = ModelHandle.of(model, settings, progress)
     if handle.offload == "disk":
-        check_offloadable(recipes, one_at_a_time=False)  # each cell reads the dense blocks again: any number
         refuse_whole_model_work(evaluation)
     store = ResultsStore(results_path(settings.cache_dir))
     result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)

@@ -55,10 +55,15 @@ class PruneReport:
         return zeros / total if total else 0.0
 
 
-def layer_sparsities(recipe: PruneRecipe, layers: BlockLayers, entry: StatsEntry | None) -> dict[str, float]:
-    """Target sparsity per full layer name: uniform or OWL per block, then the recipe's overrides."""
+def layer_sparsities(recipe: PruneRecipe, layers: BlockLayers, entry: StatsEntry | None,
+                     model: nn.Module | None = None) -> dict[str, float]:
+    """Target sparsity per full layer name: uniform or OWL per block, then the recipe's overrides. OWL reads
+    every block's weights first: under --offload disk each is read (`held`) while its score is taken."""
     if recipe.allocation == "owl":
-        fractions = [block_outlier_fraction(linears, entry.block_stats(index), recipe.owl_m) for index, _, linears in layers]
+        fractions = []
+        for index, _, linears in layers:
+            with held(model, index) if model is not None else contextlib.nullcontext():
+                fractions.append(block_outlier_fraction(linears, entry.block_stats(index), recipe.owl_m))
         per_block = owl_sparsities(fractions, recipe.sparsity, recipe.owl_lambda)
     else:
         per_block = [recipe.sparsity] * len(layers)
@@ -130,7 +135,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     layers = pruned_layers(model, recipe.ignore)
     check_layers(recipe, layers)
     _warn_left_dense(model, layers)
-    targets = layer_sparsities(recipe, layers, entry)
+    targets = layer_sparsities(recipe, layers, entry, model)
     prune_layer = _Pruner(recipe)
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
     stats_entry = entry

@@ -84,11 +84,9 @@ def prune(
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
-    if handle.offload == "disk":
-        check_offloadable(recipes)
     result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
-    if handle.offload == "disk":  # each block is saved as it is finished, never the whole model at once
-        return [prune_streaming(handle, recipes[0], result, outs[0], overwrite, progress, save_dtype)]
+    if handle.offload == "disk":  # each recipe reads the dense blocks from the checkpoint; each block saved when finished
+        return [prune_streaming(handle, r, result, target, overwrite, progress, save_dtype) for r, target in zip(recipes, outs)]
     snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
     outcomes = []
     for r, target in zip(recipes, outs):
@@ -100,15 +98,6 @@ def prune(
             provenance = save_pruned(handle, provenance, target, overwrite, progress, save_dtype)
         outcomes.append(PruneOutcome(report, result, target, provenance))
     return outcomes
-
-
-def check_offloadable(recipes: Sequence[PruneRecipe], one_at_a_time: bool = True) -> None:
-    """What --offload disk does not do yet: it holds one block at a time, so nothing may read them all.
-    `compare` prunes each cell from the checkpoint again (one_at_a_time=False); `prune` keeps one model."""
-    if one_at_a_time and len(recipes) > 1:
-        raise ZpruneUsageError("--offload disk prunes one method at a time (several would need every block kept dense)")
-    if any(r.allocation == "owl" for r in recipes):
-        raise ZpruneUsageError("--offload disk does not support --allocation owl yet (it reads every block's weights first)")
 
 
 def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult, out: Path | None,

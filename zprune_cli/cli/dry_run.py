@@ -21,7 +21,7 @@ from zprune_cli.estimation.shape import model_shape
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of, refuse_whole_model_work
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length, parse_dtype, source_dtype
-from zprune_cli.pruning import check_offloadable, output_paths
+from zprune_cli.pruning import output_paths
 from zprune_cli.recipe import PruneRecipe
 from zprune_cli.settings import Calibration
 
@@ -53,8 +53,6 @@ def calibrate(c: Common, handle: ModelHandle, gram: bool) -> None:
 def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: Optional[Path], overwrite: bool,
           out_dtype: str) -> None:
     output_paths(out, [r.method for r in recipes], overwrite)  # an existing folder is refused as the run would
-    if handle.offload == "disk":
-        check_offloadable(recipes)
     _check_calibration(c, handle, c.settings.calibration)
     save = (parse_dtype(out_dtype) or source_dtype(handle.source) or handle.dtype) if out is not None else None
     show(c, estimate_prune(_target(handle), c.settings.calibration, recipes, save))
@@ -70,10 +68,9 @@ def evaluate(c: Common, handle: ModelHandle, evaluation: Evaluation, baseline: b
 
 def compare(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], evaluation: Evaluation,
             calibration: Calibration) -> None:
-    _check_calibration(c, handle, calibration)
     if handle.offload == "disk":
-        check_offloadable(list(recipes), one_at_a_time=False)
         refuse_whole_model_work(evaluation)
+    _check_calibration(c, handle, calibration)
     show(c, estimate_compare(_target(handle), calibration, recipes, _windows(c, handle, evaluation)))
 
 

@@ -170,18 +170,20 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     gram, dense, dense_calls = _dense_calibration(t, cal, recipes)
     load = _loading(t)
     steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
-    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=len(recipes) > 1)
+    # several recipes prune from a dense snapshot; offloaded, each reads the dense blocks from the checkpoint
+    several = len(recipes) > 1 and t.offload != "disk"
+    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=several)
     steps.update(pruning)
     host = _host_steps(t, cal, out_dtype)
-    if len(recipes) > 1:
+    if several:
         host["dense snapshot"] = {"dense snapshot": t.shape.block_linear_params * f.d}
     output = 0
     if out_dtype is not None:
         output = saved_bytes(t, out_dtype) * len(recipes)
         steps["saving"] = {**f.saving(out_dtype), **host.get("dense snapshot", {})}
         host.setdefault("saving", {"tensor being written": f.saving(out_dtype)["tensor being written"]})  # unless offloaded
-        if t.offload == "disk":  # each block is written as it is finished (one recipe: check_offloadable)
-            steps["writing a block"] = f.writing_block(out_dtype, recipes[0].needs_gram)
+        if t.offload == "disk":  # each block is written as it is finished
+            steps["writing a block"] = f.writing_block(out_dtype, any(r.needs_gram for r in recipes))
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     base = _base(t, "prune", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
@@ -246,7 +248,7 @@ def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]
     steps = {"loading": load, "calibrating": f.calibrating(cal, gram),
              "evaluating": {**(f.evaluating(seqlen, 1) if windows else {"model": f.model}), **snapshot,
                             **_blockwise_hidden(t, windows, at_once=True)}}
-    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=True)
+    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=t.offload != "disk")
     steps.update(pruning)
     host = {"loading": load, "writing block inputs": _writing_inputs(t, cal),
             "dense snapshot": snapshot}
