@@ -347,3 +347,15 @@ def test_disk_full_while_calibrating_offloaded(depths, flavour, text_file, cache
     assert one_error_line(CliRunner().invoke(app, args)).startswith("error: the disk is full; free space")
     assert [Path(f).name for f in written][-1] == "block_001.safetensors"
     assert not staging_left(cache) and complete_entries(cache) == []
+
+
+def test_replayed_blocks_answer_for_the_real_ones():
+    """A model that reads an attribute of its decoder layer in its forward (attention_type) still runs."""
+    from zprune_cli.evaluation.blockwise import _Replay
+
+    block = torch.nn.Linear(2, 2)
+    block.attention_type = "sliding_attention"
+    replay = _Replay(block, None, [0], as_tuple=False)
+    assert replay.attention_type == "sliding_attention" and list(replay.parameters()) == []
+    hidden = torch.ones(1, 3, 2)
+    assert replay(hidden) is hidden and _Replay(block, None, [0], as_tuple=True)(hidden_states=hidden)[0] is hidden

@@ -27,11 +27,19 @@ from zprune_cli.sparsity import count_zeros
 
 class _Replay(nn.Module):
     """Stands in for a decoder block: block 0's stand-in returns the current window's final hidden
-    states, the others pass them on, each in the container type the real block returns."""
+    states, the others pass them on, each in the container type the real block returns. Other attributes
+    are the real block's (some models read `decoder_layer.attention_type` to pick its mask)."""
 
-    def __init__(self, final: torch.Tensor | None, window: list[int], as_tuple: bool):
+    def __init__(self, block: nn.Module, final: torch.Tensor | None, window: list[int], as_tuple: bool):
         super().__init__()
         self.final, self.window, self.as_tuple = final, window, as_tuple
+        self.__dict__["block"] = block  # not a submodule: its parameters stay out of the model's
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["block"], name)
 
     def forward(self, *args, **kwargs):
         hidden, _ = split_call(args, kwargs)
@@ -100,7 +108,7 @@ def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor
     device = final.device
     try:
         for i in range(len(blocks)):
-            blocks[i] = _Replay(final if i == 0 else None, window, as_tuple)
+            blocks[i] = _Replay(originals[i], final if i == 0 else None, window, as_tuple)
         total = 0.0
         for w in range(windows.shape[0]):
             window[0] = w

@@ -22,6 +22,7 @@ from torch import nn
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import block_prefix, find_blocks
+from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.resolve import ModelSource
 
 OFFLOAD_MODES = ("none", "disk")
@@ -93,15 +94,16 @@ def read_tensors(folder: Path, files: dict[str, str], names: list[str]) -> dict[
 class OffloadedBlocks:
     """The decoder blocks of one offloaded model: materialise, release, hold, and hooks that do both."""
 
-    def __init__(self, model: nn.Module, folder: Path, files: dict[str, str], device, dtype):
+    def __init__(self, model: nn.Module, folder: Path, files: dict[str, str], layout: CheckpointLayout, device, dtype):
         self.blocks_name, self.blocks = find_blocks(model)
-        self.folder, self.files, self.device, self.dtype = folder, files, device, dtype
+        self.folder, self.files, self.layout, self.device, self.dtype = folder, files, layout, device, dtype
         self.held: set[int] = set()
         self.auto: set[int] = set()  # materialised by a pre-hook, released by the forward hook
         self.listeners: list[Callable[[int, str, nn.Module], None]] = []
+        targets = set(layout.target.values())
         for i, block in enumerate(self.blocks):
             prefix = block_prefix(self.blocks_name, i)
-            missing = [prefix + n for n, _ in block.named_parameters() if prefix + n not in files]
+            missing = [prefix + n for n, _ in block.named_parameters() if prefix + n not in targets]
             if missing:
                 raise ZpruneError(f"the checkpoint names none of {', '.join(missing[:3])}; --offload disk needs a "
                                   "checkpoint saved with the model's own parameter names")
@@ -115,6 +117,12 @@ class OffloadedBlocks:
         if self.is_materialised(index):
             return
         block, prefix = self.blocks[index], block_prefix(self.blocks_name, index)
+        if not self.layout.direct:  # the checkpoint is in another layout: transformers converts it (checkpoint_names.py)
+            self.layout.load(read_tensors(self.folder, self.files, self.layout.sources(prefix)), self.device, self.dtype)
+            for param in block.parameters():
+                param.requires_grad_(False)
+                TRACKER.add(param.numel() * param.element_size())
+            return
         names = [n for n, _ in block.named_parameters()]
         tensors = read_tensors(self.folder, self.files, [prefix + n for n in names])
         for name in names:

@@ -10,6 +10,7 @@ import torch
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.models.blocks import find_blocks
+from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.offload import OffloadedBlocks, read_tensors, refuse_unreadable, weight_map
 from zprune_cli.models.resolve import ModelSource
 
@@ -46,10 +47,14 @@ def load_offloaded(source: ModelSource, device: torch.device, dtype: torch.dtype
         with init_empty_weights():  # parameters on meta, buffers (rotary inv_freq) real
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=source.trust_remote_code)
     blocks_name, _ = find_blocks(model)
-    outside = [name for name in files if not name.startswith(f"{blocks_name}.")]
-    for name, tensor in read_tensors(folder, files, outside).items():
-        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
-        set_module_tensor_to_device(model, name, device, value=tensor)
+    layout = CheckpointLayout(model, list(files))
+    outside = read_tensors(folder, files, layout.sources(f"{blocks_name}.", inside=False))
+    if layout.direct:
+        for name, tensor in outside.items():
+            tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            set_module_tensor_to_device(model, name, device, value=tensor)
+    else:
+        layout.load(outside, device, dtype)
     for name, buffer in list(model.named_buffers()):  # as load_model's model.to(device, dtype) does (rotary inv_freq)
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
@@ -60,7 +65,7 @@ def load_offloaded(source: ModelSource, device: torch.device, dtype: torch.dtype
     if left:
         raise ZpruneUsageError(f"--offload disk: the checkpoint of {source.spec} lacks {', '.join(left[:3])} "
                                "under the model's own names; run without --offload")
-    model._zprune_offload = OffloadedBlocks(model, folder, files, device, dtype)
+    model._zprune_offload = OffloadedBlocks(model, folder, files, layout, device, dtype)
     model.eval()
     model.config.use_cache = False
     logging.getLogger("zprune").debug("built %s with its blocks on disk (%s)", source.spec, folder)
