@@ -105,3 +105,17 @@ def test_makespan_follows_the_schedule_with_each_worker_taking_the_next_run():
 def test_zeroshot_caveat_states_the_standard_error_of_the_subset():
     text = publish.zeroshot_caveat({"zero-shot": "the first 50 questions", "zero-shot questions": 50})
     assert "±7 points" in text and "±3 on the mean" in text  # sqrt(.25 / 50) = 7.1%, sqrt(.25 / 300) = 2.9%
+
+
+def test_a_grid_claims_only_its_own_cells_and_their_times():
+    """Two grids of one protocol group (run side by side) each print the whole group; a grid's run counts
+    only the cells its own recipes name (and the dense row), so neither inflates the other's overhead."""
+    import leaderboard
+
+    dense, mine, theirs = cell("dense", None, 29.0), cell("wanda", 0.5, 60.0), cell("ria", 0.5, 61.0)
+    board = leaderboard.Board({}, None)
+    outcome = {"rows": [dense, mine, theirs], "recipes": [mine["recipe"]], "computed": 2, "skipped": 0,
+               "wall_seconds": 6.0, "library": "x"}
+    run = board.merge("m", "g1", outcome)
+    assert run["cells_seconds"] == 6.0 and run["overhead"] == 1.0  # dense + wanda: 3 s each
+    assert {c["recipe"] for c in board.data()["cells"]} == {"", mine["recipe"]}

@@ -7,6 +7,7 @@ transaction per cell), so a re-run skips finished cells and Ctrl-C loses only th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -65,8 +66,9 @@ class CompareOutcome:
     computed: int  # cells pruned and evaluated in this run (the dense row included)
     skipped: int  # cells found in the results store
     calibration_key: str
-    rows: list[dict]
+    rows: list[dict]  # the whole protocol group: this grid's cells and any comparable ones stored before
     seconds: float
+    recipes: list[str] = dataclasses.field(default_factory=list)  # digests of this grid's own cells
 
 
 def compare(
@@ -116,7 +118,7 @@ def compare(
         if snapshot is not None:
             snapshot.restore()
     rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=result.key, protocols=protocols)
-    return CompareOutcome(computed, skipped, result.key, rows, time.perf_counter() - started)
+    return CompareOutcome(computed, skipped, result.key, rows, time.perf_counter() - started, [r.digest for r in recipes])
 
 
 def _cell(handle: ModelHandle, result, recipe: PruneRecipe | None, plan: EvalPlan, snapshot: DenseSnapshot | None,

@@ -97,7 +97,10 @@ class Board:
         """Takes one compare outcome; returns its run (fresh cells: new, or with new times)."""
         with self.lock:
             fresh = []
-            for row in outcome["rows"]:
+            # the outcome's rows are its whole protocol group: another grid's cells (run beside it) stay theirs
+            mine = outcome.get("recipes")  # absent from the JSON of a zprune older than this field: all rows
+            own = [r for r in outcome["rows"] if mine is None or r["method"] == "dense" or r["recipe"] in mine]
+            for row in own:
                 key = cell_key({**row, "model": model})
                 old = self.cells.get(key)
                 if old is None or (old.get("seconds") or {}) != (row.get("seconds") or {}):

@@ -146,7 +146,7 @@ def _render_outcome(outcome, output: Output) -> None:
     summary = (f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, "
                f"one calibration ({outcome.calibration_key}), {outcome.seconds:.1f}s")
     data = {"computed": outcome.computed, "skipped": outcome.skipped, "stats_key": outcome.calibration_key,
-            "seconds": round(outcome.seconds, 3), "rows": outcome.rows}
+            "seconds": round(outcome.seconds, 3), "recipes": outcome.recipes, "rows": outcome.rows}
     output.deliver(outcome.rows, data, summary)
 
 
