@@ -203,13 +203,17 @@ def plot(board: dict, path: Path = PLOT) -> None:
     models = list(dict.fromkeys(c["model"] for c in board["cells"]))
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), dpi=110, squeeze=False)
     for ax, model in zip(axes[0], models):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a dozen recipes: no colour twice
         series: dict[str, list[tuple[float, float]]] = {}
+        dense_drawn = False  # one dense line, though several protocol groups hold a dense row
         for cell in board["cells"]:
             value = perplexity_of(cell)
             if cell["model"] != model or value is None:
                 continue
             if cell["method"] == "dense":
-                ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"dense ({value:.2f})")
+                if not dense_drawn:
+                    ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"dense ({value:.2f})")
+                dense_drawn = True
             elif cell["pattern"] == "unstructured":
                 series.setdefault(f"{recipe_name(cell)} ({cell['propagate']})", []).append((cell["sparsity"], value))
         for label, points in sorted(series.items()):
