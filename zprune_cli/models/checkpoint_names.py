@@ -39,18 +39,20 @@ class CheckpointLayout:
         self.model = model
         self.transforms = _transforms(model)
         meta = model.state_dict()
-        self.target = {name: self._target_of(name, meta) for name in names}
+        foreign = [name for name in names if name not in meta]  # a checkpoint in the model's names has none
+        self.target = {name: name for name in names} | dict(zip(foreign, self._targets(foreign, meta)))
         self.direct = all(name == target for name, target in self.target.items())
 
-    def _target_of(self, name: str, meta: dict) -> str:
-        if not self.transforms or name in meta:
-            return name
+    def _targets(self, names: list[str], meta: dict) -> list[str]:
+        """The model parameter of each checkpoint name, renamed and converted as transformers loads it."""
+        if not self.transforms or not names:
+            return names
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
         renamings = [t for t in self.transforms if isinstance(t, WeightRenaming)]
         converters = [t for t in self.transforms if isinstance(t, WeightConverter)]
-        target, _ = rename_source_key(name, renamings, converters, getattr(self.model, "base_model_prefix", None), meta)
-        return target
+        prefix = getattr(self.model, "base_model_prefix", None)
+        return [rename_source_key(name, renamings, converters, prefix, meta)[0] for name in names]
 
     def sources(self, prefix: str, inside: bool = True) -> list[str]:
         """Checkpoint names whose parameters lie under `prefix` (inside=False: those that do not)."""
