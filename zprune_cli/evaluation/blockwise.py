@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -86,15 +86,17 @@ class BlockwisePerplexity:
                                 n_tokens=n_windows * (seqlen - 1), seqlen=seqlen, seconds=self.seconds)
 
 
-def blockwise_perplexity(model: nn.Module, windows: torch.Tensor,
-                         progress: Callable[[int], None] | None = None) -> PerplexityResult:
-    """Perplexity of the model as it is, one decoder block in memory at a time. `progress` is called with
-    the number of steps done: one per block, then one per window."""
+def blockwise_perplexity(model: nn.Module, windows: torch.Tensor, progress: Callable[[int], None] | None = None,
+                         also: Sequence[Callable[[int, str, nn.Module], None]] = ()) -> PerplexityResult:
+    """Perplexity of the model as it is, one decoder block in memory at a time; `also` are called with each
+    block while it is read (a BlockwiseSparsity, so the blocks are not read again). `progress` is called
+    with the number of steps done: one per block, then one per window."""
     blocks_name, blocks = find_blocks(model)
     measuring = BlockwisePerplexity(model, windows)
     for index, block in enumerate(blocks):
         with held(model, index):
-            measuring(index, block_prefix(blocks_name, index), block)
+            for listener in (measuring, *also):
+                listener(index, block_prefix(blocks_name, index), block)
         if progress is not None:
             progress(index + 1)
     return measuring.result(lambda w: progress(len(blocks) + w) if progress is not None else None)

@@ -131,12 +131,16 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     progress = ensure(progress)
     e = plan.evaluation
     seqlen = plan.seqlen_for(model)
-    metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress, who) for source in plan.sources]
+    # --offload disk: the zeros are counted during the first block-by-block perplexity pass (one read of the blocks)
+    counting = BlockwiseSparsity(layer_names) if offloaded(model) and plan.sources else None
+    metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress, who, [counting] if counting and i == 0 else [])
+               for i, source in enumerate(plan.sources)]
     if e.tasks:
         metrics += _zeroshot(model, tokenizer, plan, progress)
-    sparsity = (blockwise_sparsity if offloaded(model) else measure_sparsity)(model, layer_names)
-    metrics.append(Metric("sparsity", sparsity["sparsity"], SPARSITY_PROTOCOL, 0.0,
-                          {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
+    if counting is not None:
+        metrics.append(sparsity_metric(counting.result()))
+    else:
+        metrics.append(sparsity_metric((blockwise_sparsity if offloaded(model) else measure_sparsity)(model, layer_names)))
     if e.speed:
         metrics += _speed(model, seqlen, e.batch_size)
     return metrics
@@ -159,10 +163,14 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     for source, measuring in perplexities.items():
         result = measuring.result()
         metrics.append(Metric(metric_name(source), result.ppl, plan.protocol(source, seqlen, result.n_windows), result.seconds))
-    sparsity = counting.result()
-    metrics.append(Metric("sparsity", sparsity["sparsity"], SPARSITY_PROTOCOL, 0.0,
-                          {"params": sparsity["params"], "nonzeros": sparsity["nonzeros"]}))
+    metrics.append(sparsity_metric(counting.result()))
     return outcome, metrics
+
+
+def sparsity_metric(counted: dict) -> Metric:
+    """The sparsity Metric of a `sparsity.count_zeros` result."""
+    return Metric("sparsity", counted["sparsity"], SPARSITY_PROTOCOL, 0.0,
+                  {"params": counted["params"], "nonzeros": counted["nonzeros"]})
 
 
 def refuse_whole_model_work(evaluation: Evaluation) -> None:
@@ -171,7 +179,9 @@ def refuse_whole_model_work(evaluation: Evaluation) -> None:
                                "--speed run the whole model per request: run them without --offload")
 
 
-def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: int, progress: Progress, who: str) -> Metric:
+def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: int, progress: Progress, who: str,
+                also: list | None = None) -> Metric:
+    """One dataset's perplexity; offloaded, block by block, with `also` fed each block (blockwise_perplexity)."""
     windows = plan.windows(source, tokenizer, seqlen)
     what = source.name if source.name != "file" else Path(source.where).name
     blockwise = offloaded(model) is not None  # --offload disk: each block read once, not once per window
@@ -184,7 +194,7 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
             done[0] = n_done
 
         if blockwise:
-            result = blockwise_perplexity(model, windows, progress=advance)
+            result = blockwise_perplexity(model, windows, progress=advance, also=also or ())
         else:
             result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
     protocol = plan.protocol(source, seqlen, result.n_windows)
