@@ -95,6 +95,9 @@ def _more_families(tf, family: str):
         "mixtral": lambda: tf.MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2),
         "qwen2_moe": lambda: tf.Qwen2MoeConfig(**TINY, **moe, num_experts=4, shared_expert_intermediate_size=32),
         "qwen3_moe": lambda: tf.Qwen3MoeConfig(**TINY, **moe, num_experts=4, head_dim=8),
+        # experts stored transposed ([experts, in, out]) with biases, multiplied with `@`
+        "gpt_oss": lambda: tf.GptOssConfig(**TINY, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                                           sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
         "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=260, n_positions=512, **ids),
         "phi3": lambda: tf.Phi3Config(**TINY, **ids),
         "falcon": lambda: tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=260, **ids),
@@ -116,7 +119,7 @@ def _more_families(tf, family: str):
 
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma3", "opt", "gpt_neox"]
-MORE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "gpt2", "phi3", "falcon", "gemma2", "qwen3", "phi", "stablelm",
+MORE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "gpt2", "phi3", "falcon", "gemma2", "qwen3", "phi", "stablelm",
                  "cohere", "gemma3_vision"]
 
 

@@ -123,18 +123,6 @@ def test_multimodal_prunes_the_text_tower_only(tmp_path, text_file, cache):
     assert vision and all(torch.equal(handle.model.state_dict()[k], dense[k]) for k in vision)
 
 
-def test_fused_experts_stay_dense_and_are_named(tmp_path, text_file, cache, caplog):
-    handle = ModelHandle(str(save_tiny(tmp_path / "base", "mixtral")))
-    experts = handle.model.model.layers[0].mlp.experts.gate_up_proj.detach().clone()
-    with caplog.at_level(logging.WARNING, logger="zprune"):
-        prune(handle, PruneRecipe("wanda", 0.5), calibration=cal(text_file))
-    assert torch.equal(handle.model.model.layers[0].mlp.experts.gate_up_proj, experts)
-    [message] = [r.getMessage() for r in caplog.records if "3 or more dimensions" in r.getMessage()]
-    assert "model.layers.0.mlp.experts.gate_up_proj [4, 128, 32]" in message
-    # experts 2 x 4 x (128 x 32 + 32 x 64) = 49152 dense; attention 2 x (32x32 + 16x32 + 16x32 + 32x32) = 6144 pruned
-    assert "stay dense (89% of the block weights)" in message
-
-
 class _RoutedExperts(nn.Module):
     """A MoE feed-forward with one nn.Linear pair per expert; the router never picks the last expert."""
 

@@ -12,6 +12,7 @@ from zprune_cli import distributed
 from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.model_card import model_card
+from zprune_cli.models.blocks import block_linears, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.models.offload import on_done
@@ -163,7 +164,9 @@ def prune_with_masks(
     settings_of_source = manifest.get("settings") or {}
     if not isinstance(settings_of_source.get("recipe"), dict):
         raise ZpruneUsageError(f"{masks} was exported by an older zprune and names no recipe; export the masks again")
-    counted = count_zeros({name: handle.model.get_submodule(name) for name in manifest["modules"]})
+    masked = set(manifest["modules"])  # Linear modules, or fused expert tensors (counted expert by expert)
+    counted = count_zeros({name: layer for name, layer in block_linears(handle.model).items()
+                           if stored_tensor_name(name, layer).removesuffix(".weight") in masked})
     calibration = settings_of_source.get("calibration")
     provenance = Provenance(
         base_model=BaseModel.of(handle.source), recipe=PruneRecipe.from_dict(settings_of_source["recipe"]),

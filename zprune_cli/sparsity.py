@@ -35,15 +35,6 @@ def count_zeros(layers: dict[str, nn.Module]) -> dict[str, Any]:
     return {"layers": per_layer, "params": total, "nonzeros": nonzero, "sparsity": 1.0 - nonzero / total if total else 0.0}
 
 
-def select_layers(model: nn.Module, layer_names: list[str]) -> dict[str, nn.Module]:
-    """{name: module} for qualified module names; unknown names are refused."""
-    modules = dict(model.named_modules())
-    unknown = [n for n in layer_names if n not in modules]
-    if unknown:
-        raise ZpruneUsageError(f"no such layer(s) in the model: {', '.join(unknown[:5])}")
-    return {n: modules[n] for n in layer_names}
-
-
 def check_nm(prune_mask: torch.Tensor, n: int, m: int) -> bool:
     """True iff every group of m consecutive columns in every row has exactly n pruned entries."""
     rows, cols = prune_mask.shape

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.blocks import block_linears, is_transposed, weight_view
-from zprune_cli.sparsity import count_zeros, nm_violation, select_layers
+from zprune_cli.models.blocks import block_linears, is_transposed, named_layers, weight_view
+from zprune_cli.models.experts import ExpertSlice
+from zprune_cli.sparsity import count_zeros, nm_violation
 
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
 _SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
@@ -30,7 +31,7 @@ def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> 
 
 
 def _layers(model: nn.Module, layer_names: list[str] | None) -> dict[str, nn.Module]:
-    return block_linears(model) if layer_names is None else select_layers(model, layer_names)
+    return block_linears(model) if layer_names is None else named_layers(model, layer_names)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -151,7 +152,10 @@ def semi_structured_speedup(
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         reasons.append(f"it needs float16 or bfloat16 weights (the model has {names})")
     not_24 = [name for name, m in layers.items() if not is_2_4(weight_view(m))]
-    transposed = [name for name, m in layers.items() if is_transposed(m)]
+    fused = [name for name, m in layers.items() if isinstance(m, ExpertSlice)]
+    transposed = [name for name, m in layers.items() if is_transposed(m) and name not in fused]
+    if fused:  # one tensor holds every expert, multiplied by the experts module's own kernels
+        reasons.append(f"{len(fused)} layers are experts fused into one tensor (first: {fused[0]})")
     if transposed:  # Conv1D multiplies with addmm on its [in, out] weight; the kernels need an F.linear layer
         reasons.append(f"{len(transposed)} layers store their weight as [in, out] (Conv1D, first: {transposed[0]})")
     if not_24:

@@ -36,6 +36,8 @@ from zprune_cli.exports.io import (
 from zprune_cli.formats.masks import apply_masks
 from zprune_cli.formats.reader import SPARSE_MANIFEST, WeightReader, read_config
 from zprune_cli.model_card import model_card
+from zprune_cli.models.checkpoint_names import checkpoint_targets
+from zprune_cli.models.experts import fused_tensor_name
 from zprune_cli.models.load import parse_dtype
 from zprune_cli.models.pretrained import load_pretrained, load_tokenizer
 from zprune_cli.progress import Progress, ensure
@@ -72,7 +74,7 @@ def export(
     max_bytes = parse_size(max_shard_size)
     check_destination(source, dest, overwrite)
     reader = WeightReader(source)
-    pruned = _pruned_weights(reader, provenance)
+    pruned = _pruned_weights(reader, provenance, format)
     cast = parse_dtype(dtype)
     provenance = provenance.with_export(format, source.resolve())
     if cast is not None:
@@ -119,14 +121,31 @@ def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], pro
     return warnings
 
 
-def _pruned_weights(reader: WeightReader, provenance: Provenance) -> dict[str, str]:
-    """{state-dict weight name: module name} for every layer zprune.json lists as pruned."""
+def _pruned_weights(reader: WeightReader, provenance: Provenance, format: str) -> dict[str, str]:
+    """{stored weight name: module name} for every layer zprune.json lists as pruned. An MoE expert slice
+    ('...experts.gate_up_proj.3') is stored in its fused tensor, or (as transformers saves it) in one tensor
+    per expert and projection, found through transformers' conversion table."""
     out: dict[str, str] = {}
+    foreign: list[str] = []
     for module in provenance.pruned_layers:
-        name = f"{module}.weight"
-        if name not in reader:
-            raise ZpruneError(f"zprune.json lists pruned layer {module}, but the weights hold no {name}")
-        out[name] = module
+        if f"{module}.weight" in reader:
+            out[f"{module}.weight"] = module
+        elif module.rpartition(".")[2].isdigit() and fused_tensor_name(module) in reader:
+            out[fused_tensor_name(module)] = fused_tensor_name(module)
+        else:
+            foreign.append(module)
+    if foreign:
+        targets = checkpoint_targets(reader.folder, [n for n in reader.names if n not in out])
+        wanted = {f"{m}.weight" for m in foreign} | {fused_tensor_name(m) for m in foreign}
+        found = {stored: target for stored, target in targets.items() if target in wanted}
+        lost = [m for m in foreign if f"{m}.weight" not in found.values() and fused_tensor_name(m) not in found.values()]
+        if lost:
+            raise ZpruneError(f"zprune.json lists pruned layer {lost[0]}, but the weights hold no {lost[0]}.weight")
+        if format == "masks":  # masks are applied to the model's own tensors, which these are not
+            raise ZpruneError(f"{reader.folder} stores MoE experts one tensor per expert (as transformers saves "
+                              f"them, e.g. {next(iter(found))}) while the model holds them fused; masks of those "
+                              "cannot be applied to a loaded model, so export as sparse or hf")
+        out.update({stored: stored.removesuffix(".weight") for stored in found})
     return out
 
 

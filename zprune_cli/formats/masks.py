@@ -1,10 +1,11 @@
 """The `masks` layout: which weights were pruned, and nothing else, to re-apply to the base model.
 
-`masks.safetensors` holds, for each pruned Linear module `<m>` with weight [out, in]:
+`masks.safetensors` holds, for each pruned Linear module `<m>` with weight [out, in] (or MoE experts fused
+into one parameter `<m>` of shape [experts, out, in]):
 
-    <m>.mask   uint8 [ceil(out*in / 8)]: numpy.packbits(prune_mask.flatten(), bitorder="little"),
+    <m>.mask   uint8 [ceil(numel / 8)]: numpy.packbits(prune_mask.flatten(), bitorder="little"),
                bit = 1 where the weight is pruned (set to zero), as in zprune_cli.masks
-    <m>.shape  int64 [2]: [out, in]
+    <m>.shape  int64 [ndim]: the weight's stored shape
 
 `masks.json` names the layout, the base model (with its fingerprint) and the pruning settings. The mask
 is read off the pruned weights (exact zeros), so applying it to the base model gives back the pruned
@@ -107,10 +108,7 @@ def apply_masks(model: torch.nn.Module, masks_path: str | Path, fingerprint: str
         )
     targets: list[tuple[torch.Tensor, torch.Tensor]] = []
     for module, mask in masks.items():
-        try:
-            weight = model.get_submodule(module).weight
-        except AttributeError:
-            raise ZpruneError(f"the masks name layer {module}, which this model does not have") from None
+        weight = _masked_tensor(model, module)
         if tuple(weight.shape) != tuple(mask.shape):
             raise ZpruneError(
                 f"mask for {module} has shape {list(mask.shape)} but the model's weight is {list(weight.shape)}; "
@@ -121,3 +119,15 @@ def apply_masks(model: torch.nn.Module, masks_path: str | Path, fingerprint: str
         for weight, mask in targets:
             weight.masked_fill_(mask.to(weight.device), 0)
     return len(targets)
+
+
+def _masked_tensor(model: torch.nn.Module, module: str) -> torch.Tensor:
+    """A Linear's weight, or a parameter by its own name (MoE experts fused into one [experts, out, in] tensor)."""
+    try:
+        return model.get_submodule(module).weight
+    except AttributeError:
+        pass
+    try:
+        return model.get_parameter(module)
+    except AttributeError:
+        raise ZpruneError(f"the masks name layer {module}, which this model does not have") from None

@@ -32,7 +32,10 @@ LEGACY_WARNING = (
 
 def check_24(name: str, weight: torch.Tensor) -> None:
     """Raise ZpruneError unless every group of 4 input columns of every row holds at least 2 zeros."""
-    if weight.dim() != 2 or weight.shape[1] % 4 != 0:
+    if weight.dim() != 2:
+        raise ZpruneError(f"layer {name} holds MoE experts fused into one tensor of shape {list(weight.shape)}; "
+                          "sparse-24-bitmask stores 2-D layers only, so export as sparse or hf")
+    if weight.shape[1] % 4 != 0:
         raise ZpruneError(
             f"layer {name} (shape {list(weight.shape)}) cannot be 2:4: its input width is not a multiple of 4"
         )

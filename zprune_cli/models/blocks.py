@@ -3,8 +3,9 @@
 Generic by structure, never by model name. The blocks are the largest nn.ModuleList whose children
 all share one class and hold a projection, searched first inside the model's language decoder
 (`get_decoder()`, so a multimodal model's text tower wins over a bigger vision tower). The pruned
-layers are the 2-D projections inside a block: nn.Linear, and transformers' Conv1D (GPT-2), whose
-weight is stored transposed. Every engine read or write of a pruned weight goes through
+layers are the 2-D projections inside a block: nn.Linear, transformers' Conv1D (GPT-2), whose
+weight is stored transposed, and each expert of an MoE module that fuses its experts into one tensor
+(`models.experts.ExpertSlice`). Every engine read or write of a pruned weight goes through
 `weight_view`, which always shows it as [out, in].
 """
 
@@ -15,7 +16,8 @@ import re
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.models.experts import ExpertSlice, expert_slices, is_fused_experts
 
 
 def _conv1d_class() -> type | None:
@@ -27,7 +29,9 @@ def _conv1d_class() -> type | None:
 
 
 def is_transposed(module: nn.Module) -> bool:
-    """True for a projection whose stored weight is [in, out] (transformers' Conv1D)."""
+    """True for a projection whose stored weight is [in, out] (transformers' Conv1D, transposed experts)."""
+    if isinstance(module, ExpertSlice):
+        return module.transposed
     conv1d = _conv1d_class()
     return conv1d is not None and isinstance(module, conv1d)
 
@@ -104,13 +108,18 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def find_linears(block: nn.Module, ignore: list[str] | None = None, prefix: str = "") -> dict[str, nn.Module]:
-    """The block's projections (nn.Linear, Conv1D) by name relative to the block, in module order.
+    """The block's projections (nn.Linear, Conv1D, fused experts' slices '<module>.<param>.<expert>') by name
+    relative to the block, in module order.
 
     `ignore` holds regular expressions matched (re.search) against the full name `prefix + name`.
     """
     patterns = [re.compile(p) for p in ignore or []]
     found = {}
     for name, module in block.named_modules():
+        for inner, piece in expert_slices(module).items():
+            full = f"{prefix}{name}.{inner}" if name else f"{prefix}{inner}"
+            if not any(p.search(full) for p in patterns):
+                found[full[len(prefix):]] = piece
         if is_projection(module):
             full = f"{prefix}{name}"
             if module.weight.dim() != 2:
@@ -122,9 +131,11 @@ def find_linears(block: nn.Module, ignore: list[str] | None = None, prefix: str 
 
 
 def fused_weights(block: nn.Module, prefix: str = "") -> dict[str, list[int]]:
-    """{full name: shape} of the block's parameters with 3 or more dimensions outside any projection
-    (MoE experts fused into [experts, out, in] tensors): zprune leaves them dense."""
-    return {f"{prefix}{name}": list(p.shape) for name, p in block.named_parameters() if p.dim() >= 3}
+    """{full name: shape} of the block's parameters with 3 or more dimensions that no projection or expert
+    slice covers (fused experts of a module without transformers' layout flag): zprune leaves them dense."""
+    covered = {id(p) for m in block.modules() if is_fused_experts(m) for p in m.parameters(recurse=False)}
+    return {f"{prefix}{name}": list(p.shape) for name, p in block.named_parameters()
+            if p.dim() >= 3 and id(p) not in covered}
 
 
 def block_prefix(blocks_name: str, index: int) -> str:
@@ -159,3 +170,18 @@ def layer_modules(layers: BlockLayers) -> dict[str, nn.Module]:
 def block_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Every projection inside the decoder blocks, by qualified name within the model, in module order."""
     return layer_modules(pruned_layers(model))
+
+
+def named_layers(model: nn.Module, layer_names: list[str]) -> dict[str, nn.Module]:
+    """{name: projection} for names of pruned layers (as a zprune.json lists them); unknown names are refused."""
+    everything = block_linears(model)
+    unknown = [n for n in layer_names if n not in everything]
+    if unknown:
+        raise ZpruneUsageError(f"no such layer(s) in the model: {', '.join(unknown[:5])}")
+    return {n: everything[n] for n in layer_names}
+
+
+def stored_tensor_name(name: str, layer: nn.Module) -> str:
+    """The state-dict name of the tensor a pruned layer's weight lives in: '<name>.weight', or for an expert
+    slice the fused tensor ('...experts.gate_up_proj' for '...experts.gate_up_proj.3')."""
+    return name.rpartition(".")[0] if isinstance(layer, ExpertSlice) else f"{name}.weight"

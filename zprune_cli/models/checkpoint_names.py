@@ -75,3 +75,14 @@ class CheckpointLayout:
             wrong = [f"{n} {list(a)} vs {list(b)}" for n, a, b in list(info.mismatched_keys)[:3]]
             raise ZpruneError(f"--offload disk could not read the checkpoint into the model: "
                               f"{', '.join(wrong) or next(iter(info.conversion_errors.values()))}")
+
+
+def checkpoint_targets(folder, names: list[str]) -> dict[str, str]:
+    """{checkpoint name: model parameter name} for the model saved in `folder`, built on meta from its config
+    (transformers saves MoE experts one tensor per expert, the model holds them fused)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return CheckpointLayout(model, names).target
