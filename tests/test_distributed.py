@@ -149,3 +149,20 @@ def test_groups_are_laid_out_as_one_process_finds_them():
     rank1 = [(["q", "k", "v"], True), (["e1.gate", "e1.up"], True), (["e0.gate"], False), (["e0.up"], False),
              (["e2.gate"], False), (["e2.up"], False)]
     assert _layout([rank0, rank1]) == [["q", "k", "v"], ["e0.gate", "e0.up"], ["e1.gate", "e1.up"], ["e2.gate"], ["e2.up"]]
+
+
+def test_two_processes_calibrate_fused_moe_experts_like_one(text_file, tmp_path):
+    """Each rank routes its own windows: an expert one rank never reaches is zeros there and summed in."""
+    from conftest import save_tiny
+
+    folder = save_tiny(tmp_path / "mixtral", "mixtral")
+    args = ["calibrate", folder, "--data", text_file, *CALIBRATION, "--gram", "--json"]
+    ran = torchrun(2, args, tmp_path / "ranks")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    single = one_process(args, tmp_path / "one")
+    assert single.exit_code == 0, single.output
+    key = json.loads(ran.stdout)["key"]
+    assert_same_entry(entry_dir(tmp_path / "ranks", key), entry_dir(tmp_path / "one", key))
+    manifest = json.loads((entry_dir(tmp_path / "one", key) / "manifest.json").read_text())
+    members = {m for g in manifest["blocks"][0]["groups"] for m in g["members"]}
+    assert {f"mlp.experts.down_proj.{e}" for e in range(4)} <= members

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from conftest import save_tiny, tiny_model
-from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneError
 from zprune_cli.exports import apply_masks, export
 from zprune_cli.models.blocks import find_blocks, find_linears, fused_weights, weight_view
