@@ -74,7 +74,9 @@ def export(
     max_bytes = parse_size(max_shard_size)
     check_destination(source, dest, overwrite)
     reader = WeightReader(source)
-    pruned = _pruned_weights(reader, provenance, format)
+    if format == "masks" and not _stored_as_held(reader, provenance):
+        reader = _LoadedTensors(source)  # masks are applied to a loaded model: name its tensors, not the files'
+    pruned = _pruned_weights(reader, provenance)
     cast = parse_dtype(dtype)
     provenance = provenance.with_export(format, source.resolve())
     if cast is not None:
@@ -121,7 +123,7 @@ def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], pro
     return warnings
 
 
-def _pruned_weights(reader: WeightReader, provenance: Provenance, format: str) -> dict[str, str]:
+def _pruned_weights(reader: "WeightReader | _LoadedTensors", provenance: Provenance) -> dict[str, str]:
     """{stored weight name: module name} for every layer zprune.json lists as pruned. An MoE expert slice
     ('...experts.gate_up_proj.3') is stored in its fused tensor, or (as transformers saves it) in one tensor
     per expert and projection, found through transformers' conversion table."""
@@ -141,12 +143,29 @@ def _pruned_weights(reader: WeightReader, provenance: Provenance, format: str) -
         lost = [m for m in foreign if f"{m}.weight" not in found.values() and fused_tensor_name(m) not in found.values()]
         if lost:
             raise ZpruneError(f"zprune.json lists pruned layer {lost[0]}, but the weights hold no {lost[0]}.weight")
-        if format == "masks":  # masks are applied to the model's own tensors, which these are not
-            raise ZpruneError(f"{reader.folder} stores MoE experts one tensor per expert (as transformers saves "
-                              f"them, e.g. {next(iter(found))}) while the model holds them fused; masks of those "
-                              "cannot be applied to a loaded model, so export as sparse or hf")
         out.update({stored: stored.removesuffix(".weight") for stored in found})
     return out
+
+
+def _stored_as_held(reader: WeightReader, provenance: Provenance) -> bool:
+    """Whether every pruned layer's tensor is stored under the model's own name (not one tensor per expert)."""
+    return all(f"{m}.weight" in reader or fused_tensor_name(m) in reader for m in provenance.pruned_layers)
+
+
+class _LoadedTensors:
+    """The reading side of a WeightReader over the loaded model: its tensors under the names it holds them by
+    (MoE experts fused), for a checkpoint transformers saved in another layout. Costs the model in memory."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._state = load_pretrained(folder).state_dict()
+        self.names = list(self._state)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._state[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._state
 
 
 # --- one writer per format ---------------------------------------------------------------------------
