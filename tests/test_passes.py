@@ -9,6 +9,8 @@ no statistics: only block 0's inputs are computed. A cached re-run of the same r
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from zprune_cli.models.blocks import find_blocks
@@ -61,11 +63,15 @@ def test_pruned_propagation_runs_each_block_twice_per_window(method, tiny_dir, t
     assert set(again) == {0}, again  # the same recipe on the same weights: its statistics are cached
 
 
-def test_magnitude_computes_only_block0_inputs(tiny_dir, text_file, cache):
+def test_magnitude_reads_no_calibration_data(tiny_dir, tmp_path, cache):
     handle = ModelHandle(str(tiny_dir), "cpu", "float32")
     counter = BlockCalls(handle.model)
-    run(handle, PruneRecipe("magnitude", 0.5), text_file)
-    assert set(counter.take()) == {1}  # window 0's pass that records every block's keyword arguments
+    missing = Calibration(str(tmp_path / "no-such-file.txt"), N, 32, 0)  # never opened
+    [outcome] = prune(handle, PruneRecipe("magnitude", 0.5), calibration=missing, out=tmp_path / "out")
+    assert set(counter.take()) == {0}  # no forward pass at all
+    assert outcome.calibration is None and not cache.exists()  # nothing tokenised, nothing stored
+    record = json.loads((tmp_path / "out" / "zprune.json").read_text())
+    assert record["calibration"] is None and record["stats_key"] is None and record["overall_sparsity"] == 0.5
 
 
 def test_score_methods_with_dense_statistics_calibrate_once(tiny_dir, text_file, cache):

@@ -122,16 +122,16 @@ def _require_finite(tensor: torch.Tensor, what: str) -> None:
 
 
 @torch.inference_mode()
-def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, progress: Progress | None = None) -> PruneReport:
-    """Prune `model`'s decoder-block Linear layers in place from the statistics in `entry`."""
+def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRecipe,
+                    progress: Progress | None = None) -> PruneReport:
+    """Prune `model`'s decoder-block Linear layers in place from the statistics in `entry` (None for a recipe
+    that reads no calibration data)."""
     started = time.perf_counter()
     progress = ensure(progress)
-    if recipe.statistics != "inputs" and not entry.has_blocks:
-        raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
-    if recipe.statistics == "gram" and not entry.has_gram:
-        raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
-    distributed.start(next(model.parameters()).device, entry.manifest["settings"]["nsamples"])  # torchrun only
-    entry = entry.readable()
+    if entry is not None:
+        entry = _usable(entry, recipe, next(model.parameters()).device)
+    elif recipe.reads_data:
+        raise ZpruneUsageError(f"{recipe.label()} needs calibration statistics")
     layers = pruned_layers(model, recipe.ignore)
     check_layers(recipe, layers)
     _warn_left_dense(model, layers)
@@ -157,7 +157,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
             # a method that reads no statistics (magnitude) runs from an entry of block 0's inputs alone
-            stats = stats_entry.block_stats(index, device) if stats_entry.has_blocks else dict.fromkeys(linears)
+            stats = stats_entry.block_stats(index, device) if stats_entry and stats_entry.has_blocks else dict.fromkeys(linears)
             unrouted += _no_tokens(prefix, linears, stats)
             with held(model, index, done=True):  # --offload disk: read, prune, measure, hand to the save, release
                 for name, linear in linears.items():
@@ -165,6 +165,16 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry, recipe: PruneRecipe, pr
                 measured.update(_measure(prefix, linears))
             task.advance(1)
     return _report(recipe, started, unrouted, measured)
+
+
+def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> StatsEntry:
+    """The entry, readable, once it is known to hold what the recipe reads (under torchrun: the group formed)."""
+    if recipe.statistics != "inputs" and not entry.has_blocks:
+        raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
+    if recipe.statistics == "gram" and not entry.has_gram:
+        raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
+    distributed.start(device, entry.manifest["settings"]["nsamples"])  # torchrun only
+    return entry.readable()
 
 
 def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: BlockLayers, targets, writer,

@@ -21,7 +21,7 @@ from zprune_cli.models.stream_save import StreamingSave
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
-from zprune_cli.recipe import PruneRecipe, calibration_needs, parse_method_list
+from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration, parse_method_list
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
 from zprune_cli.sparsity import count_zeros
@@ -31,7 +31,7 @@ from zprune_cli.staging import staged_folder
 @dataclass
 class PruneOutcome:
     report: PruneReport
-    calibration: CalibrationResult
+    calibration: CalibrationResult | None  # None: the recipe read no calibration text (magnitude)
     out: Path | None
     provenance: Provenance
 
@@ -40,7 +40,7 @@ class PruneOutcome:
             **self.report.recipe.as_dict(),
             "recipe_digest": self.report.recipe.digest,
             "overall_sparsity": round(self.report.overall, 6),
-            "stats_key": self.calibration.key,
+            "stats_key": self.calibration.key if self.calibration else None,
             "out": str(self.out) if self.out else None,
             "seconds": round(self.report.seconds, 3),
             "layers": {k: round(v, 6) for k, v in self.report.layers.items()},
@@ -85,7 +85,9 @@ def prune(
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
-    result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
+    result = None  # magnitude alone reads no text: nothing to load, tokenise or store (torchrun still shards it)
+    if needs_calibration(recipes) or distributed.active():
+        result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
     if handle.offload == "disk":  # each recipe reads the dense blocks from the checkpoint; each block saved when finished
         return [prune_streaming(handle, r, result, target, overwrite, progress, save_dtype) for r, target in zip(recipes, outs)]
     snapshot = DenseSnapshot(handle.model) if len(recipes) > 1 else None
@@ -93,7 +95,7 @@ def prune(
     for r, target in zip(recipes, outs):
         if snapshot is not None:
             snapshot.restore()
-        report = prune_in_memory(handle.model, result.entry, r, progress)
+        report = prune_in_memory(handle.model, result and result.entry, r, progress)
         provenance = make_provenance(handle, report, result)
         if target is not None:
             provenance = save_pruned(handle, provenance, target, overwrite, progress, save_dtype)
@@ -101,17 +103,17 @@ def prune(
     return outcomes
 
 
-def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult, out: Path | None,
+def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult | None, out: Path | None,
                     overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
     """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished.
     The pruned weights live only there: the handle's blocks are read from the dense checkpoint again."""
     if out is None:
-        report = prune_in_memory(handle.model, result.entry, recipe, progress)
+        report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
         return PruneOutcome(report, result, None, make_provenance(handle, report, result))
     with staged_folder(out, overwrite) as tmp:
         saver = StreamingSave(handle.model, tmp, dtype)
         with on_done(handle.model, saver):
-            report = prune_in_memory(handle.model, result.entry, recipe, progress)
+            report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
         with progress.task(f"Saving to {out}", None):
             saver.finish(handle.tokenizer)
         provenance = replace(make_provenance(handle, report, result), dtype=str(dtype or handle.dtype).removeprefix("torch."))
@@ -120,14 +122,16 @@ def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: Calibratio
     return PruneOutcome(report, result, out, provenance)
 
 
-def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult) -> Provenance:
-    """The one place a pruned model's record is built (prune and every compare cell)."""
-    s = calibration.entry.manifest["settings"]
-    record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
+def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult | None) -> Provenance:
+    """The one place a pruned model's record is built (prune and every compare cell); no calibration: none read."""
+    record = None
+    if calibration is not None:
+        s = calibration.entry.manifest["settings"]
+        record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
         base_model=BaseModel.of(handle.source), recipe=report.recipe,
         pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
-        stats_key=calibration.key, calibration=record, seconds=round(report.seconds, 3),
+        stats_key=calibration.key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
     )
 
 

@@ -107,6 +107,11 @@ class PruneRecipe:
         return "gram" if self.needs_gram else "norms"
 
     @property
+    def reads_data(self) -> bool:
+        """False for a recipe that needs no calibration text at all (magnitude, dense propagation)."""
+        return self.propagate == "pruned" or self.statistics != "inputs"
+
+    @property
     def swap_rounds(self) -> int:
         """Rounds of mask refinement by swaps (0: none)."""
         return int(self.refine.split(":")[1]) if self.refine != "none" else 0
@@ -335,6 +340,11 @@ def _options_dict(options: Any) -> dict[str, Any]:
 
 
 STATISTICS = ("inputs", "norms", "gram")  # each holds what the ones before it hold
+
+
+def needs_calibration(recipes: Iterable[PruneRecipe]) -> bool:
+    """Whether any recipe reads calibration text (magnitude alone reads none: no data is loaded)."""
+    return any(r.reads_data for r in recipes)
 
 
 def calibration_needs(recipes: Iterable[PruneRecipe]) -> dict[str, bool]:

@@ -122,10 +122,11 @@ def _render(c: Common, outcomes) -> None:
         console.print(layer_table(outcome))
         where = f" -> saved to {escape(str(outcome.out))}" if outcome.out else ""
         r = outcome.report.recipe
+        statistics = f"statistics {outcome.calibration.key}" if outcome.calibration else "no calibration data read"
         console.print(
             f"[bold]{escape(r.label())}[/] scope={r.scope or '-'} allocation={r.allocation} propagate={r.propagate} "
             f"recipe {r.digest}: overall sparsity [bold]{outcome.report.overall:.4f}[/] "
-            f"in {outcome.report.seconds:.1f}s (statistics {outcome.calibration.key}){where}"
+            f"in {outcome.report.seconds:.1f}s ({statistics}){where}"
         )
 
 

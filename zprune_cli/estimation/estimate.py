@@ -19,7 +19,7 @@ import torch
 from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.estimation.store_size import element_size, entry_bytes
-from zprune_cli.recipe import PruneRecipe, calibration_needs
+from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.settings import Calibration
 
 HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot", "block being read",
@@ -167,9 +167,10 @@ def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
 def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], out_dtype: torch.dtype | None) -> Estimate:
     """A cold `prune` (calibrating first, only what the recipes read); out_dtype None: nothing is saved."""
     f = t.footprint
-    gram, dense, dense_calls = _dense_calibration(t, cal, recipes)
+    calibrates = needs_calibration(recipes)  # magnitude alone reads no text
+    gram, dense, dense_calls = _dense_calibration(t, cal, recipes) if calibrates else (False, 0, 0)
     load = _loading(t)
-    steps = {"loading": load, "calibrating": f.calibrating(cal, gram)}
+    steps = {"loading": load, **({"calibrating": f.calibrating(cal, gram)} if calibrates else {})}
     # several recipes prune from a dense snapshot; offloaded, each reads the dense blocks from the checkpoint
     several = len(recipes) > 1 and t.offload != "disk"
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=several)
@@ -187,7 +188,8 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     base = _base(t, "prune", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
-                    store_bytes=dense + propagated, output_bytes=output, model_passes=cal.nsamples + passes,
+                    store_bytes=dense + propagated, output_bytes=output,
+                    model_passes=(cal.nsamples if calibrates else 0) + passes,
                     block_calls=dense_calls + calls, notes=_notes(t))
 
 
