@@ -372,3 +372,32 @@ def test_offloaded_eval_reads_each_block_twice_only(depths, text_file, tmp_path,
                         lambda self, i: (reads.append(i) if not self.is_materialised(i) else None, real(self, i))[1])
     metrics, _ = eval_ppl(depths[3], "disk", text_file, tmp_path)
     assert sorted(reads) == [0, 0, 1, 1, 2, 2] and metrics["sparsity"] == 0.0
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_oss"])  # gpt_oss: masks of fused expert tensors
+def test_offloaded_masks_equal_in_memory_block_by_block(family, depths, tmp_path, text_file):
+    from conftest import save_tiny
+    from transformers import AutoModelForCausalLM
+
+    from zprune_cli.exports import export
+    from zprune_cli.pruning import prune_with_masks
+
+    base = depths[12] if family == "llama" else save_tiny(tmp_path / "base", family)
+    calibration = Calibration(data=str(text_file), nsamples=3, seqlen=24, seed=0)
+    settings = Settings(cache_dir=tmp_path / "cache", device="cpu", dtype="float32")
+    prune(str(base), PruneRecipe("wanda", 0.5), calibration=calibration, out=tmp_path / "pruned", settings=settings)
+    export(tmp_path / "pruned", tmp_path / "masks", format="masks")
+    outcomes = {}
+    for offload in ("none", "disk"):
+        TRACKER.reset()
+        outcomes[offload] = prune_with_masks(str(base), tmp_path / "masks", out=tmp_path / f"again-{offload}",
+                                             settings=Settings(cache_dir=tmp_path / "cache", device="cpu",
+                                                               dtype="float32", offload=offload))
+    peak = TRACKER.peak
+    a, b = (outcomes[o].provenance for o in ("none", "disk"))
+    assert a.pruned_layers == b.pruned_layers and a.overall_sparsity == b.overall_sparsity == 0.5
+    assert outcomes["disk"].layers == outcomes["none"].layers
+    ours, theirs = (AutoModelForCausalLM.from_pretrained(tmp_path / f"again-{o}").state_dict() for o in ("disk", "none"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    if family == "llama":
+        assert 0 < peak <= block_bytes(base)  # one block read at a time

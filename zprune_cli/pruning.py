@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from zprune_cli import distributed
 from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.model_card import model_card
-from zprune_cli.models.blocks import block_linears, stored_tensor_name
+from zprune_cli.formats.masks import checked_masks, zero_masked
+from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, find_linears, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import parse_dtype, source_dtype
-from zprune_cli.models.offload import on_done
+from zprune_cli.models.offload import held, on_done
 from zprune_cli.models.save import save_model
 from zprune_cli.models.stream_save import StreamingSave
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
@@ -107,19 +110,34 @@ def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: Calibratio
                     overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
     """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished.
     The pruned weights live only there: the handle's blocks are read from the dense checkpoint again."""
-    if out is None:
+    with _streamed(handle, out, overwrite, progress, dtype) as stream:
         report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
-        return PruneOutcome(report, result, None, make_provenance(handle, report, result))
+        stream.provenance = make_provenance(handle, report, result)
+    return PruneOutcome(report, result, out, stream.provenance)
+
+
+@dataclass
+class _Stream:
+    provenance: Provenance | None = None  # set inside the block: written beside the weights when it ends
+
+
+@contextmanager
+def _streamed(handle: ModelHandle, out: Path | None, overwrite: bool, progress: Progress, dtype: torch.dtype | None):
+    """Inside, every block an offloaded run finishes (`held(..., done=True)`) is written to `out` at once;
+    at the end, the rest of the model, config, tokenizer, the record set on the yielded object and its card."""
+    stream = _Stream()
+    if out is None:
+        yield stream
+        return
     with staged_folder(out, overwrite) as tmp:
         saver = StreamingSave(handle.model, tmp, dtype)
         with on_done(handle.model, saver):
-            report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
+            yield stream
         with progress.task(f"Saving to {out}", None):
             saver.finish(handle.tokenizer)
-        provenance = replace(make_provenance(handle, report, result), dtype=str(dtype or handle.dtype).removeprefix("torch."))
-        provenance.write(tmp)
-        (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))
-    return PruneOutcome(report, result, out, provenance)
+        stream.provenance = replace(stream.provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
+        stream.provenance.write(tmp)
+        (tmp / "README.md").write_text(model_card(stream.provenance, "hf", out.name))
 
 
 def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult | None) -> Provenance:
@@ -155,32 +173,58 @@ def prune_with_masks(
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> MaskOutcome:
-    """Apply masks from `zprune export --format masks` to the same base model (no statistics needed)."""
-    from zprune_cli.formats.masks import apply_masks, read_masks
-
+    """Apply masks from `zprune export --format masks` to the same base model (no statistics needed);
+    offloaded, block by block, each block saved as it is masked."""
     progress = ensure(progress)
     [target] = output_paths(out, ["masks"], overwrite)
     handle = ModelHandle.of(model, settings, progress)
-    if handle.offload == "disk":
-        raise ZpruneUsageError("--masks applies to a model loaded whole; run it without --offload disk")
-    n_layers = apply_masks(handle.model, masks, fingerprint=handle.source.fingerprint)
-    _, manifest = read_masks(masks)
-    settings_of_source = manifest.get("settings") or {}
-    if not isinstance(settings_of_source.get("recipe"), dict):
+    by_owner, manifest = checked_masks(handle.model, masks, handle.source.fingerprint)  # before any change
+    source = manifest.get("settings") or {}
+    if not isinstance(source.get("recipe"), dict):
         raise ZpruneUsageError(f"{masks} was exported by an older zprune and names no recipe; export the masks again")
-    masked = set(manifest["modules"])  # Linear modules, or fused expert tensors (counted expert by expert)
-    counted = count_zeros({name: layer for name, layer in block_linears(handle.model).items()
-                           if stored_tensor_name(name, layer).removesuffix(".weight") in masked})
-    calibration = settings_of_source.get("calibration")
-    provenance = Provenance(
-        base_model=BaseModel.of(handle.source), recipe=PruneRecipe.from_dict(settings_of_source["recipe"]),
+    dtype = source_dtype(handle.source)
+    if handle.offload == "disk":
+        with _streamed(handle, target, overwrite, progress, dtype) as stream:
+            stream.provenance = _masks_provenance(handle, source, masks, _mask_blocks(handle.model, by_owner))
+        return MaskOutcome(len(by_owner), target, stream.provenance)
+    zero_masked(handle.model, by_owner)
+    provenance = _masks_provenance(handle, source, masks, count_zeros(_masked_layers(handle.model, "", by_owner)))
+    if target is not None:
+        provenance = save_pruned(handle, provenance, target, overwrite, progress, dtype)
+    return MaskOutcome(len(by_owner), target, provenance)
+
+
+def _masked_layers(module: nn.Module, prefix: str, by_owner: dict) -> dict[str, nn.Module]:
+    """The pruned layers of `module` (the model, or one block under `prefix`) whose tensors the masks name:
+    Linear modules, or fused expert tensors, counted expert by expert."""
+    layers = block_linears(module) if not prefix else {prefix + n: m for n, m in find_linears(module).items()}
+    return {name: layer for name, layer in layers.items()
+            if stored_tensor_name(name, layer).removesuffix(".weight") in by_owner}
+
+
+def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
+    """Zero each block's masked weights while it is read from disk, count them, hand the block on."""
+    blocks_name, blocks = find_blocks(model)
+    zero_masked(model, {m: v for m, v in by_owner.items() if not m.startswith(f"{blocks_name}.")})
+    counted: dict[str, dict] = {}
+    for index, block in enumerate(blocks):
+        prefix = block_prefix(blocks_name, index)
+        with held(model, index, done=True):
+            zero_masked(model, {m: v for m, v in by_owner.items() if m.startswith(prefix)})
+            counted.update(count_zeros(_masked_layers(block, prefix, by_owner))["layers"])
+    params = sum(v["params"] for v in counted.values())
+    zeros = sum(v["params"] - v["nonzeros"] for v in counted.values())
+    return {"layers": counted, "sparsity": zeros / params if params else 0.0}
+
+
+def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: dict) -> Provenance:
+    calibration = source.get("calibration")
+    return Provenance(
+        base_model=BaseModel.of(handle.source), recipe=PruneRecipe.from_dict(source["recipe"]),
         pruned_layers={k: round(v["sparsity"], 6) for k, v in counted["layers"].items()},
-        overall_sparsity=round(counted["sparsity"], 6), stats_key=settings_of_source.get("stats_key"),
+        overall_sparsity=round(counted["sparsity"], 6), stats_key=source.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),
     )
-    if target is not None:
-        provenance = save_pruned(handle, provenance, target, overwrite, progress, source_dtype(handle.source))
-    return MaskOutcome(n_layers, target, provenance)
 
 
 def default_output(model: str, recipes: list[PruneRecipe]) -> Path:

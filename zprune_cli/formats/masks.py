@@ -99,6 +99,16 @@ def apply_masks(model: torch.nn.Module, masks_path: str | Path, fingerprint: str
     model's ModelSource.fingerprint), refuse masks made from another model. Every shape is checked before
     any weight changes, so a mismatch leaves the model untouched.
     """
+    masks = checked_masks(model, masks_path, fingerprint)[0]
+    zero_masked(model, masks)
+    return len(masks)
+
+
+def checked_masks(model: torch.nn.Module, masks_path: str | Path,
+                  fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(masks by tensor owner, masks.json) once every mask is known to fit `model`: same base model (by
+    fingerprint), a tensor of the mask's shape for each. Reads shapes only, so a model whose blocks are
+    still on disk (meta tensors) is checked as well."""
     masks, data = read_masks(masks_path)
     expected = (data.get("base_model") or {}).get("fingerprint")
     if fingerprint is not None and expected and fingerprint != expected:
@@ -106,7 +116,6 @@ def apply_masks(model: torch.nn.Module, masks_path: str | Path, fingerprint: str
         raise ZpruneError(
             f"the masks were made from {spec} (fingerprint {expected}), not this model (fingerprint {fingerprint})"
         )
-    targets: list[tuple[torch.Tensor, torch.Tensor]] = []
     for module, mask in masks.items():
         weight = _masked_tensor(model, module)
         if tuple(weight.shape) != tuple(mask.shape):
@@ -114,11 +123,15 @@ def apply_masks(model: torch.nn.Module, masks_path: str | Path, fingerprint: str
                 f"mask for {module} has shape {list(mask.shape)} but the model's weight is {list(weight.shape)}; "
                 "the masks were made from another model"
             )
-        targets.append((weight, mask))
+    return masks, data
+
+
+def zero_masked(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Set to zero what `masks` (from checked_masks) mark, in the tensors the model holds now."""
     with torch.no_grad():
-        for weight, mask in targets:
+        for module, mask in masks.items():
+            weight = _masked_tensor(model, module)
             weight.masked_fill_(mask.to(weight.device), 0)
-    return len(targets)
 
 
 def _masked_tensor(model: torch.nn.Module, module: str) -> torch.Tensor:
