@@ -183,7 +183,7 @@ def model_60m(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("offload", ["none", "disk"])
+@pytest.mark.parametrize("offload", ["none", "cpu", "disk"])
 @pytest.mark.parametrize("command", ["calibrate", "prune"])
 def test_peak_memory_within_20_percent(command, offload, model_60m, tmp_path):
     env = {**os.environ, "ZPRUNE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
@@ -309,3 +309,21 @@ def test_offload_on_an_accelerator_keeps_reading_and_writing_on_the_host(deep_di
     weights = Target(shape, torch.bfloat16, torch.device("cuda"), "disk").footprint.weights()
     assert gpu["disk"].device_peak_bytes >= weights["weights outside the blocks"] + weights["one decoder block"]
     assert gpu["disk"].host_peak_bytes > IMPORTS_BYTES
+
+
+def test_host_offload_puts_one_block_on_the_accelerator_and_every_block_on_the_host(deep_dir):
+    handle = zp.ModelHandle(str(deep_dir), "cpu", "float32")
+    shape = model_shape(handle.config, handle.source)
+    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
+    recipe = [zp.PruneRecipe("wanda", 0.5)]
+    gpu = {o: estimate_prune(Target(shape, torch.bfloat16, torch.device("cuda"), o), cal, recipe, torch.float32)
+           for o in ("none", "cpu")}
+    weights = Target(shape, torch.bfloat16, torch.device("cuda"), "cpu").footprint.weights()
+    assert weights["one decoder block"] == shape.largest_block_params * 2  # bfloat16
+    # the device holds one block where it held them all; the host holds every block throughout
+    assert gpu["cpu"].device_peak_bytes < gpu["none"].device_peak_bytes
+    assert gpu["cpu"].device_peak_bytes >= weights["weights outside the blocks"] + weights["one decoder block"]
+    assert gpu["cpu"].host_peak_bytes >= IMPORTS_BYTES + weights["blocks in host memory"]
+    on_cpu = {o: estimate_prune(Target(shape, torch.float32, torch.device("cpu"), o), cal, recipe, None)
+              for o in ("none", "cpu")}  # the host is the device: the block that runs is a second copy
+    assert on_cpu["cpu"].host_peak_bytes - on_cpu["none"].host_peak_bytes == shape.largest_block_params * 4

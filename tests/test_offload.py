@@ -401,3 +401,66 @@ def test_offloaded_masks_equal_in_memory_block_by_block(family, depths, tmp_path
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     if family == "llama":
         assert 0 < peak <= block_bytes(base)  # one block read at a time
+
+
+# --- --offload cpu: blocks in host memory, one copied to the device at a time ------------------------------
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_host_offload_equals_in_memory_and_the_device_holds_one_block(depths, recipe, tmp_path, text_file):
+    """On this CPU-only machine the 'device' copy is still a separate copy, so a pruned block that were not
+    written back to host memory would be lost and the saved weights would differ."""
+    peaks = {}
+    for n, folder in depths.items():
+        entry, state, report, _ = run(folder, "none", recipe, tmp_path / f"mem{n}", text_file)
+        host_entry, host_state, host_report, peaks[n] = run(folder, "cpu", recipe, tmp_path / f"cpu{n}", text_file)
+        assert_same_stats(entry, host_entry, n)
+        assert state.keys() == host_state.keys()
+        assert all(torch.equal(state[k], host_state[k]) for k in state), "saved weights differ"
+        assert report.layers == host_report.layers and 0.45 < host_report.overall < 0.55
+    one = block_bytes(depths[3])
+    assert 0 < peaks[3] <= one and 0 < peaks[12] <= one
+
+
+def test_host_offload_several_methods_perplexity_and_masks(depths, tmp_path, text_file):
+    """The engine sees a model loaded whole: a dense snapshot serves several recipes, evaluation runs the
+    model's own forward (each block copied over by its hooks), masks apply in host memory."""
+    from transformers import AutoModelForCausalLM
+
+    from zprune_cli.exports import export
+    from zprune_cli.pruning import prune_with_masks
+
+    calibration = Calibration(data=str(text_file), nsamples=3, seqlen=24, seed=0)
+    states = {}
+    for offload in ("none", "cpu"):
+        settings = Settings(cache_dir=tmp_path / "cache", device="cpu", dtype="float32", offload=offload)
+        prune(str(depths[3]), [PruneRecipe("wanda", 0.5), PruneRecipe("sparsegpt", 0.5, propagate="pruned")],
+              calibration=calibration, out=tmp_path / offload, settings=settings)
+        states[offload] = {m: AutoModelForCausalLM.from_pretrained(tmp_path / offload / m).state_dict()
+                           for m in ("wanda", "sparsegpt")}
+    for method, state in states["none"].items():
+        assert all(torch.equal(v, states["cpu"][method][k]) for k, v in state.items()), method
+    whole, _ = eval_ppl(tmp_path / "none" / "wanda", "none", text_file, tmp_path / "m")
+    host, peak = eval_ppl(tmp_path / "none" / "wanda", "cpu", text_file, tmp_path / "c")
+    assert host["ppl:corpus.txt"] == whole["ppl:corpus.txt"] and host["sparsity"] == whole["sparsity"]
+    assert 0 < peak <= block_bytes(depths[3])
+    export(tmp_path / "none" / "wanda", tmp_path / "masks", format="masks")
+    outcome = prune_with_masks(str(depths[3]), tmp_path / "masks", settings=Settings(
+        cache_dir=tmp_path / "cache", device="cpu", dtype="float32", offload="cpu"))
+    assert outcome.provenance.overall_sparsity == 0.5
+
+
+def test_a_gpu_too_small_for_the_weights_keeps_the_blocks_on_the_host(depths, monkeypatch, caplog):
+    import logging
+
+    from zprune_cli.models import offload_host
+    from zprune_cli.models.handle import ModelHandle
+    from zprune_cli.models.offload import offloaded
+
+    monkeypatch.setattr(offload_host, "_fits", lambda model, device: False)  # as mem_get_info would say
+    monkeypatch.setattr(offload_host, "_free", lambda device: 2**20)
+    handle = ModelHandle(str(depths[3]), "cpu", "float32")
+    with caplog.at_level(logging.WARNING, logger="zprune"):
+        model = handle.model
+    assert handle.offload == "cpu" and isinstance(offloaded(model), offload_host.HostBlocks)
+    assert any("do not fit the free memory" in r.getMessage() and "--offload cpu" in r.getMessage()
+               for r in caplog.records)

@@ -82,6 +82,8 @@ def _mode(e: Estimate) -> tuple[str, str, str]:
     """The row naming the memory mode the estimate is for."""
     if e.offload == "disk":
         return ("offload", "disk", f"decoder blocks read from the checkpoint one at a time (of {e.n_blocks})")
+    if e.offload == "cpu":
+        return ("offload", "cpu", f"decoder blocks in host memory, copied to the device one at a time (of {e.n_blocks})")
     return ("offload", "none", "the whole model in memory")
 
 
@@ -90,7 +92,7 @@ def show(c: Common, e: Estimate) -> None:
     if c.json:
         emit_json({"dry_run": True, **e.as_dict()})
         return
-    mode = ", --offload disk" if e.offload == "disk" else ""
+    mode = f", --offload {e.offload}" if e.offload != "none" else ""
     table = Table(title=escape(f"dry run: zprune {e.command} {e.model} ({e.dtype} on {e.device}{mode}); no weights "
                                "loaded, nothing written"), title_justify="left")
     for name, justify in (("", "left"), ("estimate", "right"), ("detail", "left")):

@@ -26,7 +26,7 @@ Device = Annotated[Optional[str], typer.Option("--device", help="auto (cuda if a
 Dtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-Offload = Annotated[str, typer.Option("--offload", help="none, or disk: read each decoder block from the safetensors checkpoint only while it runs (memory of one block, whatever the depth).")]
+Offload = Annotated[str, typer.Option("--offload", help="none; cpu: keep the decoder blocks in host memory and copy each to the device while it runs (device memory of one block; chosen by itself when a GPU is too small); disk: read each block from the safetensors checkpoint only while it runs (host memory of one block too).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="From the config alone, print the expected peak memory, store size, disk and forward passes; load no weights, write nothing.")]
 
 DEFAULTS = {"model": DEFAULT_MODEL}

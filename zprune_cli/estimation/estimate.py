@@ -23,7 +23,8 @@ from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.settings import Calibration
 
 HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot", "block being read",
-             "block in output dtype", "last shard in output dtype")  # the last three: --offload disk
+             "block in output dtype", "last shard in output dtype",  # these three: --offload disk
+             "blocks in host memory", "blocks in output dtype")  # these two: --offload cpu
 # Files saved beside the weights besides the tokenizer: config, generation config, zprune.json, model card.
 SAVED_FILES_BYTES = 12_000
 SAVED_BYTES_PER_LAYER = 80  # zprune.json and the model card list each pruned layer's sparsity
@@ -99,6 +100,9 @@ def _host_steps(t: Target, cal: Calibration, out_dtype: torch.dtype | None = Non
     host = {"loading": _loading(t), "writing block inputs": _writing_inputs(t, cal)}
     if t.offload == "disk":
         host.update(t.footprint.offload_host(out_dtype))
+    if t.offload == "cpu":  # every step holds the blocks on the host
+        blocks = {"blocks in host memory": t.shape.blocks_params * t.footprint.d}
+        host = {name: {**parts, **blocks} for name, parts in host.items()}
     return host
 
 
@@ -126,6 +130,9 @@ def _notes(t: Target) -> list[str]:
     if t.offload == "disk":
         notes.append("--offload disk: the weights outside the decoder blocks stay loaded, the blocks are read from "
                      "the checkpoint one at a time (the largest is counted)")
+    if t.offload == "cpu":
+        notes.append("--offload cpu: the decoder blocks stay in host memory and one at a time (the largest is "
+                     "counted) is copied to the device")
     return notes
 
 

@@ -34,7 +34,7 @@ class Footprint:
 
     shape: ModelShape
     dtype: torch.dtype
-    offload: str = "none"  # "disk": the decoder blocks stay in the checkpoint and are read one at a time
+    offload: str = "none"  # "disk": blocks read from the checkpoint one at a time; "cpu": copied from host memory
 
     @property
     def d(self) -> int:
@@ -53,6 +53,10 @@ class Footprint:
         """The weights held while the blocks run: the whole model; with --offload disk the weights outside the
         blocks (read at load and kept: models/offload_load.py) and the one block that runs (the largest), with
         the file's copy of it while it is read and converted."""
+        if self.offload == "cpu":  # the blocks stay in host memory, the one that runs is copied to the device
+            return {"weights outside the blocks": self.outside_params * self.d,
+                    "one decoder block": self.shape.largest_block_params * self.d,
+                    "blocks in host memory": self.shape.blocks_params * self.d}
         if self.offload != "disk":
             return {"model": self.model}
         return {"weights outside the blocks": self.outside_params * self.d,
@@ -60,7 +64,12 @@ class Footprint:
                 "block being read": self.converting(self.shape.largest_block_params)}
 
     def loading(self) -> dict[str, int]:
-        """On the host, while the model is built: every weight, or with --offload disk those outside the blocks."""
+        """On the host, while the model is built: every weight, or with --offload disk those outside the blocks
+        (with --offload cpu the device gets only those outside the blocks)."""
+        if self.offload == "cpu":
+            return {"weights outside the blocks": self.outside_params * self.d,
+                    "blocks in host memory": self.shape.blocks_params * self.d,
+                    "loader's transient copies": self.load_extra()}
         if self.offload != "disk":
             return {"model": self.model, "loader's transient copies": self.load_extra()}
         return {"weights outside the blocks": self.outside_params * self.d,
@@ -147,6 +156,12 @@ class Footprint:
         if self.offload == "disk":  # the blocks are written already: the weights outside them, in the last shard
             cast = self.outside_params * out if out_dtype != self.dtype else 0
             return {"weights outside the blocks": self.outside_params * self.d, "last shard in output dtype": cast,
+                    "tensor being written": self.shape.largest_tensor * out}
+        if self.offload == "cpu":  # each tensor is cast where it lives: the blocks on the host
+            outside, blocks = self.outside_params, self.shape.blocks_params
+            return {"weights outside the blocks": outside * self.d, "blocks in host memory": blocks * self.d,
+                    "outside weights in output dtype": outside * out if out_dtype != self.dtype else 0,
+                    "blocks in output dtype": blocks * out if out_dtype != self.dtype else 0,
                     "tensor being written": self.shape.largest_tensor * out}
         cast = self.shape.params * out if out_dtype != self.dtype else 0
         return {"model": self.model, "rebuilt model": self.model if self.shape.gguf else 0,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.models.offload import offloaded
 
 SHIPPED_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 DATA_DIR_PLACEHOLDER = "__ZPRUNE_DATA_DIR__"
@@ -181,7 +182,7 @@ def zeroshot(
         with _hf_offline() if all_local else nullcontext():
             with quiet_lm_eval():
                 loaded = _load_tasks(task_manager, tasks, all_local, ours)
-            if device is not None:
+            if device is not None and offloaded(model) is None:  # blocks kept on the host move one at a time
                 model.to(device)
             with quiet_lm_eval():
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

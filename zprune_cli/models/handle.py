@@ -7,7 +7,7 @@ from functools import cached_property
 import torch
 
 from zprune_cli.models.load import load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
-from zprune_cli.models.offload import check_offload, refuse_unreadable
+from zprune_cli.models.offload import check_offload, offloaded, refuse_unreadable
 from zprune_cli.models.offload_load import load_offloaded
 from zprune_cli.progress import NullProgress
 from zprune_cli.models.resolve import ModelSource, resolve_model
@@ -19,7 +19,7 @@ class ModelHandle:
     def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False,
                  offload: str = "none"):
         self.source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision, trust_remote_code)
-        self.offload = check_offload(offload)  # "disk": decoder blocks read from safetensors only while they run
+        self.offload = check_offload(offload)  # "disk": blocks read from safetensors while they run; "cpu": from host memory
         if self.offload == "disk":
             refuse_unreadable(self.source)  # before any data is read or any work is done
         self.device: torch.device = resolve_device(device)
@@ -46,8 +46,12 @@ class ModelHandle:
         if self._loaded is None:
             progress = self.progress or NullProgress()
             with progress.task(f"Loading {self.source.spec} on {self.device} as {self.dtype_name}", None):
-                loader = load_offloaded if self.offload == "disk" else load_model
-                self._loaded = loader(self.source, self.device, self.dtype)
+                if self.offload == "disk":
+                    self._loaded = load_offloaded(self.source, self.device, self.dtype)
+                else:
+                    self._loaded = load_model(self.source, self.device, self.dtype, self.offload)
+                    if offloaded(self._loaded[0]) is not None:  # a GPU too small for the weights chose it
+                        self.offload = "cpu"
         return self._loaded
 
     @cached_property

@@ -70,14 +70,18 @@ def load_tokenizer(source: ModelSource):
         raise ZpruneError(f"could not load the tokenizer of {source.spec}: {first_line(exc)}") from exc
 
 
-def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype):
-    """Return (model, tokenizer), the model in eval mode on `device` with no KV cache."""
+def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, offload: str = "none"):
+    """Return (model, tokenizer), the model in eval mode on `device` with no KV cache; with offload "cpu" (or on
+    a GPU too small for it) its decoder blocks stay in host memory, one copied to `device` at a time."""
     from transformers import AutoModelForCausalLM
+
+    from zprune_cli.models.offload_host import HOST, place
 
     if source.is_local and source.gguf_file is None and _compressed_export(source.location):
         from zprune_cli.models import pretrained
 
-        model = pretrained.load_pretrained(source.location, device, dtype)
+        model = pretrained.load_pretrained(source.location, HOST, dtype)
+        place(model, device, offload)
         model.config.use_cache = False
         return model, pretrained.load_tokenizer(source.location)
     kwargs = _common_kwargs(source)
@@ -90,7 +94,8 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype):
         if not source.is_local:
             hint = " (no network? pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 with a cached copy)"
         raise ZpruneError(f"could not load model {source.spec}: {first_line(exc)}{hint}") from exc
-    model.to(device=device, dtype=dtype)
+    model.to(dtype=dtype)
+    place(model, device, offload)
     model.eval()
     model.config.use_cache = False
     logging.getLogger("zprune").debug("loaded %s on %s as %s", source.spec, device, dtype)

@@ -1,4 +1,5 @@
-"""`--offload disk`: a model whose decoder blocks live on disk until they run.
+"""`--offload disk`: a model whose decoder blocks live on disk until they run (`--offload cpu`, blocks kept in
+host memory instead, is models/offload_host.py, on the same `BlockResidency`).
 
 DESIGN section 0: one decoder block in memory at a time, whatever the model's depth. The skeleton is
 built on the meta device (buffers such as rotary inv_freq stay real), the weights outside the blocks
@@ -25,7 +26,7 @@ from zprune_cli.models.blocks import block_prefix, find_blocks
 from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.resolve import ModelSource
 
-OFFLOAD_MODES = ("none", "disk")
+OFFLOAD_MODES = ("none", "cpu", "disk")
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -49,7 +50,7 @@ TRACKER = MemoryTracker()
 
 def check_offload(mode: str) -> str:
     if mode not in OFFLOAD_MODES:
-        raise ZpruneUsageError(f"unknown --offload '{mode}' (use none or disk)")
+        raise ZpruneUsageError(f"unknown --offload '{mode}' (use none, cpu or disk)")
     return mode
 
 
@@ -91,15 +92,73 @@ def read_tensors(folder: Path, files: dict[str, str], names: list[str]) -> dict[
     return out
 
 
-class OffloadedBlocks:
-    """The decoder blocks of one offloaded model: materialise, release, hold, and hooks that do both."""
+class BlockResidency:
+    """One decoder block at a time on the device: `hold` and forward hooks materialise a block and release it.
+    Subclasses say where the blocks live between runs (`materialise`, `release`)."""
 
-    def __init__(self, model: nn.Module, folder: Path, files: dict[str, str], layout: CheckpointLayout, device, dtype):
+    def __init__(self, model: nn.Module, device):
         self.blocks_name, self.blocks = find_blocks(model)
-        self.folder, self.files, self.layout, self.device, self.dtype = folder, files, layout, device, dtype
+        self.device = device
         self.held: set[int] = set()
         self.auto: set[int] = set()  # materialised by a pre-hook, released by the forward hook
         self.listeners: list[Callable[[int, str, nn.Module], None]] = []
+
+    def attach(self, model: nn.Module) -> None:
+        for i, block in enumerate(self.blocks):
+            block.register_forward_pre_hook(self._pre_hook(i))
+            block.register_forward_hook(self._post_hook(i))
+        model._zprune_offload = self
+
+    def is_materialised(self, index: int) -> bool:
+        raise NotImplementedError
+
+    def materialise(self, index: int) -> None:
+        raise NotImplementedError
+
+    def release(self, index: int, changed: bool = False) -> None:
+        """Take block `index` off the device; `changed`: the engine finished changing it (pruned)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def hold(self, index: int, done: bool = False) -> Iterator[nn.Module]:
+        self.materialise(index)
+        self.held.add(index)
+        self.auto.discard(index)  # a forward stopped early (at block 0) never reached its releasing hook
+        finished = False
+        try:
+            yield self.blocks[index]
+            if done:  # only a block that finished cleanly is handed to a streaming save
+                for listener in self.listeners:
+                    listener(index, block_prefix(self.blocks_name, index), self.blocks[index])
+                finished = True
+        finally:
+            self.held.discard(index)
+            self.release(index, changed=finished)
+
+    def _pre_hook(self, index: int):
+        def hook(module, args):
+            if index not in self.held and not self.is_materialised(index):
+                self.materialise(index)
+                self.auto.add(index)
+
+        return hook
+
+    def _post_hook(self, index: int):
+        def hook(module, args, output):
+            if index in self.auto and index not in self.held:
+                self.auto.discard(index)
+                self.release(index)
+
+        return hook
+
+
+class OffloadedBlocks(BlockResidency):
+    """--offload disk: each block read from the checkpoint while it runs, then dropped (a pruned block has been
+    handed to the streaming save by then)."""
+
+    def __init__(self, model: nn.Module, folder: Path, files: dict[str, str], layout: CheckpointLayout, device, dtype):
+        super().__init__(model, device)
+        self.folder, self.files, self.layout, self.dtype = folder, files, layout, dtype
         targets = set(layout.target.values())
         for i, block in enumerate(self.blocks):
             prefix = block_prefix(self.blocks_name, i)
@@ -107,8 +166,7 @@ class OffloadedBlocks:
             if missing:
                 raise ZpruneError(f"the checkpoint names none of {', '.join(missing[:3])}; --offload disk needs a "
                                   "checkpoint saved with the model's own parameter names")
-            block.register_forward_pre_hook(self._pre_hook(i))
-            block.register_forward_hook(self._post_hook(i))
+        self.attach(model)
 
     def is_materialised(self, index: int) -> bool:
         return not any(p.is_meta for p in self.blocks[index].parameters())
@@ -131,42 +189,12 @@ class OffloadedBlocks:
             _set_parameter(block, name, tensor)
             TRACKER.add(tensor.numel() * tensor.element_size())
 
-    def release(self, index: int) -> None:
+    def release(self, index: int, changed: bool = False) -> None:
         for name, param in list(self.blocks[index].named_parameters()):
             if not param.is_meta:
                 TRACKER.add(-param.numel() * param.element_size())
                 _set_parameter(self.blocks[index], name, torch.empty_like(param, device="meta"))
         _return_freed_heap()
-
-    @contextlib.contextmanager
-    def hold(self, index: int, done: bool = False) -> Iterator[nn.Module]:
-        self.materialise(index)
-        self.held.add(index)
-        self.auto.discard(index)  # a forward stopped early (at block 0) never reached its releasing hook
-        try:
-            yield self.blocks[index]
-            if done:  # only a block that finished cleanly is handed to a streaming save
-                for listener in self.listeners:
-                    listener(index, block_prefix(self.blocks_name, index), self.blocks[index])
-        finally:
-            self.held.discard(index)
-            self.release(index)
-
-    def _pre_hook(self, index: int):
-        def hook(module, args):
-            if index not in self.held and not self.is_materialised(index):
-                self.materialise(index)
-                self.auto.add(index)
-
-        return hook
-
-    def _post_hook(self, index: int):
-        def hook(module, args, output):
-            if index in self.auto and index not in self.held:
-                self.auto.discard(index)
-                self.release(index)
-
-        return hook
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -193,7 +221,7 @@ def _set_parameter(block: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
 
 
-def offloaded(model: nn.Module) -> OffloadedBlocks | None:
+def offloaded(model: nn.Module) -> BlockResidency | None:
     return getattr(model, "_zprune_offload", None)
 
 
@@ -213,7 +241,7 @@ def on_done(model: nn.Module, listener: Callable[[int, str, nn.Module], None]) -
     """Call listener(index, prefix, block) for each block finished under held(..., done=True)."""
     state = offloaded(model)
     if state is None:
-        raise ZpruneError("a streaming save needs a model loaded with --offload disk")
+        raise ZpruneError("a streaming save needs a model loaded with --offload disk")  # never --offload cpu: see pruning.py
     state.listeners.append(listener)
     try:
         yield
