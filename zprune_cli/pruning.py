@@ -15,7 +15,8 @@ from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.model_card import model_card
 from zprune_cli.formats.masks import checked_masks, zero_masked
-from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, find_linears, stored_tensor_name
+from zprune_cli.evaluation.blockwise import BlockwiseSparsity
+from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.models.offload import held, on_done
@@ -188,17 +189,16 @@ def prune_with_masks(
             stream.provenance = _masks_provenance(handle, source, masks, _mask_blocks(handle.model, by_owner))
         return MaskOutcome(len(by_owner), target, stream.provenance)
     zero_masked(handle.model, by_owner)
-    provenance = _masks_provenance(handle, source, masks, count_zeros(_masked_layers(handle.model, "", by_owner)))
+    provenance = _masks_provenance(handle, source, masks, count_zeros(_masked_layers(handle.model, by_owner)))
     if target is not None:
         provenance = save_pruned(handle, provenance, target, overwrite, progress, dtype)
     return MaskOutcome(len(by_owner), target, provenance)
 
 
-def _masked_layers(module: nn.Module, prefix: str, by_owner: dict) -> dict[str, nn.Module]:
-    """The pruned layers of `module` (the model, or one block under `prefix`) whose tensors the masks name:
-    Linear modules, or fused expert tensors, counted expert by expert."""
-    layers = block_linears(module) if not prefix else {prefix + n: m for n, m in find_linears(module).items()}
-    return {name: layer for name, layer in layers.items()
+def _masked_layers(model: nn.Module, by_owner: dict) -> dict[str, nn.Module]:
+    """The pruned layers whose tensors the masks name: Linear modules, or fused expert tensors, counted expert
+    by expert (names only are read: an offloaded model's blocks may still be on disk)."""
+    return {name: layer for name, layer in block_linears(model).items()
             if stored_tensor_name(name, layer).removesuffix(".weight") in by_owner}
 
 
@@ -206,15 +206,13 @@ def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
     """Zero each block's masked weights while it is read from disk, count them, hand the block on."""
     blocks_name, blocks = find_blocks(model)
     zero_masked(model, {m: v for m, v in by_owner.items() if not m.startswith(f"{blocks_name}.")})
-    counted: dict[str, dict] = {}
+    counting = BlockwiseSparsity(list(_masked_layers(model, by_owner)))
     for index, block in enumerate(blocks):
         prefix = block_prefix(blocks_name, index)
         with held(model, index, done=True):
             zero_masked(model, {m: v for m, v in by_owner.items() if m.startswith(prefix)})
-            counted.update(count_zeros(_masked_layers(block, prefix, by_owner))["layers"])
-    params = sum(v["params"] for v in counted.values())
-    zeros = sum(v["params"] - v["nonzeros"] for v in counted.values())
-    return {"layers": counted, "sparsity": zeros / params if params else 0.0}
+            counting(index, prefix, block)
+    return counting.result()
 
 
 def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: dict) -> Provenance:
