@@ -121,3 +121,24 @@ def test_compare_five_methods_with_plot(smol, tmp_path):
     dense = next(r for r in outcome.rows if r["method"] == "dense")["metrics"]["ppl:wikitext2"]
     assert dense == pytest.approx(wikitext_ppl(handle), rel=1e-6)  # compare left the dense weights in place
     snapshot.restore()
+
+
+def test_the_gguf_header_is_parsed_twice_not_four_times(monkeypatch):
+    """Config, model and tokenizer of one GGUF file: one header parse for the metadata (shared by the config,
+    the model's own config and the tokenizer), one to read the tensors. transformers alone parses it 4 times."""
+    import gguf.gguf_reader
+
+    from zprune_cli.models import gguf_metadata
+
+    parses = []
+    build = gguf.gguf_reader.GGUFReader._build_fields
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "_build_fields",
+                        lambda self, *a, **k: (parses.append(1), build(self, *a, **k))[1])
+    monkeypatch.setattr(gguf_metadata, "_METADATA", {})
+    handle = ModelHandle("smollm2-135m", "cpu", "float32")
+    assert handle.config.num_hidden_layers == 30
+    ids = handle.tokenizer("The quick brown fox")["input_ids"]
+    with torch.inference_mode():
+        logits = handle.model(torch.tensor([ids])).logits
+    assert len(parses) == 2 and bool(torch.isfinite(logits).all())
+    assert gguf.GGUFReader is gguf.gguf_reader.GGUFReader  # transformers' reader is back in place

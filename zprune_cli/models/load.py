@@ -12,6 +12,7 @@ from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.hub import check_reachable
 from zprune_cli.models.resolve import ModelSource
+from zprune_cli.models.gguf_metadata import gguf_metadata_once
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -64,7 +65,7 @@ def load_tokenizer(source: ModelSource):
 
     kwargs = _common_kwargs(source)
     try:
-        with quiet_transformers():
+        with quiet_transformers(), gguf_metadata_once():
             return AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:
         raise ZpruneError(f"could not load the tokenizer of {source.spec}: {first_line(exc)}") from exc
@@ -87,7 +88,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, of
     kwargs = _common_kwargs(source)
     check_hub_reachable(source)
     try:
-        with quiet_transformers():
+        with quiet_transformers(), gguf_metadata_once():
             model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         hint = ""
@@ -158,7 +159,7 @@ def load_config(source: ModelSource):
 
     check_hub_reachable(source)
     try:
-        with quiet_transformers():
+        with quiet_transformers(), gguf_metadata_once():
             return AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
     except (OSError, ValueError) as exc:
         hint = "" if source.is_local else " (offline? pass a local folder or .gguf file, or a model already in the hub cache)"
