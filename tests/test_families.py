@@ -7,11 +7,13 @@ bit for bit, and scored (finite perplexity). Sparsity is counted on every prunab
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from conftest import FAMILIES, MORE_FAMILIES, byte_tokenizer, save_tiny
@@ -211,3 +213,7 @@ def test_offloaded_prune_saves_what_the_in_memory_prune_saves(family, tmp_path, 
         states[offload] = load_pretrained(tmp_path / offload).state_dict()
     assert states["disk"].keys() == states["none"].keys()
     assert all(torch.equal(states["disk"][k], states["none"][k]) for k in states["none"]), family
+    stored = {o: set(json.loads((tmp_path / o / "model.safetensors.index.json").read_text())["weight_map"])
+              if o == "disk" else set(safe_open(str(tmp_path / o / "model.safetensors"), "pt").keys())
+              for o in ("none", "disk")}
+    assert stored["disk"] == stored["none"], family  # the same layout on disk (Mixtral: experts one tensor each)

@@ -19,6 +19,17 @@ from zprune_cli.staging import readable_mode
 INDEX_FILE = "model.safetensors.index.json"
 
 
+def _as_saved(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors under the names and in the layout `save_pretrained` writes (it reverts transformers' load-time
+    conversions shard by shard: MoE experts one tensor per expert and projection, as Mixtral checkpoints hold
+    them and serving engines read them), so a block-by-block save and a whole-model save hold the same files."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: the model's names are the checkpoint's
+        return state
+    return revert_weight_conversion(model, state)
+
+
 class StreamingSave:
     """Listener for models.offload.on_done: writes a block's tensors when the engine finishes with it."""
 
@@ -37,7 +48,7 @@ class StreamingSave:
 
         name = f"model-{shard + 1:05d}-of-{self.n_shards:05d}.safetensors"
         tensors = {}
-        for key, tensor in state.items():
+        for key, tensor in _as_saved(self.model, state).items():
             tensor = tensor.detach().to("cpu")
             if self.dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self.dtype)
