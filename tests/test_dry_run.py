@@ -296,15 +296,19 @@ def test_offloaded_dry_run_takes_several_methods_and_owl(tiny_dir, text_file, tm
     assert two["host_peak_bytes"] == one["host_peak_bytes"]  # no dense snapshot beside the offloaded blocks
 
 
+def wanda_estimates(folder, device: str, dtype, modes, out_dtype):
+    """(shape, {offload mode: estimate}) of a Wanda 50% prune of `folder` on `device` (arithmetic only)."""
+    handle = zp.ModelHandle(str(folder), "cpu", "float32")
+    shape = model_shape(handle.config, handle.source)
+    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
+    return shape, {o: estimate_prune(Target(shape, dtype, torch.device(device), o), cal, [zp.PruneRecipe("wanda", 0.5)],
+                                     out_dtype) for o in modes}
+
+
 def test_offload_on_an_accelerator_keeps_reading_and_writing_on_the_host(deep_dir):
     """Arithmetic only, as for the model in memory: the device holds the weights outside the blocks and one
     block, the host the bytes read from the checkpoint and each block coming back to be written."""
-    handle = zp.ModelHandle(str(deep_dir), "cpu", "float32")
-    shape = model_shape(handle.config, handle.source)
-    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
-    recipe = [zp.PruneRecipe("wanda", 0.5)]
-    gpu = {o: estimate_prune(Target(shape, torch.bfloat16, torch.device("cuda"), o), cal, recipe, torch.float32)
-           for o in ("none", "disk")}
+    shape, gpu = wanda_estimates(deep_dir, "cuda", torch.bfloat16, ("none", "disk"), torch.float32)
     assert gpu["disk"].device_peak_bytes < gpu["none"].device_peak_bytes
     weights = Target(shape, torch.bfloat16, torch.device("cuda"), "disk").footprint.weights()
     assert gpu["disk"].device_peak_bytes >= weights["weights outside the blocks"] + weights["one decoder block"]
@@ -312,18 +316,12 @@ def test_offload_on_an_accelerator_keeps_reading_and_writing_on_the_host(deep_di
 
 
 def test_host_offload_puts_one_block_on_the_accelerator_and_every_block_on_the_host(deep_dir):
-    handle = zp.ModelHandle(str(deep_dir), "cpu", "float32")
-    shape = model_shape(handle.config, handle.source)
-    cal = zp.Calibration("c4-sample", nsamples=4, seqlen=64)
-    recipe = [zp.PruneRecipe("wanda", 0.5)]
-    gpu = {o: estimate_prune(Target(shape, torch.bfloat16, torch.device("cuda"), o), cal, recipe, torch.float32)
-           for o in ("none", "cpu")}
+    shape, gpu = wanda_estimates(deep_dir, "cuda", torch.bfloat16, ("none", "cpu"), torch.float32)
     weights = Target(shape, torch.bfloat16, torch.device("cuda"), "cpu").footprint.weights()
     assert weights["one decoder block"] == shape.largest_block_params * 2  # bfloat16
     # the device holds one block where it held them all; the host holds every block throughout
     assert gpu["cpu"].device_peak_bytes < gpu["none"].device_peak_bytes
     assert gpu["cpu"].device_peak_bytes >= weights["weights outside the blocks"] + weights["one decoder block"]
     assert gpu["cpu"].host_peak_bytes >= IMPORTS_BYTES + weights["blocks in host memory"]
-    on_cpu = {o: estimate_prune(Target(shape, torch.float32, torch.device("cpu"), o), cal, recipe, None)
-              for o in ("none", "cpu")}  # the host is the device: the block that runs is a second copy
+    _, on_cpu = wanda_estimates(deep_dir, "cpu", torch.float32, ("none", "cpu"), None)  # the block that runs: a second copy
     assert on_cpu["cpu"].host_peak_bytes - on_cpu["none"].host_peak_bytes == shape.largest_block_params * 4
