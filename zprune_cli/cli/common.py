@@ -12,7 +12,8 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from zprune_cli.cli.output import error, progress_for, setup_logging
+from zprune_cli.cli.output import error, setup_logging
+from zprune_cli.cli.progress import progress_for
 from zprune_cli.cli import Terminated, interrupted, swallowed_signal
 from zprune_cli import distributed
 from zprune_cli.errors import ZpruneUsageError, translate
@@ -38,7 +39,8 @@ class Common:
 
     @property
     def progress(self):
-        return progress_for(self.quiet or self.json and not os.environ.get("ZPRUNE_PROGRESS_WITH_JSON"))
+        # JSON goes to stdout, progress to stderr: they never meet, so only --quiet silences progress
+        return progress_for(self.quiet)
 
     @property
     def cache_dir(self) -> Path:
