@@ -38,6 +38,7 @@ def get_method(name: str, **options: object) -> Method:
 
 
 def _method_class(name: str) -> type[Method]:
-    if name not in METHODS:
+    key = name.strip().lower() if isinstance(name, str) else name  # `--method Wanda` is wanda
+    if key not in METHODS:
         raise ZpruneUsageError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
-    return METHODS[name]
+    return METHODS[key]
