@@ -43,3 +43,15 @@ def test_a_new_method_appears_by_itself(monkeypatch):
     lines = root_help().splitlines()
     assert "  newmethod  New pruner (Someone, 2026)" in lines
     assert "  wanda      Wanda (Sun et al., 2023)" in lines  # no title: its module docstring's, to the colon
+
+
+def test_compare_json_is_format_json(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZPRUNE_HOME", str(tmp_path))
+    text = " ".join(runner.invoke(app, ["compare", "--help"]).stdout.split())
+    assert "--json The same as --format json" in text and "json (what --json means)" in text
+    shown = [runner.invoke(app, args) for args in (["compare", "--show", "--json"], ["--json", "compare", "--show"],
+                                                   ["compare", "--show", "--format", "json"])]
+    assert [r.exit_code for r in shown] == [0, 0, 0] and len({r.stdout for r in shown}) == 1
+    refused = runner.invoke(app, ["--json", "compare", "--show", "--format", "md"])
+    assert refused.exit_code == 2 and refused.stderr.splitlines() == [
+        "error: --json means --format json and contradicts --format md; give one of the two"]
