@@ -108,7 +108,9 @@ def test_prune_arguments(world, tmp_path, args, code, needle):
 
 
 DATA_CASES = [
-    ("no-such-dir/file.txt", 2, "unknown data"),
+    ("no-such-dir/file.txt", 2, "no such file: no-such-dir/file.txt"),
+    ("nosuchfile.txt", 2, "no such file: nosuchfile.txt"),
+    ("c5", 2, "unknown data 'c5': use one of wikitext2, c4, ptb"),
     ("folder", 2, "is not a file"),
     ("notes.csv", 2, "unknown type"),
     ("empty.txt", 2, "empty"),
