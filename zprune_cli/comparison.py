@@ -98,7 +98,7 @@ def compare(
     store = ResultsStore(results_path(settings.cache_dir))
     result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
     run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
-    protocols = expected_protocols(plan, handle)
+    protocols = expected_protocols(plan, handle, settings.cache_dir)  # remembered: a re-run parses no tokenizer
     computed = skipped = 0
     snapshot = None
     with progress.task(f"Grid of {len(recipes) + 1} cells", len(recipes) + 1) as grid_task:
