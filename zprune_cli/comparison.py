@@ -167,25 +167,39 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     one calibration; rows of different groups are never ranked together. The dense model's rows join
     every group measured under the same evaluation setup. Each row says its group (`group`, and the
     `protocol` in words) and which of its metrics are the best of its sparsity and pattern (`best`).
+
+    With `protocols` (a grid's metric -> protocol) the rows are the grid's view: only metrics measured
+    under those protocols (and sparsity, which has none) count, a row with none of them is left out, and
+    every row is grouped under the grid's protocols rather than the settings of the run that recorded it.
+    So a dense row an earlier `eval` measured under another protocol opens no group of its own, and one
+    measured under the same protocol (by `eval`, or spelled differently) joins the grid's group.
     """
+    grid = json.dumps(protocols, sort_keys=True, default=str) if protocols else None
     cells: dict[tuple, dict] = {}
     for r in store.query(model=model, fingerprint=fingerprint):
-        if r["method"] != "dense" and stats_key is not None and r["stats_key"] != stats_key:
-            continue
-        if protocols is not None and _expected(protocols, r["metric"]) not in (None, r["protocol"]):
-            continue
-        if metric is not None and not (r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"):
+        if not _kept(r, stats_key, protocols, metric):
             continue
         # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
         identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
-        key = (r["fingerprint"], _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
+        key = (r["fingerprint"], grid or _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
         row = cells.setdefault(key, _row(r))
         if r["created"] >= row["_created"].get(r["metric"], ""):
             row["metrics"][r["metric"]] = r["value"]
             row["_created"][r["metric"]] = r["created"]
             row["_protocols"][r["metric"]] = r["protocol"]
             row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
+    if grid is not None:  # a cell whose only number here is its sparsity was measured under other protocols
+        cells = {key: row for key, row in cells.items() if set(row["metrics"]) - {"sparsity"}}
     return _grouped(cells)
+
+
+def _kept(r: dict, stats_key: str | None, protocols: dict[str, dict] | None, metric: str | None) -> bool:
+    """Whether a stored row belongs in the leaderboard asked for (see `leaderboard`)."""
+    if r["method"] != "dense" and stats_key is not None and r["stats_key"] != stats_key:
+        return False
+    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != r["protocol"]:
+        return False
+    return metric is None or r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"
 
 
 def _expected(protocols: dict[str, dict], metric: str) -> dict | None:
