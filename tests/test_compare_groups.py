@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
@@ -54,3 +56,23 @@ def test_a_dense_eval_under_the_grid_protocol_joins_its_group(tiny_dir, text_fil
     assert [(r["method"], r["group"]) for r in rows] == [("dense", 1), ("magnitude", 1)]
     ppl = next(m["value"] for m in measured["metrics"] if m["metric"] == "ppl:corpus.txt")
     assert rows[0]["metrics"]["ppl:corpus.txt"] == ppl
+
+
+def test_a_magnitude_grid_reads_no_calibration_text(tiny_dir, text_file, cache, monkeypatch):
+    """Offline with no data folder, the default calibration text (c4) cannot be read: magnitude needs none."""
+    monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
+    command = ["compare", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.3,0.5", "--eval", str(text_file),
+               "--eval-seqlen", "32", "--max-windows", "2"]
+    result = runner.invoke(app, [*command, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["computed"], data["stats_key"]) == (3, None)
+    assert {(r["method"], r["sparsity"], r["group"]) for r in data["rows"]} == {("dense", None, 1), ("magnitude", 0.3, 1),
+                                                                                ("magnitude", 0.5, 1)}
+    assert [r["metrics"]["sparsity"] for r in data["rows"]] == pytest.approx([0.0, 0.3, 0.5], abs=1e-3)
+    assert not (cache / "stats").exists() or not any((cache / "stats").iterdir())  # no statistics entry
+    again = runner.invoke(app, command)
+    assert again.exit_code == 0, again.output
+    assert "0 cell(s) computed, 3 from the results store, no calibration (no method reads statistics)" in again.stdout
+    wanda = runner.invoke(app, [*command[:3], "wanda", *command[4:]])  # a method that reads statistics: the offline error
+    assert wanda.exit_code == 1 and "c4" in wanda.stderr

@@ -143,8 +143,8 @@ def _show(c, show_model: Optional[str], metric: Optional[str], output: Output) -
 
 
 def _render_outcome(outcome, output: Output) -> None:
-    summary = (f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, "
-               f"one calibration ({outcome.calibration_key}), {outcome.seconds:.1f}s")
+    calibration = f"one calibration ({outcome.calibration_key})" if outcome.calibration_key else "no calibration (no method reads statistics)"
+    summary = f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, {calibration}, {outcome.seconds:.1f}s"
     data = {"computed": outcome.computed, "skipped": outcome.skipped, "stats_key": outcome.calibration_key,
             "seconds": round(outcome.seconds, 3), "recipes": outcome.recipes, "rows": outcome.rows}
     output.deliver(outcome.rows, data, summary)
