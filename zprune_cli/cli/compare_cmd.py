@@ -91,7 +91,7 @@ def compare_command(
     if show:
         return _show(c, show_model, metric, output)
     request = grid_request(c, grid_values(c, locals(), grid), ignore, option, tasks_dir)
-    _run_grid(c, model_handle(model, c, revision, trust_remote_code, offload), request, force, dry_run, output)
+    _run_grid(c, model_handle(model, c, revision, trust_remote_code, offload, dry_run), request, force, dry_run, output)
 
 
 def _run_grid(c, handle, request: tuple, force: bool, dry_run: bool, output: Output) -> None:

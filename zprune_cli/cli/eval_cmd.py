@@ -56,7 +56,7 @@ def eval_command(
     evaluation = Evaluation(data=() if data == "none" else data, seqlen=seqlen, batch_size=batch_size,
                             max_windows=max_windows, tasks=tasks or (), tasks_dir=tasks_dir, num_fewshot=num_fewshot,
                             limit=limit, speed=speed)
-    handle = model_handle(target, c, revision, trust_remote_code, offload)
+    handle = model_handle(target, c, revision, trust_remote_code, offload, dry_run)
     if dry_run:
         return dry.evaluate(c, handle, evaluation, baseline)
     report = evaluate(handle, evaluation, baseline=baseline, force=force, settings=c.settings, progress=c.progress)

@@ -17,11 +17,13 @@ from zprune_cli.settings import resolve as resolve_settings
 
 class ModelHandle:
     def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False,
-                 offload: str = "none"):
+                 offload: str = "none", config_only: bool = False):
+        """`config_only`: for a dry run, which reads the config (and tokenizer) alone: a folder holding only
+        config.json is accepted with --offload disk, as it is without."""
         self.source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision, trust_remote_code)
         self.offload = check_offload(offload)  # "disk": blocks read from safetensors while they run; "cpu": from host memory
         if self.offload == "disk":
-            refuse_unreadable(self.source)  # before any data is read or any work is done
+            refuse_unreadable(self.source, config_only)  # before any data is read or any work is done
         self.device: torch.device = resolve_device(device)
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         self._loaded = None
