@@ -38,7 +38,7 @@ def compare_command(
     methods: Annotated[Optional[str], typer.Option("--method", "-m", help="Comma-separated methods (default: every method).")] = None,
     sparsity: Annotated[Optional[str], typer.Option("--sparsity", "-s", help="Comma-separated sparsities (unstructured).")] = None,
     patterns: Annotated[Optional[str], typer.Option("--pattern", "-p", help="Comma-separated: unstructured, 2:4, 4:8 (default unstructured).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, a file; none with --tasks).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, wikitext2-sample (shipped with zprune, no network), a file; none with --tasks).")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Zero-shot tasks, comma-separated.")] = None,
     tasks_dir: Annotated[Optional[str], typer.Option("--tasks-dir", help="Folder of extra lm-eval YAML tasks.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Questions per task.")] = None,

@@ -19,7 +19,7 @@ from zprune_cli.evaluation.run import Evaluation, evaluate
 def eval_command(
     ctx: typer.Context,
     target: opt.Model = opt.DEFAULTS["model"],
-    data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file; 'none' skips it (default wikitext2, or none when --tasks is given).")] = None,
+    data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity text, comma-separated: wikitext2, c4, ptb, wikitext2-sample (370 rows of the test set shipped with zprune: no network needed), or a local file; 'none' skips it (default wikitext2, or none when --tasks is given).")] = None,
     seqlen: Annotated[Optional[int], typer.Option("--eval-seqlen", help="Perplexity window length (default: min(2048, the model's maximum)).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows (or lm-eval requests) per forward pass.")] = 1,
     max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Evaluate only the first N windows.")] = None,
