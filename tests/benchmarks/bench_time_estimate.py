@@ -7,7 +7,7 @@ calibration text are timed too (tokenising once more beforehand, then taken out 
 though the estimate counts neither. The load average is printed before and after: on a shared machine the rates
 and the run both slow down, not always alike.
 
-    python tests/benchmarks/bench_time_estimate.py [--model smollm2-135m] [--method wanda] [--nsamples 8] [--seqlen 256]
+    python tests/benchmarks/bench_time_estimate.py [--model smollm2-135m] [--method wanda] [--nsamples 8] [--seqlen 256] [--threads 1]
 """
 
 from __future__ import annotations
@@ -41,8 +41,13 @@ def main(argv=None) -> None:
     p.add_argument("--method", default="wanda")
     p.add_argument("--nsamples", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the rates and the run alike (0: torch's choice)")
     args = p.parse_args(argv)
-    print(f"{library_state()}; load average before: {os.getloadavg()}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # as the other scripts: one busy core stalls two threads' barriers
+    print(f"{library_state()}; load average before: {os.getloadavg()}; threads {args.threads or 'torch default'}")
     cal, recipe = Calibration(str(C4), args.nsamples, args.seqlen, 0), PruneRecipe(method=args.method)
     handle = ModelHandle(args.model, "cpu", "auto")
     target = Target(model_shape(handle.config, handle.source), handle.dtype, handle.device)
