@@ -4,9 +4,9 @@ Two rates, because a CPU runs them at very different speeds per element:
 - a decoder block's FLOP/s: 128 tokens through a block of the model's width (capped at 1024; heads of 64,
   a gated MLP as wide, relative to it, as the model's widest input) in the run dtype on the run device,
   with the float64 sums calibration takes of each input. A bare square product runs several times faster
-  than a block does (on 2 cores a 256 x 1024 x 1024 product reached 170 GFLOP/s where SmolLM2's calibration ran
-  its blocks at 35-46): norms, the softmax, the
-  activation and the statistics are not products but take their time all the same;
+  than a block does (on 2 cores a 256 x 1024 x 1024 product reached 170 GFLOP/s where SmolLM2's calibration
+  ran its blocks at 35-46): norms, the softmax, the activation and the statistics are not products but
+  take their time all the same;
 - the pruning loop's work per weight for a score method (pipeline.py): the finite checks of the weight and
   of the result, the weight in float32, a score (|W| x a norm per input), the row's lowest half selected,
   the zeros written, the weight copied back and its zeros counted (weights/s).
