@@ -129,3 +129,13 @@ def test_the_rates_are_measured_in_tens_of_milliseconds():
     assert rates.flops_per_s > 1e8 and rates.selected_per_s > 1e4
     assert time.perf_counter() - started < 5  # about 0.1-0.2 s on a quiet 2-core machine; generous for a loaded one
     assert machine.machine_memory(torch.device("cpu")).host_bytes > 0
+
+
+def test_a_magnitude_grid_is_estimated_without_calibration(tiny_dir, text_file, fixed_machine):
+    """As the grid runs it: no calibration text, no store entry, only the evaluation passes (3 cells x 2 windows)."""
+    ev = ["--eval", text_file, "--eval-seqlen", 32, "--max-windows", 2]
+    magnitude, _ = dry("compare", tiny_dir, "--method", "magnitude", "--sparsity", "0.3,0.5", *ev)
+    wanda, _ = dry("compare", tiny_dir, "--method", "wanda", "--sparsity", "0.3,0.5", "-n", 4, "-l", 16, *ev)
+    assert (magnitude["store_bytes"], magnitude["model_passes"], magnitude["block_calls"]) == (0, 3 * 2, 3 * 2 * 2)
+    assert "calibrating" not in magnitude["work"] and "calibrating" in wanda["work"]
+    assert wanda["store_bytes"] > 0 and wanda["model_passes"] == 4 + 3 * 2

@@ -25,7 +25,7 @@ from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of, refus
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length, parse_dtype, source_dtype
 from zprune_cli.pruning import output_paths
-from zprune_cli.recipe import PruneRecipe
+from zprune_cli.recipe import PruneRecipe, needs_calibration
 from zprune_cli.settings import Calibration
 
 
@@ -68,7 +68,8 @@ def calibrate(c: Common, handle: ModelHandle, gram: bool) -> None:
 def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: Optional[Path], overwrite: bool,
           out_dtype: str) -> None:
     output_paths(out, [r.method for r in recipes], overwrite)  # an existing folder is refused as the run would
-    _check_calibration(c, handle, c.settings.calibration)
+    if needs_calibration(recipes):  # magnitude alone reads no text: the run checks none
+        _check_calibration(c, handle, c.settings.calibration)
     save = (parse_dtype(out_dtype) or source_dtype(handle.source) or handle.dtype) if out is not None else None
     show(c, _estimated(handle, lambda t: estimate_prune(t, c.settings.calibration, recipes, save)))
 
@@ -86,7 +87,8 @@ def compare(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], eval
             calibration: Calibration) -> None:
     if handle.offload == "disk":
         refuse_whole_model_work(evaluation)
-    _check_calibration(c, handle, calibration)
+    if needs_calibration(recipes):
+        _check_calibration(c, handle, calibration)
     windows = _windows(c, handle, evaluation)
     show(c, _estimated(handle, lambda t: estimate_compare(t, calibration, recipes, windows), _whole(evaluation)))
 
