@@ -59,7 +59,7 @@ def one_line_error(result, code):
 @pytest.mark.parametrize(
     "args, code, needle",
     [
-        (["no-such-org/no-such-model"], 1, "could not load model"),
+        (["no-such-org/no-such-model"], 1, "not in the local hub cache"),
         (["./missing-folder"], 2, "no model at"),
         (["{tiny}", "-n", "0"], 2, "--nsamples must be at least 1"),
         (["{tiny}", "-l", "100000"], 2, "beyond the model's maximum"),

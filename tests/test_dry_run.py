@@ -24,7 +24,7 @@ from zprune_cli.models.blocks import find_blocks
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"dry_run", "command", "model", "dtype", "device", "offload", "params", "model_bytes", "n_blocks", "device_peak_bytes",
           "host_peak_bytes", "peak_step", "peak_parts", "store_bytes", "store_bytes_without_gram", "store_bytes_with_gram",
-          "output_bytes", "model_passes", "block_calls", "notes"}
+          "output_bytes", "model_passes", "block_calls", "notes", "work", "time_estimate", "memory_check"}
 runner = CliRunner()
 
 

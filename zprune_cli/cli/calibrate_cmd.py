@@ -43,7 +43,7 @@ def calibrate_command(
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples,
                seqlen=seqlen, seed=seed)
-    handle = model_handle(model, c, revision, trust_remote_code, offload)
+    handle = model_handle(model, c, revision, trust_remote_code, offload, dry_run)
     if dry_run:
         return dry.calibrate(c, handle, gram)
     result = calibrate(handle, c.settings.calibration, gram=gram, settings=c.settings, progress=c.progress)

@@ -251,10 +251,19 @@ def local_file_for(name: str, split: str) -> str:
     return {"wikitext2": f"wikitext2/wiki.{part}.raw", "ptb": f"ptb/ptb.{part}.txt"}.get(name, f"c4/*{split}*.jsonl")
 
 
+def offline_fix(name: str, split: str) -> str:
+    """What to do when a named dataset cannot be fetched: the sample shipped with zprune first (it works with
+    no network and no download), then a local copy, then any file (or, for calibration, the model's own text).
+    Calibration reads the train split; evaluation the others."""
+    local = f"put a local copy at DIR/{local_file_for(name, split)} and pass --data-dir DIR (or ZPRUNE_DATA_DIR=DIR)"
+    if split == "train":
+        return f"use --data c4-sample (shipped with zprune, no network needed), or {local}, or --data FILE or --data self"
+    return f"use --eval wikitext2-sample (shipped with zprune, no network needed), or {local}, or --eval FILE"
+
+
 def _load_dataset(what: tuple[str, str], *args, **kwargs):
     name, split = what
-    instead = "--data FILE or --data self" if split == "train" else "--eval FILE"
-    fix = f"put a local copy at DIR/{local_file_for(name, split)} and pass --data-dir DIR (or ZPRUNE_DATA_DIR=DIR), or use {instead}"
+    fix = offline_fix(name, split)
     check_reachable(f"{name} ({split})", fix)
     try:
         from datasets import load_dataset

@@ -23,6 +23,7 @@ from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import eval_windows, perplexity
+from zprune_cli.evaluation.protocol_cache import remembered
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.models.offload import offloaded, on_done
@@ -234,16 +235,27 @@ def _speed(model, seqlen: int, batch_size: int) -> list[Metric]:
     return metrics
 
 
-def expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
-    """metric -> protocol that a finished cell has recorded (computed before any cell runs)."""
+def expected_protocols(plan: EvalPlan, handle: ModelHandle, cache_dir: Path | str | None = None) -> dict[str, dict]:
+    """metric -> protocol that a finished cell has recorded (computed before any cell runs). With `cache_dir`,
+    the perplexity protocols of a local model are remembered there (protocol_cache): a re-run reads no
+    config or tokenizer."""
+    e = plan.evaluation
+    wanted = {"seqlen": e.seqlen, "max_windows": e.max_windows,
+              "texts": [[s.name, s.split, s.identity, s.content_hash] for s in plan.sources]}
+    expected = remembered(cache_dir, handle.source, wanted, lambda: _perplexity_protocols(plan, handle))
+    for task in e.tasks:
+        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
+    return expected
+
+
+def _perplexity_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
+    if not plan.sources:
+        return {}
     seqlen = plan.seqlen_for(handle.config)  # the config alone: a fully cached re-run loads no weights
     expected = {}
     for source in plan.sources:
         windows = plan.windows(source, handle.tokenizer, seqlen)
         expected[metric_name(source)] = plan.protocol(source, seqlen, int(windows.shape[0]))
-    e = plan.evaluation
-    for task in e.tasks:
-        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
     return expected
 
 
@@ -258,7 +270,8 @@ def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, pro
     base = provenance.base_model.fingerprint if provenance else handle.source.fingerprint
     cell = {"fingerprint": base, "method": provenance.recipe.method if provenance else "dense",
             "recipe": provenance.cell_digest if provenance else None, "stats_key": provenance.stats_key if provenance else None}
-    wanted = {**expected_protocols(plan, handle), "sparsity": SPARSITY_PROTOCOL}
+    # the protocols are remembered beside the results database (the cache dir): a re-run reads no tokenizer
+    wanted = {**expected_protocols(plan, handle, store.path.parent), "sparsity": SPARSITY_PROTOCOL}
     extra = {f"acc_norm:{task}": wanted[f"acc:{task}"] for task in plan.evaluation.tasks}
     metrics = []
     for name, protocol in [*wanted.items(), *extra.items()]:

@@ -25,6 +25,22 @@ PRUNE_PRECISION = torch.float32
 METHODS: dict[str, type[Method]] = {}
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What pruning one layer costs, for --dry-run's time estimate: `flops`, matrix arithmetic (an
+    [a, b] @ [b, c] product is 2abc), and `selected`, weights passed through a score and a selection
+    (elementwise work and a k-th value, timed apart from products: on a CPU they run far slower per element)."""
+
+    flops: float = 0.0
+    selected: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.selected + other.selected)
+
+    def __mul__(self, times: float) -> Cost:
+        return Cost(self.flops * times, self.selected * times)
+
+
 @dataclass
 class PruneResult:
     """weight: same dtype and device as the input, pruned entries exactly 0. prune_mask: True = pruned."""
@@ -46,6 +62,11 @@ class Method(ABC):
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""
         raise NotImplementedError(f"{type(self).__name__} does not score weights")
+
+    def cost(self, out: int, width: int) -> Cost:
+        """The work of pruning one [out, width] weight: a score method scores and selects every weight once;
+        a method that does more (a weight update, an iterative solver) states its own."""
+        return Cost(0.0, float(out * width))
 
     def prune(
         self,

@@ -31,6 +31,13 @@ FIRST_RETRY_PERCDAMP = 1e-4
 MaskChooser = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor | None]
 
 
+def obs_flops(out: int, width: int, blocksize: int) -> float:
+    """The walk's arithmetic on one [out, width] weight: H^-1 and its Cholesky factor (three factorisations of
+    [width, width], about 4/3 width^3 together), each block's update of the columns after it (out x width^2
+    summed over the blocks) and the updates inside a block (out x width x blocksize)."""
+    return 4 / 3 * width**3 + out * width**2 + out * width * blocksize
+
+
 def upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     """U with U^T U = (H + damp I)^-1, damp = percdamp * mean(diag H). H: [in, in] -> U: [in, in].
 

@@ -20,8 +20,8 @@ import torch
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count
-from zprune_cli.methods.base import Method, PruneResult, number_option, register
-from zprune_cli.methods.obs import check_options, nm_chooser, obs_walk, unstructured_chooser
+from zprune_cli.methods.base import Cost, Method, PruneResult, number_option, register
+from zprune_cli.methods.obs import check_options, nm_chooser, obs_flops, obs_walk, unstructured_chooser
 from zprune_cli.stats.types import LayerStats
 
 
@@ -41,6 +41,10 @@ class SparseGPT(Method):
         self.blocksize = number_option(self.name, "blocksize", self.blocksize, int)
         self.percdamp = number_option(self.name, "percdamp", self.percdamp)
         check_options(self.blocksize, self.percdamp)
+
+    def cost(self, out: int, width: int) -> Cost:
+        """The column walk (obs_flops); each block's mask is chosen once over its columns."""
+        return Cost(obs_flops(out, width, self.blocksize), float(out * width))
 
     def prune(
         self,

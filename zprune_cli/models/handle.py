@@ -6,7 +6,8 @@ from functools import cached_property
 
 import torch
 
-from zprune_cli.models.load import load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
+from zprune_cli.models.load import (check_hub_reachable, load_config, load_model, load_tokenizer, resolve_device,
+                                    resolve_dtype)
 from zprune_cli.models.offload import check_offload, offloaded, refuse_unreadable
 from zprune_cli.models.offload_load import load_offloaded
 from zprune_cli.progress import NullProgress
@@ -17,11 +18,14 @@ from zprune_cli.settings import resolve as resolve_settings
 
 class ModelHandle:
     def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False,
-                 offload: str = "none"):
+                 offload: str = "none", config_only: bool = False):
+        """`config_only`: for a dry run, which reads the config (and tokenizer) alone: a folder holding only
+        config.json is accepted with --offload disk, as it is without."""
         self.source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision, trust_remote_code)
+        check_hub_reachable(self.source)  # a hub model offline: every command fails here, at once, with one line
         self.offload = check_offload(offload)  # "disk": blocks read from safetensors while they run; "cpu": from host memory
         if self.offload == "disk":
-            refuse_unreadable(self.source)  # before any data is read or any work is done
+            refuse_unreadable(self.source, config_only)  # before any data is read or any work is done
         self.device: torch.device = resolve_device(device)
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         self._loaded = None

@@ -10,7 +10,7 @@ import torch
 
 from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
-from zprune_cli.hub import check_reachable
+from zprune_cli.hub import check_reachable, in_cache, offline, quiet_hub_logging
 from zprune_cli.models.resolve import ModelSource
 from zprune_cli.models.gguf_metadata import gguf_metadata_once
 
@@ -50,6 +50,7 @@ def quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    quiet_hub_logging()  # the hub client's retry warnings go to a handler of their own, not through stderr's redirect
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -64,6 +65,7 @@ def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     kwargs = _common_kwargs(source)
+    check_hub_reachable(source)
     try:
         with quiet_transformers(), gguf_metadata_once():
             return AutoTokenizer.from_pretrained(source.location, **kwargs)
@@ -128,10 +130,12 @@ def source_dtype(source: ModelSource) -> torch.dtype | None:
         except (OSError, ValueError):
             return None
     else:
+        check_hub_reachable(source)  # the hub client alone retries for 25 s, printing each retry
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
+            with quiet_transformers():
+                config = AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
             name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         except (OSError, ValueError):
             return None
@@ -149,8 +153,15 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 
 def check_hub_reachable(source: ModelSource) -> None:
-    if not source.is_local:
+    """A hub model: the hub must answer, or with HF_HUB_OFFLINE its config must be in the local hub cache.
+    One quick line either way, the same for every command (ModelHandle checks when it resolves the spec)."""
+    if source.is_local:
+        return
+    if not offline():
         check_reachable(f"model {source.spec}", "pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 to use a cached download")
+    elif not in_cache(source.location, source.revision):
+        raise ZpruneError(f"model {source.spec} is not in the local hub cache and HF_HUB_OFFLINE is set; pass a local "
+                          "folder or .gguf file, or download it first (with a network, HF_HUB_OFFLINE unset)")
 
 
 def load_config(source: ModelSource):
