@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli.cli import options as opt
@@ -75,7 +76,7 @@ def export_command(
         table.add_row(label, _size(result[key], dense), _size(result[f"pruned_{key}"], pruned_dense))
     console.print(table)
     disk = human_bytes(result["disk_bytes"])
-    console.print(f"wrote [bold]{result['destination']}[/] ({disk} on disk, {result['seconds']:.1f}s)")
+    console.print(f"wrote [bold]{escape(result['destination'])}[/] ({disk} on disk, {result['seconds']:.1f}s)")
 
 
 def _size(n: int, dense: int) -> str:
