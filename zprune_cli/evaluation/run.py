@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from zprune_cli.data.sources import TextSource, resolve_source
+from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
@@ -37,6 +37,7 @@ log = logging.getLogger("zprune")
 EVAL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
 C4_EVAL_DOCUMENTS = 1100  # the papers: ' '.join of the first 1100 validation documents ...
 C4_EVAL_WINDOWS = 256  # ... cut to 256 windows
+DEFAULT_EVAL, OFFLINE_EVAL = "wikitext2", "wikitext2-sample"  # the papers' perplexity text; shipped, for offline
 T = TypeVar("T")
 
 
@@ -57,7 +58,9 @@ class Metric:
 class Evaluation:
     """What to measure: perplexity datasets (none: ()), zero-shot tasks, and how."""
 
-    data: tuple[str, ...] = ("wikitext2",)  # perplexity text: wikitext2, c4, ptb or a local file
+    # perplexity text: wikitext2, c4, ptb or a local file; None: wikitext2, or offline without a local copy the
+    # shipped wikitext2-sample (said in a warning)
+    data: tuple[str, ...] | None = None
     seqlen: int | None = None  # None: min(2048, the model's maximum)
     batch_size: int = 1
     max_windows: int | None = None
@@ -68,7 +71,8 @@ class Evaluation:
     speed: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", tuple(split_list(self.data, str, "--eval")) if self.data else ())
+        if self.data is not None:
+            object.__setattr__(self, "data", tuple(split_list(self.data, str, "--eval")) if self.data else ())
         object.__setattr__(self, "tasks", tuple(split_list(self.tasks, str, "--tasks")) if self.tasks else ())
         for name, low in (("batch_size", 1), ("max_windows", 1), ("seqlen", 2), ("num_fewshot", 0), ("limit", 1)):
             value = getattr(self, name)
@@ -77,7 +81,7 @@ class Evaluation:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 flag = "--eval-seqlen" if name == "seqlen" else f"--{name.replace('_', '-')}"
                 raise ZpruneUsageError(f"{flag} must be an integer >= {low} (got {value!r})")
-        if not self.data and not self.tasks and not self.speed:
+        if self.data == () and not self.tasks and not self.speed:
             raise ZpruneUsageError("nothing to measure: give perplexity text (--eval), --tasks or --speed")
 
 
@@ -88,9 +92,10 @@ class EvalPlan:
         self.evaluation = evaluation
         self.data_dir = data_dir
         self._windows: dict = {}
-        self.sources: list[TextSource] = [
-            resolve_source(name, EVAL_SPLITS.get(name, "all"), data_dir) for name in evaluation.data
-        ]
+        if evaluation.data is None:
+            self.sources = [resolve_or_sample(DEFAULT_EVAL, EVAL_SPLITS[DEFAULT_EVAL], data_dir, OFFLINE_EVAL)]
+        else:
+            self.sources = [resolve_source(name, EVAL_SPLITS.get(name, "all"), data_dir) for name in evaluation.data]
 
     def seqlen_for(self, model_or_config) -> int:
         seqlen, limit = self.evaluation.seqlen, max_length(model_or_config)
