@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 LAYERS = [
     {"errors", "__version__"},
     {"progress", "settings", "masks", "sparsity", "staging", "results", "plot", "leaderboard_cells", "tasks", "hub",
-     "distributed"},
+     "distributed", "machine"},
     {"formats"},
     {"data", "models", "stats"},  # never each other
     {"methods"},

@@ -12,17 +12,17 @@ from rich.table import Table
 
 from zprune_cli.cli.common import Common
 from zprune_cli.cli.output import emit_json, stdout_console
+from zprune_cli.calibration import check_calibration
 from zprune_cli.cli.render import human_bytes
-from zprune_cli.data.sources import resolve_source
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.estimation.estimate import (Estimate, Target, estimate_calibrate, estimate_compare, estimate_eval,
                                             estimate_prune)
 from zprune_cli.estimation.shape import model_shape
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of, refuse_whole_model_work
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.models.load import max_length, parse_dtype, source_dtype
+from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.pruning import output_paths
-from zprune_cli.recipe import PruneRecipe
+from zprune_cli.recipe import PruneRecipe, needs_calibration
 from zprune_cli.settings import Calibration
 
 
@@ -31,11 +31,9 @@ def _target(handle: ModelHandle) -> Target:
 
 
 def _check_calibration(c: Common, handle: ModelHandle, cal: Calibration) -> None:
-    """What calibration checks before it loads the model: the text source, and seqlen against the model."""
-    resolve_source(cal.data, "train", c.settings.data_dir)
-    limit = max_length(handle.config)
-    if limit is not None and cal.seqlen > limit:
-        raise ZpruneUsageError(f"--seqlen {cal.seqlen} is beyond the model's maximum of {limit} tokens")
+    """What calibration checks before it loads the model: the text source, sizes against this machine, seqlen
+    against the model, the windows against the text (refused or warned as the run would)."""
+    check_calibration(handle, cal, c.settings)
 
 
 def _windows(c: Common, handle: ModelHandle, evaluation: Evaluation) -> list[tuple[int, int]]:
@@ -53,7 +51,8 @@ def calibrate(c: Common, handle: ModelHandle, gram: bool) -> None:
 def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: Optional[Path], overwrite: bool,
           out_dtype: str) -> None:
     output_paths(out, [r.method for r in recipes], overwrite)  # an existing folder is refused as the run would
-    _check_calibration(c, handle, c.settings.calibration)
+    if needs_calibration(recipes):  # magnitude alone reads no text, as the run
+        _check_calibration(c, handle, c.settings.calibration)
     save = (parse_dtype(out_dtype) or source_dtype(handle.source) or handle.dtype) if out is not None else None
     show(c, estimate_prune(_target(handle), c.settings.calibration, recipes, save))
 

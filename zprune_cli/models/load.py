@@ -177,6 +177,14 @@ def max_length(model_or_config) -> int | None:
     return None
 
 
+def hidden_width(model_or_config) -> int | None:
+    """The width of a decoder block's input (the text model's hidden size), or None when the config does not say."""
+    base = getattr(model_or_config, "config", model_or_config)
+    config = getattr(base, "get_text_config", lambda: base)()
+    value = getattr(config, "hidden_size", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _common_kwargs(source: ModelSource) -> dict:
     kwargs: dict = {"trust_remote_code": source.trust_remote_code}
     if source.gguf_file:
