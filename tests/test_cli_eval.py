@@ -106,7 +106,8 @@ def test_baseline_is_found_from_another_folder(tiny_dir, text_file, cache, tmp_p
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["baseline"]["target"] == str(base)
     shutil.rmtree(base)
-    assert "--baseline cannot evaluate it" in one_line(invoke("eval", tmp_path / "pruned", "--eval", text_file, "--baseline"), 1)
+    line = one_line(invoke("eval", tmp_path / "pruned", "--eval", text_file, "--baseline"), 1)
+    assert f"in none of its places: nothing at {base}; --baseline measures no other model in its place" in line
 
 
 def test_load_pretrained_returns_the_model(tiny_dir, text_file, cache, tmp_path):

@@ -18,7 +18,7 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.estimation.estimate import (Estimate, Target, estimate_calibrate, estimate_compare, estimate_eval,
                                             estimate_prune)
 from zprune_cli.estimation.shape import model_shape
-from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of, refuse_whole_model_work
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, base_model_handle, provenance_of, refuse_whole_model_work
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.pruning import output_paths
@@ -60,8 +60,11 @@ def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: O
 def evaluate(c: Common, handle: ModelHandle, evaluation: Evaluation, baseline: bool) -> None:
     if handle.offload == "disk":
         refuse_whole_model_work(evaluation)
-    if baseline and provenance_of(handle) is None:
+    provenance = provenance_of(handle) if baseline else None
+    if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with zprune.json); {handle.source.spec} is not one")
+    if provenance is not None:
+        base_model_handle(provenance, Path(handle.source.location), c.settings, handle.offload)  # found, or refused as the run
     show(c, estimate_eval(_target(handle), _windows(c, handle, evaluation), evaluation.batch_size, baseline))
 
 

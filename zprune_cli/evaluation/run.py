@@ -19,7 +19,7 @@ import torch
 
 from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import eval_windows, perplexity
@@ -27,7 +27,7 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.models.offload import offloaded, on_done
 from zprune_cli.progress import Progress, ensure
-from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder
+from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
 from zprune_cli.results import ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
 from zprune_cli.settings import resolve as resolve_settings
@@ -361,6 +361,7 @@ def evaluate(
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
+    base = base_model_handle(provenance, Path(handle.source.location), settings, handle.offload) if baseline else None
     run = _Run(ResultsStore(results_path(settings.cache_dir)), plan, {"evaluation": asdict(evaluation), "dtype": handle.dtype_name},
                list(provenance.pruned_layers) if provenance else None, force, progress)
     metrics, run_ids, reused = run.metrics(handle, provenance, handle.source.spec)
@@ -371,8 +372,7 @@ def evaluate(
         refresh_model_card(Path(handle.source.location), provenance, run.store)
     report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids, "reused": reused,
               "metrics": [m.as_dict() for m in metrics]}
-    if baseline:
-        base = base_model_handle(provenance, settings, handle.offload)
+    if base is not None:
         base_metrics, _, base_reused = run.metrics(base, None, f"{base.source.spec} (dense)")
         report["baseline"] = {"target": base.source.spec, "reused": base_reused, "metrics": [m.as_dict() for m in base_metrics]}
     return report
@@ -401,20 +401,13 @@ class _Run:
         return metrics, record(self.store, handle, metrics, provenance, self.settings), False
 
 
-def base_model_handle(provenance: Provenance, settings: Settings, offload: str = "none") -> ModelHandle:
-    """The dense model a pruned folder came from, refused when it is no longer the same model."""
-    b = provenance.base_model
-    location = str(Path(b.location) / b.gguf_file) if b.gguf_file else b.location
-    candidates = [b.spec, location] if b.spec != location else [b.spec]
-    for spec in candidates:
-        try:
-            handle = ModelHandle(spec, settings.device, settings.dtype, b.revision, offload=offload)
-        except ZpruneError:
-            continue
-        if handle.source.fingerprint == b.fingerprint:
-            return handle
-    raise ZpruneError(f"the base model {b.spec} ({b.location}) is not where it was, or has changed since pruning "
-                      f"(fingerprint {b.fingerprint}); --baseline cannot evaluate it")
+def base_model_handle(provenance: Provenance, folder: Path, settings: Settings, offload: str = "none") -> ModelHandle:
+    """The dense model the pruned `folder` came from (provenance.locate_base_model: found by its record, verified
+    by its content fingerprint, refused when it is another model)."""
+    source, warning = locate_base_model(provenance.base_model, folder)
+    if warning:
+        log.warning(warning)
+    return ModelHandle(source, settings.device, settings.dtype, offload=offload)
 
 
 def _short(provenance: Provenance | None) -> dict | None:
