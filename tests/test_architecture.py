@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
-    {"errors", "__version__"},
+    {"errors", "__version__", "machine"},
     {"progress", "settings", "masks", "sparsity", "staging", "results", "plot", "leaderboard_cells", "tasks", "hub",
-     "distributed", "machine"},
+     "distributed"},
     {"formats"},
     {"data", "models", "stats"},  # never each other
     {"methods"},

@@ -20,6 +20,7 @@ from zprune_cli import __version__
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.resolve import ALIASES, ModelSource, content_fingerprint, hub_source, resolve_model
 from zprune_cli.recipe import PruneRecipe
+from zprune_cli.staging import temporary_beside
 
 PROVENANCE_FILE = "zprune.json"
 SCHEMA_VERSION = 2
@@ -136,10 +137,13 @@ class Provenance:
     def write(self, folder: Path) -> None:
         """Write folder/zprune.json (through a temporary file, so a reader never sees half of it)."""
         path = Path(folder) / PROVENANCE_FILE
-        tmp = path.with_name(f".{PROVENANCE_FILE}.{os.getpid()}.tmp")
+        tmp = temporary_beside(path)  # a killed writer's is swept here
         placed = replace(self, base_model=self.base_model.placed_in(folder))
-        tmp.write_text(placed.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(placed.to_json() + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def read(cls, folder: str | Path) -> Provenance:

@@ -30,6 +30,7 @@ from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
 from zprune_cli.results import ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
+from zprune_cli.staging import temporary_beside
 from zprune_cli.settings import resolve as resolve_settings
 
 log = logging.getLogger("zprune")
@@ -330,9 +331,12 @@ def refresh_model_card(folder: Path, provenance: Provenance, store: ResultsStore
     try:
         updated.write(folder)
         card = folder / "README.md"
-        tmp = card.with_name(f".README.md.{os.getpid()}.tmp")
-        tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
-        os.replace(tmp, card)
+        tmp = temporary_beside(card)  # a killed writer's is swept here
+        try:
+            tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
+            os.replace(tmp, card)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:  # a read-only model folder: the results are in the store all the same
         log.warning("could not update the model card in %s: %s", folder, exc.strerror or exc)
 

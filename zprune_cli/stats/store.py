@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zprune_cli import distributed
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.types import LayerStats
@@ -307,6 +307,11 @@ class StatsStore:
             if final.exists():  # replaced deliberately (e.g. adding Gram matrices): old one goes
                 shutil.rmtree(final)
             os.rename(tmp, final)
+        except Exception as exc:  # a full disk under safetensors is its own error type: name the cache in one line
+            io_error = os_error_of(exc)
+            if io_error is None:
+                raise
+            raise ZpruneError(f"writing statistics to {self.root.parent} failed: {translate(io_error)}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
