@@ -164,3 +164,17 @@ def test_a_killed_writers_temporary_record_is_swept_by_the_next_write(tmp_path):
         left.write_text("half")
         mine = temporary_beside(tmp_path / name)
         assert not left.exists() and mine.parent == tmp_path and str(os.getpid()) in mine.name
+
+
+def test_a_plot_on_a_full_disk_leaves_no_empty_image(small_disk, tmp_path):
+    pytest.importorskip("matplotlib")
+    from zprune_cli.plot import plot_leaderboard
+
+    rows = [{"model": "m", "method": "dense", "pattern": "", "sparsity": 0.0, "metrics": {"ppl:x": 20.0}},
+            {"model": "m", "method": "wanda", "pattern": "unstructured", "sparsity": 0.5, "metrics": {"ppl:x": 30.0}}]
+    disk = small_disk("64k")
+    fill(disk)
+    with pytest.raises(ZpruneError) as err:
+        plot_leaderboard(rows, "ppl:x", disk / "ppl.png")
+    assert str(err.value) == f"cannot write plot {disk / 'ppl.png'}: No space left on device"
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # before: an empty ppl.png
