@@ -201,7 +201,7 @@ def _parse(data: dict[str, Any]) -> Provenance:
         raise ValueError("'pruned_layers' must map module names to finite sparsities")
     calibration = data.get("calibration")
     return Provenance(
-        base_model=BaseModel(**data["base_model"]),
+        base_model=_base_model(data["base_model"]),
         recipe=recipe,
         pruned_layers={str(k): float(v) for k, v in layers.items()},
         overall_sparsity=float(data["overall_sparsity"]),
@@ -215,6 +215,18 @@ def _parse(data: dict[str, Any]) -> Provenance:
         results=dict(data.get("results") or {}),
         export=data.get("export"),
     )
+
+
+def _base_model(data: Any) -> BaseModel:
+    """The base-model record with its fields' types checked: each names a place or a fingerprint, read as paths."""
+    if not isinstance(data, dict):
+        raise ValueError("'base_model' must be an object")
+    model = BaseModel(**data)
+    for name in BaseModel.__dataclass_fields__:
+        value = getattr(model, name)
+        if not (isinstance(value, str) or (value is None and name not in ("spec", "location"))):
+            raise ValueError(f"'base_model.{name}' must be a string, not {type(value).__name__}")
+    return model
 
 
 _RECIPE_V1 = ("method", "sparsity", "pattern", "scope", "allocation", "owl_m", "owl_lambda", "reconstruct", "propagate",
