@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Never the user's cache, not even from module-scoped fixtures (each test also gets its own ZPRUNE_HOME).
 os.environ["ZPRUNE_HOME"] = tempfile.mkdtemp(prefix="zprune-tests-home-")
-# The README runs the tests with ZPRUNE_DATA_DIR=../shared/data; tests change directory, so pin it now.
+# A relative ZPRUNE_DATA_DIR (a user's own) must survive tests that change directory: pin it now.
 if os.environ.get("ZPRUNE_DATA_DIR"):
     os.environ["ZPRUNE_DATA_DIR"] = os.path.abspath(os.path.expanduser(os.environ["ZPRUNE_DATA_DIR"]))
 

@@ -108,7 +108,9 @@ def test_prune_arguments(world, tmp_path, args, code, needle):
 
 
 DATA_CASES = [
-    ("no-such-dir/file.txt", 2, "unknown data"),
+    ("no-such-dir/file.txt", 2, "no such file: no-such-dir/file.txt"),
+    ("nosuchfile.txt", 2, "no such file: nosuchfile.txt"),
+    ("c5", 2, "unknown data 'c5': use one of wikitext2, c4, ptb"),
     ("folder", 2, "is not a file"),
     ("notes.csv", 2, "unknown type"),
     ("empty.txt", 2, "empty"),
@@ -192,16 +194,25 @@ def test_a_model_with_no_decoder_blocks(world, tmp_path, cache, extra):
 @pytest.mark.parametrize(
     "env, code, needle",
     [
-        ({"ZPRUNE_DATA_DIR": "no-such-dir/data"}, 2, "is not a folder"),
         ({"ZPRUNE_NSAMPLES": "many"}, 2, "ZPRUNE_NSAMPLES"),
         ({"ZPRUNE_SEQLEN": "1"}, 2, "--seqlen"),
         ({"ZPRUNE_LOCK_TIMEOUT": "x", "ZPRUNE_DB_TIMEOUT": "soon"}, 2, "ZPRUNE_DB_TIMEOUT"),
     ],
-    ids=["data-dir", "nsamples", "seqlen", "db-timeout"],
+    ids=["nsamples", "seqlen", "db-timeout"],
 )
 def test_environment(world, env, code, needle):
     args = ["eval", world["model"], "--eval", world["text"], "--eval-seqlen", 32, "--max-windows", 1]
     assert needle in one_line(invoke(*args, env=env), code)
+
+
+def test_a_missing_data_dir_in_the_environment_is_named_and_ignored(world):
+    """An exported variable outlives its folder (and a fresh clone has none of the folders a README names):
+    the run goes on, with one warning that names the variable."""
+    args = ["eval", world["model"], "--eval", world["text"], "--eval-seqlen", 32, "--max-windows", 1]
+    result = invoke(*args, env={"ZPRUNE_DATA_DIR": "no-such-dir/data"})
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "ZPRUNE_DATA_DIR" in line]
+    assert len(warnings) == 1 and "ignoring" in warnings[0] and "no-such-dir/data" in warnings[0], result.stderr
 
 
 def test_data_dir_flag_must_exist(world):

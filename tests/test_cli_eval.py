@@ -192,3 +192,18 @@ def test_a_named_wikitext2_still_fails_offline_with_the_fix(tiny_dir, cache, mon
     monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
     line = one_line(invoke("eval", tiny_dir, "--eval", "wikitext2", "--max-windows", 2), 1)
     assert "wikitext2/wiki.test.raw" in line and "--data-dir" in line
+
+
+def test_sparsity_reads_the_same_in_the_header_and_the_table():
+    from zprune_cli.cli.eval_cmd import metrics_table
+    from zprune_cli.cli.output import text_console
+
+    report = {"target": "runs/w40", "metrics": [{"metric": "sparsity", "value": 0.399999, "protocol": {"over": "pruned layers"}}],
+              "provenance": {"method": "wanda", "pattern": "unstructured", "base_model": "tiny", "overall_sparsity": 0.399999,
+                             "recipe": "0123abcd"}}
+    console = text_console()
+    console.print(metrics_table(report))
+    text = console.file.getvalue()
+    assert "sparsity 0.4000, recipe" in text and "0.399999" not in text
+    row = next(line for line in text.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() == "sparsity")
+    assert row.split("│")[2].strip() == "0.4000"

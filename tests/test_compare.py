@@ -130,6 +130,8 @@ def test_named_grid(tiny_dir, text_file, cache, tmp_path, monkeypatch):
         (["--method", "wanda,wanda"], "twice"),
         (["--grid", "nosuch"], "no grid named"),
         (["--format", "xml"], "--format"),
+        (["--json", "--format", "csv"], "--json means --format json and contradicts --format csv"),
+        (["--format", "table", "--json"], "contradicts --format table"),
     ],
 )
 def test_bad_input(args, needle, tiny_dir, text_file, cache):

@@ -88,7 +88,7 @@ def test_bad_files(tmp_path):
     not_json.write_text("hello\n")
     with pytest.raises(ZpruneUsageError, match="not JSON"):
         resolve_source(str(not_json)).load()
-    with pytest.raises(ZpruneUsageError, match="unknown data"):
+    with pytest.raises(ZpruneUsageError, match="^no such file: .*missing.txt$"):
         resolve_source(str(tmp_path / "missing.txt"))
     weird = tmp_path / "x.docx"
     weird.write_text("x")
@@ -107,3 +107,20 @@ def test_parquet(tmp_path):
 
 def test_wikitext_rows():
     assert wikitext_rows_to_text(" = A = \n \n b\n") == " = A = \n" + "\n\n" + "" + "\n\n" + " b\n"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nosuchfile.txt", "no such file: nosuchfile.txt"),
+    ("Notes.JSONL", "no such file: Notes.JSONL"),
+    ("corpus.parquet", "no such file: corpus.parquet"),
+    ("data/c4", "no such file: data/c4"),
+    ("./c4", "no such file: ./c4"),
+    ("~/nothing-here", "no such file: ~/nothing-here"),
+    ("wikitext", "unknown data 'wikitext': use one of wikitext2, c4, ptb"),
+    ("notes.csv", "unknown data 'notes.csv'"),
+])
+def test_a_missing_path_is_no_such_file_and_a_bare_name_lists_the_known(tmp_path, monkeypatch, spec, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ZpruneUsageError) as caught:
+        resolve_source(spec)
+    assert str(caught.value).startswith(message), str(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import pathlib
@@ -355,6 +356,21 @@ def test_cli_prints_sizes(folders, tmp_path, runner):
     data = json.loads(result.stdout)
     assert data["format"] == "masks" and data["pruned_layers"] == 14
     assert {"dense_bytes", "stored_bytes", "theoretical_bytes", "disk_bytes"} <= set(data)
+
+
+@pytest.mark.parametrize("fmt, line", [
+    ("hf", r"hf export: 1 file\(s\), 14 pruned layers, [\d.]+ KiB of tensors \(dense, as transformers loads them\)"),
+    ("masks", r"masks export: 1 file\(s\), 14 pruned layers, [\d.]+ KiB of masks \(1 bit per weight\)"),
+])
+def test_cli_prints_only_the_sizes_that_apply(folders, tmp_path, runner, fmt, line):
+    result = runner.invoke(app, ["export", str(folders["pruned"]), "--to", str(tmp_path / fmt), "-f", fmt, "-q"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and re.fullmatch(line, lines[0]) and lines[1].startswith(f"wrote {tmp_path / fmt} ("), lines
+    data = json.loads(runner.invoke(app, ["export", str(folders["pruned"]), "--to", str(tmp_path / "j"), "-f", fmt,
+                                          "--json", "--overwrite"]).stdout)
+    size = data["pruned_stored_bytes"] if fmt == "masks" else data["stored_bytes"]
+    assert f"{size / 1024:.1f} KiB" in lines[0]
 
 
 def test_cli_not_a_zprune_folder(folders, tmp_path, runner):

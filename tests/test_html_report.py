@@ -138,11 +138,11 @@ def test_page_from_hand_built_rows():
     header = HEAD + ["ppl:wikitext2", "acc:piqa", "sparsity"]
     assert texts(first) == [
         header,
-        ["tiny", "dense", "", "", "", "", "20.000", "", "0.000"],
-        ["tiny", "wanda", "unstructured", "0.500", "dense", f"3f2a9c1d owl, {HOSTILE}", "31.235", "", "0.500"],
-        ["tiny", "magnitude", "unstructured", "0.500", "dense", "aa11bb22", "190.500", "", "0.500"],
-        ["tiny", "wanda", "2:4", "0.500", "dense", "01234567", "60.000", "0.600", "0.500"],
-        ["tiny", "magnitude", "2:4", "0.500", "dense", "98765432", "55.500", "0.600", "0.500"],
+        ["tiny", "dense", "", "", "", "", "20.000", "", "0.0000"],
+        ["tiny", "wanda", "unstructured", "0.5000", "dense", f"3f2a9c1d owl, {HOSTILE}", "31.235", "", "0.5000"],
+        ["tiny", "magnitude", "unstructured", "0.5000", "dense", "aa11bb22", "190.500", "", "0.5000"],
+        ["tiny", "wanda", "2:4", "0.5000", "dense", "01234567", "60.000", "0.600", "0.5000"],
+        ["tiny", "magnitude", "2:4", "0.5000", "dense", "98765432", "55.500", "0.600", "0.5000"],
     ]
     assert texts(second)[0] == HEAD + ["ppl:wikitext2"] and len(second["rows"]) == 3
     assert best_cells(first) == {(1, "ppl:wikitext2"), (4, "ppl:wikitext2")}  # exactly the rows' `best`
@@ -256,9 +256,11 @@ def test_out_holds_what_stdout_would(two_groups, tmp_path, fmt):
 
 def test_json_flag_keeps_its_meaning_with_out(two_groups, tmp_path):
     path = tmp_path / "board.json"
-    result = invoke("compare", "--show", "--json", "--format", "html", "--out", path)
+    result = invoke("compare", "--show", "--json", "--out", path)
     assert result.exit_code == 0 and result.stdout == ""
     assert json.loads(path.read_text()) == two_groups
+    refused = invoke("compare", "--show", "--json", "--format", "html", "--out", path)  # --json is --format json
+    assert refused.exit_code == 2 and "contradicts --format html" in one_error_line(refused)
 
 
 def test_no_matplotlib_gives_a_note_not_a_crash(two_groups, monkeypatch, tmp_path):

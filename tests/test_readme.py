@@ -16,6 +16,18 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in ci_lines
 
 
+def test_the_test_command_needs_nothing_beside_the_clone():
+    """A user who clones the repo has no ../shared and no data variable: the command must not name them."""
+    test_command = readme_commands()[1]
+    assert "shared" not in test_command and "ZPRUNE_DATA_DIR" not in test_command and "ZPRUNE_TEST_DATA" not in test_command
+
+
+def test_ci_also_runs_the_fast_suite_from_a_fresh_clone_with_no_data_beside_it():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "git clone" in ci and "mktemp -d" in ci
+    assert "env -u CI -u ZPRUNE_DATA_DIR -u ZPRUNE_TEST_DATA python -m pytest" in ci
+
+
 def test_first_command_prunes_the_default_model():
     first = readme_commands()[0]
     assert "torch==2.13.0" in first and "zprune prune smollm2-135m" in first

@@ -168,6 +168,24 @@ def test_cli_says_what_it_normalised(tiny_dir, text_file, tmp_path):
     assert data["scope"] is None and data["reconstruct"] == "none" and data["recipe_digest"] == PruneRecipe("sparsegpt").digest
 
 
+def test_names_in_any_case_are_the_same_recipe():
+    loud = PruneRecipe("Wanda", 0.5, pattern="Unstructured", scope="ROW", allocation="OWL", reconstruct="PCG",
+                       refine="Swaps:10", propagate="Pruned")
+    quiet = PruneRecipe("wanda", 0.5, pattern="unstructured", scope="row", allocation="owl", reconstruct="pcg",
+                        refine="swaps:10", propagate="pruned")
+    assert loud == quiet and loud.digest == quiet.digest and loud.as_dict()["method"] == "wanda"
+    assert comparison.grid_recipes("RIA,Wanda", "0.5", reconstruct="OBS") == comparison.grid_recipes("ria,wanda", "0.5", reconstruct="obs")
+
+
+def test_cli_takes_method_names_in_any_case(tiny_dir, text_file, tmp_path):
+    result = runner.invoke(app, ["prune", str(tiny_dir), "--method", "Wanda", "--allocation", "OWL", "--data",
+                                 str(text_file), "-n", "2", "-l", "16", "--json", "--no-save"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["recipe_digest"] == PruneRecipe("wanda", allocation="owl").digest
+    twice = runner.invoke(app, ["prune", str(tiny_dir), "-m", "wanda,WANDA", "--no-save"])
+    assert twice.exit_code == 2 and "names a method twice" in twice.stderr
+
+
 def strict_json(text: str):
     def refuse(name):
         raise ValueError(f"{name} in strict JSON")

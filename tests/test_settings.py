@@ -73,7 +73,6 @@ def test_bad_toml_exits_2_naming_key_and_file(toml, needles, tmp_path, monkeypat
 @pytest.mark.parametrize(
     "env, needle",
     [({"ZPRUNE_NSAMPLES": "many"}, "$ZPRUNE_NSAMPLES must be an integer"),
-     ({"ZPRUNE_DATA_DIR": "no-such-dir/folder"}, "is not a folder"),
      ({"ZPRUNE_SEED": str(2**64)}, "--seed must be at most")],
 )
 def test_bad_environment_exits_2(env, needle, monkeypatch, tiny_dir):
@@ -110,3 +109,16 @@ def test_named_grid_values_are_checked_before_any_work():
 def test_settings_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_settings(start=Path(tmp_path), environ={}).cache_dir == Settings(config_file=None).cache_dir
+
+
+def test_a_missing_data_dir_is_refused_from_a_flag_or_file_and_ignored_from_the_environment(tmp_path, caplog):
+    with pytest.raises(ZpruneUsageError, match="is not a folder"):
+        load_settings({"data_dir": str(tmp_path / "gone")}, start=tmp_path, environ={})
+    (tmp_path / "zprune.toml").write_text(f'data_dir = "{tmp_path / "gone"}"\n')
+    with pytest.raises(ZpruneUsageError, match="zprune.toml"):
+        load_settings(start=tmp_path, environ={})
+    (tmp_path / "zprune.toml").unlink()
+    with caplog.at_level("WARNING", logger="zprune"):
+        settings = load_settings(start=tmp_path, environ={"ZPRUNE_DATA_DIR": str(tmp_path / "gone")})
+    assert settings.data_dir is None
+    assert [r.getMessage() for r in caplog.records if "ZPRUNE_DATA_DIR" in r.getMessage()], caplog.text

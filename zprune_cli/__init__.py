@@ -2,9 +2,10 @@
 
 __version__ = "0.1.0"
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError  # noqa: E402
-
+# Nothing imported here: `zprune`'s signal handlers go in place only after this package is imported.
 _LAZY = {
+    "ZpruneError": "zprune_cli.errors",
+    "ZpruneUsageError": "zprune_cli.errors",
     "calibrate": "zprune_cli.calibration",
     "prune": "zprune_cli.pruning",
     "evaluate": "zprune_cli.evaluation.run",
@@ -33,4 +34,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'zprune_cli' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "ZpruneError", "ZpruneUsageError", *_LAZY]
+__all__ = ["__version__", *_LAZY]

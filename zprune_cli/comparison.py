@@ -39,7 +39,7 @@ def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float]
 
     A combination that normalises to a cell already in the grid (sparsegpt with --reconstruct pcg is
     plain sparsegpt) is listed once."""
-    methods = split_list(methods, str, "--method")
+    methods = [m.lower() for m in split_list(methods, str, "--method")]  # any case; repeats are refused below
     ratios = split_list(sparsities, float, "--sparsity")
     patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
     finishes = list(itertools.product(_axis(refine, "--refine"), _axis(reconstruct, "--reconstruct")))
@@ -58,7 +58,7 @@ def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float]
 
 def _axis(values: str | bool | Sequence[str], flag: str) -> list[str | bool]:
     """A comma list, a list, or one value (True / False for the old --reconstruct flag)."""
-    return [values] if isinstance(values, bool) else split_list(values, str, flag)
+    return [values] if isinstance(values, bool) else [v.lower() for v in split_list(values, str, flag)]
 
 
 @dataclass

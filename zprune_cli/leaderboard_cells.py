@@ -21,8 +21,16 @@ def metric_columns(rows: list[dict]) -> list[str]:
         [m for m in metrics if m == "sparsity"]
 
 
-def cell_text(value) -> str:
+def cell_text(value, metric: str = "") -> str:
+    if metric == "sparsity" and isinstance(value, (int, float)):
+        return sparsity_text(value)
     return "" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def sparsity_text(value: float) -> str:
+    """A sparsity as every command writes it (eval's header and table, prune's summary, leaderboards):
+    4 decimals, so a measured 0.399999 reads 0.4000 wherever it is shown."""
+    return f"{value:.4f}"
 
 
 def recipe_text(row: dict) -> str:
@@ -33,8 +41,8 @@ def recipe_text(row: dict) -> str:
 
 def row_cells(rows: list[dict], columns: list[str]) -> list[tuple[list[str], list[tuple[str, bool]]]]:
     """Per row: the HEAD cells, and per metric column (value text, is it the best of its sparsity and pattern)."""
-    return [([r["model"], r["method"], r["pattern"], cell_text(r["sparsity"]), r["propagate"], recipe_text(r)],
-             [(cell_text(r["metrics"].get(c)), c in r.get("best", [])) for c in columns]) for r in rows]
+    return [([r["model"], r["method"], r["pattern"], cell_text(r["sparsity"], "sparsity"), r["propagate"], recipe_text(r)],
+             [(cell_text(r["metrics"].get(c), c), c in r.get("best", [])) for c in columns]) for r in rows]
 
 
 def protocol_groups(rows: list[dict]) -> list[list[dict]]:

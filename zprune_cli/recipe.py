@@ -232,6 +232,8 @@ def _sparsity(value: Any, pattern: Pattern) -> float:
 
 
 def _choice(value: Any, choices: tuple[str, ...], field: str) -> str:
+    """`value` as one of `choices`, in any case (`--allocation OWL` is owl: the digest is the same)."""
+    value = value.strip().lower() if isinstance(value, str) else value
     if value not in choices:
         raise ZpruneUsageError(f"--{field} must be one of {', '.join(choices)}, got {value!r}")
     return value
@@ -254,7 +256,7 @@ def _owl(r: PruneRecipe, owl: bool) -> tuple[float | None, float | None]:
 
 def _scope(value: Any, cls: type[Method], pattern: Pattern) -> str | None:
     if value is not None:
-        _choice(value, SCOPES, "scope")
+        value = _choice(value, SCOPES, "scope")
     if pattern.is_nm or not cls.uses_scope:
         if value is not None:
             why = f"--pattern {pattern} prunes per group" if pattern.is_nm else f"{cls.name} chooses its mask per block of columns"
@@ -269,7 +271,7 @@ def _reconstruct(value: Any) -> str:
         return "obs" if value else "none"
     if value is None:
         return "none"
-    return _choice(value.strip().lower() if isinstance(value, str) else value, RECONSTRUCTIONS, "reconstruct")
+    return _choice(value, RECONSTRUCTIONS, "reconstruct")
 
 
 def _refine(value: Any) -> str:
@@ -354,8 +356,8 @@ def calibration_needs(recipes: Iterable[PruneRecipe]) -> dict[str, bool]:
 
 
 def parse_method_list(text: str | Iterable[str]) -> list[str]:
-    """'wanda, ria' -> ['wanda', 'ria']; empty or repeated names are refused."""
-    names = [m.strip() for m in text.split(",")] if isinstance(text, str) else [str(m).strip() for m in text]
+    """'wanda, RIA' -> ['wanda', 'ria']; empty or repeated names are refused."""
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else map(str, text))]
     names = [n for n in names if n]
     if not names:
         raise ZpruneUsageError("--method is empty")

@@ -24,6 +24,7 @@ zprune.toml (or [tool.zprune] in pyproject.toml):
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -295,6 +296,8 @@ def _apply_flags(settings: Settings, values: Mapping[str, Any], origin: str) -> 
         changes["cache_dir"] = Path(values["cache_dir"]).expanduser()
     if "data_dir" in values:
         changes["data_dir"] = _data_dir(values["data_dir"], origin)
+        if changes["data_dir"] is None:
+            del changes["data_dir"]
     for key in ("device", "dtype"):
         if key in values:
             changes[key] = str(values[key])
@@ -307,10 +310,18 @@ def _apply_flags(settings: Settings, values: Mapping[str, Any], origin: str) -> 
     return replace(settings, **changes)
 
 
-def _data_dir(value: Any, origin: str) -> Path:
+def _data_dir(value: Any, origin: str) -> Path | None:
+    """The data folder a setting names. A flag or a config file naming a missing folder is refused; the
+    environment is ambient (an exported variable outlives the folder, and a fresh clone has none of the
+    folders a README may mention), so there it is named in a warning and ignored."""
     path = Path(value).expanduser().resolve()
-    if not path.is_dir():
-        raise ZpruneUsageError(f"data directory {value} (from {origin}) is not a folder")
-    return path
+    if path.is_dir():
+        return path
+    if origin == "environment":
+        logging.getLogger("zprune").warning(
+            "ignoring $ZPRUNE_DATA_DIR=%s: not a folder (named datasets are read from the hub or the samples shipped "
+            "with zprune)", value)
+        return None
+    raise ZpruneUsageError(f"data directory {value} (from {origin}) is not a folder")
 
 

@@ -1,7 +1,12 @@
 """The `zprune` entry point: signal handling first, then the (heavy) imports, then the app.
 
-Ctrl-C or SIGTERM at any moment, even while torch is still importing, ends with one line and exit
-130 / 143; cleanup (temporary folders, locks) runs in the `finally` blocks on the way out.
+Ctrl-C or SIGTERM at any moment from the first line of `main()` ends with one line on stderr and exit
+130 / 143 (or the command's own code when it had already finished); cleanup (temporary folders, locks)
+runs in the `finally` blocks on the way out. Importing this package installs nothing: only `main()` does.
+
+What no Python code can cover: the interpreter's own start-up (site, .pth files, the console script's
+first imports) before `main()` runs, a few tens of milliseconds, longer on a loaded machine. A signal
+then gets Python's defaults (a KeyboardInterrupt traceback, or death by SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,21 +16,27 @@ import signal
 import sys
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT. A subclass, not KeyboardInterrupt itself: CPython remembers a plain KeyboardInterrupt that
+    escaped any exec()/eval() of a string (dataclasses and namedtuples build their methods so, all
+    through the imports) and then ends the process by SIGINT (-2) even when the exception was caught
+    and the program exits 130. It checks the exact type, so a subclass leaves no such mark."""
+
+
 class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so every `finally` and staging cleanup runs."""
 
 
 _received: list[int] = []  # signals seen, kept even when a library's bare `except:` swallows the exception
+_reported: list[str] = []  # the interrupt's line is printed once per process
+_finished = False  # set when the command's outcome is known: later signals change nothing
 
 
-def _terminate(signum, frame):
+def _on_signal(signum, frame):
     _received.append(signum)
-    raise Terminated()
-
-
-def _interrupt(signum, frame):
-    _received.append(signum)
-    raise KeyboardInterrupt()
+    if _finished:
+        return
+    raise Terminated() if signum == signal.SIGTERM else Interrupted()
 
 
 def swallowed_signal() -> tuple[int, str] | None:
@@ -37,31 +48,86 @@ def swallowed_signal() -> tuple[int, str] | None:
     return (143, "terminated") if signal.SIGTERM in _received else (130, "interrupted")
 
 
+def interrupted(word: str, say=None) -> int:
+    """Print the interrupt's one line (`say`, default plain stderr) and return its exit code."""
+    (say or _say)(f"{word}; nothing half-written was kept")
+    _reported.append(word)  # after: a second Ctrl-C during the print leaves the line to `main`
+    return 143 if word == "terminated" else 130
+
+
 def _say(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _interrupt)
+def _unraisable(info, default=sys.unraisablehook) -> None:
+    """Our exception raised where Python cannot raise (a weakref callback or `__del__` during an import)
+    is printed as 'Exception ignored' and lost: deliver the signal again, silently, a moment later in
+    ordinary code. The OSError 'Signal N ignored due to race condition' of a signal that arrived while
+    the handlers were being switched off at the very end says nothing either."""
+    if isinstance(info.exc_value, (Interrupted, Terminated)):
+        import threading
+
+        # a real signal to the main thread, as the first was: it also wakes a blocking call (sleep, read)
+        signum = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
+        threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+        return
+    if _finished and isinstance(info.exc_value, OSError) and "race condition" in str(info.exc_value):
+        return
+    default(info)
+
+
+def _install() -> None:
+    sys.unraisablehook = _unraisable
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)  # last: a caught SIGTERM means both are in place (the tests look)
+
+
+def _finish() -> None:
+    """From here on the exit code is decided. Ignored, not caught: after the interpreter tears down its
+    own handlers (late in the shutdown) a caught signal would fall back to its default and kill us."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _outcome() -> tuple[object, str | None]:
+    """The app's exit code, and "interrupted" / "terminated" when a signal ended it. `_finished` is set
+    first thing in each branch: a signal is checked only between some bytecodes (calls, loops), never
+    before that first store, so none can escape from the handling of another."""
+    global _finished
     try:
         from zprune_cli.cli.app import app
 
         app(standalone_mode=True)
+        _finished = True
+        return 0, None
+    except SystemExit as exc:
+        _finished = True
+        return exc.code, None
     except KeyboardInterrupt:
-        _say("interrupted; nothing half-written was kept")
-        sys.exit(130)
+        _finished = True
+        return 130, "interrupted"
     except Terminated:
-        _say("terminated; nothing half-written was kept")
-        sys.exit(143)
-    except SystemExit:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # finished: a late Ctrl-C must not turn the exit code into -2
-        raise
+        _finished = True
+        return 143, "terminated"
     except BaseException as exc:  # pragma: no cover  (the group's map catches everything during a command)
-        if swallowed := swallowed_signal():
-            _say(f"{swallowed[1]}; nothing half-written was kept")
-            sys.exit(swallowed[0])
+        _finished = True
+        if _received:
+            return 1, None
         if os.environ.get("ZPRUNE_DEBUG"):
             raise
         _say(f"internal error: {type(exc).__name__}: {exc} (ZPRUNE_DEBUG=1 shows the traceback)")
-        sys.exit(1)
+        return 1, None
+
+
+def main() -> None:
+    _install()
+    code, word = _outcome()
+    _finish()
+    if code not in (0, None) and (swallowed := swallowed_signal()):
+        word = swallowed[1]  # also a signal in click's parsing, where typer exits 130 with no word
+    if word:
+        code = 143 if word == "terminated" else 130
+        if not _reported:
+            interrupted(word)
+    sys.exit(code)

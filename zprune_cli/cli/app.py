@@ -8,6 +8,38 @@ from typer.completion import completion_init
 from zprune_cli import __version__
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.common import RootFlags, ZpruneGroup
+from zprune_cli.methods import method_titles
+
+
+ROOT_HELP = """Prune large language models after training, with no retraining, over a cached
+activation-statistics store: calibrate once, then prune, evaluate and compare from it.
+
+Data goes to stdout (--json for machines); logs and progress go to stderr.
+
+\b
+Methods (--method NAME; several: --method wanda,ria):
+{methods}
+
+\b
+Examples:
+  zprune prune smollm2-135m --method zpruner --sparsity 0.5       # saves ./smollm2-135m-zpruner-50
+  zprune prune smollm2-135m --method sparsegpt --pattern 2:4 --data c4-sample --no-save
+  zprune eval smollm2-135m-zpruner-50 --eval wikitext2 --baseline
+  zprune compare smollm2-135m --method wanda,zpruner,sparsegpt --sparsity 0.5,0.6
+  zprune export smollm2-135m-zpruner-50 --to exported --format sparse
+  zprune cache ls
+Each command has its own --help, with more examples.
+
+Exit codes: 0 success, 1 failed run, 2 bad usage, 130 / 143 interrupted (Ctrl-C / SIGTERM).
+"""
+
+
+def root_help() -> str:
+    """`zprune --help`: what it does, every registered method (a new one appears by itself), examples."""
+    titles = method_titles()
+    width = max(map(len, titles))
+    return ROOT_HELP.format(methods="\n".join(f"  {name:{width}}  {title}" for name, title in titles.items()))
+
 
 app = typer.Typer(
     name="zprune",
@@ -15,7 +47,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,  # help text is plain: [brackets] in it are shown, never parsed
     context_settings={"help_option_names": ["-h", "--help"]},
-    help="Prune large language models after training: Z-Pruner, Wanda, SparseGPT, RIA, magnitude.",
+    help=root_help(),
     pretty_exceptions_enable=False,
     add_completion=False,  # `zprune completions SHELL` prints the scripts; no duplicate global options
 )
@@ -40,19 +72,7 @@ def root(
     json: opt.Json = False,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """Prune LLMs with no retraining, over a cached activation-statistics store.
-
-    Data goes to stdout (--json for machines), logs and progress to stderr.
-
-    \b
-    Examples:
-      zprune prune smollm2-135m --method zpruner --sparsity 0.5       # saves ./smollm2-135m-zpruner-50
-      zprune eval smollm2-135m-zpruner-50 --eval wikitext2 --baseline
-      zprune compare smollm2-135m --method wanda,zpruner,sparsegpt --sparsity 0.5,0.6
-      zprune export smollm2-135m-zpruner-50 --to exported --format sparse
-      zprune cache ls
-    Exit codes: 0 success, 1 failed run, 2 bad usage.
-    """
+    """The global options; the help is `root_help()`."""
     ctx.obj = RootFlags(cache_dir=cache_dir, device=device, dtype=dtype, quiet=quiet, json=json)
 
 

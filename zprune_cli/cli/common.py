@@ -12,8 +12,9 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from zprune_cli.cli.output import error, progress_for, setup_logging
-from zprune_cli.cli import Terminated, swallowed_signal
+from zprune_cli.cli.output import error, setup_logging
+from zprune_cli.cli.progress import progress_for
+from zprune_cli.cli import Terminated, interrupted, swallowed_signal
 from zprune_cli import distributed
 from zprune_cli.errors import ZpruneUsageError, translate
 from zprune_cli.settings import Settings, load_settings
@@ -38,7 +39,8 @@ class Common:
 
     @property
     def progress(self):
-        return progress_for(self.quiet or self.json and not os.environ.get("ZPRUNE_PROGRESS_WITH_JSON"))
+        # JSON goes to stdout, progress to stderr: they never meet, so only --quiet silences progress
+        return progress_for(self.quiet)
 
     @property
     def cache_dir(self) -> Path:
@@ -115,17 +117,14 @@ class ZpruneGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            error("interrupted; nothing half-written was kept")
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupted("interrupted", error)) from None
         except Terminated:
-            error("terminated; nothing half-written was kept")
-            raise typer.Exit(143) from None
+            raise typer.Exit(interrupted("terminated", error)) from None
         except Exception as exc:
             if os.environ.get("ZPRUNE_DEBUG") or _framework(exc):
                 raise
             if swallowed := swallowed_signal():
-                error(f"{swallowed[1]}; nothing half-written was kept")
-                raise typer.Exit(swallowed[0]) from None
+                raise typer.Exit(interrupted(swallowed[1], error)) from None
             translated = translate(exc)
             if distributed.is_main():
                 error(str(translated))

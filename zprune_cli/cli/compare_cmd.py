@@ -58,7 +58,7 @@ def compare_command(
     show: Annotated[bool, typer.Option("--show", help="Print the stored leaderboard; compute nothing.")] = False,
     metric: Annotated[Optional[str], typer.Option("--metric", help="With --show: only this metric (e.g. ppl, ppl:wikitext2, acc).")] = None,
     show_model: Annotated[Optional[str], typer.Option("--model", help="With --show: only this model (as it was named).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, csv, md or html (one self-contained page with the plot; like the others it goes to stdout unless --out).")] = "table",
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="table (default), json (what --json means), csv, md or html (one self-contained page with the plot; like the others it goes to stdout unless --out).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the leaderboard (any --format, with or without --show) to this file instead of stdout, whole or not at all.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write perplexity vs sparsity to this PNG (needs the plot extra).")] = None,
     data: opt.Data = None,
@@ -73,7 +73,7 @@ def compare_command(
     dtype: opt.Dtype = None,
     offload: opt.Offload = "none",
     quiet: opt.Quiet = False,
-    json: opt.Json = False,
+    json: Annotated[bool, typer.Option("--json", help="The same as --format json (also given before the command).")] = False,
     dry_run: opt.DryRun = False,
 ) -> None:
     """Prune and evaluate a grid of recipes (methods x sparsities x patterns x refine x reconstruct, the other
@@ -86,8 +86,8 @@ def compare_command(
       zprune compare --show --format html --out report.html     # one page: tables, plots, versions
       zprune compare ./llama-70b --method wanda,sparsegpt --offload disk   # one decoder block in memory at a time
     """
-    c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
-    output = Output.checked("json" if c.json else fmt, out, plot)
+    c = common(ctx, cache_dir, device, dtype, quiet, json or fmt == "json", data_dir=data_dir)  # one meaning
+    output = Output.checked(fmt, c.json, out, plot)
     if show:
         return _show(c, show_model, metric, output)
     request = grid_request(c, grid_values(c, locals(), grid), ignore, option, tasks_dir)
@@ -159,9 +159,12 @@ class Output:
     plot: Optional[Path] = None
 
     @classmethod
-    def checked(cls, fmt: str, out: Optional[Path], plot: Optional[Path]) -> Output:
+    def checked(cls, fmt: Optional[str], json: bool, out: Optional[Path], plot: Optional[Path]) -> Output:
         """Refuse a bad --format or --out now, before a grid runs for hours (the write can still fail later:
-        a full disk)."""
+        a full disk). --json is --format json, so any other --format with it is a contradiction."""
+        if json and fmt not in (None, "json"):
+            raise ZpruneUsageError(f"--json means --format json and contradicts --format {fmt}; give one of the two")
+        fmt = "json" if json else fmt or "table"
         if fmt not in FORMATS:
             raise ZpruneUsageError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
         if out is not None and out.is_dir():

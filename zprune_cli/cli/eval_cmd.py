@@ -13,6 +13,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.evaluation.run import Evaluation, evaluate
+from zprune_cli.leaderboard_cells import sparsity_text
 
 
 @app.command("eval", cls=aliased(data="eval", seqlen="eval_seqlen", l="eval_seqlen"))
@@ -71,6 +72,8 @@ def _fmt(value: float, metric: str) -> str:
         return "n/a"
     if metric.startswith("ppl"):
         return f"{value:.3f}"
+    if metric == "sparsity":
+        return sparsity_text(value)
     if metric.endswith("bytes"):
         from zprune_cli.cli.render import human_bytes
 
@@ -94,7 +97,7 @@ def metrics_table(report: dict) -> Table:
     title = escape(report["target"])
     if report.get("provenance"):
         p = report["provenance"]
-        title += escape(f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {p['overall_sparsity']}, recipe {p['recipe']})")
+        title += escape(f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {sparsity_text(p['overall_sparsity'])}, recipe {p['recipe']})")
     if report.get("reused"):
         title += " (from the results store; --force measures again)"
     table = Table(title=title, title_justify="left")

@@ -65,6 +65,24 @@ def export_command(
         emit_json(result)
         return
     console = stdout_console()
+    console.print(_size_table(result) if result["format"] in COMPRESSED else _size_line(result))
+    disk = human_bytes(result["disk_bytes"])
+    console.print(f"wrote [bold]{escape(result['destination'])}[/] ({disk} on disk, {result['seconds']:.1f}s)")
+
+
+# The formats whose point is their size: dense vs stored vs the values + 1 bit ideal. hf is dense by
+# design, masks hold no weights: for those the comparison says nothing, one line says what was written.
+COMPRESSED = ("sparse", "sparse-24-bitmask")
+
+
+def _size_line(result: dict) -> str:
+    what = f"{result['format']} export: {len(result['files'])} file(s), {result['pruned_layers']} pruned layers"
+    if result["format"] == "masks":
+        return f"{what}, {human_bytes(result['pruned_stored_bytes'])} of masks (1 bit per weight)"
+    return f"{what}, {human_bytes(result['stored_bytes'])} of tensors (dense, as transformers loads them)"
+
+
+def _size_table(result: dict) -> Table:
     title = f"{result['format']} export: {len(result['files'])} weight file(s), {result['pruned_layers']} pruned layers"
     table = Table(title=title)
     table.add_column("size")
@@ -74,9 +92,7 @@ def export_command(
     rows = (("dense", "dense_bytes"), ("stored", "stored_bytes"), ("theoretical (values + 1 bit)", "theoretical_bytes"))
     for label, key in rows:
         table.add_row(label, _size(result[key], dense), _size(result[f"pruned_{key}"], pruned_dense))
-    console.print(table)
-    disk = human_bytes(result["disk_bytes"])
-    console.print(f"wrote [bold]{escape(result['destination'])}[/] ({disk} on disk, {result['seconds']:.1f}s)")
+    return table
 
 
 def _size(n: int, dense: int) -> str:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import sys
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from zprune_cli import distributed
 
@@ -53,13 +49,24 @@ def emit_json(data: Any) -> None:
     emit_text(json_text(data))
 
 
+_STDERR: dict[int, Console] = {}
+
+
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, soft_wrap=True)  # progress bars size themselves to it
+    """The one console on stderr, for bars, logs and errors alike: rich prints a line above a live bar
+    only when it goes through the bar's own console; a second console writing beneath the bar left
+    copies of it on the screen. One per underlying stream (tests swap sys.stderr; a live display wraps
+    it in a proxy that names the stream it wraps)."""
+    stream = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+    if id(stream) not in _STDERR or _STDERR[id(stream)].file is not stream:
+        _STDERR.clear()
+        _STDERR[id(stream)] = Console(file=stream)  # wraps at the width (bars must fit it); errors say soft_wrap
+    return _STDERR[id(stream)]
 
 
 def error(message: str) -> None:
-    """One red line; the message is user text (paths, regexes), never parsed as markup."""
-    stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    """One red line, never wrapped; the message is user text (paths, regexes), never parsed as markup."""
+    stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -82,97 +89,5 @@ class _PlainFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
-class _Task:
-    def __init__(self, progress: Progress | None, task_id):
-        self._progress, self._id = progress, task_id
-
-    def advance(self, n: int = 1) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._id, n)
-
-
-@dataclass
-class RichProgress:
-    """The library's Progress protocol drawn as rich bars on stderr (count, elapsed, ETA)."""
-
-    quiet: bool = False
-
-    def __post_init__(self):
-        self._progress: Progress | None = None
-        if not self.quiet:
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=stderr_console(),
-                transient=False,
-                disable=os.environ.get("ZPRUNE_NO_PROGRESS") == "1",
-            )
-
-    @contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[_Task]:
-        """Bars nest: an outer bar (the grid of `compare`) stays while inner steps come and go."""
-        if self._progress is None:
-            yield _Task(None, None)
-            return
-        self._depth = getattr(self, "_depth", 0) + 1
-        if self._depth == 1:
-            self._progress.start()
-        task_id = self._progress.add_task(escape(description), total=total)  # paths are text, not markup
-        try:
-            yield _Task(self._progress, task_id)
-            if total is None:
-                self._progress.update(task_id, total=1, completed=1)
-        finally:
-            self._depth -= 1
-            if self._depth > 0:
-                self._progress.remove_task(task_id)  # inner steps vanish when done
-            else:
-                self._progress.stop()
-
-    def log(self, message: str) -> None:
-        logging.getLogger("zprune").info(message)
-
-
-class _LineTask:
-    def __init__(self) -> None:
-        self.done = 0
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-
-
-@dataclass
-class LineProgress:
-    """Progress for a pipe or a log file: one plain line per finished step, no bars redrawn."""
-
-    def __post_init__(self) -> None:
-        self._depth = 0
-
-    @contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[_LineTask]:
-        import time
-
-        started, step = time.perf_counter(), _LineTask()
-        self._depth += 1
-        try:
-            yield step
-        finally:
-            self._depth -= 1
-        count = f" {step.done}/{total}" if total else ""
-        sys.stderr.write(f"{'  ' * self._depth}{description}:{count} done in {time.perf_counter() - started:.1f}s\n")
-        sys.stderr.flush()
-
-    def log(self, message: str) -> None:
-        logging.getLogger("zprune").info(message)
-
-
-def progress_for(quiet: bool):
-    """Bars on a terminal, one line per step in a pipe or a log, nothing with --quiet."""
-    if quiet or os.environ.get("ZPRUNE_NO_PROGRESS") == "1" or not distributed.is_main():
-        return RichProgress(quiet=True)
-    return RichProgress() if sys.stderr.isatty() else LineProgress()
+def log_info(message: str) -> None:
+    logging.getLogger("zprune").info(message)

@@ -13,6 +13,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import Common, aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.leaderboard_cells import sparsity_text
 from zprune_cli.methods import method_names
 from zprune_cli.pruning import default_output, prune, prune_with_masks
 from zprune_cli.recipe import PruneRecipe, parse_method_list
@@ -109,7 +110,7 @@ def _apply_masks(c: Common, handle, masks: Path, out: Optional[Path], overwrite:
         return
     where = f" -> saved to {escape(str(outcome.out))}" if outcome.out else ""
     stdout_console().print(f"applied masks to {outcome.layers} layers: overall sparsity "
-                           f"[bold]{outcome.provenance.overall_sparsity:.4f}[/]{where}")
+                           f"[bold]{sparsity_text(outcome.provenance.overall_sparsity)}[/]{where}")
 
 
 def _render(c: Common, outcomes) -> None:
@@ -125,7 +126,7 @@ def _render(c: Common, outcomes) -> None:
         statistics = f"statistics {outcome.calibration.key}" if outcome.calibration else "no calibration data read"
         console.print(
             f"[bold]{escape(r.label())}[/] scope={r.scope or '-'} allocation={r.allocation} propagate={r.propagate} "
-            f"recipe {r.digest}: overall sparsity [bold]{outcome.report.overall:.4f}[/] "
+            f"recipe {r.digest}: overall sparsity [bold]{sparsity_text(outcome.report.overall)}[/] "
             f"in {outcome.report.seconds:.1f}s ({statistics}){where}"
         )
 
@@ -144,7 +145,7 @@ def layer_table(outcome) -> Table:
     for name in columns:
         table.add_column(name.rsplit(".", 1)[-1], justify="right")
     for block, values in rows.items():
-        table.add_row(block, *[f"{values[n]:.3f}" if n in values else "-" for n in columns])
+        table.add_row(block, *[sparsity_text(values[n]) if n in values else "-" for n in columns])
     return table
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -85,6 +86,8 @@ def resolve_source(spec: str, split: str = "train", data_dir: str | Path | None 
         return _file(spec, path)
     if path.exists():
         raise ZpruneUsageError(f"data '{spec}' is not a file")
+    if _looks_like_path(spec):  # a mistyped file name is not an unknown dataset
+        raise ZpruneUsageError(f"no such file: {spec}")
     raise ZpruneUsageError(
         f"unknown data '{spec}': use one of {', '.join(NAMED)}, {', '.join(BUILTIN)}, '{SELF}', or the path of a "
         ".txt/.jsonl/.parquet file"
@@ -110,6 +113,13 @@ def resolve_or_sample(name: str, split: str, data_dir: str | Path | None, sample
 
 
 # --- local files -------------------------------------------------------------------------------
+def _looks_like_path(spec: str) -> bool:
+    """A path separator, a leading ~ or ., or the suffix of a text type we read (x.txt, x.jsonl)."""
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return (any(sep in spec for sep in separators) or spec.startswith(("~", "."))
+            or Path(spec).suffix.lower() in TEXT_SUFFIXES + RECORD_SUFFIXES)
+
+
 def _hash_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:

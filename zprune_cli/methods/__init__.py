@@ -18,6 +18,17 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
+def method_titles() -> dict[str, str]:
+    """Each registered method's one-line title for the help: its class's `title`, else its module
+    docstring's first line up to the colon ('Wanda (Sun et al., 2023)'), so a new method needs nothing more."""
+    titles = {}
+    for name in method_names():
+        cls = METHODS[name]
+        doc = (inspect.getmodule(cls).__doc__ or name).strip().splitlines()[0]
+        titles[name] = getattr(cls, "title", None) or doc.split(":")[0].strip().rstrip(".")
+    return titles
+
+
 def method_options(name: str) -> dict[str, object]:
     """A method's constructor options and their defaults, e.g. {'a': 0.5} for ria."""
     return {
@@ -38,6 +49,7 @@ def get_method(name: str, **options: object) -> Method:
 
 
 def _method_class(name: str) -> type[Method]:
-    if name not in METHODS:
+    key = name.strip().lower() if isinstance(name, str) else name  # `--method Wanda` is wanda
+    if key not in METHODS:
         raise ZpruneUsageError(f"unknown method {name!r}: choose one of {', '.join(method_names())}")
-    return METHODS[name]
+    return METHODS[key]

@@ -3,7 +3,9 @@
 Layout: <cache_dir>/stats/<key>/manifest.json, inputs.safetensors (window token ids and block 0's
 inputs) and block_NNN.safetensors (per input group: `<leader>.sumsq`, `<leader>.sum`, optionally `<leader>.gram`).
 An entry is written into a temporary folder and renamed into place when complete, under a lock
-file, so readers never see half an entry and two writers leave one valid entry.
+file, so readers never see half an entry and two writers leave one valid entry. The lock file lives
+only while it is held: its holder removes it, and a lock left by a SIGKILLed writer is removed by the
+next writer or `cache gc` (taking its flock first, so a held lock is never removed).
 
 Nothing read from disk is trusted: the manifest is checked field by field, its file names must be
 plain names inside the entry, and every file's size and sha256 are checked before the entry is used.
@@ -280,15 +282,16 @@ class StatsStore:
         lock_path = self.root / f"{key.digest}.lock"
         handle = _acquire(lock_path, key.digest, progress)
         try:
+            for stale in self.root.glob("*.lock"):  # left by SIGKILLed writers (no `finally` ran there)
+                if stale != lock_path:
+                    remove_unheld_lock(stale)
             handle.seek(0)
             handle.truncate()
             handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(_command()), "since": time.strftime("%H:%M:%S")}))
             handle.flush()
             yield
         finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            _release(lock_path, handle)
 
     @contextmanager
     def writer(self, key: StatsKey | PropagatedKey, settings: dict) -> Iterator["EntryWriter"]:
@@ -311,7 +314,10 @@ class StatsStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def remove(self, path: Path) -> int:
-        """Remove an entry, a temporary folder or a lock file (a symlinked entry: the link only)."""
+        """Remove an entry, a temporary folder or a lock file nobody holds (a symlinked entry: the link only)."""
+        if path.suffix == ".lock" and not path.is_symlink():
+            remove_unheld_lock(path)
+            return 0
         if path.is_symlink() or path.is_file():
             path.unlink()
             return 0
@@ -444,6 +450,41 @@ def _lock_held(lock: Path) -> bool:
     except BlockingIOError:
         return True
     except OSError:
+        return False
+
+
+# The lock protocol: a lock file is unlinked only by a process holding its flock, and whoever takes the
+# flock checks that the path still names the file it locked (`_acquire`), else opens it anew. So a
+# waiter on a file just removed never writes beside the next holder, and no live holder loses its file.
+def _release(lock_path: Path, handle) -> None:
+    """Remove our lock file, then let go of it: a finished, failed or interrupted run leaves nothing."""
+    try:
+        lock_path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def remove_unheld_lock(lock: Path) -> bool:
+    """Remove a lock file no process holds (its holder was SIGKILLed: the kernel let go of the flock,
+    the file stayed). Taken with the lock's own flock first: a lock a live process holds stays."""
+    try:
+        handle = open(lock, "rb")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held (BlockingIOError), or not lockable here
+            return False
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino:
+                lock.unlink()
+                return True
+        except FileNotFoundError:
+            pass
         return False
 
 
