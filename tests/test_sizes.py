@@ -168,3 +168,15 @@ def test_documents_overlap_warning_counts_only_documents_longer_than_a_window(ti
     # (299 // 50) + (199 // 50) = 5 + 3 = 8 windows of 50; 40 windows: 299//L + 199//L + 30//L >= 40 up to L = 13
     # (23 + 15 + 2; the short document holds windows of 13)
     assert line.endswith("without overlap it holds --nsamples 8 --seqlen 50 or --nsamples 40 --seqlen 13")
+
+
+def test_drawing_before_loading_builds_the_tokenizer_once(tiny_dir, text_file, cache, monkeypatch):
+    """The windows need the tokenizer before the model loads; the model's load hands that one back."""
+    from zprune_cli.models import handle, load
+
+    built = []
+    for module in (handle, load):
+        real = module.load_tokenizer
+        monkeypatch.setattr(module, "load_tokenizer", lambda source, real=real: built.append(source.spec) or real(source))
+    assert invoke("calibrate", tiny_dir, "--data", text_file, "-n", 2, "-l", 32).exit_code == 0
+    assert built == [str(tiny_dir)]
