@@ -65,7 +65,7 @@ def one_line_error(result, code):
         (["{tiny}", "-l", "100000"], 2, "beyond the model's maximum"),
         (["{tiny}", "--data", "{binary}"], 2, "not text"),
         (["{tiny}", "--data", "{nofield}"], 2, "no 'text' field"),
-        (["{tiny}", "--data", "{short}", "-l", "64"], 1, "too short"),
+        (["{tiny}", "--data", "{short}", "-l", "64"], 2, "too short"),
         (["{tiny}", "--device", "cuda:7"], 2, "CUDA"),
     ],
 )

@@ -347,7 +347,8 @@ def test_disk_full_while_calibrating_offloaded(depths, flavour, text_file, cache
 
     written = fill_disk_after(monkeypatch, store, 2, flavour)  # inputs and block 0, then full at block 1
     args = ["calibrate", str(depths[3]), "--offload", "disk", "--data", str(text_file), "-n", "2", "-l", "16"]
-    assert one_error_line(CliRunner().invoke(app, args)).startswith("error: the disk is full; free space")
+    assert one_error_line(CliRunner().invoke(app, args)).startswith(f"error: writing statistics to {cache} failed: the disk "
+                                                                    "is full; free space")
     assert [Path(f).name for f in written][-1] == "block_001.safetensors"
     assert not staging_left(cache) and complete_entries(cache) == []
 

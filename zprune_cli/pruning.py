@@ -148,7 +148,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
         s = calibration.entry.manifest["settings"]
         record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
-        base_model=BaseModel.of(handle.source), recipe=report.recipe,
+        base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
         pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
         stats_key=calibration.key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
     )
@@ -218,7 +218,7 @@ def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
 def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: dict) -> Provenance:
     calibration = source.get("calibration")
     return Provenance(
-        base_model=BaseModel.of(handle.source), recipe=PruneRecipe.from_dict(source["recipe"]),
+        base_model=BaseModel.of(handle.source, content=True), recipe=PruneRecipe.from_dict(source["recipe"]),
         pruned_layers={k: round(v["sparsity"], 6) for k, v in counted["layers"].items()},
         overall_sparsity=round(counted["sparsity"], 6), stats_key=source.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),

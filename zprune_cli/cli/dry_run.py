@@ -13,17 +13,17 @@ from rich.table import Table
 
 from zprune_cli.cli.common import Common
 from zprune_cli.cli.output import emit_json, stdout_console
+from zprune_cli.calibration import check_calibration
 from zprune_cli.cli.render import human_bytes
-from zprune_cli.data.sources import resolve_source
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.estimation.estimate import (Estimate, Target, estimate_calibrate, estimate_compare, estimate_eval,
                                             estimate_prune)
 from zprune_cli.estimation.machine import accepted_offloads, checked, machine_memory, timed
 from zprune_cli.estimation.shape import model_shape
 from zprune_cli.estimation.throughput import measure_throughput
-from zprune_cli.evaluation.run import EvalPlan, Evaluation, provenance_of, refuse_whole_model_work
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, base_model_handle, provenance_of, refuse_whole_model_work
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.models.load import max_length, parse_dtype, source_dtype
+from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.pruning import output_paths
 from zprune_cli.recipe import PruneRecipe, needs_calibration
 from zprune_cli.settings import Calibration
@@ -46,11 +46,9 @@ def _estimated(handle: ModelHandle, estimate: Callable[[Target], Estimate], whol
 
 
 def _check_calibration(c: Common, handle: ModelHandle, cal: Calibration) -> None:
-    """What calibration checks before it loads the model: the text source, and seqlen against the model."""
-    resolve_source(cal.data, "train", c.settings.data_dir)
-    limit = max_length(handle.config)
-    if limit is not None and cal.seqlen > limit:
-        raise ZpruneUsageError(f"--seqlen {cal.seqlen} is beyond the model's maximum of {limit} tokens")
+    """What calibration checks before it loads the model: the text source, sizes against this machine, seqlen
+    against the model, the windows against the text (refused or warned as the run would)."""
+    check_calibration(handle, cal, c.settings)
 
 
 def _windows(c: Common, handle: ModelHandle, evaluation: Evaluation) -> list[tuple[int, int]]:
@@ -77,8 +75,11 @@ def prune(c: Common, handle: ModelHandle, recipes: Sequence[PruneRecipe], out: O
 def evaluate(c: Common, handle: ModelHandle, evaluation: Evaluation, baseline: bool) -> None:
     if handle.offload == "disk":
         refuse_whole_model_work(evaluation)
-    if baseline and provenance_of(handle) is None:
+    provenance = provenance_of(handle) if baseline else None
+    if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with zprune.json); {handle.source.spec} is not one")
+    if provenance is not None:
+        base_model_handle(provenance, Path(handle.source.location), c.settings, handle.offload)  # found, or refused as the run
     windows = _windows(c, handle, evaluation)
     show(c, _estimated(handle, lambda t: estimate_eval(t, windows, evaluation.batch_size, baseline), _whole(evaluation)))
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from zprune_cli.data.windows import windows_bytes
 from zprune_cli.estimation.shape import ModelShape
+from zprune_cli.models.runner import block_inputs_bytes
 from zprune_cli.estimation.store_size import GRAM_BYTES, SUMSQ_BYTES, element_size
 from zprune_cli.settings import Calibration
 
@@ -122,10 +124,10 @@ class Footprint:
 
     def block_inputs(self, cal: Calibration) -> int:
         """Block 0's inputs of every window [nsamples, seqlen, hidden], in the run dtype."""
-        return cal.nsamples * cal.seqlen * self.shape.hidden * self.d
+        return block_inputs_bytes(cal.nsamples, cal.seqlen, self.shape.hidden, self.dtype)
 
     def token_ids(self, cal: Calibration) -> int:
-        return cal.nsamples * cal.seqlen * 8
+        return windows_bytes(cal.nsamples, cal.seqlen)
 
     # --- phases: the bytes held at the peak of each step, on the device ------------------------------
     def calibrating(self, cal: Calibration, gram: bool) -> dict[str, int]:

@@ -53,7 +53,8 @@ class ModelHandle:
                 if self.offload == "disk":
                     self._loaded = load_offloaded(self.source, self.device, self.dtype)
                 else:
-                    self._loaded = load_model(self.source, self.device, self.dtype, self.offload)
+                    self._loaded = load_model(self.source, self.device, self.dtype, self.offload,
+                                              tokenizer=self.__dict__.get("tokenizer"))  # cached_property's value, if read
                     if offloaded(self._loaded[0]) is not None:  # a GPU too small for the weights chose it
                         self.offload = "cpu"
         return self._loaded

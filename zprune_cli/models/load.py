@@ -73,9 +73,10 @@ def load_tokenizer(source: ModelSource):
         raise ZpruneError(f"could not load the tokenizer of {source.spec}: {first_line(exc)}") from exc
 
 
-def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, offload: str = "none"):
+def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, offload: str = "none", tokenizer=None):
     """Return (model, tokenizer), the model in eval mode on `device` with no KV cache; with offload "cpu" (or on
-    a GPU too small for it) its decoder blocks stay in host memory, one copied to `device` at a time."""
+    a GPU too small for it) its decoder blocks stay in host memory, one copied to `device` at a time. A tokenizer
+    loaded already (calibration draws its windows before the model loads) is handed back, not built again."""
     from transformers import AutoModelForCausalLM
 
     from zprune_cli.models.offload_host import HOST, place
@@ -86,7 +87,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, of
         model = pretrained.load_pretrained(source.location, HOST, dtype)
         place(model, device, offload)
         model.config.use_cache = False
-        return model, pretrained.load_tokenizer(source.location)
+        return model, tokenizer if tokenizer is not None else pretrained.load_tokenizer(source.location)
     kwargs = _common_kwargs(source)
     check_hub_reachable(source)
     try:
@@ -102,7 +103,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, of
     model.eval()
     model.config.use_cache = False
     logging.getLogger("zprune").debug("loaded %s on %s as %s", source.spec, device, dtype)
-    return model, load_tokenizer(source)
+    return model, tokenizer if tokenizer is not None else load_tokenizer(source)
 
 
 def _compressed_export(folder: str) -> bool:
@@ -186,6 +187,14 @@ def max_length(model_or_config) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def hidden_width(model_or_config) -> int | None:
+    """The width of a decoder block's input (the text model's hidden size), or None when the config does not say."""
+    base = getattr(model_or_config, "config", model_or_config)
+    config = getattr(base, "get_text_config", lambda: base)()
+    value = getattr(config, "hidden_size", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _common_kwargs(source: ModelSource) -> dict:

@@ -29,6 +29,11 @@ class BlockInputs:
     block_kwargs: list[dict[str, Any]]  # per block: keyword arguments the model passes to it
 
 
+def block_inputs_bytes(nsamples: int, seqlen: int, hidden: int, dtype: torch.dtype) -> int:
+    """Block 0's inputs of every window, [nsamples, seqlen, hidden] in `dtype`: what capture_block_inputs holds."""
+    return nsamples * seqlen * hidden * dtype.itemsize
+
+
 def split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
     kwargs = dict(kwargs)
     if args:

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zprune_cli import distributed
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.types import LayerStats
@@ -501,8 +501,22 @@ class EntryWriter:
         self.blocks: list[dict] = []
         self.extra: dict = {}
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An I/O failure of this entry's own writes (a full disk under safetensors is its own error type) in one line
+        naming the cache; what the caller writes inside `with store.writer(...)` (a streamed model) is not ours."""
+        try:
+            yield
+        except Exception as exc:
+            io_error = os_error_of(exc)
+            if io_error is None:
+                raise
+            raise ZpruneError(f"writing statistics to {self.path.parent.parent} failed: {translate(io_error)}") from None
+
     def write_inputs(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
-        save_file({"input_ids": input_ids.contiguous().cpu(), "hidden": hidden.contiguous().cpu()}, self.path / "inputs.safetensors")
+        with self._writing():
+            save_file({"input_ids": input_ids.contiguous().cpu(), "hidden": hidden.contiguous().cpu()},
+                      self.path / "inputs.safetensors")
 
     def write_block(self, index: int, groups: list[InputGroup]) -> None:
         tensors = {}
@@ -512,7 +526,8 @@ class EntryWriter:
             if group.gram is not None:
                 tensors[f"{group.name}.gram"] = group.gram.contiguous().cpu()
         fname = f"block_{index:03d}.safetensors"
-        save_file(tensors, self.path / fname)
+        with self._writing():
+            save_file(tensors, self.path / fname)
         self.blocks.append(
             {
                 "index": index,
@@ -537,7 +552,8 @@ class EntryWriter:
             **self.extra,
         }
         tmp = self.path / (MANIFEST + ".part")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.path / MANIFEST)
+        with self._writing():
+            tmp.write_text(json.dumps(manifest, indent=1))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.rename(tmp, self.path / MANIFEST)
