@@ -113,9 +113,19 @@ class _Pruner:
         weight_view(linear).copy_(new)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in `tensor`. A finite sum proves it (a NaN or inf entry makes the sum NaN or inf) in one
+    pass with no temporary: isfinite(tensor).all() writes a bool per entry, 0.3-0.5 s at each of a 7B
+    block's MLP weights, and ran twice per layer. Only a sum that is not finite (an overflow) is checked entry
+    by entry."""
+    if tensor.is_floating_point() and bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def _require_finite(tensor: torch.Tensor, what: str) -> None:
     """Stop before anything is saved: a NaN or inf would be pruned, spread by updates, and saved."""
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ZpruneError(f"{what} holds {bad} non-finite value(s) (NaN or inf); nothing was saved. "
                           "Check the model file, or calibrate in float32 (--dtype float32)")
