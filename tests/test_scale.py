@@ -49,3 +49,32 @@ def test_lowest_k_selects_without_kthvalue_on_the_cpu(monkeypatch):
         flat = scores.reshape(1, -1)
         half = flat.shape[1] // 2
         assert torch.equal(lowest_k(flat, half), _lowest_k_by_sort(flat, half))
+
+
+def test_score_methods_zero_the_layer_in_place():
+    """A score method's mask is applied to the layer's own storage (at 7B a pruned copy of each layer, its
+    second finite check and the copy back cost ~1 s per MLP matrix), with the weights `prune` returns."""
+    from zprune_cli.masks import Pattern
+    from zprune_cli.methods import METHODS
+    from zprune_cli.pipeline import _Pruner
+    from zprune_cli.recipe import PruneRecipe
+    from zprune_cli.stats.types import LayerStats
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 344, bias=False)
+    stats = LayerStats(sumsq=torch.rand(128, dtype=torch.float64) + 0.1, n_tokens=10, sum=torch.zeros(128, dtype=torch.float64))
+    dense = linear.weight.detach().clone()
+    for method in ("magnitude", "wanda", "ria", "zpruner"):
+        for pattern in ("unstructured", "2:4"):
+            recipe = PruneRecipe(method=method, sparsity=0.5, pattern=pattern)
+            pruner = _Pruner(recipe)
+            assert pruner.in_place
+            want = METHODS[method]().prune(dense, stats, 0.5, Pattern.parse(pattern), recipe.scope).weight
+            with torch.no_grad():
+                linear.weight.copy_(dense)
+            storage = linear.weight.data_ptr()
+            pruner("layer", linear, stats, 0.5)
+            assert linear.weight.data_ptr() == storage and torch.equal(linear.weight, want)
+            assert int((linear.weight == 0).sum()) == 344 * 64
+    assert not _Pruner(PruneRecipe(method="sparsegpt", sparsity=0.5)).in_place
+    assert not _Pruner(PruneRecipe(method="wanda", sparsity=0.5, reconstruct="obs")).in_place

@@ -94,6 +94,8 @@ class _Pruner:
         self.method: Method = recipe.method_obj
         self.pattern = recipe.pattern_obj
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
+        # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
+        self.in_place = type(self.method).prune is Method.prune and not self.finishes
 
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
         if sparsity <= 0:
@@ -104,6 +106,9 @@ class _Pruner:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
+        if self.in_place:  # zeros are finite: the weight was checked above
+            weight.masked_fill_(self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope), 0)
+            return
         result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
         new = result.weight
         if self.finishes:

@@ -56,9 +56,15 @@ class Method(ABC):
         scope: str | None = None,
     ) -> PruneResult:
         """Score in PRUNE_PRECISION, select exactly the lowest entries, zero them."""
-        scores = self.score(weight.to(PRUNE_PRECISION), stats)
-        prune_mask = select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
+        prune_mask = self.prune_mask(weight, stats, sparsity, pattern, scope)
         return PruneResult(weight=weight.masked_fill(prune_mask, 0), prune_mask=prune_mask)
+
+    def prune_mask(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern,
+                   scope: str | None = None) -> torch.Tensor:
+        """A score method's mask (True = pruned) without the pruned copy of the weight: the engine zeroes
+        the layer in place (`prune` is this and `weight.masked_fill`)."""
+        scores = self.score(weight.to(PRUNE_PRECISION), stats)
+        return select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
 
 
 def register(cls: type[Method]) -> type[Method]:
