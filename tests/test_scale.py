@@ -78,3 +78,21 @@ def test_score_methods_zero_the_layer_in_place():
             assert int((linear.weight == 0).sum()) == 344 * 64
     assert not _Pruner(PruneRecipe(method="sparsegpt", sparsity=0.5)).in_place
     assert not _Pruner(PruneRecipe(method="wanda", sparsity=0.5, reconstruct="obs")).in_place
+
+
+def test_a_long_step_prints_lines_on_a_pipe(capsys, monkeypatch):
+    """On a pipe, a step with a count prints a line every 30 s while it runs, with the count and an ETA
+    (the 7B's 9-minute pruning step printed nothing until it ended), and its one line when done."""
+    import zprune_cli.cli.output as output
+
+    now = [100.0]
+    monkeypatch.setattr(output, "clock", lambda: now[0])
+    progress = output.LineProgress()
+    with progress.task("Pruning with wanda (dense inputs)", 10) as task:
+        for t in (10, 31, 45, 70, 75, 80, 90, 95, 99, 140):  # seconds after the start, one block each
+            now[0] = 100.0 + t
+            task.advance(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["Pruning with wanda (dense inputs): 2/10 after 31s, ETA 124s",
+                     "Pruning with wanda (dense inputs): 4/10 after 70s, ETA 105s",
+                     "Pruning with wanda (dense inputs): 10/10 done in 140.0s"]
