@@ -98,6 +98,39 @@ def test_a_long_step_prints_lines_on_a_pipe(capsys, monkeypatch):
                      "Pruning with wanda (dense inputs): 10/10 done in 140.0s"]
 
 
+def test_a_model_larger_than_memory_is_refused_naming_offload_disk(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    """A 7B shape loaded whole on a machine it exceeds was killed by the kernel minutes in: now one line with
+    the numbers names --offload disk, exit 1, before a lock, a statistic or an output file is made; with
+    --offload disk the same command runs. The size comes from the safetensors headers alone."""
+    from typer.testing import CliRunner
+    from transformers import AutoModelForCausalLM
+
+    import zprune_cli.models.host_memory as host_memory
+    from zprune_cli.cli.app import app
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    assert host_memory.checkpoint_params(tiny_dir) == params
+    monkeypatch.setattr(host_memory, "available_memory", lambda: 4 * params - 1)  # float32: 4 bytes a weight
+    out = tmp_path / "pruned"
+    for command in (["prune", str(tiny_dir), "--method", "wanda", "--out", str(out)], ["eval", str(tiny_dir)],
+                    ["calibrate", str(tiny_dir)]):
+        result = CliRunner().invoke(app, [*command, "--data", str(text_file), "-n", "2", "-l", "16"]
+                                    if command[0] != "eval" else [*command, "--eval", str(text_file), "--eval-seqlen", "16"])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.output
+        assert lines[0] == (f"error: {tiny_dir} needs {4 * params / 2**30:.1f} GiB for its weights in float32 "
+                            f"({params / 1e9:.2f} B parameters) and this machine has {(4 * params - 1) / 2**30:.1f} GiB "
+                            "available; run it with --offload disk (one decoder block in memory at a time)")
+    assert not out.exists() and not list(tmp_path.glob(".pruned*"))
+    stats = cache / "stats"  # no statistics entry, no temporary folder (eval opened its results database)
+    assert not stats.exists() or not [p for p in stats.rglob("*") if not p.name.endswith(".lock")]
+    result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload", "disk",
+                                      "--data", str(text_file), "-n", "2", "-l", "16"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors.index.json").is_file()
+
+
 def test_nonzeros_counts_like_torch():
     """The numpy count (10x faster on a pruned float32 weight) is torch's count: -0.0 is zero, NaN is not,
     for strided views and every dtype."""

@@ -88,6 +88,7 @@ def prune(
     recipes = as_recipes(recipe)
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
+    handle.check_memory()  # a model too large to load whole is refused before a lock or a file is made
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
     result = None  # magnitude alone reads no text: nothing to load, tokenise or store (torchrun still shards it)
     if needs_calibration(recipes) or distributed.active():
