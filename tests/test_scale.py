@@ -232,3 +232,38 @@ def test_sparsegpt_walk_on_transposed_blocks_is_the_papers():
     assert torch.equal(mask, want == 0) and torch.equal(W == 0, mask)
     torch.testing.assert_close(W, want, rtol=1e-4, atol=1e-5)
 
+
+def test_propagated_statistics_are_not_cached_where_they_would_fill_the_disk(tiny_dir, text_file, cache, monkeypatch, caplog):
+    """SparseGPT's propagated statistics are a cache of Gram matrices (22 GB at Llama-2-7B's shape, 43 GB at 13B):
+    where the blocks left would leave under 10% of the disk free, the entry is given up with one warning and the
+    prune goes on with the same weights; with room, it is kept as before."""
+    import collections
+    import shutil as real_shutil
+
+    import zprune_cli.stats.store as store
+    from zprune_cli.calibration import calibrate
+    from zprune_cli.models.blocks import block_linears
+    from zprune_cli.models.handle import ModelHandle
+    from zprune_cli.pipeline import prune_in_memory
+    from zprune_cli.recipe import PruneRecipe
+    from zprune_cli.settings import Calibration
+
+    entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), inputs_only=True).entry
+    usage = collections.namedtuple("usage", "total used free")
+    weights = {}
+    for free in (10**12, 10**6):  # room, then none (a block's Grams and sums here are a few KB; 10% of 10^7 is 10^6)
+        monkeypatch.setattr(store.shutil, "disk_usage", lambda path, free=free: usage(10**7 if free < 10**9 else 10**12, 0, free))
+        for old in entry.store.root.iterdir():  # a fresh run each time: no cached propagated entry
+            if old.is_dir() and old.name != entry.path.name:
+                real_shutil.rmtree(old)
+        handle = ModelHandle(str(tiny_dir))
+        caplog.clear()
+        prune_in_memory(handle.model, entry, PruneRecipe("sparsegpt", 0.5))
+        weights[free] = {n: m.weight.clone() for n, m in block_linears(handle.model).items()}
+        kept = [p for p in entry.store.root.iterdir() if p.is_dir() and p.name != entry.path.name]
+        warned = [r.message for r in caplog.records if "not caching" in r.message]
+        if free > 10**9:
+            assert len(kept) == 1 and (kept[0] / "manifest.json").is_file() and not warned
+        else:
+            assert kept == [] and len(warned) == 1 and "propagated statistics" in warned[0]
+    assert all(torch.equal(weights[10**12][n], weights[10**6][n]) for n in weights[10**12])

@@ -161,7 +161,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
             if stats_entry is None:  # first run with this recipe: collect and keep its statistics
                 settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
-                with store.writer(run_key, settings) if distributed.is_main() else nullcontext() as writer:
+                with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
                                                             progress, label)
                 return _report(recipe, started, unrouted, measured)
