@@ -110,6 +110,10 @@ def test_a_model_larger_than_memory_is_refused_naming_offload_disk(tiny_dir, tex
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
     assert host_memory.checkpoint_params(tiny_dir) == params
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert host_memory.checkpoint_params(damaged) is None  # the loader, not this check, reports a broken file
     monkeypatch.setattr(host_memory, "available_memory", lambda: 4 * params - 1)  # float32: 4 bytes a weight
     out = tmp_path / "pruned"
     for command in (["prune", str(tiny_dir), "--method", "wanda", "--out", str(out)], ["eval", str(tiny_dir)],
