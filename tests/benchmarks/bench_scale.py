@@ -85,8 +85,16 @@ def task(self, description, total):
         yield step
     after = _io()
     RECORD['phases'].append({'step': description, 'seconds': time.perf_counter() - started, 'peak': _status('VmHWM'),
-                             'read': after['read_bytes'] - io['read_bytes'], 'written': after['write_bytes'] - io['write_bytes']})
+                             'read': after['read_bytes'] - io['read_bytes'], 'written': after['write_bytes'] - io['write_bytes'],
+                             'device_peak': _device_peak()})
     _reset()
+def _device_peak():
+    import torch
+    if not torch.cuda.is_available():
+        return 0
+    peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    return peak
 output.LineProgress.task = task
 import runpy
 sys.argv = ['zprune', *sys.argv[1:]]
@@ -118,6 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seqlen", "-l", type=int, default=512)
     p.add_argument("--data", default="c4-sample")
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="zprune's --device (cuda: tests/benchmarks/gpu_check.sh)")
+    p.add_argument("--offload", default="auto", help="auto (disk when the float32 weights exceed the available "
+                   "memory, else none), none, cpu or disk")
+    p.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE, a method option (repeatable)")
     p.add_argument("--keep-free", type=float, default=10.0, help="GiB the disk keeps free whatever runs (default 10)")
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="append each measured row to this JSON-lines file")
@@ -184,6 +196,7 @@ def by_phase(record: dict) -> dict[str, dict]:
         row = out.setdefault(phase, {"seconds": 0.0, "peak": 0, "read": 0, "written": 0})
         row["seconds"] += step["seconds"]
         row["peak"] = max(row["peak"], step["peak"])
+        row["device_peak"] = max(row.get("device_peak", 0), step.get("device_peak", 0))
         row["read"] += step["read"]
         row["written"] += step["written"]
     return out
@@ -302,8 +315,9 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
         subprocess.run([sys.executable, str(Path(__file__).parent / "make_checkpoint.py"), size, model], check=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
         print(f"{size}: checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
-    offload = ["--offload", offload_for(model)] if size not in REAL else []
-    cal = ["--data", args.data, "-n", str(args.nsamples), "-l", str(args.seqlen), *offload]
+    mode = offload_for(model) if args.offload == "auto" else args.offload
+    offload = ["--offload", mode] if size not in REAL or args.offload != "auto" else []
+    cal = ["--data", args.data, "-n", str(args.nsamples), "-l", str(args.seqlen), *offload, "--device", args.device]
     need, _ = disk_plan(size, model, cal, work, args)
     free = shutil.disk_usage(work).free
     if free - need < args.keep_free * GiB:
@@ -318,8 +332,9 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
         for spec in args.patterns.split(","):
             out = work / "out" / f"{size}-{method}-{spec.replace(':', 'of')}"
             stats_before = set((work / "cache" / "stats").iterdir())
-            measure(size, model, ["prune", model, "--method", method, *spec_args(spec), *cal, "--out", str(out),
-                                  "--overwrite"], f"prune {method} {spec}", work, rows, args, out, calibrated)
+            options = [a for o in args.option if o.startswith(f"{method}:") for a in ("--option", o.split(":", 1)[1])]
+            measure(size, model, ["prune", model, "--method", method, *spec_args(spec), *options, *cal, "--out", str(out),
+                                  "--overwrite"], " ".join([f"prune {method} {spec}", *options[1::2]]), work, rows, args, out, calibrated)
             if first:
                 end_to_end(size, out, work, rows, args, offload)
                 first = False
@@ -348,7 +363,8 @@ def measure(size: str, model: str, command: list[str], label: str, work: Path, r
     row = {"size": size, "params": estimate["params"], "command": label, "offload": estimate["offload"],
            "tokens": args.nsamples * args.seqlen, "wall": record["wall"], "load_before": load, "load_after": load_average(),
            "peak": max([p["peak"] for p in phases.values()] + [record["between_peak"]]),
-           "peak_estimate": estimate["host_peak_bytes"], "store": folder_bytes(store) - store_before,
+           "peak_estimate": estimate["host_peak_bytes"], "device_peak": max(p.get("device_peak", 0) for p in phases.values()),
+           "device_peak_estimate": estimate["device_peak_bytes"], "store": folder_bytes(store) - store_before,
            "store_estimate": estimate["store_bytes"], "output": folder_bytes(out) if out else 0,
            "output_estimate": estimate["output_bytes"], "phases": phases, "phase_estimates": est,
            "read": record["io"]["read_bytes"], "written": record["io"]["write_bytes"], "library": library_state()}
@@ -427,15 +443,18 @@ def _params(r: dict) -> str:
 
 def totals(rows: list[dict]) -> str:
     """One line per command: wall, whole-process peak against the dry run's, bytes written."""
-    lines = ["| size | command | wall | peak RSS | dry-run peak | peak error | written | dry-run writes | sparsity |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    gpu = any(r.get("device_peak") for r in rows)
+    lines = ["| size | command | wall | peak RSS | dry-run peak | peak error | written | dry-run writes | sparsity |"
+             + (" device peak | dry-run device peak |" if gpu else ""), "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+             + ("---:|---:|" if gpu else "")]
     for r in rows:
         est = r.get("peak_estimate")
         error = f"{(est - r['peak']) / r['peak']:+.0%}" if est else ""
         writes = r.get("output_estimate", 0) + r.get("store_estimate", 0)
         lines.append(f"| {r['size']} | {r['command']} | {r['wall']:.0f} s | {r['peak'] / GiB:.2f} GiB | "
                      f"{est / GiB if est else 0:.2f} GiB | {error} | {r.get('written', 0) / 1e9:.2f} GB | "
-                     f"{writes / 1e9:.2f} GB | {r.get('sparsity', '')} |")
+                     f"{writes / 1e9:.2f} GB | {r.get('sparsity', '')} |"
+                     + (f" {r.get('device_peak', 0) / GiB:.2f} GiB | {r.get('device_peak_estimate', 0) / GiB:.2f} GiB |" if gpu else ""))
     return "\n".join(lines)
 
 
