@@ -20,6 +20,7 @@ import torch
 from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.estimation.store_size import element_size, entry_bytes
+from zprune_cli.methods.reconstruction import finish_work_bytes
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.settings import Calibration
 
@@ -172,7 +173,7 @@ def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     copy = {"dense snapshot": s.block_linear_params * f.d} if snapshot else {}
     steps, store, passes, calls = {}, 0, 0, 0
     for r in recipes:
-        steps[f"pruning {r.label()}"] = {**f.pruning(r.needs_gram), **copy}
+        steps[f"pruning {r.label()}"] = {**f.pruning(r.needs_gram, _work_bytes(r, s)), **copy}
         if r.propagate == "pruned":
             steps[f"propagating {r.label()}"] = {**f.calibrating(cal, r.needs_gram), **copy}
             store += entry_bytes(s, t.dtype, cal, r.needs_gram, propagated=True)
@@ -207,6 +208,13 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
                     store_bytes=dense + propagated, output_bytes=output,
                     model_passes=(cal.nsamples if calibrates else 0) + passes,
                     block_calls=dense_calls + calls, notes=_notes(t), step_bytes=_step_totals(t, steps))
+
+
+def _work_bytes(r: PruneRecipe, s: ModelShape) -> int:
+    """The method's working memory at the largest layer (and the widest input), with the finishing step's when
+    the recipe reconstructs or refines a score method's mask."""
+    work = type(r.method_obj).work_bytes(s.largest_linear, s.widest)
+    return work + finish_work_bytes(s.largest_linear, s.widest, r.reconstruct, r.swap_rounds)
 
 
 def _dense_calibration(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]) -> tuple[bool, int, int]:

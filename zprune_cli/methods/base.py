@@ -43,6 +43,13 @@ class Method(ABC):
     uses_scope: ClassVar[bool] = True  # ranks by row or by layer (False: chooses its own way, e.g. per block)
     uses_stats: ClassVar[bool] = True  # reads activation statistics at all (False: magnitude)
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """Bytes a prune of one layer holds beside its weight and statistics, for the dry run: `weights` the
+        layer's entries, `width` its input width. A score method: its float32 scores, numpy's copy of them for
+        the exact selection, two bool masks (the mask is applied in place)."""
+        return weights * (2 * 4 + 2)
+
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""
         raise NotImplementedError(f"{type(self).__name__} does not score weights")

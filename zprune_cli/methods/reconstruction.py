@@ -26,3 +26,17 @@ def finish_mask(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.T
     if reconstruct == "none":
         return weight.masked_fill(prune_mask.to(weight.device), 0)
     return RECONSTRUCT[reconstruct](weight, hessian, prune_mask)
+
+
+def finish_work_bytes(weights: int, width: int, reconstruct: str, swap_rounds: int) -> int:
+    """Bytes finish_mask holds beside the weight, for the dry run: the float32 H = 2/N Gram, then OBS's walked
+    weight, mask and two more [in, in] matrices (methods/obs.py), or PCG's damped H and about six float32
+    [out, in] iterates (methods/pcg.py); swaps, a float32 copy of the weight and the mask."""
+    work = width * width * 4 if reconstruct != "none" or swap_rounds > 0 else 0
+    if swap_rounds > 0:
+        work += weights * (4 + 1)
+    if reconstruct == "obs":
+        work += weights * (4 + 1) + 2 * width * width * 4
+    elif reconstruct == "pcg":
+        work += weights * 6 * 4 + width * width * 4
+    return work

@@ -32,6 +32,11 @@ class ZPruner(Method):
     name: ClassVar[str] = "zpruner"
     default_scope: ClassVar[str] = "layer"
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """Scoring holds three float32 temporaries at most (then the selection's two and two masks)."""
+        return weights * (3 * 4 + 2)
+
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """The formula above in place on two [out, in] temporaries (it held about six at once: 1 GB at a
         Llama-2-7B MLP matrix, 1.7 GB at 13B, and 27 s a 7B block, one thread)."""
