@@ -318,3 +318,32 @@ def test_prune_peak_within_15_percent_per_method(method, tmp_path):
     estimate = json.loads(peak_rss(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
     peak, _ = peak_rss(RUN_ZPRUNE, args, env, tmp_path)
     assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.15), (estimate["peak_step"], estimate["peak_parts"])
+
+
+def test_an_output_the_disk_cannot_hold_is_refused_before_any_work(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    """A 7B output (12.6 GiB) into a folder with 3 GiB free failed minutes in, after blocks were written; the
+    weights' size from the checkpoint's headers, in the output dtype, is checked first: one line, exit 1,
+    nothing tokenised, stored or written."""
+    import collections
+
+    from typer.testing import CliRunner
+
+    import zprune_cli.pruning as pruning
+    from zprune_cli.cli.app import app
+    from zprune_cli.models.host_memory import checkpoint_params
+
+    need = checkpoint_params(tiny_dir) * 2  # bfloat16, the checkpoint's own dtype ("auto")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pruning.shutil, "disk_usage", lambda path: usage(10**9, 0, need - 1))
+    out = tmp_path / "sub" / "pruned"
+    result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload",
+                                      "disk", "--data", str(text_file), "-n", "2", "-l", "16", "--out-dtype", "bfloat16"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: the pruned model needs {need / 2**30:.1f} GiB in {tmp_path} and it has "
+                     f"{(need - 1) / 2**30:.1f} GiB free; free space or point --out elsewhere"]
+    assert not (tmp_path / "sub").exists() and not cache.exists()
+    monkeypatch.setattr(pruning.shutil, "disk_usage", lambda path: usage(10**9, 0, need))
+    result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload",
+                                      "disk", "--data", str(text_file), "-n", "2", "-l", "16", "--out-dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
