@@ -327,7 +327,11 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
         return
     print(f"{size}: {offload or 'model loaded whole'}; disk: {need / GiB:.1f} GiB needed, {free / GiB:.1f} GiB free; "
           f"load average {load_average()}", flush=True)
+    speed = matmul_flops()  # this machine's speed now, for the floor of this size (the load changes it)
+    print(f"{size}: float32 matmul, one thread: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in speed.items()),
+          flush=True)
     calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args)
+    rows[-1]["matmul_flops"] = speed
     first = True
     for method in args.methods.split(","):
         for spec in args.patterns.split(","):
