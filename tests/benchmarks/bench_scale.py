@@ -330,8 +330,8 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
     speed = matmul_flops()  # this machine's speed now, for the floor of this size (the load changes it)
     print(f"{size}: float32 matmul, one thread: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in speed.items()),
           flush=True)
-    calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args)
-    rows[-1]["matmul_flops"] = speed
+    calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args,
+                         extra={"matmul_flops": speed})
     first = True
     for method in args.methods.split(","):
         for spec in args.patterns.split(","):
@@ -353,7 +353,7 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
 
 
 def measure(size: str, model: str, command: list[str], label: str, work: Path, rows: list[dict], args,
-            out: Path | None = None, calibrated: int = 0) -> int:
+            out: Path | None = None, calibrated: int = 0, extra: dict | None = None) -> int:
     """Run and record one command; returns the store bytes its dry run counts (`calibrated`: the part of a cold
     prune's store that the calibrate before it wrote already, so not written again)."""
     estimate = dry_run(command, work)
@@ -372,7 +372,8 @@ def measure(size: str, model: str, command: list[str], label: str, work: Path, r
            "device_peak_estimate": estimate["device_peak_bytes"], "store": folder_bytes(store) - store_before,
            "store_estimate": estimate["store_bytes"], "output": folder_bytes(out) if out else 0,
            "output_estimate": estimate["output_bytes"], "phases": phases, "phase_estimates": est,
-           "read": record["io"]["read_bytes"], "written": record["io"]["write_bytes"], "library": library_state()}
+           "read": record["io"]["read_bytes"], "written": record["io"]["write_bytes"], "library": library_state(),
+           **(extra or {})}
     if out is not None:
         row["sparsity"] = json.loads((out / "zprune.json").read_text()).get("overall_sparsity")
     rows.append(row)
