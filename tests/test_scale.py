@@ -81,24 +81,6 @@ def test_score_methods_zero_the_layer_in_place():
     assert not _Pruner(PruneRecipe(method="wanda", sparsity=0.5, reconstruct="obs")).in_place
 
 
-def test_a_long_step_prints_lines_on_a_pipe(capsys, monkeypatch):
-    """On a pipe, a step with a count prints a line every 30 s while it runs, with the count and an ETA
-    (the 7B's 9-minute pruning step printed nothing until it ended), and its one line when done."""
-    import zprune_cli.cli.output as output
-
-    now = [100.0]
-    monkeypatch.setattr(output, "clock", lambda: now[0])
-    progress = output.LineProgress()
-    with progress.task("Pruning with wanda (dense inputs)", 10) as task:
-        for t in (10, 31, 45, 70, 75, 80, 90, 95, 99, 140):  # seconds after the start, one block each
-            now[0] = 100.0 + t
-            task.advance(1)
-    lines = capsys.readouterr().err.splitlines()
-    assert lines == ["Pruning with wanda (dense inputs): 2/10 after 31s, ETA 124s",
-                     "Pruning with wanda (dense inputs): 4/10 after 70s, ETA 105s",
-                     "Pruning with wanda (dense inputs): 10/10 done in 140.0s"]
-
-
 def test_a_model_larger_than_memory_is_refused_naming_offload_disk(tiny_dir, text_file, cache, tmp_path, monkeypatch):
     """A 7B shape loaded whole on a machine it exceeds was killed by the kernel minutes in: now one line with
     the numbers names --offload disk, exit 1, before a lock, a statistic or an output file is made; with

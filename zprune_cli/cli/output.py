@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -140,51 +139,32 @@ class RichProgress:
 
 
 class _LineTask:
-    """Counts a step's work; a step with a count that runs long also prints a line every LINE_EVERY seconds
-    (a pipe saw nothing for the 9 minutes a Llama-2-7B's blocks were pruned)."""
-
-    def __init__(self, description: str = "", total: int | None = None, depth: int = 0) -> None:
-        self.description, self.total, self.depth = description, total, depth
-        self.started = self.last = clock()
+    def __init__(self) -> None:
         self.done = 0
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        now = clock()
-        if self.total and self.done < self.total and now - self.last >= LINE_EVERY:
-            self.last = now
-            elapsed = now - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            sys.stderr.write(f"{'  ' * self.depth}{self.description}: {self.done}/{self.total} after {elapsed:.0f}s, "
-                             f"ETA {eta:.0f}s\n")
-            sys.stderr.flush()
-
-
-LINE_EVERY = 30.0  # seconds between the lines of a long step on a pipe
-
-
-def clock() -> float:
-    return time.perf_counter()
 
 
 @dataclass
 class LineProgress:
-    """Progress for a pipe or a log file: one plain line per finished step (and one every LINE_EVERY
-    seconds while a long one runs), no bars redrawn."""
+    """Progress for a pipe or a log file: one plain line per finished step, no bars redrawn."""
 
     def __post_init__(self) -> None:
         self._depth = 0
 
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[_LineTask]:
-        step = _LineTask(description, total, self._depth)
+        import time
+
+        started, step = time.perf_counter(), _LineTask()
         self._depth += 1
         try:
             yield step
         finally:
             self._depth -= 1
         count = f" {step.done}/{total}" if total else ""
-        sys.stderr.write(f"{'  ' * self._depth}{description}:{count} done in {clock() - step.started:.1f}s\n")
+        sys.stderr.write(f"{'  ' * self._depth}{description}:{count} done in {time.perf_counter() - started:.1f}s\n")
         sys.stderr.flush()
 
     def log(self, message: str) -> None:
