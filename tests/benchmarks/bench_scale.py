@@ -71,18 +71,30 @@ def _write():
     with open(os.environ['PHASES_FILE'], 'w') as f:
         json.dump(RECORD, f)
 atexit.register(_write)
-import zprune_cli.cli.output as output
-_task = output.LineProgress.task
+try:
+    from zprune_cli.cli.progress import LineProgress
+except ImportError:  # before the progress classes had their own module
+    from zprune_cli.cli.output import LineProgress
+_task = LineProgress.task
+DEPTH = [0]
 @contextmanager
 def task(self, description, total):
-    if self._depth:
-        with _task(self, description, total) as step:
-            yield step
+    if DEPTH[0]:
+        DEPTH[0] += 1
+        try:
+            with _task(self, description, total) as step:
+                yield step
+        finally:
+            DEPTH[0] -= 1
         return
+    DEPTH[0] += 1
     RECORD['between_peak'] = max(RECORD['between_peak'], _status('VmHWM'))
     _reset(); io = _io(); started = time.perf_counter()
-    with _task(self, description, total) as step:
-        yield step
+    try:
+        with _task(self, description, total) as step:
+            yield step
+    finally:
+        DEPTH[0] -= 1
     after = _io()
     RECORD['phases'].append({'step': description, 'seconds': time.perf_counter() - started, 'peak': _status('VmHWM'),
                              'read': after['read_bytes'] - io['read_bytes'], 'written': after['write_bytes'] - io['write_bytes'],
@@ -95,7 +107,7 @@ def _device_peak():
     peak = torch.cuda.max_memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     return peak
-output.LineProgress.task = task
+LineProgress.task = task
 import runpy
 sys.argv = ['zprune', *sys.argv[1:]]
 runpy.run_module('zprune_cli', run_name='__main__')
