@@ -21,6 +21,7 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import hidden_width, max_length
 from zprune_cli.models.offload import held
 from zprune_cli.models.runner import block_inputs_bytes, capture_block_inputs, run_block
+from zprune_cli.pipeline import all_finite
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
@@ -187,7 +188,7 @@ def check_finite(groups, block: str) -> None:
     """Refuse to store statistics with NaN or inf (a broken model or an fp16 overflow), naming the layers."""
     for group in groups:
         for tensor in (group.sumsq, group.gram):
-            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            if tensor is not None and not all_finite(tensor):
                 raise ZpruneError(f"the activations reaching {block}.{group.name} ({', '.join(group.members)}) hold NaN or inf; "
                                   "nothing was stored. Check the model file, or calibrate in float32 (--dtype float32)")
 

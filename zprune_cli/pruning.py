@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,12 +13,13 @@ from torch import nn
 
 from zprune_cli import distributed
 from zprune_cli.calibration import CalibrationResult, calibrate
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.model_card import model_card
 from zprune_cli.formats.masks import checked_masks, zero_masked
 from zprune_cli.evaluation.blockwise import BlockwiseSparsity
 from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
+from zprune_cli.models.host_memory import checkpoint_params
 from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.models.offload import held, on_done
 from zprune_cli.models.save import save_model
@@ -88,7 +90,9 @@ def prune(
     recipes = as_recipes(recipe)
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
+    handle.check_memory()  # a model too large to load whole is refused before a lock or a file is made
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
+    check_output_space(handle, [o for o in outs if o is not None], save_dtype)
     result = None  # magnitude alone reads no text: nothing to load, tokenise or store (torchrun still shards it)
     if needs_calibration(recipes) or distributed.active():
         result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
@@ -139,6 +143,29 @@ def _streamed(handle: ModelHandle, out: Path | None, overwrite: bool, progress: 
         stream.provenance = replace(stream.provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
         stream.provenance.write(tmp)
         (tmp / "README.md").write_text(model_card(stream.provenance, "hf", out.name))
+
+
+def check_output_space(handle: ModelHandle, outs: list[Path], dtype: torch.dtype | None) -> None:
+    """Refuse before any work an output the disk cannot hold: the weights in the output dtype, counted from a
+    local checkpoint's safetensors headers (a Llama-2-7B output is 12.6 GiB; on a disk with 3 GiB free the
+    prune failed minutes in, after the first blocks were written). Unknown sizes (GGUF, hub) are not checked."""
+    params = checkpoint_params(Path(handle.source.location)) if handle.source.is_local and outs else None
+    if not params:
+        return
+    need = params * torch.empty((), dtype=dtype or handle.dtype).element_size()
+    for parent in {_existing_parent(out) for out in outs}:
+        wanted = need * sum(_existing_parent(out) == parent for out in outs)
+        free = shutil.disk_usage(parent).free
+        if wanted > free:
+            raise ZpruneError(f"the pruned model needs {wanted / 2**30:.1f} GiB in {parent} and it has "
+                              f"{free / 2**30:.1f} GiB free; free space or point --out elsewhere")
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult | None) -> Provenance:

@@ -144,11 +144,10 @@ class Footprint:
         return {**self.weights(), "logits": self.logits(tokens, batch),
                 "activations, statistics": self.activations(tokens, batch) + nll}
 
-    def pruning(self, gram: bool) -> dict[str, int]:
-        """One layer at a time: the block's statistics and the method's float32 copies of the largest weight
-        (scores, masks, updates: about eight) with int64 indices of the exact lowest-k selection (two)."""
-        temporaries = self.shape.largest_linear * (8 * FP32 + 2 * 8)
-        return {**self.weights(), "activations, statistics": self.block_stats(gram) + temporaries}
+    def pruning(self, gram: bool, work: int) -> dict[str, int]:
+        """One layer at a time: the block's statistics and what the method holds beside the largest layer
+        (`work`: Method.work_bytes, from the method's own account of its temporaries)."""
+        return {**self.weights(), "activations, statistics": self.block_stats(gram), "method's working memory": work}
 
     def saving(self, out_dtype: torch.dtype) -> dict[str, int]:
         """save_pretrained: a GGUF-loaded model is rebuilt from its config (a second copy), the state is cast

@@ -37,7 +37,7 @@ def calibration(shape: ModelShape, cal: Calibration, block_calls: int, gram: boo
 
 def propagation(shape: ModelShape, cal: Calibration, recipe: PruneRecipe) -> Cost:
     """--propagate pruned: each block runs every window twice (statistics, then the pruned block's outputs)."""
-    calls = shape.n_blocks * (1 + 2 * cal.nsamples)
+    calls = 1 + shape.n_blocks * 2 * cal.nsamples  # block 0 alone captures its inputs, then two runs a window
     return Cost(calls * block_window(shape, cal.seqlen) + (cal.nsamples * gram_window(shape, cal.seqlen) if recipe.needs_gram else 0))
 
 

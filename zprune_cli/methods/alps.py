@@ -67,6 +67,13 @@ class ALPS(Method):
     pcg_tol: float = 1e-4
     _cache: list = field(default_factory=list, init=False, repr=False, compare=False)
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """ADMM's float32 [out, in] iterates (B0, Y, B, D, V, and the projection's and PCG's temporaries: about
+        nine) and masks, and [in, in] matrices: the rescaled H, its eigendecomposition in float64 (with LAPACK's
+        workspace) and in float32, (H + rho I)^-1."""
+        return weights * (9 * 4 + 2) + width * width * (4 + 3 * 8 + 2 * 4)
+
     def __post_init__(self) -> None:
         for option in ("rho", "lambda2", "pcg_tol"):
             setattr(self, option, number_option(self.name, option, getattr(self, option)))

@@ -59,6 +59,13 @@ class Method(ABC):
     uses_scope: ClassVar[bool] = True  # ranks by row or by layer (False: chooses its own way, e.g. per block)
     uses_stats: ClassVar[bool] = True  # reads activation statistics at all (False: magnitude)
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """Bytes a prune of one layer holds beside its weight and statistics, for the dry run: `weights` the
+        layer's entries, `width` its input width. A score method: its float32 scores, numpy's copy of them for
+        the exact selection, two bool masks (the mask is applied in place)."""
+        return weights * (2 * 4 + 2)
+
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""
         raise NotImplementedError(f"{type(self).__name__} does not score weights")
@@ -77,9 +84,15 @@ class Method(ABC):
         scope: str | None = None,
     ) -> PruneResult:
         """Score in PRUNE_PRECISION, select exactly the lowest entries, zero them."""
-        scores = self.score(weight.to(PRUNE_PRECISION), stats)
-        prune_mask = select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
+        prune_mask = self.prune_mask(weight, stats, sparsity, pattern, scope)
         return PruneResult(weight=weight.masked_fill(prune_mask, 0), prune_mask=prune_mask)
+
+    def prune_mask(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern,
+                   scope: str | None = None) -> torch.Tensor:
+        """A score method's mask (True = pruned) without the pruned copy of the weight: the engine zeroes
+        the layer in place (`prune` is this and `weight.masked_fill`)."""
+        scores = self.score(weight.to(PRUNE_PRECISION), stats)
+        return select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -37,6 +37,12 @@ class SparseGPT(Method):
     blocksize: int = 128  # columns per block
     percdamp: float = 0.01  # damping, as a fraction of mean(diag H)
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """The float32 weight being walked and its mask, and [in, in] matrices: H = 2/N Gram, and at most two
+        beside it while U, the Cholesky factor of its inverse, is made (obs.upper_cholesky_of_inverse)."""
+        return weights * (4 + 1) + 3 * width * width * 4
+
     def __post_init__(self) -> None:
         self.blocksize = number_option(self.name, "blocksize", self.blocksize, int)
         self.percdamp = number_option(self.name, "percdamp", self.percdamp)

@@ -6,6 +6,7 @@ from functools import cached_property
 
 import torch
 
+from zprune_cli.models.host_memory import check_host_memory
 from zprune_cli.models.load import (check_hub_reachable, load_config, load_model, load_tokenizer, resolve_device,
                                     resolve_dtype)
 from zprune_cli.models.offload import check_offload, offloaded, refuse_unreadable
@@ -41,6 +42,11 @@ class ModelHandle:
             model = cls(model, settings.device, settings.dtype, offload=settings.offload)
         model.progress = progress or model.progress
         return model
+
+    def check_memory(self) -> None:
+        """Before any work: refuse a whole-model load whose weights exceed the host's available memory."""
+        if self.offload != "disk" and not self.loaded:
+            check_host_memory(self.source, self.dtype)
 
     @property
     def loaded(self) -> bool:

@@ -11,6 +11,7 @@ import torch
 from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.hub import check_reachable, in_cache, offline, quiet_hub_logging
+from zprune_cli.models.host_memory import check_host_memory
 from zprune_cli.models.resolve import ModelSource
 from zprune_cli.models.gguf_metadata import gguf_metadata_once
 
@@ -90,6 +91,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, of
         return model, tokenizer if tokenizer is not None else pretrained.load_tokenizer(source.location)
     kwargs = _common_kwargs(source)
     check_hub_reachable(source)
+    check_host_memory(source, dtype)  # the whole model is loaded on the host first, whatever the device
     try:
         with quiet_transformers(), gguf_metadata_once():
             model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
