@@ -36,7 +36,8 @@ def test_calibration_names_the_shipped_sample_first(command, tiny_dir, cache, of
 
 
 def test_evaluation_names_the_shipped_sample_first(tiny_dir, cache, offline):
-    result = runner.invoke(app, ["eval", str(tiny_dir)])
+    """Asked for wikitext2 by name (with no --eval, eval falls back to the sample itself: tests/test_cli_eval.py)."""
+    result = runner.invoke(app, ["eval", str(tiny_dir), "--eval", "wikitext2"])
     assert result.exit_code == 1, result.output
     [line] = result.stderr.splitlines()
     assert "wikitext2 (test)" in line and line.endswith(EVALUATION), line

@@ -95,10 +95,11 @@ def calibrate(
     progress = ensure(progress)
     handle = ModelHandle.of(model, settings, progress)
     text = resolve_source(calibration.data, "train", settings.data_dir)
-    check_memory(handle, calibration)
     key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram and not inputs_only,
                     not inputs_only)
     store = StatsStore(settings.cache_dir)
+    if store.lookup(key) is None:  # a cache hit reads no config (a GGUF's header costs seconds); a miss is
+        check_memory(handle, calibration)  # refused before the claim makes any folder
     distributed.start(handle.device, calibration.nsamples)  # under torchrun only
 
     # a damaged entry is removed and computed again

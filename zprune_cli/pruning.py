@@ -16,6 +16,7 @@ from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.model_card import model_card
 from zprune_cli.formats.masks import checked_masks, zero_masked
+from zprune_cli.machine import human_bytes
 from zprune_cli.evaluation.blockwise import BlockwiseSparsity
 from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
@@ -157,8 +158,8 @@ def check_output_space(handle: ModelHandle, outs: list[Path], dtype: torch.dtype
         wanted = need * sum(_existing_parent(out) == parent for out in outs)
         free = shutil.disk_usage(parent).free
         if wanted > free:
-            raise ZpruneError(f"the pruned model needs {wanted / 2**30:.1f} GiB in {parent} and it has "
-                              f"{free / 2**30:.1f} GiB free; free space or point --out elsewhere")
+            raise ZpruneError(f"the pruned model needs {human_bytes(wanted)} in {parent} and it has "
+                              f"{human_bytes(free)} free; free space or point --out elsewhere")
 
 
 def _existing_parent(path: Path) -> Path:

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from zprune_cli.cli.common import Common
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.calibration import check_calibration
+from zprune_cli.calibration import check_calibration, check_memory
 from zprune_cli.cli.render import human_bytes
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.estimation.estimate import (Estimate, Target, estimate_calibrate, estimate_compare, estimate_eval,
                                             estimate_prune)
 from zprune_cli.estimation.machine import accepted_offloads, checked, machine_memory, timed
@@ -47,7 +47,14 @@ def _estimated(handle: ModelHandle, estimate: Callable[[Target], Estimate], whol
 
 def _check_calibration(c: Common, handle: ModelHandle, cal: Calibration) -> None:
     """What calibration checks before it loads the model: the text source, sizes against this machine, seqlen
-    against the model, the windows against the text (refused or warned as the run would)."""
+    against the model, the windows against the text (refused or warned as the run would). A folder holding
+    only config.json (a model not downloaded yet) has no tokenizer: its windows are left unchecked, said once."""
+    try:
+        handle.tokenizer
+    except ZpruneError as e:
+        log.info(f"{first_line(e)}: the calibration windows are not checked against the text")
+        check_memory(handle, cal)
+        return
     check_calibration(handle, cal, c.settings)
 
 
