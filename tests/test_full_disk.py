@@ -76,7 +76,7 @@ def test_prune_out_on_a_full_disk(tiny_dir, text_file, cache, small_disk):
     out = disk / "pruned"
     line = error_line(invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, *CAL, "--out", out))
     # refused before any work: the output's size is known from the checkpoint's safetensors headers
-    assert line.startswith(f"error: the pruned model needs ") and line.endswith(" free; free space or point --out elsewhere"), line
+    assert line.startswith("error: the pruned model needs ") and line.endswith(" free; free space or point --out elsewhere"), line
     assert list(disk.iterdir()) == []  # no staging folder left
     bigger = small_disk("1m")
     assert invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, *CAL, "--out", bigger / "pruned").exit_code == 0
