@@ -107,19 +107,24 @@ def wide_model(tmp_path_factory):
     return folder
 
 
+def caught_writing(command: list[str], cache: Path, model: Path, dest: Path, timeout: float) -> subprocess.Popen:
+    """A zprune process started (up to three times) until it is seen writing `dest` through a staging folder
+    beside it: a write that finishes between two looks is no kill point."""
+    staging = lambda: dest.parent.is_dir() and any(".zprune-tmp-" in p.name for p in dest.parent.iterdir())  # noqa: E731
+    for _attempt in range(3):
+        proc = zprune(command, cache, model)
+        if wait_for(lambda: staging() or proc.poll() is not None, timeout) and staging():
+            return proc
+        proc.wait()
+        shutil.rmtree(dest, ignore_errors=True)
+    raise AssertionError(f"writing {dest.name} was never caught in progress")
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_sigkill_while_saving_is_swept_by_the_next_save(wide_model, tmp_path, seed):
     cache, out = tmp_path / "cache", tmp_path / "runs" / "pruned"
     prune = ["prune", "{model}", "-m", "wanda", "--data", C4, "-n", "2", "-l", "64", "--out", str(out), "-q"]
-    staging = lambda: out.parent.is_dir() and any(".zprune-tmp-" in p.name for p in out.parent.iterdir())  # noqa: E731
-    for attempt in range(3):  # a save that finishes between two looks is not a kill point: try again
-        proc = zprune(prune, cache, wide_model)
-        caught = wait_for(lambda: staging() or proc.poll() is not None, 300) and staging()
-        if caught:
-            break
-        proc.wait()
-        shutil.rmtree(out, ignore_errors=True)
-    assert caught, "the save was never caught in progress"
+    proc = caught_writing(prune, cache, wide_model, out, 300)
     time.sleep(random.Random(seed).uniform(0, 0.05))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -214,15 +219,7 @@ def test_kill_during_export(wide_model, wide_pruned, tmp_path, fmt, pattern, sig
     (exit 143), SIGKILL's staging folder goes with the next export there, which equals an uninterrupted one."""
     dest = tmp_path / "exports" / fmt
     export = ["export", str(wide_pruned[pattern]), "--to", str(dest), "-f", fmt, "-q"]
-    staging = lambda: dest.parent.is_dir() and any(".zprune-tmp-" in p.name for p in dest.parent.iterdir())  # noqa: E731
-    for _attempt in range(3):  # an export that finishes between two looks is no kill point: try again
-        proc = zprune(export, tmp_path / "cache", wide_model)
-        caught = wait_for(lambda: staging() or proc.poll() is not None, 120) and staging()
-        if caught:
-            break
-        proc.wait()
-        shutil.rmtree(dest, ignore_errors=True)
-    assert caught, "the export was never caught in progress"
+    proc = caught_writing(export, tmp_path / "cache", wide_model, dest, 120)
     time.sleep(random.Random(fmt).uniform(0, 0.05))
     proc.send_signal(sig)
     code, _, err = finish(proc)

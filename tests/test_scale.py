@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zprune_cli.machine import human_bytes
 from zprune_cli.pipeline import all_finite
 
 
@@ -321,8 +322,8 @@ def test_an_output_the_disk_cannot_hold_is_refused_before_any_work(tiny_dir, tex
                                       "disk", "--data", str(text_file), "-n", "2", "-l", "16", "--out-dtype", "bfloat16"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: the pruned model needs {need / 2**30:.1f} GiB in {tmp_path} and it has "
-                     f"{(need - 1) / 2**30:.1f} GiB free; free space or point --out elsewhere"]
+    assert lines == [f"error: the pruned model needs {human_bytes(need)} in {tmp_path} and it has "
+                     f"{human_bytes(need - 1)} free; free space or point --out elsewhere"]
     assert not (tmp_path / "sub").exists() and not cache.exists()
     monkeypatch.setattr(pruning.shutil, "disk_usage", lambda path: usage(10**9, 0, need))
     result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload",

@@ -26,7 +26,7 @@ from zprune_cli.progress import Progress, ensure
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
-from zprune_cli.stats.store import StatsEntry, StatsKey, StatsStore
+from zprune_cli.stats.store import CorruptEntry, StatsEntry, StatsKey, StatsStore
 
 DEFAULT_DATA = Calibration.data
 DEFAULT_NSAMPLES = Calibration.nsamples
@@ -98,7 +98,7 @@ def calibrate(
     key = stats_key(handle, text, calibration.nsamples, calibration.seqlen, calibration.seed, gram and not inputs_only,
                     not inputs_only)
     store = StatsStore(settings.cache_dir)
-    if store.lookup(key) is None:  # a cache hit reads no config (a GGUF's header costs seconds); a miss is
+    if not _stored(store, key):  # a cache hit reads no config (a GGUF's header costs seconds); a miss is
         check_memory(handle, calibration)  # refused before the claim makes any folder
     distributed.start(handle.device, calibration.nsamples)  # under torchrun only
 
@@ -110,6 +110,13 @@ def calibrate(
             assert entry is not None
             return CalibrationResult(key.digest, entry.path, _size(entry), time.perf_counter() - started, False, entry)
     return CalibrationResult(entry.key, entry.path, _size(entry), time.perf_counter() - started, True, entry)
+
+
+def _stored(store: StatsStore, key: StatsKey) -> bool:
+    try:
+        return store.lookup(key) is not None
+    except CorruptEntry:
+        return False  # removed (and said so) under the claim, then computed again
 
 
 def _size(entry: StatsEntry) -> int:

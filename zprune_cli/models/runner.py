@@ -51,14 +51,12 @@ def split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
     return hidden, kwargs
 
 
-class _StandIn(nn.Module):
-    """Stands in for block `index` (>= 1) during the first window's forward: records the keyword arguments
-    the model hands it and passes the hidden states on, in the container block 0 returned, without reading
-    or running the real block (whose other attributes it shows: some models read `attention_type`)."""
+class BlockStandIn(nn.Module):
+    """Takes a decoder block's place in the model's forward without running it; every attribute it lacks is
+    the real block's (some models read `decoder_layer.attention_type` to pick its mask)."""
 
-    def __init__(self, block: nn.Module, index: int, state: dict):
+    def __init__(self, block: nn.Module):
         super().__init__()
-        self.index, self.state = index, state
         self.__dict__["block"] = block  # not a submodule: its parameters stay out of the model's
 
     def __getattr__(self, name: str):
@@ -66,6 +64,16 @@ class _StandIn(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.__dict__["block"], name)
+
+
+class _StandIn(BlockStandIn):
+    """Stands in for block `index` (>= 1) during the first window's forward: records the keyword arguments
+    the model hands it and passes the hidden states on, in the container block 0 returned, without reading
+    or running the real block."""
+
+    def __init__(self, block: nn.Module, index: int, state: dict):
+        super().__init__(block)
+        self.index, self.state = index, state
 
     def forward(self, *args, **kwargs):
         hidden, kw = split_call(args, kwargs)
