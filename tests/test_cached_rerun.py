@@ -70,3 +70,24 @@ def test_changed_model_files_forget_the_protocol(tiny_dir, text_file, tmp_path, 
     [name] = before
     assert before[name]["seqlen"] == 512 and after[name]["seqlen"] == 16
     assert len(list((cache / "protocols").glob("*.json"))) == 2
+
+
+def test_a_gguf_load_builds_the_tensor_name_table_once(tiny_gguf, monkeypatch):
+    """transformers maps GGUF tensor names by rebuilding gguf's name table once per submodule, recursively (397
+    times for SmolLM2, 6 s of CPU a load); inside zprune's load it is built once, and the loaded weights are the
+    file's. gguf's own function is back in place afterwards."""
+    import gguf
+    import numpy as np
+
+    from zprune_cli.models.handle import ModelHandle
+
+    builds = []
+    original = gguf.get_tensor_name_map
+    monkeypatch.setattr(gguf, "get_tensor_name_map", lambda *a: (builds.append(a), original(*a))[1])
+    counted = gguf.get_tensor_name_map
+    model = ModelHandle(str(tiny_gguf), "cpu", "float32").model
+    assert len(builds) == 1 and len(list(model.modules())) > 10
+    embedding = gguf.GGUFReader(str(tiny_gguf)).get_tensor(0)
+    assert embedding.name == "token_embd.weight"
+    assert np.array_equal(model.model.embed_tokens.weight.detach().numpy(), np.asarray(embedding.data))
+    assert gguf.get_tensor_name_map is counted
