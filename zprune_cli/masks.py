@@ -103,14 +103,15 @@ def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """In every group of m consecutive columns of scores [r, c], the n lowest as True. Each entry's rank in
     its group is the count of group members before it (ties: the lower column first), by m - 1 comparisons
     of [r, c/m] slices: at 2:4 on a Llama-2-7B MLP matrix 0.5 s, one thread, where topk's int64 indices
-    and the scatter took 1.2 s. A single group a row, or m > 16: topk (its own order among ties)."""
+    and the scatter took 1.2 s. A single group a row, m > 16, or equal scores on both sides of a group's cut
+    (magnitude on quantized weights, where ties abound): topk, whose own order among ties every mask zprune
+    published was made with, so those results reproduce."""
     rows, cols = scores.shape
     groups = scores.reshape(rows, cols // m, m)  # [out, in/m, m]
     if bool(torch.isnan(groups.sum())) and bool(torch.isnan(scores).any()):
         raise ValueError("scores contain NaN; a method must guard its divisions")
     if m > MAX_COMPARED_M or cols // m < MIN_COMPARED_GROUPS:
-        lowest = groups.topk(n, dim=-1, largest=False).indices  # [out, in/m, n]
-        return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True).reshape(rows, cols)
+        return _topk_n_of_m(groups, n).reshape(rows, cols)
     mask = torch.empty(groups.shape, dtype=torch.bool, device=scores.device)
     for j in range(m):
         rank = torch.zeros(groups.shape[:2], dtype=torch.uint8, device=scores.device)  # members before j
@@ -118,7 +119,21 @@ def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
             if i != j:  # i comes before j when lower, or equal and to its left
                 rank += groups[..., i] <= groups[..., j] if i < j else groups[..., i] < groups[..., j]
         mask[..., j] = rank < n
+    if _tie_at_the_cut(groups, mask):
+        return _topk_n_of_m(groups, n).reshape(rows, cols)
     return mask.reshape(rows, cols)
+
+
+def _topk_n_of_m(groups: torch.Tensor, n: int) -> torch.Tensor:
+    lowest = groups.topk(n, dim=-1, largest=False).indices  # [out, in/m, n]
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
+
+
+def _tie_at_the_cut(groups: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether some group's largest pruned score equals its smallest kept one (where the tie rule decides)."""
+    pruned_max = groups.masked_fill(~mask, float("-inf")).amax(dim=-1)
+    kept_min = groups.masked_fill(mask, float("inf")).amin(dim=-1)
+    return bool((pruned_max == kept_min).any())
 
 
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
