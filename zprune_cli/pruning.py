@@ -51,6 +51,7 @@ class PruneOutcome:
             "out": str(self.out) if self.out else None,
             "seconds": round(self.report.seconds, 3),
             "layers": {k: round(v, 6) for k, v in self.report.layers.items()},
+            **({"nm_layout": dict(self.report.nm_layout)} if self.report.recipe.permute != "none" else {}),
         }
 
 

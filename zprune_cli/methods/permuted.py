@@ -49,6 +49,7 @@ class Permuter:
         self.projections: dict[str, nn.Module] = {}
         self.prefix = ""
         self.layout: dict[str, str] = {}  # full layer name -> "native" | "permuted"
+        self.orders: dict[str, torch.Tensor] = {}  # "permuted" layers: the column order their N:M groups are in
         self.absorbed: dict[str, str] = {}  # what was found, for the log: consumer kind -> description
 
     def start_block(self, index: int, block: nn.Module, prefix: str, consumers: list[str]) -> None:
@@ -79,6 +80,7 @@ class Permuter:
             self.layout[name] = "native"
             return new
         self.layout[name] = "permuted"
+        self.orders[name] = perm
         return new[:, torch.argsort(moved)]
 
     def log_summary(self) -> None:
