@@ -197,3 +197,27 @@ def test_bad_permute_exits_2_with_one_line(args, needle, tiny_dir, text_file, ca
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_sparse24_export_keeps_mapped_back_layers_dense(tmp_path, text_file, cache):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from zprune_cli import load_pretrained
+    from zprune_cli.exports import export
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    prune(str(folder), PruneRecipe("ria", pattern="2:4", permute="lsa"), calibration=cal(text_file), out=tmp_path / "p")
+    layout = json.loads((tmp_path / "p" / "zprune.json").read_text())["nm_layout"]
+    permuted = sorted(n for n, how in layout.items() if how == "permuted")
+    result = export(tmp_path / "p", tmp_path / "s24", "sparse-24-bitmask")
+    assert any(w.startswith(f"{len(permuted)} layer(s) are 2:4 only after") for w in result["warnings"])
+    with safe_open(str(tmp_path / "s24" / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    for name, how in layout.items():
+        assert (f"{name}.compressed" in keys) == (how == "native") and (f"{name}.weight" in keys) == (how == "permuted")
+    ignore = json.loads((tmp_path / "s24" / "config.json").read_text())["quantization_config"]["sparsity_config"]["ignore"]
+    assert set(permuted) <= set(ignore)
+    ids = torch.randint(2, 250, (1, 16))
+    expected = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval(), ids)
+    assert torch.equal(logits(load_pretrained(tmp_path / "s24").eval(), ids), expected)
