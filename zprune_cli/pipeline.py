@@ -92,7 +92,7 @@ def check_layers(recipe: PruneRecipe, layers: BlockLayers) -> None:
 class _Pruner:
     """One recipe's method, configured once, applied layer by layer."""
 
-    def __init__(self, recipe: PruneRecipe, model: nn.Module):
+    def __init__(self, recipe: PruneRecipe, model: nn.Module | None = None):  # the model: with --permute only
         self.recipe = recipe
         self.method: Method = recipe.method_obj
         self.pattern = recipe.pattern_obj
