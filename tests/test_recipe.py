@@ -40,23 +40,26 @@ VARIANTS = {
 }
 OWL = PruneRecipe("ria", 0.5, allocation="owl")
 OWL_VARIANTS = {"owl_m": OWL.replace(owl_m=3.0), "owl_lambda": OWL.replace(owl_lambda=0.1)}
+NM = PruneRecipe("ria", pattern="2:4")  # --permute takes effect with N:M patterns only
+NM_VARIANTS = {"permute": NM.replace(permute="lsa")}
 
 
 def test_every_field_is_covered():
     from dataclasses import fields
 
-    assert {f.name for f in fields(PruneRecipe)} == set(VARIANTS) | set(OWL_VARIANTS)
+    assert {f.name for f in fields(PruneRecipe)} == set(VARIANTS) | set(OWL_VARIANTS) | set(NM_VARIANTS)
 
 
-@pytest.mark.parametrize("field", [*VARIANTS, *OWL_VARIANTS])
+@pytest.mark.parametrize("field", [*VARIANTS, *OWL_VARIANTS, *NM_VARIANTS])
 def test_one_field_changes_the_digest(field):
-    base, other = (OWL, OWL_VARIANTS[field]) if field in OWL_VARIANTS else (BASE, VARIANTS[field])
+    base, other = next((b, v[field]) for b, v in ((OWL, OWL_VARIANTS), (NM, NM_VARIANTS), (BASE, VARIANTS)) if field in v)
     assert other != base and other.digest != base.digest
-    assert [k for k in base.as_dict() if base.as_dict()[k] != other.as_dict()[k]][:1] == [field] or field == "pattern"
+    a, b = base.as_dict(), other.as_dict()
+    assert [k for k in {**a, **b} if a.get(k) != b.get(k)][:1] == [field] or field == "pattern"
 
 
 def test_all_digests_differ():
-    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values()]  # VARIANTS["allocation"] is OWL
+    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), *NM_VARIANTS.values()]  # NM is VARIANTS["pattern"]  # VARIANTS["allocation"] is OWL
     assert len({r.digest for r in recipes}) == len(recipes) == len(set(recipes))
 
 

@@ -33,9 +33,10 @@ from zprune_cli.settings import resolve as resolve_settings
 
 def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float] = (0.5,),
                  patterns: str | Sequence[str] = ("unstructured",), reconstruct: str | bool | Sequence[str] = "none",
-                 refine: str | Sequence[str] = "none", **shared: Any) -> list[PruneRecipe]:
-    """Every method x pattern x refine x reconstruct, and x sparsity for unstructured (N:M fixes its own
-    n/m); `shared` holds the other recipe fields (scope, allocation, propagate, ignore, overrides, ...).
+                 refine: str | Sequence[str] = "none", permute: str | Sequence[str] = "none",
+                 **shared: Any) -> list[PruneRecipe]:
+    """Every method x pattern x refine x reconstruct x permute (N:M patterns; unstructured cells take
+    permute none), and x sparsity for unstructured (N:M fixes its own n/m); `shared` holds the other recipe fields (scope, allocation, propagate, ignore, overrides, ...).
 
     A combination that normalises to a cell already in the grid (sparsegpt with --reconstruct pcg is
     plain sparsegpt) is listed once."""
@@ -43,16 +44,18 @@ def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float]
     ratios = split_list(sparsities, float, "--sparsity")
     patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
     finishes = list(itertools.product(_axis(refine, "--refine"), _axis(reconstruct, "--reconstruct")))
+    orders = _axis(permute, "--permute")
     if not methods or not patterns or (not ratios and "unstructured" in patterns):
         raise ZpruneUsageError("the grid is empty: give at least one method, one pattern and (for unstructured) one sparsity")
-    for axis, flag in ((methods, "--method"), (ratios, "--sparsity"), (patterns, "--pattern"), (finishes, "--refine/--reconstruct")):
+    for axis, flag in ((methods, "--method"), (ratios, "--sparsity"), (patterns, "--pattern"), (finishes, "--refine/--reconstruct"),
+                       (orders, "--permute")):
         if len(set(axis)) != len(axis):
             raise ZpruneUsageError(f"the grid names a {flag} value twice")
     recipes: dict[PruneRecipe, None] = {}
     for method, pattern, (refine_one, reconstruct_one) in itertools.product(methods, patterns, finishes):
-        for ratio in ([None] if pattern != "unstructured" else ratios):
+        for ratio, order in ([(None, o) for o in orders] if pattern != "unstructured" else [(r, "none") for r in ratios]):
             recipes[PruneRecipe(method=method, sparsity=ratio, pattern=pattern, refine=refine_one,
-                                reconstruct=reconstruct_one, **shared)] = None
+                                reconstruct=reconstruct_one, permute=order, **shared)] = None
     return list(recipes)
 
 

@@ -16,7 +16,7 @@ import math
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
 from zprune_cli.methods.base import Method
+from zprune_cli.methods.permuted import Permuter
 from zprune_cli.methods.reconstruction import finish_mask
+from zprune_cli.models.absorb import bias_of
 from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, find_blocks, in_features, layer_modules,
                                       pruned_layers, weight_view)
 from zprune_cli.models.offload import held
@@ -47,6 +49,7 @@ class PruneReport:
     layers: dict[str, float]  # full Linear name -> measured sparsity (the pruned layers only)
     layer_params: dict[str, int]
     seconds: float
+    nm_layout: dict[str, str] = field(default_factory=dict)  # with --permute: layer -> "native" | "permuted"
 
     @property
     def overall(self) -> float:
@@ -89,13 +92,19 @@ def check_layers(recipe: PruneRecipe, layers: BlockLayers) -> None:
 class _Pruner:
     """One recipe's method, configured once, applied layer by layer."""
 
-    def __init__(self, recipe: PruneRecipe):
+    def __init__(self, recipe: PruneRecipe, model: nn.Module | None = None):  # the model: with --permute only
         self.recipe = recipe
         self.method: Method = recipe.method_obj
         self.pattern = recipe.pattern_obj
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
+        self.permuter = Permuter(model, recipe.permute, self.pattern, self.method) if recipe.permute != "none" else None
         # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
-        self.in_place = type(self.method).prune is Method.prune and not self.finishes
+        self.in_place = type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
+
+    def start_block(self, index: int, block: nn.Module, prefix: str, linears: dict, targets: dict[str, float]) -> None:
+        """Before a block's layers: with --permute, find which of them can hand a permutation to their producers."""
+        if self.permuter is not None:
+            self.permuter.start_block(index, block, prefix, [n for n in linears if targets[prefix + n] > 0])
 
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
         if sparsity <= 0:
@@ -109,13 +118,19 @@ class _Pruner:
         if self.in_place:  # zeros are finite: the weight was checked above
             weight.masked_fill_(self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope), 0)
             return
-        result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
-        new = result.weight
-        if self.finishes:
-            new = finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device), self.pattern,
-                              self.recipe.swap_rounds, self.recipe.reconstruct)
+        if self.permuter is not None:
+            new = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity))
+        else:
+            new = self._prune(weight, stats, sparsity)
         _require_finite(new, f"the pruned weight of layer {name}")
         weight_view(linear).copy_(new)
+
+    def _prune(self, weight: torch.Tensor, stats: LayerStats | None, sparsity: float) -> torch.Tensor:
+        result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
+        if not self.finishes:
+            return result.weight
+        return finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device), self.pattern,
+                           self.recipe.swap_rounds, self.recipe.reconstruct)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -151,7 +166,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
     check_layers(recipe, layers)
     _warn_left_dense(model, layers)
     targets = layer_sparsities(recipe, layers, entry, model)
-    prune_layer = _Pruner(recipe)
+    prune_layer = _Pruner(recipe, model)
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
     stats_entry = entry
     if recipe.propagate == "pruned":
@@ -164,22 +179,24 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
                                                             progress, label)
-                return _report(recipe, started, unrouted, measured)
+                return _report(recipe, started, unrouted, measured, prune_layer.permuter)
         stats_entry = stats_entry.readable()
     device = next(model.parameters()).device
     unrouted: list[str] = []
     measured: dict[str, dict] = {}
+    _, blocks = find_blocks(model)
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
             # a method that reads no statistics (magnitude) runs from an entry of block 0's inputs alone
             stats = stats_entry.block_stats(index, device) if stats_entry and stats_entry.has_blocks else dict.fromkeys(linears)
             unrouted += _no_tokens(prefix, linears, stats)
             with held(model, index, done=True):  # --offload disk: read, prune, measure, hand to the save, release
+                prune_layer.start_block(index, blocks[index], prefix, linears, targets)
                 for name, linear in linears.items():
                     prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
                 measured.update(_measure(prefix, linears))
             task.advance(1)
-    return _report(recipe, started, unrouted, measured)
+    return _report(recipe, started, unrouted, measured, prune_layer.permuter)
 
 
 def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> StatsEntry:
@@ -228,6 +245,7 @@ def _prune_block_propagating(block, hidden, buffer, kwargs, writer, index, prune
         writer.write_block(index, groups)
     stats = {member: group.stats() for group in groups for member in group.members}
     unrouted += _no_tokens(prefix, linears, stats)
+    prune_layer.start_block(index, block, prefix, linears, targets)
     for name, linear in linears.items():
         prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
     for i in range(hidden.shape[0]):  # the pruned block feeds the next one
@@ -269,24 +287,35 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
                     f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
 
 
-def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict]) -> PruneReport:
+def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
+            permuter: Permuter | None = None) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
     sparsity = {name: v["sparsity"] for name, v in measured.items()}
     params = {name: v["params"] for name, v in measured.items()}
-    return PruneReport(recipe, sparsity, params, time.perf_counter() - started)
+    if permuter is not None:
+        permuter.log_summary()
+    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {})
 
 
 class DenseSnapshot:
-    """A CPU copy of the prunable weights, to prune several methods from one load of the model."""
+    """A CPU copy of the prunable weights, to prune several methods from one load of the model. The biases of
+    every projection, and the weights `ignore` leaves dense, are kept too: an absorbed permutation
+    (--permute) moves the rows of a layer's producers, which may be left dense."""
 
     def __init__(self, model: nn.Module, ignore: tuple[str, ...] = ()):
-        self._weights = {name: (linear, weight_view(linear).to("cpu", copy=True))
-                         for name, linear in layer_modules(pruned_layers(model, ignore)).items()}
+        self._weights = {name: (linear, weight_view(linear).to("cpu", copy=True), _copy(bias_of(linear)))
+                         for name, linear in layer_modules(pruned_layers(model)).items()}
 
     @torch.inference_mode()
     def restore(self) -> None:
-        for linear, weight in self._weights.values():
+        for linear, weight, bias in self._weights.values():
             weight_view(linear).copy_(weight.to(linear.weight.device))
+            if bias is not None:
+                bias_of(linear).copy_(bias.to(linear.weight.device))
+
+
+def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to("cpu", copy=True)

@@ -99,6 +99,9 @@ class Provenance:
     versions: dict[str, str] = field(default_factory=lambda: current_versions())
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {value, protocol, created}
     export: dict[str, Any] | None = None  # set by `export`: format, source, version, time
+    # with --permute: layer -> "native" (its stored weight is N:M as it stands: the permutation was absorbed by
+    # its producers, or none was found) or "permuted" (N:M only after its inputs are permuted: mask mapped back)
+    nm_layout: dict[str, str] | None = None
 
     @property
     def cell_digest(self) -> str:
@@ -111,6 +114,8 @@ class Provenance:
         out = {"schema": SCHEMA_VERSION, "zprune_version": __version__, **asdict(self)}
         out["recipe"] = self.recipe.as_dict()
         out["recipe_digest"] = self.recipe.digest
+        if self.nm_layout is None:
+            del out["nm_layout"]  # records without --permute stay as they were
         return out
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -184,6 +189,14 @@ def current_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def _nm_layout(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(v in ("native", "permuted") for v in value.values()):
+        raise ValueError("'nm_layout' must map module names to \"native\" or \"permuted\"")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -213,6 +226,7 @@ def _parse(data: dict[str, Any]) -> Provenance:
         created=str(data.get("created", "")),
         versions=dict(data.get("versions") or {}),
         results=dict(data.get("results") or {}),
+        nm_layout=_nm_layout(data.get("nm_layout")),
         export=data.get("export"),
     )
 

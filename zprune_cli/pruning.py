@@ -51,6 +51,7 @@ class PruneOutcome:
             "out": str(self.out) if self.out else None,
             "seconds": round(self.report.seconds, 3),
             "layers": {k: round(v, 6) for k, v in self.report.layers.items()},
+            **({"nm_layout": dict(self.report.nm_layout)} if self.report.recipe.permute != "none" else {}),
         }
 
 
@@ -179,6 +180,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
         base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
         pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
         stats_key=calibration.key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
+        nm_layout=dict(report.nm_layout) if report.recipe.permute != "none" else None,
     )
 
 

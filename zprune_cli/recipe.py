@@ -21,6 +21,9 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
   "dense"; a method that reads no statistics (magnitude) without reconstruction always resolves to
   "dense", since both give the same weights.
 - Method options are checked by the method and completed with its defaults (`ria` == `ria a=0.5`).
+- `permute` is "none", "heuristic" or "lsa" (N:M channel permutation, methods/permutation.py); with an
+  unstructured pattern anything but "none" is refused. "none" is left out of `as_dict()` and so of the
+  digest, which keeps every recipe written before the field existed at its digest.
 - `ignore` regexes are sorted and de-duplicated (their order does not matter); `overrides` keep their
   order (the first matching regex wins).
 """
@@ -39,6 +42,7 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.masks import Pattern
 from zprune_cli.methods import get_method, method_options
 from zprune_cli.methods.base import Cost, Method
+from zprune_cli.methods.permutation import PERMUTATIONS
 from zprune_cli.methods.reconstruction import finish_cost
 
 log = logging.getLogger("zprune")
@@ -69,6 +73,7 @@ class PruneRecipe:
     reconstruct: str | bool = "none"  # "none" | "obs" | "pcg": new surviving weights for the method's mask
     refine: str = "none"  # "none" | "swaps:ROUNDS": Gram-based 1-swaps on the mask before any reconstruction
     propagate: str = "auto"
+    permute: str = "none"  # "none" | "heuristic" | "lsa": reorder input channels before N:M groups are formed
     ignore: tuple[str, ...] = ()  # regexes of layer names left dense
     overrides: tuple[tuple[str, float], ...] = ()  # (regex, sparsity), the first match wins
     method_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("a", 0.5),) for ria
@@ -93,8 +98,9 @@ class PruneRecipe:
 
     @property
     def updates_weights(self) -> bool:
-        """True when surviving weights change too, so masks alone cannot reproduce the model."""
-        return type(self.method_obj).updates_weights or self.reconstruct != "none"
+        """True when surviving weights change (or move: an absorbed permutation), so masks alone cannot
+        reproduce the model."""
+        return type(self.method_obj).updates_weights or self.reconstruct != "none" or self.permute != "none"
 
     @property
     def statistics(self) -> str:
@@ -128,6 +134,8 @@ class PruneRecipe:
         out["ignore"] = list(self.ignore)
         out["overrides"] = [[p, r] for p, r in self.overrides]
         out["method_options"] = dict(self.method_options)
+        if self.permute == "none":
+            del out["permute"]  # as before the field existed: the digests of earlier recipes stay as they were
         return out
 
     @property
@@ -162,6 +170,7 @@ class PruneRecipe:
         text = f"{self.method} {self.pattern if self.pattern != 'unstructured' else f'{self.sparsity:g}'}"
         extras = [f"{k}={v}" for k, v in self.method_options if method_options(self.method).get(k) != v]
         extras += ["owl"] if self.allocation == "owl" else []
+        extras += [f"permute={self.permute}"] if self.permute != "none" else []
         extras += [f"swaps:{self.swap_rounds}"] if self.swap_rounds else []
         extras += [{"obs": "reconstruct", "pcg": "reconstruct=pcg"}[self.reconstruct]] if self.reconstruct != "none" else []
         extras += [f"ignore={','.join(self.ignore)}"] if self.ignore else []
@@ -196,6 +205,7 @@ def _normalise(r: PruneRecipe) -> dict[str, Any]:
             log.warning("%s has no effect with %s, which chooses its mask and weights itself; recorded as none", flag, cls.name)
             out[field] = "none"
     out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"] != "none")
+    out["permute"] = _permute(r.permute, pattern)
     out["ignore"] = tuple(sorted({_regex(p, "--ignore") for p in _strings(r.ignore, "ignore")}))
     out["overrides"] = _overrides(r.overrides, pattern)
     return out
@@ -302,6 +312,14 @@ def _propagate(value: Any, cls: type[Method], reconstruct: bool) -> str:
         return "dense"
     if value == "auto":
         return "pruned" if (cls.updates_weights or reconstruct) else "dense"
+    return value
+
+
+def _permute(value: Any, pattern: Pattern) -> str:
+    value = _choice("none" if value is None else value, PERMUTATIONS, "permute")
+    if value != "none" and not pattern.is_nm:
+        raise ZpruneUsageError(f"--permute {value} reorders the input channels of N:M groups; it cannot take effect "
+                               "with --pattern unstructured (use --pattern 2:4 or 4:8, or --permute none)")
     return value
 
 

@@ -193,7 +193,7 @@ _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 # A grid value is a list, or a comma-separated string, of these; scalars are plain values.
 GRID_LISTS: dict[str, type] = {"methods": str, "sparsity": float, "patterns": str, "eval": str, "tasks": str,
-                                "reconstruct": str, "refine": str}
+                                "reconstruct": str, "refine": str, "permute": str}
 GRID_SCALARS: dict[str, type] = {
     "propagate": str, "allocation": str, "scope": str, "owl_m": float, "owl_lambda": float,
     "data": str, "nsamples": int, "seqlen": int, "seed": int, "eval_seqlen": int, "max_windows": int, "limit": int,

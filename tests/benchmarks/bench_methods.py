@@ -42,6 +42,10 @@ RECIPES = {
     "zpruner+pcg": dict(method="zpruner", reconstruct="pcg"),
     "wanda+swaps+pcg": dict(method="wanda", refine="swaps", reconstruct="pcg"),
     "zpruner+swaps+pcg": dict(method="zpruner", refine="swaps", reconstruct="pcg"),
+    # --permute: N:M columns only (unstructured cells of these are skipped)
+    "ria+lsa": dict(method="ria", permute="lsa"),
+    "wanda+swaps+pcg+lsa": dict(method="wanda", refine="swaps", reconstruct="pcg", permute="lsa"),
+    "alps+lsa": dict(method="alps", permute="lsa"),
 }
 COLUMNS = ["0.5", "0.6", "0.7", "2:4"]
 
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     result = calibrate(handle, Calibration(args.data, args.nsamples, args.seqlen, 0), gram=True, settings=settings)
     print(f"calibration: {time.perf_counter() - started:.0f} s ({'hit' if result.hit else 'computed'}), key {result.key}", flush=True)
     plan = EvalPlan(Evaluation(data="wikitext2", seqlen=args.eval_seqlen, max_windows=args.eval_windows), DATA_DIR)
-    cells = [("dense", None)] + [(name, column) for column in args.columns.split(",") for name in args.recipes.split(",")]
+    cells = [("dense", None)] + [(name, column) for column in args.columns.split(",") for name in args.recipes.split(",")
+                                 if ":" in column or RECIPES[name].get("permute", "none") == "none"]
     snapshot = DenseSnapshot(handle.model)
     for name, column in cells:
         if any(c["recipe"] == name and c["column"] == column for c in done):

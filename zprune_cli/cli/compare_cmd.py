@@ -50,7 +50,7 @@ def compare_command(
     owl_lambda: opt.OwlLambda = None,
     reconstruct: opt.ReconstructAxis = None,
     refine: opt.RefineAxis = None,
-    propagate: opt.Propagate = None,
+    propagate: opt.Propagate = None, permute: opt.PermuteAxis = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
     grid: Annotated[Optional[str], typer.Option("--grid", help="A named grid from grids.NAME in zprune.toml (or tool.zprune.grids.NAME in pyproject.toml).")] = None,
@@ -113,7 +113,8 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
     """(recipes, evaluation, calibration) from a grid's values (flags over a named grid)."""
     shared = recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
                            g.get("reconstruct"), g.get("refine"), g.get("propagate"), ignore, option)
-    recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"), **shared)
+    recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"),
+                           permute=g.get("permute", "none"), **shared)
     data = g.get("eval", "wikitext2")
     evaluation = Evaluation(data=() if data in ("none", ["none"]) else data, seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
                             tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"),
@@ -125,7 +126,7 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
 GRID_FLAGS = {"methods": "methods", "sparsity": "sparsity", "patterns": "patterns", "eval": "eval_data", "tasks": "tasks",
               "limit": "limit", "eval_seqlen": "eval_seqlen", "max_windows": "max_windows", "scope": "scope",
               "allocation": "allocation", "owl_m": "owl_m", "owl_lambda": "owl_lambda", "reconstruct": "reconstruct", "refine": "refine",
-              "propagate": "propagate", "data": "data", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed"}
+              "permute": "permute", "propagate": "propagate", "data": "data", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed"}
 DEFAULT_METHODS = ",".join(method_names())  # every registered method
 
 

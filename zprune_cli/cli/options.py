@@ -40,6 +40,8 @@ Reconstruct = Annotated[Optional[str], typer.Option("--reconstruct", help="New w
 Refine = Annotated[Optional[str], typer.Option("--refine", help="Refine the mask before reconstruction: swaps[:ROUNDS] (Gram-based 1-swaps per row, default 100 rounds) or none.")]
 ReconstructAxis = Annotated[Optional[str], typer.Option("--reconstruct", help="Comma-separated: none, obs, pcg (each cell with each; --reconstruct alone: obs).")]
 RefineAxis = Annotated[Optional[str], typer.Option("--refine", help="Comma-separated: none, swaps[:ROUNDS] (each cell with each).")]
+Permute = Annotated[Optional[str], typer.Option("--permute", help="N:M patterns only: none (default), heuristic or lsa: reorder each layer's input channels before the N:M groups are formed (RIA's channel permutation).")]
+PermuteAxis = Annotated[Optional[str], typer.Option("--permute", help="Comma-separated: none, heuristic, lsa (each N:M cell with each; unstructured cells: none).")]
 Propagate = Annotated[Optional[str], typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")]
 Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="Regex of layer names to leave dense (repeatable).")]
 MethodOption = Annotated[Optional[list[str]], typer.Option("--option", help="Method option KEY=VALUE, e.g. a=0.5 for ria (repeatable).")]

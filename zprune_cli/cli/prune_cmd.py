@@ -51,6 +51,7 @@ def prune_command(
     reconstruct: opt.Reconstruct = None,
     refine: opt.Refine = None,
     propagate: opt.Propagate = None,
+    permute: opt.Permute = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the pruned model here (several methods: one subfolder each). Default: ./MODEL-METHOD-SPARSITY, e.g. ./smollm2-135m-zpruner-50.")] = None,
@@ -89,6 +90,7 @@ def prune_command(
     if masks is not None:
         return _apply_masks(c, handle, masks, out, overwrite)
     shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, refine, propagate, ignore, option)
+    shared["permute"] = permute or "none"
     recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
     if dry_run:
         return dry.prune(c, handle, recipes, _output(model, recipes, out, no_save), overwrite, out_dtype)

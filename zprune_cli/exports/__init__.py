@@ -82,7 +82,10 @@ def export(
     if cast is not None:
         provenance = replace(provenance, dtype=str(cast).removeprefix("torch."))
 
-    warnings = _check_format(format, reader, pruned, provenance)
+    kept_dense: list[str] = []
+    if format == "sparse-24-bitmask":
+        pruned, kept_dense = _natively_nm(pruned, provenance)
+    warnings = _check_format(format, reader, pruned, provenance) + kept_dense
 
     with staged_folder(dest, overwrite) as tmp:
         job = _Job(reader, tmp, dest.name, provenance, pruned, max_bytes, ensure(progress), cast)
@@ -121,6 +124,21 @@ def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], pro
     for warning in warnings:
         log.warning(warning)
     return warnings
+
+
+def _natively_nm(pruned: dict[str, str], provenance: Provenance) -> tuple[dict[str, str], list[str]]:
+    """The layers whose stored weights are N:M as they stand, and a warning naming the others: a layer
+    pruned with --permute whose permutation no producer could absorb is N:M only after its inputs are
+    permuted (zprune.json's nm_layout), so a 2:4 format stores it dense."""
+    layout = provenance.nm_layout or {}
+    native = {name: module for name, module in pruned.items() if layout.get(module) != "permuted"}
+    dense = [module for module in pruned.values() if layout.get(module) == "permuted"]
+    if not dense:
+        return native, []
+    warning = (f"{len(dense)} layer(s) are 2:4 only after their inputs are permuted (--permute, no producer could "
+               f"absorb it) and are stored dense: {', '.join(dense[:6])}{', ...' if len(dense) > 6 else ''}")
+    log.warning(warning)
+    return native, [warning]
 
 
 def _pruned_weights(reader: "WeightReader | _LoadedTensors", provenance: Provenance) -> dict[str, str]:

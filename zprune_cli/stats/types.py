@@ -38,6 +38,14 @@ class LayerStats:
         """||X_j||_2 per input channel, float32, shape [in]."""
         return self.sumsq.sqrt().to(torch.float32)
 
+    def permuted(self, perm: torch.Tensor) -> LayerStats:
+        """The statistics of the inputs with their channels reordered: input j of the result is input perm[j]."""
+        def take(v: torch.Tensor | None) -> torch.Tensor | None:
+            return None if v is None else v[perm.to(v.device)]
+
+        gram = None if self.gram is None else self.gram[perm.to(self.gram.device)][:, perm.to(self.gram.device)]
+        return LayerStats(take(self.sumsq), self.n_tokens, gram, take(self.sum))
+
     def hessian(self) -> torch.Tensor:
         """SparseGPT's H = (2/N) * sum x x^T, float32, shape [in, in]."""
         if self.gram is None:

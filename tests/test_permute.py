@@ -1,0 +1,223 @@
+"""--permute: the searches never keep less, N:M counts hold in the permuted order, absorbed permutations leave
+the model's function unchanged, layers recorded natively N:M are so in their stored weights, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import save_tiny, tiny_config, tiny_model
+from zprune_cli.cli.app import app
+from zprune_cli.comparison import grid_recipes
+from zprune_cli.masks import Pattern
+from zprune_cli.methods import get_method
+from zprune_cli.methods.permutation import find_permutation, heuristic_order, kept_score, lsa_refine
+from zprune_cli.methods.permuted import Permuter
+from zprune_cli.models.blocks import find_blocks, find_linears, pruned_layers, weight_view
+from zprune_cli.models.handle import ModelHandle
+from zprune_cli.pruning import prune
+from zprune_cli.recipe import PruneRecipe
+from zprune_cli.settings import Calibration
+from zprune_cli.sparsity import check_nm
+
+runner = CliRunner()
+
+
+def scores(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Heavy-tailed, column-structured scores, like |W| x ||X|| with outlier channels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, cols, generator=g).abs() * torch.rand(cols, generator=g).pow(4) * 10
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+@pytest.mark.parametrize("shape", [(8, 16), (64, 128), (3, 256)])
+def test_searches_never_lower_the_kept_score(pattern, shape):
+    p = Pattern.parse(pattern)
+    for seed in range(4):
+        s = scores(*shape, seed)
+        none = kept_score(s, p)
+        heuristic = kept_score(s[:, find_permutation(s, p, "heuristic")], p)
+        lsa = kept_score(s[:, find_permutation(s, p, "lsa")], p)
+        assert none <= heuristic <= lsa
+    assert lsa > none  # structured scores: the permutation finds something
+
+
+def test_lsa_in_blocks_keeps_at_least_its_start():
+    """A work bound that splits 128 groups into blocks of 4 still never keeps less than its starting order."""
+    p, s = Pattern.parse("2:4"), scores(32, 512, 7)
+    start = heuristic_order(s, 4)
+    refined = lsa_refine(s, start, p, work=32 * 16)  # isqrt(16) = 4 groups per block
+    assert sorted(refined.tolist()) == list(range(512))
+    assert kept_score(s[:, refined], p) >= kept_score(s[:, start], p)
+
+
+def test_kept_score_is_the_direct_sum():
+    s = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.5, 0.25, 8.0, 7.0]])
+    assert kept_score(s, Pattern.parse("2:4")) == 4 + 3 + 8 + 7
+
+
+def test_ties_move_tied_columns_together():
+    p, s = Pattern.parse("2:4"), scores(16, 32, 3)
+    ties = [torch.stack([torch.arange(8), torch.arange(8) + 8]), torch.stack([torch.arange(16, 24), torch.arange(24, 32)])]
+    perm = find_permutation(s, p, "lsa", ties)
+    for index in ties:
+        moved = perm[index] - index[:, :1]  # the same order within each tied row of columns
+        assert torch.equal(moved[0], moved[1])
+
+
+def run_permuter(model, mode: str, pattern: str) -> Permuter:
+    """Every layer through Permuter.prune with a prune that keeps the weight: only the permutations act."""
+    permuter = Permuter(model, mode, Pattern.parse(pattern), get_method("magnitude"))
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        for index, block in enumerate(blocks):
+            linears = find_linears(block)
+            permuter.start_block(index, block, f"{index}.", list(linears))
+            for name, linear in linears.items():
+                weight = weight_view(linear)
+                weight.copy_(permuter.prune(f"{index}.{name}", weight.clone(), None, lambda w, s: w))
+    return permuter
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+MHA_LLAMA = "llama_mha"
+
+
+def build(family: str):
+    if family != MHA_LLAMA:
+        return tiny_model(family).float()
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("llama")
+    config.num_key_value_heads = config.num_attention_heads
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("family, kinds", [
+    (MHA_LLAMA, ("self_attn.o_proj", "mlp.down_proj")),
+    ("llama", ("self_attn.o_proj", "mlp.down_proj")),  # grouped-query: 4 query heads, 2 key-value heads
+    ("gpt2", ("attn.c_proj", "mlp.c_proj")),  # Conv1D, fused c_attn
+    ("mixtral", ("self_attn.o_proj", "mlp.experts.down_proj")),  # fused experts
+    ("qwen2_moe", ("self_attn.o_proj", "mlp.experts.down_proj", "mlp.shared_expert.down_proj")),
+])
+def test_absorbed_permutations_leave_the_logits_unchanged(family, kinds):
+    model = build(family)
+    ids = torch.randint(2, 250, (1, 24), generator=torch.Generator().manual_seed(1))
+    before = logits(model, ids)
+    dense = {name: weight_view(m).clone() for name, m in find_linears(model).items()}
+    permuter = run_permuter(model, "lsa", "2:4")
+    assert (logits(model, ids) - before).abs().max() < 1e-5
+    assert set(permuter.absorbed) == set(kinds)  # found from the block's computation, not from names
+    absorbed = [n for n in permuter.layout if n.split(".", 1)[1].startswith(kinds) and n not in permuter.orders]
+    assert absorbed and all(permuter.layout[n] == "native" for n in absorbed)
+    # the searches moved something that was absorbed: the weights are not simply the dense ones
+    assert any(not torch.equal(weight_view(m), dense[name]) for name, m in find_linears(model).items())
+
+
+def test_no_absorption_falls_back_to_the_mapped_back_mask():
+    """8:16 groups would straddle two 8-wide heads: o_proj keeps its permutation to itself (mask mapped back)."""
+    model = build("llama")
+    ids = torch.randint(2, 250, (1, 24), generator=torch.Generator().manual_seed(1))
+    before = logits(model, ids)
+    permuter = run_permuter(model, "lsa", "8:16")
+    assert (logits(model, ids) - before).abs().max() < 1e-5
+    o_proj = [n for n in permuter.layout if n.endswith("o_proj")]
+    assert o_proj and all(n in permuter.orders and permuter.layout[n] == "permuted" for n in o_proj)
+    assert all(permuter.layout[n] == "native" for n in permuter.layout if n.endswith("down_proj"))
+
+
+def cal(text_file):
+    return Calibration(str(text_file), 4, 32, 0)
+
+
+def stored_weights(model) -> dict[str, torch.Tensor]:
+    return {prefix + n: weight_view(lin) for _, prefix, linears in pruned_layers(model, []) for n, lin in linears.items()}
+
+
+@pytest.mark.parametrize("method", ["ria", "sparsegpt"])
+def test_nm_exact_in_the_permuted_order_and_native_where_recorded(method, tmp_path, text_file, cache, monkeypatch):
+    seen: list[Permuter] = []
+    original = Permuter.log_summary
+    monkeypatch.setattr(Permuter, "log_summary", lambda self: (seen.append(self), original(self)))
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    [outcome] = prune(str(folder), PruneRecipe(method, pattern="2:4", permute="lsa"), calibration=cal(text_file),
+                      out=tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "zprune.json").read_text())
+    layout = record["nm_layout"]
+    assert record["recipe"]["permute"] == "lsa" and set(layout) == set(outcome.report.layers)
+    assert {"native", "permuted"} == set(layout.values())
+    from transformers import AutoModelForCausalLM
+
+    weights = stored_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "out"))
+    for name, how in layout.items():
+        zeros = weights[name] == 0
+        if how == "native":
+            assert check_nm(zeros, 2, 4), name
+        else:
+            assert check_nm(zeros[:, seen[0].orders[name]], 2, 4), name
+    assert any(not check_nm(weights[n] == 0, 2, 4) for n, how in layout.items() if how == "permuted")
+
+
+def test_prune_reports_sparsity_and_layout(tmp_path, text_file, cache):
+    """A permuted 2:4 prune removes exactly half of every pruned layer, and its --json summary carries the layout."""
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    handle = ModelHandle(str(folder))
+    [outcome] = prune(handle, PruneRecipe("wanda", pattern="2:4", permute="heuristic"), calibration=cal(text_file))
+    assert outcome.report.recipe.permute == "heuristic" and outcome.report.overall == 0.5
+    assert set(outcome.report.layers.values()) == {0.5}
+    assert outcome.summary()["nm_layout"] == outcome.report.nm_layout
+
+
+def test_grid_permute_axis_applies_to_nm_cells_only():
+    recipes = grid_recipes("ria", "0.5", "unstructured,2:4", permute="none,heuristic,lsa")
+    assert [(r.pattern, r.permute) for r in recipes] == [
+        ("unstructured", "none"), ("2:4", "none"), ("2:4", "heuristic"), ("2:4", "lsa")]
+
+
+def test_permute_none_leaves_the_recipe_record_as_before():
+    assert "permute" not in PruneRecipe("ria", pattern="2:4").as_dict()
+    assert PruneRecipe("ria", pattern="2:4", permute="lsa").as_dict()["permute"] == "lsa"
+    assert "permute=lsa" in PruneRecipe("ria", pattern="2:4", permute="lsa").label()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--permute", "lsa"], "--pattern unstructured"),
+    (["--permute", "sorted", "-p", "2:4"], "permute"),
+])
+def test_bad_permute_exits_2_with_one_line(args, needle, tiny_dir, text_file, cache):
+    result = runner.invoke(app, ["prune", str(tiny_dir), "--data", str(text_file), "-n", "2", "-l", "16", "--no-save", *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_sparse24_export_keeps_mapped_back_layers_dense(tmp_path, text_file, cache):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from zprune_cli import load_pretrained
+    from zprune_cli.exports import export
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    prune(str(folder), PruneRecipe("ria", pattern="2:4", permute="lsa"), calibration=cal(text_file), out=tmp_path / "p")
+    layout = json.loads((tmp_path / "p" / "zprune.json").read_text())["nm_layout"]
+    permuted = sorted(n for n, how in layout.items() if how == "permuted")
+    result = export(tmp_path / "p", tmp_path / "s24", "sparse-24-bitmask")
+    assert any(w.startswith(f"{len(permuted)} layer(s) are 2:4 only after") for w in result["warnings"])
+    with safe_open(str(tmp_path / "s24" / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    for name, how in layout.items():
+        assert (f"{name}.compressed" in keys) == (how == "native") and (f"{name}.weight" in keys) == (how == "permuted")
+    ignore = json.loads((tmp_path / "s24" / "config.json").read_text())["quantization_config"]["sparsity_config"]["ignore"]
+    assert set(permuted) <= set(ignore)
+    ids = torch.randint(2, 250, (1, 16))
+    expected = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval(), ids)
+    assert torch.equal(logits(load_pretrained(tmp_path / "s24").eval(), ids), expected)

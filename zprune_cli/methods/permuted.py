@@ -1,0 +1,115 @@
+"""Prune an N:M layer with its input channels permuted (methods.permutation), and keep the permutation where
+it costs nothing at run time.
+
+The permutation is searched on the method's own scores, as RIA does. SparseGPT and ALPS choose their masks
+themselves and have no scores; they are permuted by the optimal-brain-surgeon saliency w_ij^2 / [H^-1]_jj
+(the cost of pruning one weight alone, which the column sweep approximates), with the layer's damped Hessian.
+The layer is then pruned in the permuted order, its statistics (sums, Gram matrix) permuted alike, so every
+method, refinement and reconstruction sees the N:M groups of the permuted columns. Then either
+- the layer's producers absorb the permutation (models.absorb): its weight is stored permuted, natively
+  N:M, and the block computes the same function; or
+- the pruned weight is put back in the original column order, as RIA's code does: its zeros are N:M only
+  after its inputs are permuted. zprune.json records which ("nm_layout": "native" or "permuted").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from zprune_cli.masks import Pattern
+from zprune_cli.methods.base import PRUNE_PRECISION, Method
+from zprune_cli.methods.permutation import find_permutation
+from zprune_cli.models.absorb import PROBE_TOKENS, Absorption, BlockProbe, absorb, attention_geometry
+from zprune_cli.models.experts import ExpertSlice
+from zprune_cli.models.producers import plan_block, signature
+from zprune_cli.models.runner import capture_block_inputs
+from zprune_cli.stats.types import LayerStats
+
+log = logging.getLogger("zprune")
+
+SALIENCY_DAMPING = 0.01  # x mean(diag H), as SparseGPT damps
+
+
+class Permuter:
+    """One prune run's permutations: each block's absorption plans, then each layer's search and placement."""
+
+    def __init__(self, model: nn.Module, mode: str, pattern: Pattern, method: Method):
+        self.mode, self.pattern, self.method = mode, pattern, method
+        self.geometry = attention_geometry(model.config)
+        vocab = model.get_input_embeddings().weight.shape[0]
+        ids = (torch.arange(PROBE_TOKENS).reshape(1, -1) * 31 + 7) % vocab
+        captured = capture_block_inputs(model, ids)  # every block's keyword arguments for a short input
+        self.kwargs, self.hidden_size = captured.block_kwargs, captured.hidden.shape[-1]
+        self.known: dict[tuple, list[Absorption]] = {}
+        self.plans: dict[str, Absorption] = {}
+        self.projections: dict[str, nn.Module] = {}
+        self.prefix = ""
+        self.layout: dict[str, str] = {}  # full layer name -> "native" | "permuted"
+        self.orders: dict[str, torch.Tensor] = {}  # "permuted" layers: the column order their N:M groups are in
+        self.absorbed: dict[str, str] = {}  # what was found, for the log: consumer kind -> description
+
+    def start_block(self, index: int, block: nn.Module, prefix: str, consumers: list[str]) -> None:
+        """Find (or check) which of `consumers` (names within the block) can hand their permutation on."""
+        probe = BlockProbe(block, self.kwargs[index], self.hidden_size, self.geometry)
+        key = signature(probe)
+        self.plans = plan_block(probe, consumers, self.known.get(key))
+        self.known[key] = list(self.plans.values())
+        self.projections, self.prefix = probe.projections, prefix
+        for plan in self.plans.values():
+            self.absorbed.setdefault(_kind(plan.consumer, probe), plan.describe())
+
+    def prune(self, name: str, weight: torch.Tensor, stats: LayerStats | None,
+              prune: Callable[[torch.Tensor, LayerStats | None], torch.Tensor]) -> torch.Tensor:
+        """The pruned weight [out, in] of layer `name` as it is to be stored (permuted when absorbed)."""
+        plan = self.plans.get(name[len(self.prefix):])
+        if plan is not None and plan.kind == "head" and plan.head_dim % self.pattern.m:
+            plan = None  # N:M groups would straddle two heads
+        scores = permutation_scores(self.method, weight.to(PRUNE_PRECISION), stats)
+        perm = find_permutation(scores.cpu(), self.pattern, self.mode, plan.ties(weight.shape[1]) if plan else None)
+        if bool((perm == torch.arange(len(perm))).all()):
+            self.layout[name] = "native"
+            return prune(weight, stats)
+        moved = perm.to(weight.device)
+        new = prune(weight[:, moved], stats.permuted(perm) if stats is not None else None)
+        if plan is not None:
+            absorb(self.projections, plan, perm)
+            self.layout[name] = "native"
+            return new
+        self.layout[name] = "permuted"
+        self.orders[name] = perm
+        return new[:, torch.argsort(moved)]
+
+    def log_summary(self) -> None:
+        """One line: which layer kinds handed their permutation on, and how many layers kept it to themselves."""
+        kept = [name for name, how in self.layout.items() if how == "permuted"]
+        absorbed = "; ".join(self.absorbed.values()) or "none"
+        log.info("channel permutation (%s): absorbed by their producers: %s; %d layer(s) kept N:M after permutation "
+                 "only (their mask mapped back to the original column order)", self.mode, absorbed, len(kept))
+
+
+def _kind(name: str, probe: BlockProbe) -> str:
+    return name.rpartition(".")[0] if isinstance(probe.projections[name], ExpertSlice) else name
+
+
+def permutation_scores(method: Method, weight_fp32: torch.Tensor, stats: LayerStats | None) -> torch.Tensor:
+    """[out, in]: the scores a permutation keeps the most of: the method's own, or for a method without scores
+    (it chooses its mask in its own sweep) the saliency w^2 / [H^-1]_jj."""
+    if type(method).score is not Method.score:
+        return method.score(weight_fp32, stats)
+    return obs_saliency(weight_fp32, stats)
+
+
+def obs_saliency(weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+    """w_ij^2 / [H^-1]_jj with H damped by SALIENCY_DAMPING x mean(diag H); dead inputs (H_jj = 0) score 0."""
+    H = stats.hessian().to(weight_fp32.device)
+    dead = H.diagonal() == 0
+    H = H.clone()
+    H[dead, dead] = 1
+    H += SALIENCY_DAMPING * H.diagonal().mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    L, info = torch.linalg.cholesky_ex(H)
+    inverse_diagonal = torch.cholesky_inverse(L).diagonal() if info.item() == 0 else 1 / H.diagonal()
+    return (weight_fp32.square() / inverse_diagonal).masked_fill(dead.unsqueeze(0), 0)

@@ -1,0 +1,163 @@
+"""Carry a permutation of a layer's input channels into the layers that produce that input, so the block
+computes the same function and the layer's stored weight is N:M as it stands (natively N:M).
+
+A consumer C reads channel j of its input. When that channel is output row rows[j] of some producers passed
+through per-channel operations only, permuting C's columns and those rows alike changes nothing:
+- "channel": C's input is elementwise in the producers' rows: down_proj <- gate_proj and up_proj (a fused
+  gate_up_proj in contiguous halves or interleaved; GPT-2's c_fc; each expert's own gate_up);
+- "head": C's input is attention's output, whose channel (h, d) is channel d of the value head that query
+  head h reads: o_proj <- v_proj (or the value rows of a fused qkv). Only permutations within a head, the
+  same for the query heads that share a key-value head, carry over.
+Which projections feed which, and how, is read from the block, never from names. The candidates are the
+projections of the same block (of the same expert, for an expert's slice) whose output width is a multiple
+of C's input width ("channel"), or of the key-value width ("head", with the head counts and size from the
+model config; the key-value count tried as given, 1 and the head count), taken as contiguous or interleaved
+slices. Each is probed by changing two of its rows: exactly the input channels of C the kind predicts must
+change. Those that pass are verified together with a random permutation of that kind: C's input must come
+out permuted, and the block's output unchanged. Layers that read the residual stream (q/k/v, gate/up) find
+no producer and are not absorbed.
+
+Blocks with the same projections (names, classes, shapes) share what was found; every block is verified.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from zprune_cli.models.blocks import find_linears, weight_view
+from zprune_cli.models.experts import ExpertSlice
+from zprune_cli.models.runner import run_block
+
+log = logging.getLogger("zprune")
+
+PROBE_TOKENS = 16  # tokens of the random input a block is probed with
+
+
+@dataclass(frozen=True)
+class Feed:
+    """Rows of one producer's [out, in] weight (and bias) feeding a consumer: row rows[j] is the consumer's
+    input channel j ("channel"), or key-value channel j = (g, d) ("head")."""
+
+    producer: str  # name within the block
+    rows: torch.Tensor  # [width] int64
+
+
+@dataclass(frozen=True)
+class Absorption:
+    """How a permutation of `consumer`'s input channels is carried to the rows of its producers."""
+
+    consumer: str
+    kind: str  # "channel" | "head"
+    feeds: tuple[Feed, ...]
+    head_dim: int = 0  # "head": channels per head
+    group: int = 1  # "head": query heads per key-value head
+
+    def ties(self, width: int) -> list[torch.Tensor] | None:
+        """The column ties a permutation must respect (methods.permutation): None (free) for "channel"; for
+        "head", per key-value head the [group, head_dim] columns of its query heads."""
+        if self.kind == "channel":
+            return None
+        d = torch.arange(self.head_dim)
+        return [torch.stack([(g * self.group + r) * self.head_dim + d for r in range(self.group)])
+                for g in range(width // (self.head_dim * self.group))]
+
+    def feed_order(self, perm: torch.Tensor) -> torch.Tensor:
+        """The consumer's permutation as an order of the feeding rows: rows[j] takes the old rows[order[j]]."""
+        if self.kind == "channel":
+            return perm
+        hd, kv = self.head_dim, len(perm) // (self.head_dim * self.group)
+        first = torch.arange(kv).repeat_interleave(hd) * self.group * hd + torch.arange(hd).repeat(kv)  # query head g*group
+        return perm[first] - first + torch.arange(kv * hd)
+
+    def describe(self) -> str:
+        return f"{self.consumer} <- {', '.join(dict.fromkeys(f.producer for f in self.feeds))} ({self.kind})"
+
+
+def bias_of(module: nn.Module) -> torch.Tensor | None:
+    """A projection's bias [out] (an expert's row of its module's '<param>_bias'), or None."""
+    if isinstance(module, ExpertSlice):
+        bias = getattr(module.owner, f"{module.param}_bias", None)
+        return bias.data[module.index] if isinstance(bias, torch.Tensor) and bias.dim() == 2 else None
+    bias = getattr(module, "bias", None)
+    return bias.data if isinstance(bias, torch.Tensor) else None
+
+
+def permute_rows(module: nn.Module, rows: torch.Tensor, order: torch.Tensor) -> None:
+    """Row rows[j] of the weight (and bias) takes the old row rows[order[j]], in place."""
+    weight = weight_view(module)
+    target, source = rows.to(weight.device), rows[order].to(weight.device)
+    weight[target] = weight[source]
+    bias = bias_of(module)
+    if bias is not None:
+        bias[target] = bias[source]
+
+
+def absorb(projections: dict[str, nn.Module], plan: Absorption, perm: torch.Tensor) -> None:
+    """Permute the producers' rows for a consumer whose columns are (or are about to be) permuted by perm."""
+    order = plan.feed_order(perm)
+    for feed in plan.feeds:
+        permute_rows(projections[feed.producer], feed.rows, order)
+
+
+def permute_columns(module: nn.Module, perm: torch.Tensor) -> None:
+    weight = weight_view(module)
+    weight.copy_(weight[:, perm.to(weight.device)])
+
+
+def random_permutation(plan: Absorption, width: int, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation of `width` channels that `plan` can carry (within heads, tied, for "head")."""
+    if plan.kind == "channel":
+        return torch.randperm(width, generator=generator)
+    perm = torch.arange(width)
+    for index in plan.ties(width):
+        perm[index] = index[:, torch.randperm(index.shape[1], generator=generator)]
+    return perm
+
+
+class BlockProbe:
+    """One block, a short random input and what it computes: the ground truth every plan is checked on."""
+
+    def __init__(self, block: nn.Module, kwargs: dict, hidden_size: int, geometry: tuple[int, int, int] | None):
+        self.block, self.kwargs, self.geometry = block, kwargs, geometry
+        self.projections = find_linears(block)
+        parameter = next(block.parameters())
+        generator = torch.Generator().manual_seed(0)
+        self.hidden = torch.randn(1, PROBE_TOKENS, hidden_size, generator=generator).to(parameter.device, parameter.dtype)
+        self.out, self.inputs = self.run(list(self.projections))
+
+    def run(self, watch: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        """The block's output [1, T, hidden] and what each watched projection read (rows: every call's tokens)."""
+        seen: dict[str, list[torch.Tensor]] = {name: [] for name in watch}
+
+        def hook(name: str):
+            def record(module, args):
+                seen[name].append(args[0].detach().float().reshape(-1, args[0].shape[-1]).clone())
+            return record
+
+        handles = [self.projections[name].register_forward_pre_hook(hook(name)) for name in watch]
+        try:
+            out = run_block(self.block, self.hidden, self.kwargs).detach().float().clone()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out, {name: torch.cat(parts) if parts else None for name, parts in seen.items()}
+
+    def tolerance(self) -> float:
+        """Relative error a pure reordering of sums may leave in the block's output (float32: 1e-4)."""
+        return max(1e-4, 8 * torch.finfo(self.hidden.dtype).eps)
+
+
+def attention_geometry(config) -> tuple[int, int, int] | None:
+    """(query heads, key-value heads, head size) from a model config (its text config), or None."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None)
+    hidden = getattr(text, "hidden_size", None)
+    if not isinstance(heads, int) or heads <= 0:
+        return None
+    kv_heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_kv_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or (hidden // heads if isinstance(hidden, int) else None)
+    return (heads, int(kv_heads), int(head_dim)) if head_dim else None

@@ -1,0 +1,182 @@
+"""Find, from a block's own computation, which projections produce each layer's input (see models.absorb).
+
+`plan_block` returns {consumer: Absorption} for the consumers whose input permutation can be absorbed. A plan
+found for an earlier block with the same projections is tried first (one verification); otherwise each
+consumer kind (a layer, or one projection of every expert of a fused module) is decided on one member the
+probe reaches, then copied to the kind's other members and verified for all of them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from zprune_cli.models.absorb import (Absorption, BlockProbe, Feed, absorb, bias_of, permute_columns,
+                                      random_permutation)
+from zprune_cli.models.blocks import in_features, weight_view
+from zprune_cli.models.experts import ExpertSlice
+
+
+def signature(probe: BlockProbe) -> tuple:
+    """What decides the plans: the block's class and its projections' names, classes, shapes and biases."""
+    return (type(probe.block).__name__,) + tuple(
+        (name, type(module).__name__, tuple(weight_view(module).shape), bias_of(module) is not None)
+        for name, module in probe.projections.items())
+
+
+def plan_block(probe: BlockProbe, consumers: list[str], known: list[Absorption] | None = None) -> dict[str, Absorption]:
+    """The verified plans of this block's `consumers` (names within the block)."""
+    if known is not None:
+        plans = [p for p in known if p.consumer in consumers]
+        if all(verify(probe, group) for group in _by_kind(probe, plans).values()):
+            return {p.consumer: p for p in plans}
+    plans = {}
+    for names in _by_kind(probe, consumers).values():
+        reached = next((n for n in names if probe.inputs.get(n) is not None), None)
+        plan = _decide(probe, reached) if reached is not None else None
+        if plan is None:
+            continue
+        group = [_rebind(plan, name, probe) for name in names]
+        if _free(plans, group) and verify(probe, group):
+            plans.update({p.consumer: p for p in group})
+    return plans
+
+
+def _by_kind(probe: BlockProbe, items: list) -> dict[str, list]:
+    """Consumers (names or plans) by kind: an expert's slice belongs with the same slice of every expert."""
+    kinds: dict[str, list] = {}
+    for item in items:
+        name = item.consumer if isinstance(item, Absorption) else item
+        key = name.rpartition(".")[0] if isinstance(probe.projections[name], ExpertSlice) else name
+        kinds.setdefault(key, []).append(item)
+    return kinds
+
+
+def _rebind(plan: Absorption, name: str, probe: BlockProbe) -> Absorption:
+    """The plan of one expert's slice, moved to the same slice of another expert."""
+    if name == plan.consumer:
+        return plan
+    index = str(probe.projections[name].index)
+    feeds = tuple(Feed(f"{f.producer.rpartition('.')[0]}.{index}", f.rows) for f in plan.feeds)
+    return Absorption(name, plan.kind, feeds, plan.head_dim, plan.group)
+
+
+def _free(plans: dict[str, Absorption], group: list[Absorption]) -> bool:
+    """No producer row is claimed twice (a row read by two consumers could follow only one of them)."""
+    taken = {(f.producer, int(r)) for p in plans.values() for f in p.feeds for r in f.rows}
+    return not any((f.producer, int(r)) in taken for p in group for f in p.feeds for r in f.rows)
+
+
+def _decide(probe: BlockProbe, name: str) -> Absorption | None:
+    """The first kind whose probed producers, taken together, verify; None when none does."""
+    passed: dict[tuple, list[Feed]] = {}
+    for kind, feed, layout in _candidates(probe, name):
+        if all(_changes_only(probe, name, feed, j, kind, layout) for j in (1, len(feed.rows) - 2)):
+            passed.setdefault((kind, layout), []).append(feed)
+    for (kind, (head_dim, group)), feeds in sorted(passed.items(), key=lambda item: item[0][0] != "channel"):
+        plan = Absorption(name, kind, tuple(feeds), head_dim, group)
+        if verify(probe, [plan]):
+            return plan
+    return None
+
+
+def _candidates(probe: BlockProbe, name: str) -> Iterator[tuple[str, Feed, tuple[int, int]]]:
+    """(kind, feed, (head_dim, group)) for every slice of a projection whose width could feed `name`."""
+    consumer = probe.projections[name]
+    width = in_features(consumer)
+    layouts = []
+    if probe.geometry is not None:
+        heads, kv_heads, head_dim = probe.geometry
+        if heads * head_dim == width and head_dim >= 4:
+            layouts = [(head_dim, heads // kv) for kv in dict.fromkeys((kv_heads, 1, heads)) if kv and heads % kv == 0]
+    for other, module in probe.projections.items():
+        if other == name or not _same_scope(consumer, module):
+            continue
+        rows = weight_view(module).shape[0]
+        for feed_rows in _slices(rows, width, 1):
+            yield "channel", Feed(other, feed_rows), (0, 1)
+        for head_dim, group in layouts:
+            for feed_rows in _slices(rows, width // group // head_dim, head_dim):
+                yield "head", Feed(other, feed_rows), (head_dim, group)
+
+
+def _same_scope(consumer, producer) -> bool:
+    """An expert's slice is fed by its own expert's slices only; other layers by other layers."""
+    if isinstance(consumer, ExpertSlice) or isinstance(producer, ExpertSlice):
+        return (isinstance(consumer, ExpertSlice) and isinstance(producer, ExpertSlice)
+                and consumer.owner is producer.owner and consumer.index == producer.index)
+    return True
+
+
+def _slices(rows: int, units: int, unit: int) -> list[torch.Tensor]:
+    """Row indices of every slice of `units` x `unit` rows out of `rows`: contiguous chunks and, when there
+    are several, interleaved ones (rows seen as [units, k, unit]: GPT-OSS's gate/up, GPT-NeoX's q/k/v)."""
+    width = units * unit
+    if rows % width:
+        return []
+    k = rows // width
+    contiguous = torch.arange(rows).reshape(k, width)
+    interleaved = torch.arange(rows).reshape(units, k, unit)
+    return [contiguous[c] for c in range(k)] + ([interleaved[:, c].reshape(-1) for c in range(k)] if k > 1 else [])
+
+
+def _predicted(kind: str, j: int, layout: tuple[int, int], width: int) -> torch.Tensor:
+    """bool [width]: the consumer channels that feed position j may reach."""
+    expected = torch.zeros(width, dtype=torch.bool)
+    if kind == "channel":
+        expected[j] = True
+    else:
+        head_dim, group = layout
+        g, d = divmod(j, head_dim)
+        expected[[(g * group + r) * head_dim + d for r in range(group)]] = True
+    return expected
+
+
+def _changes_only(probe: BlockProbe, name: str, feed: Feed, j: int, kind: str, layout: tuple[int, int]) -> bool:
+    """Change one row of the producer: some of the channels the kind predicts must change, and no other."""
+    weight = weight_view(probe.projections[feed.producer])
+    row = int(feed.rows[j])
+    saved = weight[row].clone()
+    noise = torch.randn(saved.shape, generator=torch.Generator().manual_seed(row)).to(saved)
+    weight[row] = -2 * saved + noise * (saved.abs().mean() + 1e-3)
+    try:
+        _, seen = probe.run([name])
+    finally:
+        weight[row] = saved
+    base, now = probe.inputs[name], seen[name]
+    if now is None or now.shape != base.shape:
+        return False
+    changed = (now - base).abs().amax(dim=0) > 1e-6 * float(base.abs().max())  # [in]
+    return bool(changed.any()) and not bool(changed[~_predicted(kind, j, layout, base.shape[1])].any())
+
+
+def verify(probe: BlockProbe, plans: list[Absorption]) -> bool:
+    """Permute every plan's consumer columns and producer rows at random: each consumer's input must come out
+    permuted, the block's output unchanged. The weights are put back exactly."""
+    generator = torch.Generator().manual_seed(1)
+    perms = [random_permutation(p, in_features(probe.projections[p.consumer]), generator) for p in plans]
+    done = []
+    try:
+        for plan, perm in zip(plans, perms):
+            permute_columns(probe.projections[plan.consumer], perm)
+            absorb(probe.projections, plan, perm)
+            done.append((plan, perm))
+        out, seen = probe.run([p.consumer for p in plans])
+    finally:
+        for plan, perm in reversed(done):
+            inverse = torch.argsort(perm)
+            absorb(probe.projections, plan, inverse)
+            permute_columns(probe.projections[plan.consumer], inverse)
+    tolerance = probe.tolerance()
+    if float((out - probe.out).norm()) > tolerance * float((probe.out - probe.hidden.float()).norm()):
+        return False
+    for plan, perm in zip(plans, perms):
+        base, now = probe.inputs[plan.consumer], seen[plan.consumer]
+        if base is None:
+            continue  # an expert the probe did not reach: it shares its kind's verified plan
+        if now is None or now.shape != base.shape:
+            return False
+        if float((now - base[:, perm]).abs().max()) > tolerance * float(base.abs().max()):
+            return False
+    return True
