@@ -40,23 +40,28 @@ VARIANTS = {
 }
 OWL = PruneRecipe("ria", 0.5, allocation="owl")
 OWL_VARIANTS = {"owl_m": OWL.replace(owl_m=3.0), "owl_lambda": OWL.replace(owl_lambda=0.1)}
+# The quantization fields are absent from a recipe without --wbits (its digest is today's): vary them from a 4-bit one.
+QUANT = PruneRecipe("ria", 0.5, wbits=4, group_size=32)
+QUANT_VARIANTS = {"wbits": QUANT.replace(wbits=8), "group_size": QUANT.replace(group_size=0), "sym": QUANT.replace(sym=True),
+                  "act_order": QUANT.replace(act_order=True)}
+SECOND = {**{f: (OWL, v) for f, v in OWL_VARIANTS.items()}, **{f: (QUANT, v) for f, v in QUANT_VARIANTS.items()}}
 
 
 def test_every_field_is_covered():
     from dataclasses import fields
 
-    assert {f.name for f in fields(PruneRecipe)} == set(VARIANTS) | set(OWL_VARIANTS)
+    assert {f.name for f in fields(PruneRecipe)} == set(VARIANTS) | set(SECOND)
 
 
-@pytest.mark.parametrize("field", [*VARIANTS, *OWL_VARIANTS])
+@pytest.mark.parametrize("field", [*VARIANTS, *SECOND])
 def test_one_field_changes_the_digest(field):
-    base, other = (OWL, OWL_VARIANTS[field]) if field in OWL_VARIANTS else (BASE, VARIANTS[field])
+    base, other = SECOND[field] if field in SECOND else (BASE, VARIANTS[field])
     assert other != base and other.digest != base.digest
     assert [k for k in base.as_dict() if base.as_dict()[k] != other.as_dict()[k]][:1] == [field] or field == "pattern"
 
 
 def test_all_digests_differ():
-    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values()]  # VARIANTS["allocation"] is OWL
+    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), QUANT, *QUANT_VARIANTS.values()]  # VARIANTS["allocation"] is OWL
     assert len({r.digest for r in recipes}) == len(recipes) == len(set(recipes))
 
 
@@ -270,7 +275,7 @@ def test_cli_prune_and_compare_apply_the_same_config_overrides(tiny_dir, text_fi
 
 
 def test_recipes_differing_in_one_field_are_two_cells_and_two_rows(tiny_dir, text_file):
-    variants = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values()]  # every field (VARIANTS["allocation"] is OWL)
+    variants = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), QUANT, *QUANT_VARIANTS.values()]  # every field
     evaluation = Evaluation(data=str(text_file), seqlen=32, max_windows=1)
     outcome = compare(str(tiny_dir), variants, evaluation, calibration=Calibration(str(text_file), 2, 16))
     pruned = [r for r in outcome.rows if r["method"] != "dense"]

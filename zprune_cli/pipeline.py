@@ -16,7 +16,7 @@ import math
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,6 +26,8 @@ from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
 from zprune_cli.methods.base import Method
+from zprune_cli.methods.obs import gptq
+from zprune_cli.methods.quantize import QuantGrid, check_group_size
 from zprune_cli.methods.reconstruction import finish_mask
 from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, find_blocks, in_features, layer_modules,
                                       pruned_layers, weight_view)
@@ -47,6 +49,7 @@ class PruneReport:
     layers: dict[str, float]  # full Linear name -> measured sparsity (the pruned layers only)
     layer_params: dict[str, int]
     seconds: float
+    grids: dict[str, QuantGrid] = field(default_factory=dict)  # full Linear name -> its grids (--wbits only)
 
     @property
     def overall(self) -> float:
@@ -76,41 +79,56 @@ def layer_sparsities(recipe: PruneRecipe, layers: BlockLayers, entry: StatsEntry
 
 
 def check_layers(recipe: PruneRecipe, layers: BlockLayers) -> None:
-    """Fail before touching any weight: N:M needs every width divisible by m."""
+    """Fail before touching any weight: N:M needs every width divisible by m, quantization groups too."""
     if not any(linears for _, _, linears in layers):
         raise ZpruneUsageError("no Linear layer is left to prune (check --ignore)")
     for name, linear in layer_modules(layers).items():
         try:
             check_pattern_fits(in_features(linear), recipe.pattern_obj)
+            if recipe.quant is not None:
+                check_group_size(in_features(linear), recipe.quant.group_size)
         except ZpruneUsageError as exc:
             raise ZpruneUsageError(f"layer {name}: {exc}") from None
 
 
 class _Pruner:
-    """One recipe's method, configured once, applied layer by layer."""
+    """One recipe's method, configured once, applied layer by layer (then quantized, with --wbits)."""
 
     def __init__(self, recipe: PruneRecipe):
         self.recipe = recipe
         self.method: Method = recipe.method_obj
         self.pattern = recipe.pattern_obj
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
+        self.quant = recipe.quant
+        self.grids: dict[str, QuantGrid] = {}
 
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
-        if sparsity <= 0:
+        if sparsity <= 0 and self.quant is None:
             return
         weight = weight_view(linear)  # [out, in], a view that writes through (Conv1D stores [in, out])
         _require_finite(weight, f"the weight of layer {name}")
-        if type(self.method).uses_stats or self.finishes:
+        if type(self.method).uses_stats or self.finishes or self.quant is not None:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
-        result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
-        new = result.weight
-        if self.finishes:
-            new = finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device), self.pattern,
-                              self.recipe.swap_rounds, self.recipe.reconstruct)
+        new, mask, grid = self._prune(weight, stats, sparsity) if sparsity > 0 else (weight, None, None)
+        if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
+            new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
         weight_view(linear).copy_(new)
+        if grid is not None:
+            self.grids[name] = grid
+
+    def _prune(self, weight: torch.Tensor, stats: LayerStats, sparsity: float):
+        """(pruned weight, prune mask, grids): the method's weight (refined and reconstructed when asked), its
+        mask, and its grids if it quantized while pruning (SparseGPT's joint walk), else None."""
+        joint = {"quant": self.quant} if self.quant is not None and type(self.method).joint_quantization else {}
+        result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope, **joint)
+        if not self.finishes:
+            return result.weight, result.prune_mask, result.grid
+        new, mask = finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device),
+                                self.pattern, self.recipe.swap_rounds, self.recipe.reconstruct)
+        return new, mask, None
 
 
 def _require_finite(tensor: torch.Tensor, what: str) -> None:
@@ -149,7 +167,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                 with store.writer(run_key, settings) if distributed.is_main() else nullcontext() as writer:
                     unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
                                                             progress, label)
-                return _report(recipe, started, unrouted, measured)
+                return _report(recipe, started, unrouted, measured, prune_layer.grids)
         stats_entry = stats_entry.readable()
     device = next(model.parameters()).device
     unrouted: list[str] = []
@@ -164,7 +182,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                     prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
                 measured.update(_measure(prefix, linears))
             task.advance(1)
-    return _report(recipe, started, unrouted, measured)
+    return _report(recipe, started, unrouted, measured, prune_layer.grids)
 
 
 def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> StatsEntry:
@@ -254,14 +272,15 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
                     f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
 
 
-def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict]) -> PruneReport:
+def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
+            grids: dict[str, QuantGrid]) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
     sparsity = {name: v["sparsity"] for name, v in measured.items()}
     params = {name: v["params"] for name, v in measured.items()}
-    return PruneReport(recipe, sparsity, params, time.perf_counter() - started)
+    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, grids)
 
 
 class DenseSnapshot:
