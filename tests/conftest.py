@@ -139,6 +139,54 @@ def save_tiny(folder: Path, family: str = "llama", seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_gguf(path: Path, hidden: int = 32, ffn: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny llama GGUF file (float32 tensors) with a byte-level BPE tokenizer (the 256 byte tokens, <s>,
+    </s> and one merge) in its header, as llama.cpp writes them: transformers reads it as it reads SmolLM2's."""
+    import gguf
+    import numpy as np
+    from tokenizers import pre_tokenizers
+
+    rng = np.random.default_rng(seed)
+    tokens = ["<s>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), "he"]
+    heads, kv_heads = 4, 2
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    for add, value in ((writer.add_block_count, layers), (writer.add_context_length, 512), (writer.add_embedding_length, hidden),
+                       (writer.add_feed_forward_length, ffn), (writer.add_head_count, heads), (writer.add_head_count_kv, kv_heads),
+                       (writer.add_rope_freq_base, 10000.0), (writer.add_layer_norm_rms_eps, 1e-5),
+                       (writer.add_vocab_size, len(tokens)), (writer.add_rope_dimension_count, hidden // heads),
+                       (writer.add_tokenizer_model, "gpt2"), (writer.add_tokenizer_pre, "default"), (writer.add_token_list, tokens),
+                       (writer.add_token_types, [3, 3] + [1] * (len(tokens) - 2)), (writer.add_token_merges, ["h e"]),
+                       (writer.add_bos_token_id, 0), (writer.add_eos_token_id, 1), (writer.add_pad_token_id, 1),
+                       (writer.add_add_bos_token, True)):
+        add(value)
+
+    def weight(name: str, *shape: int) -> None:  # numpy [out, in]; the file stores the shape reversed
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    kv = kv_heads * hidden // heads
+    weight("token_embd.weight", len(tokens), hidden)
+    for i in range(layers):
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{i}.{norm}.weight", np.ones(hidden, np.float32))
+        for name, out, inp in (("attn_q", hidden, hidden), ("attn_k", kv, hidden), ("attn_v", kv, hidden),
+                               ("attn_output", hidden, hidden), ("ffn_gate", ffn, hidden), ("ffn_up", ffn, hidden),
+                               ("ffn_down", hidden, ffn)):
+            weight(f"blk.{i}.{name}.weight", out, inp)
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    weight("output.weight", len(tokens), hidden)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    return save_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf")
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")

@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
-    {"errors", "__version__"},
-    {"progress", "settings", "masks", "sparsity", "staging", "results", "plot", "leaderboard_cells", "tasks", "hub",
+    {"errors", "__version__", "machine"},
+    {"progress", "settings", "masks", "sparsity", "staging", "results", "leaderboard_cells", "tasks", "hub",
      "distributed"},
-    {"formats"},
+    {"formats", "plot"},  # plot writes through staging
     {"data", "models", "stats"},  # never each other
     {"methods"},
     {"recipe", "allocation"},

@@ -129,7 +129,7 @@ def test_calibration_data(world, data, code, needle):
 
 
 def test_text_too_short_for_the_windows(world):
-    assert "too short" in one_line(invoke("calibrate", world["model"], "--data", world["short.txt"], "-n", 2, "-l", 256), 1)
+    assert "too short" in one_line(invoke("calibrate", world["model"], "--data", world["short.txt"], "-n", 2, "-l", 256), 2)
 
 
 MODEL_CASES = [
@@ -260,14 +260,19 @@ def pruned(world, tmp_path_factory):
 @pytest.mark.parametrize(
     "content, needle",
     [('{"schema": 2, "overall_sparsity": NaN}', "NaN"), ("[1, 2]", "expected a JSON object"),
-     ('{"schema": 7}', "schema 7"), ("{not json", "cannot read"), ('{"schema": 2, "recipe": {"method": "x"}}', "not a valid")],
-    ids=["nan", "list", "schema", "syntax", "recipe"],
+     ('{"schema": 7}', "schema 7"), ("{not json", "cannot read"), ('{"schema": 2, "recipe": {"method": "x"}}', "not a valid"),
+     ({"relative": ["..", "x"]}, "'base_model.relative' must be a string, not list"),
+     ({"content": 7}, "'base_model.content' must be a string, not int"), ({"location": None}, "'base_model.location'")],
+    ids=["nan", "list", "schema", "syntax", "recipe", "relative", "content", "location"],
 )
 def test_damaged_zprune_json(pruned, tmp_path, content, needle):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(pruned, copy)
+    if isinstance(content, dict):  # one field of the base model's record damaged
+        data = json.loads((copy / "zprune.json").read_text())
+        content = json.dumps({**data, "base_model": {**data["base_model"], **content}})
     (copy / "zprune.json").write_text(content)
     assert needle in one_line(invoke("eval", copy, "--eval", "none", "--speed"), 1)
     assert needle in one_line(invoke("export", copy, "--to", tmp_path / "e"), 1)

@@ -90,6 +90,41 @@ def test_block_runner_matches_full_forward(family):
         torch.testing.assert_close(hidden, full[index + 1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_runs_block_0_alone(family):
+    """Every block's arguments come from one forward in which block 0 alone runs (at Llama-2-7B's shape the
+    other 31 blocks were read from disk and run only for their arguments): the same arguments a full
+    forward hands each block, and block 0 called once for the first window, never again."""
+    from conftest import tiny_model
+
+    model = tiny_model(family)
+    _, blocks = find_blocks(model)
+    calls = [0] * len(blocks)
+    seen: list[dict | None] = [None] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+    windows = torch.randint(2, 250, (3, 24))
+    inputs = capture_block_inputs(model, windows)
+    assert calls == [1] + [0] * (len(blocks) - 1)
+    hooks = [b.register_forward_pre_hook(lambda m, a, k, i=i: seen.__setitem__(i, k), with_kwargs=True)
+             for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        model(windows[:1], use_cache=False)
+    for h in hooks:
+        h.remove()
+    for got, want in zip(inputs.block_kwargs, seen):
+        assert sorted(got) == sorted(k for k in want if k != "hidden_states")
+        for key, value in got.items():
+            expected = want[key]
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(value, expected)
+            elif isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+                for a, b in zip(value, expected):
+                    torch.testing.assert_close(a, b)
+            else:
+                assert value == expected, key
+
+
 def test_second_call_is_a_hit_without_loading(tiny_dir, text_file, cache, monkeypatch):
     first = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0))
     import zprune_cli.models.handle as handle

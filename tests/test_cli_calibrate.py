@@ -59,13 +59,13 @@ def one_line_error(result, code):
 @pytest.mark.parametrize(
     "args, code, needle",
     [
-        (["no-such-org/no-such-model"], 1, "could not load model"),
+        (["no-such-org/no-such-model"], 1, "not in the local hub cache"),
         (["./missing-folder"], 2, "no model at"),
         (["{tiny}", "-n", "0"], 2, "--nsamples must be at least 1"),
         (["{tiny}", "-l", "100000"], 2, "beyond the model's maximum"),
         (["{tiny}", "--data", "{binary}"], 2, "not text"),
         (["{tiny}", "--data", "{nofield}"], 2, "no 'text' field"),
-        (["{tiny}", "--data", "{short}", "-l", "64"], 1, "too short"),
+        (["{tiny}", "--data", "{short}", "-l", "64"], 2, "too short"),
         (["{tiny}", "--device", "cuda:7"], 2, "CUDA"),
     ],
 )

@@ -106,7 +106,8 @@ def test_baseline_is_found_from_another_folder(tiny_dir, text_file, cache, tmp_p
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["baseline"]["target"] == str(base)
     shutil.rmtree(base)
-    assert "--baseline cannot evaluate it" in one_line(invoke("eval", tmp_path / "pruned", "--eval", text_file, "--baseline"), 1)
+    line = one_line(invoke("eval", tmp_path / "pruned", "--eval", text_file, "--baseline"), 1)
+    assert f"in none of its places: nothing at {base}; --baseline measures no other model in its place" in line
 
 
 def test_load_pretrained_returns_the_model(tiny_dir, text_file, cache, tmp_path):
@@ -144,6 +145,53 @@ def test_eval_reuses_stored_results_unless_forced(tiny_dir, text_file, cache, mo
     assert not forced["reused"] and len(loads) == 2
     other = json.loads(invoke(*args[:-2], 1, "--json").stdout)  # another protocol: measured
     assert not other["reused"] and len(loads) == 3
+
+
+# --- eval with no flags: the papers' wikitext-2 perplexity, or offline its shipped sample --------------------
+def _ppl(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return next(m for m in json.loads(result.stdout)["metrics"] if m["metric"].startswith("ppl:"))
+
+
+def test_eval_with_no_flags_measures_wikitext2_perplexity(tiny_dir, cache, monkeypatch):
+    """Offline with no local copy: the shipped wikitext2-sample, said in one warning; with a local copy (the test
+    slice is byte for byte the shipped sample) the papers' wikitext2 test split, no warning, the same number."""
+    from conftest import FIXTURE_DATA
+
+    monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
+    offline = invoke("eval", tiny_dir, "--max-windows", 3, "--json")
+    ppl = _ppl(offline)
+    assert ppl["metric"] == "ppl:wikitext2-sample" and ppl["protocol"]["dataset"] == "wikitext2-sample"
+    assert ppl["protocol"]["n_windows"] == 3 and ppl["protocol"]["seqlen"] == 512  # min(2048, the model's 512)
+    warnings = [line for line in offline.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "measuring the shipped wikitext2-sample instead" in warnings[0]
+    assert "wikitext2/wiki.test.raw" in warnings[0]
+    named = _ppl(invoke("eval", tiny_dir, "--eval", "wikitext2-sample", "--max-windows", 3, "--json", "--force"))
+    assert named["value"] == ppl["value"]
+
+    local = invoke("eval", tiny_dir, "--max-windows", 3, "--json", "--data-dir", FIXTURE_DATA)
+    full = _ppl(local)
+    assert full["metric"] == "ppl:wikitext2" and full["protocol"]["split"] == "test" and "warning" not in local.stderr
+    assert full["value"] == ppl["value"]
+
+
+def test_eval_default_reads_the_hub_when_it_answers(monkeypatch):
+    """Online (the hub's loader stubbed): wikitext2 itself, loaded once, no sample."""
+    from zprune_cli.data import sources
+    from zprune_cli.evaluation.run import EvalPlan, Evaluation
+
+    calls = []
+    monkeypatch.setattr(sources, "_load_dataset", lambda what, *a, **k: calls.append(what) or {"text": ["a", "b"]})
+    [source] = EvalPlan(Evaluation()).sources
+    assert (source.name, source.split, source.where) == ("wikitext2", "test", "hub:wikitext/wikitext-2-raw-v1")
+    assert source.load().stream == "a\n\nb" and source.load().stream == "a\n\nb"
+    assert calls == [("wikitext2", "test")]
+
+
+def test_a_named_wikitext2_still_fails_offline_with_the_fix(tiny_dir, cache, monkeypatch):
+    monkeypatch.delenv("ZPRUNE_DATA_DIR", raising=False)
+    line = one_line(invoke("eval", tiny_dir, "--eval", "wikitext2", "--max-windows", 2), 1)
+    assert "wikitext2/wiki.test.raw" in line and "--data-dir" in line
 
 
 def test_sparsity_reads_the_same_in_the_header_and_the_table():

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -106,19 +107,24 @@ def wide_model(tmp_path_factory):
     return folder
 
 
+def caught_writing(command: list[str], cache: Path, model: Path, dest: Path, timeout: float) -> subprocess.Popen:
+    """A zprune process started (up to three times) until it is seen writing `dest` through a staging folder
+    beside it: a write that finishes between two looks is no kill point."""
+    staging = lambda: dest.parent.is_dir() and any(".zprune-tmp-" in p.name for p in dest.parent.iterdir())  # noqa: E731
+    for _attempt in range(3):
+        proc = zprune(command, cache, model)
+        if wait_for(lambda: staging() or proc.poll() is not None, timeout) and staging():
+            return proc
+        proc.wait()
+        shutil.rmtree(dest, ignore_errors=True)
+    raise AssertionError(f"writing {dest.name} was never caught in progress")
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_sigkill_while_saving_is_swept_by_the_next_save(wide_model, tmp_path, seed):
     cache, out = tmp_path / "cache", tmp_path / "runs" / "pruned"
     prune = ["prune", "{model}", "-m", "wanda", "--data", C4, "-n", "2", "-l", "64", "--out", str(out), "-q"]
-    staging = lambda: out.parent.is_dir() and any(".zprune-tmp-" in p.name for p in out.parent.iterdir())  # noqa: E731
-    for attempt in range(3):  # a save that finishes between two looks is not a kill point: try again
-        proc = zprune(prune, cache, wide_model)
-        caught = wait_for(lambda: staging() or proc.poll() is not None, 300) and staging()
-        if caught:
-            break
-        proc.wait()
-        shutil.rmtree(out, ignore_errors=True)
-    assert caught, "the save was never caught in progress"
+    proc = caught_writing(prune, cache, wide_model, out, 300)
     time.sleep(random.Random(seed).uniform(0, 0.05))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -178,3 +184,100 @@ def test_signal_during_start_up(tmp_path, signum, delay):
         word = "terminated" if signum == signal.SIGTERM else "interrupted"
         assert proc.returncode == 128 + signum, (proc.returncode, err)
         assert err.splitlines() == [f"error: {word}; nothing half-written was kept"], err
+
+
+# --- export and compare, killed as real processes ---------------------------------------------------------
+EXPORT_FORMATS = [("hf", "unstructured"), ("sparse", "unstructured"), ("sparse-24-bitmask", "2:4"), ("masks", "unstructured")]
+
+
+@pytest.fixture(scope="module")
+def wide_pruned(wide_model, tmp_path_factory):
+    """The wide model pruned (unstructured and 2:4), and an uninterrupted export of each format."""
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for pattern in ("unstructured", "2:4"):
+        out[pattern] = root / pattern.replace(":", "of")
+        code, _, err = finish(zprune(["prune", "{model}", "-m", "magnitude", "-p", pattern, "--out", str(out[pattern]), "-q"],
+                                     root / "cache", wide_model))
+        assert code == 0, err
+    for fmt, pattern in EXPORT_FORMATS:
+        code, _, err = finish(zprune(["export", str(out[pattern]), "--to", str(root / f"ref-{fmt}"), "-f", fmt, "-q"],
+                                     root / "cache", wide_model))
+        assert code == 0, err
+        out[fmt] = root / f"ref-{fmt}"
+    return out
+
+
+def export_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return {f"{f.name}:{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("fmt, pattern", EXPORT_FORMATS, ids=[f for f, _ in EXPORT_FORMATS])
+def test_kill_during_export(wide_model, wide_pruned, tmp_path, fmt, pattern, sig):
+    """Killed while the export is being written: no destination that looks complete; SIGTERM cleans up itself
+    (exit 143), SIGKILL's staging folder goes with the next export there, which equals an uninterrupted one."""
+    dest = tmp_path / "exports" / fmt
+    export = ["export", str(wide_pruned[pattern]), "--to", str(dest), "-f", fmt, "-q"]
+    proc = caught_writing(export, tmp_path / "cache", wide_model, dest, 120)
+    time.sleep(random.Random(fmt).uniform(0, 0.05))
+    proc.send_signal(sig)
+    code, _, err = finish(proc)
+    assert not dest.exists()
+    if sig == signal.SIGTERM:
+        assert code == 143 and err.strip().splitlines()[-1] == "error: terminated; nothing half-written was kept", err
+        assert list(dest.parent.iterdir()) == []
+    code, _, err = finish(zprune(export, tmp_path / "cache", wide_model))
+    assert code == 0, err
+    assert [p.name for p in dest.parent.iterdir()] == [fmt]  # the killed writer's staging folder is gone
+    ours, reference = export_tensors(dest), export_tensors(wide_pruned[fmt])
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+COMPARE = ["compare", "{model}", "-m", "magnitude,wanda,ria", "-s", "0.3,0.5,0.7", "--data", C4, "-n", "4", "-l", "64",
+           "--eval", C4, "--eval-seqlen", "64", "--max-windows", "6", "-f", "json", "-q"]
+
+
+@pytest.fixture(scope="module")
+def compare_reference(reference, tmp_path_factory):
+    model = reference[0]
+    code, out, err = finish(zprune(COMPARE, tmp_path_factory.mktemp("compare") / "cache", model))
+    assert code == 0, err
+    return leaderboard_values(out)
+
+
+def leaderboard_values(out: str) -> dict:
+    return {(r["method"], r.get("sparsity"), r.get("recipe")): r["metrics"] for r in json.loads(out)["rows"]}
+
+
+def result_rows(cache: Path) -> int:
+    db = cache / "results.sqlite"
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as conn:
+            return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("seed, sig", [(0, signal.SIGKILL), (1, signal.SIGKILL), (2, signal.SIGTERM)],
+                         ids=["SIGKILL-0", "SIGKILL-1", "SIGTERM"])
+def test_kill_during_a_compare_cell(reference, compare_reference, tmp_path, seed, sig):
+    """Killed inside the grid: the results store stays sound with no cell half-recorded, and the re-run computes
+    only the missing cells, giving exactly the uninterrupted leaderboard."""
+    model = reference[0]
+    cache = tmp_path / "cache"
+    rng = random.Random(seed)
+    cells_before = rng.randint(1, 8)  # the dense cell and up to seven pruned ones, two rows (ppl, sparsity) each
+    proc = zprune(COMPARE, cache, model)
+    assert wait_for(lambda: result_rows(cache) >= 2 * cells_before or proc.poll() is not None, 300)
+    time.sleep(rng.uniform(0, 0.3))
+    proc.send_signal(sig)
+    code, _, err = finish(proc)
+    assert code == (143 if sig == signal.SIGTERM else -9), err
+    with sqlite3.connect(cache / "results.sqlite") as conn:
+        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        per_cell = conn.execute("SELECT recipe, COUNT(*) FROM runs GROUP BY fingerprint, method, recipe, stats_key").fetchall()
+    assert all(count == 2 for _, count in per_cell), per_cell  # each recorded cell has both metrics, once
+    code, out, err = finish(zprune(COMPARE, cache, model))
+    assert code == 0, err
+    assert json.loads(out)["computed"] == 10 - len(per_cell) and leaderboard_values(out) == compare_reference

@@ -26,7 +26,7 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.pruning import make_provenance
-from zprune_cli.recipe import PruneRecipe, calibration_needs
+from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.results import ResultsStore, results_path
 from zprune_cli.settings import Calibration, Settings, split_list
 from zprune_cli.settings import resolve as resolve_settings
@@ -73,7 +73,7 @@ def _axis(values: str | bool | Sequence[str], flag: str) -> list[str | bool]:
 class CompareOutcome:
     computed: int  # cells pruned and evaluated in this run (the dense row included)
     skipped: int  # cells found in the results store
-    calibration_key: str
+    calibration_key: str | None  # None: no recipe of the grid reads calibration text (magnitude)
     rows: list[dict]  # the whole protocol group: this grid's cells and any comparable ones stored before
     seconds: float
     recipes: list[str] = dataclasses.field(default_factory=list)  # digests of this grid's own cells
@@ -104,14 +104,17 @@ def compare(
     if handle.offload == "disk":
         refuse_whole_model_work(evaluation)
     store = ResultsStore(results_path(settings.cache_dir))
-    result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
+    result = None  # a grid of methods that read no statistics (magnitude) loads no text and calibrates nothing
+    if needs_calibration(recipes):
+        result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
+    stats_key = result.key if result else None
     run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
-    protocols = expected_protocols(plan, handle)
+    protocols = expected_protocols(plan, handle, settings.cache_dir)  # remembered: a re-run parses no tokenizer
     computed = skipped = 0
     snapshot = None
     with progress.task(f"Grid of {len(recipes) + 1} cells", len(recipes) + 1) as grid_task:
         for recipe in [None, *recipes]:
-            if not force and _done(store, handle, recipe, result.key, protocols):
+            if not force and _done(store, handle, recipe, stats_key, protocols):
                 skipped += 1
                 grid_task.advance(1)
                 continue
@@ -125,8 +128,8 @@ def compare(
             grid_task.advance(1)
         if snapshot is not None:
             snapshot.restore()
-    rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=result.key, protocols=protocols)
-    return CompareOutcome(computed, skipped, result.key, rows, time.perf_counter() - started, [r.digest for r in recipes])
+    rows = leaderboard(store, fingerprint=handle.source.fingerprint, stats_key=stats_key or NO_STATISTICS, protocols=protocols)
+    return CompareOutcome(computed, skipped, stats_key, rows, time.perf_counter() - started, [r.digest for r in recipes])
 
 
 def _cell(handle: ModelHandle, result, recipe: PruneRecipe | None, plan: EvalPlan, snapshot: DenseSnapshot | None,
@@ -135,7 +138,7 @@ def _cell(handle: ModelHandle, result, recipe: PruneRecipe | None, plan: EvalPla
     provenance = report = None
     if recipe is not None:
         snapshot.restore()
-        report = prune_in_memory(handle.model, result.entry, recipe, progress)
+        report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
         provenance = make_provenance(handle, report, result)
     layer_names = list(provenance.pruned_layers) if provenance else None
     measuring = time.perf_counter()
@@ -150,7 +153,7 @@ def _offloaded_cell(handle: ModelHandle, result, recipe: PruneRecipe, plan: Eval
     nothing needs restoring (the next cell reads the dense blocks again)."""
     started = time.perf_counter()
     report, metrics = measure_while_pruning(handle.model, handle.tokenizer, plan,
-                                            lambda: prune_in_memory(handle.model, result.entry, recipe, progress),
+                                            lambda: prune_in_memory(handle.model, result and result.entry, recipe, progress),
                                             progress, who=recipe.label())
     evaluating = sum(m.seconds for m in metrics)  # the windows' capture, their run through each block, the heads
     seconds = {"prune": round(time.perf_counter() - started - evaluating, 3), "evaluate": round(evaluating, 3)}
@@ -167,6 +170,9 @@ def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, 
     )
 
 
+NO_STATISTICS = ""  # leaderboard's stats_key for the cells of recipes that read no statistics (stored as NULL)
+
+
 def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str | None = None, stats_key: str | None = None,
                 protocols: dict[str, dict] | None = None, metric: str | None = None) -> list[dict]:
     """One row per (protocol group, model, recipe, statistics): the latest value of each metric.
@@ -175,25 +181,40 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     one calibration; rows of different groups are never ranked together. The dense model's rows join
     every group measured under the same evaluation setup. Each row says its group (`group`, and the
     `protocol` in words) and which of its metrics are the best of its sparsity and pattern (`best`).
+    `stats_key` keeps the pruned cells of one calibration (NO_STATISTICS: those that read none).
+
+    With `protocols` (a grid's metric -> protocol) the rows are the grid's view: only metrics measured
+    under those protocols (and sparsity, which has none) count, a row with none of them is left out, and
+    every row is grouped under the grid's protocols rather than the settings of the run that recorded it.
+    So a dense row an earlier `eval` measured under another protocol opens no group of its own, and one
+    measured under the same protocol (by `eval`, or spelled differently) joins the grid's group.
     """
+    grid = json.dumps(protocols, sort_keys=True, default=str) if protocols else None
     cells: dict[tuple, dict] = {}
     for r in store.query(model=model, fingerprint=fingerprint):
-        if r["method"] != "dense" and stats_key is not None and r["stats_key"] != stats_key:
-            continue
-        if protocols is not None and _expected(protocols, r["metric"]) not in (None, r["protocol"]):
-            continue
-        if metric is not None and not (r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"):
+        if not _kept(r, stats_key, protocols, metric):
             continue
         # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
         identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
-        key = (r["fingerprint"], _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
+        key = (r["fingerprint"], grid or _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
         row = cells.setdefault(key, _row(r))
         if r["created"] >= row["_created"].get(r["metric"], ""):
             row["metrics"][r["metric"]] = r["value"]
             row["_created"][r["metric"]] = r["created"]
             row["_protocols"][r["metric"]] = r["protocol"]
             row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
+    if grid is not None:  # a cell whose only number here is its sparsity was measured under other protocols
+        cells = {key: row for key, row in cells.items() if set(row["metrics"]) - {"sparsity"}}
     return _grouped(cells)
+
+
+def _kept(r: dict, stats_key: str | None, protocols: dict[str, dict] | None, metric: str | None) -> bool:
+    """Whether a stored row belongs in the leaderboard asked for (see `leaderboard`)."""
+    if r["method"] != "dense" and stats_key is not None and (r["stats_key"] or NO_STATISTICS) != stats_key:
+        return False
+    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != r["protocol"]:
+        return False
+    return metric is None or r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"
 
 
 def _expected(protocols: dict[str, dict], metric: str) -> dict | None:

@@ -68,7 +68,7 @@ def model_card(p: Provenance, fmt: str, name: str) -> str:
 def _base_line(p: Provenance) -> str:
     b = p.base_model
     return (f"| base model | `{b.spec}` (fingerprint `{b.fingerprint}`" + (f", GGUF `{b.gguf_file}`" if b.gguf_file else "")
-            + (f", revision `{b.revision}`" if b.revision else "") + ") |")
+            + (f", revision `{b.revision}`" if b.revision else "") + (f", content `{b.content}`" if b.content else "") + ") |")
 
 
 def _calibration(p: Provenance) -> list[str]:

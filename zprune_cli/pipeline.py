@@ -101,6 +101,8 @@ class _Pruner:
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
         self.quant = recipe.quant
         self.grids: dict[str, QuantGrid] = {}
+        # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
+        self.in_place = type(self.method).prune is Method.prune and not self.finishes and self.quant is None
 
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
         if sparsity <= 0 and self.quant is None:
@@ -111,6 +113,9 @@ class _Pruner:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
+        if self.in_place:  # zeros are finite: the weight was checked above
+            weight.masked_fill_(self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope), 0)
+            return
         new, mask, grid = self._prune(weight, stats, sparsity) if sparsity > 0 else (weight, None, None)
         if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
             new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
@@ -131,9 +136,19 @@ class _Pruner:
         return new, mask, None
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in `tensor`. A finite sum proves it (a NaN or inf entry makes the sum NaN or inf) in one
+    pass with no temporary: isfinite(tensor).all() writes a bool per entry, 0.3-0.5 s at each of a 7B
+    block's MLP weights, and ran twice per layer. Only a sum that is not finite (an overflow) is checked entry
+    by entry."""
+    if tensor.is_floating_point() and bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def _require_finite(tensor: torch.Tensor, what: str) -> None:
     """Stop before anything is saved: a NaN or inf would be pruned, spread by updates, and saved."""
-    if not bool(torch.isfinite(tensor).all()):
+    if not all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ZpruneError(f"{what} holds {bad} non-finite value(s) (NaN or inf); nothing was saved. "
                           "Check the model file, or calibrate in float32 (--dtype float32)")
@@ -164,7 +179,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
             if stats_entry is None:  # first run with this recipe: collect and keep its statistics
                 settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
-                with store.writer(run_key, settings) if distributed.is_main() else nullcontext() as writer:
+                with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
                                                             progress, label)
                 return _report(recipe, started, unrouted, measured, prune_layer.grids)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from zprune_cli.errors import ZpruneError
+from zprune_cli.staging import write_file_atomically
 
 
 class PlotUnavailable(ZpruneError):
@@ -29,9 +30,9 @@ def plot_leaderboard(rows: list[dict], metric: str, path: str | Path) -> Path:
     path = Path(path)
     image = plot_image(rows, metric, path.suffix.lstrip(".").lower() or "png")
     try:
-        path.write_bytes(image)
-    except OSError as exc:
-        raise ZpruneError(f"cannot write plot {path}: {exc.strerror}") from None
+        write_file_atomically(path, image)  # a full disk leaves no empty or truncated image behind
+    except ZpruneError as exc:
+        raise ZpruneError(str(exc).replace("cannot write", "cannot write plot", 1)) from None
     return path
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from zprune_cli import __version__
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.models.resolve import ALIASES, ModelSource, content_fingerprint, hub_source, resolve_model
 from zprune_cli.recipe import PruneRecipe
+from zprune_cli.staging import temporary_beside
 
 PROVENANCE_FILE = "zprune.json"
 SCHEMA_VERSION = 2
@@ -27,18 +29,47 @@ METADATA_KEY = "zprune"  # safetensors metadata key holding the provenance as co
 
 @dataclass(frozen=True)
 class BaseModel:
-    """The dense model a pruned folder came from, as resolved (not loaded)."""
+    """The dense model a pruned folder came from: where it was (an absolute folder, or a hub id and revision) and
+    what it is (`content`, models.resolve.content_fingerprint), so `eval --baseline` finds it again or refuses."""
 
     spec: str
     location: str
-    fingerprint: str
+    fingerprint: str = ""  # where it was and its files' sizes and times: what results and statistics are keyed by
     gguf_file: str | None = None
     revision: str | None = None
+    content: str | None = None  # config and weight samples, wherever the files lie (None in records before it)
+    relative: str | None = None  # `location` relative to the folder holding this record (set when it is written)
 
     @classmethod
-    def of(cls, source) -> BaseModel:
-        """From a models.resolve.ModelSource."""
-        return cls(source.spec, str(source.location), source.fingerprint, source.gguf_file, source.revision)
+    def of(cls, source, content: bool = False) -> BaseModel:
+        """From a models.resolve.ModelSource; with `content`, its content fingerprint too (a 3 MiB read)."""
+        return cls(source.spec, str(source.location), source.fingerprint, source.gguf_file, source.revision,
+                   content_fingerprint(source) if content else None)
+
+    @property
+    def is_hub(self) -> bool:
+        return not os.path.isabs(self.location) and self.spec == self.location
+
+    def placed_in(self, folder: Path) -> BaseModel:
+        """This record as written into `folder`. A relative `relative` is kept: the record is rewritten where it lies
+        (eval refreshing the results), and the model may have moved with it since `location` was true. Otherwise it
+        is made relative to `folder` from the absolute place: `location`, or where an export found the model."""
+        if self.relative and not os.path.isabs(self.relative):
+            return self
+        anchor = self.relative or self.location
+        if not os.path.isabs(anchor):
+            return self  # a hub id
+        try:
+            return replace(self, relative=os.path.relpath(anchor, Path(folder).resolve()))
+        except ValueError:  # another drive
+            return replace(self, relative=None)
+
+    def leaving(self, folder: Path) -> BaseModel:
+        """This record, read from `folder`, about to be written into another one (an export): `relative` becomes
+        the absolute place the model lies now (`location` while it is there), for `placed_in` to re-anchor."""
+        if not self.relative or os.path.isabs(self.relative) or Path(self.location).exists():
+            return replace(self, relative=None) if self.relative and not os.path.isabs(self.relative) else self
+        return replace(self, relative=os.path.normpath(Path(folder).resolve() / self.relative))
 
 
 @dataclass(frozen=True)
@@ -106,9 +137,13 @@ class Provenance:
     def write(self, folder: Path) -> None:
         """Write folder/zprune.json (through a temporary file, so a reader never sees half of it)."""
         path = Path(folder) / PROVENANCE_FILE
-        tmp = path.with_name(f".{PROVENANCE_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        tmp = temporary_beside(path)  # a killed writer's is swept here
+        placed = replace(self, base_model=self.base_model.placed_in(folder))
+        try:
+            tmp.write_text(placed.to_json() + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def read(cls, folder: str | Path) -> Provenance:
@@ -130,7 +165,7 @@ class Provenance:
         return {"format": "pt", METADATA_KEY: self.to_json(indent=None)}
 
     def with_export(self, fmt: str, source: Path) -> Provenance:
-        return replace(self, export={"format": fmt, "source": str(source), "zprune_version": __version__,
+        return replace(self, base_model=self.base_model.leaving(source), export={"format": fmt, "source": str(source), "zprune_version": __version__,
                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     def with_results(self, results: dict[str, dict[str, Any]]) -> Provenance:
@@ -166,7 +201,7 @@ def _parse(data: dict[str, Any]) -> Provenance:
         raise ValueError("'pruned_layers' must map module names to finite sparsities")
     calibration = data.get("calibration")
     return Provenance(
-        base_model=BaseModel(**data["base_model"]),
+        base_model=_base_model(data["base_model"]),
         recipe=recipe,
         pruned_layers={str(k): float(v) for k, v in layers.items()},
         overall_sparsity=float(data["overall_sparsity"]),
@@ -180,6 +215,18 @@ def _parse(data: dict[str, Any]) -> Provenance:
         results=dict(data.get("results") or {}),
         export=data.get("export"),
     )
+
+
+def _base_model(data: Any) -> BaseModel:
+    """The base-model record with its fields' types checked: each names a place or a fingerprint, read as paths."""
+    if not isinstance(data, dict):
+        raise ValueError("'base_model' must be an object")
+    model = BaseModel(**data)
+    for name in BaseModel.__dataclass_fields__:
+        value = getattr(model, name)
+        if not (isinstance(value, str) or (value is None and name not in ("spec", "location"))):
+            raise ValueError(f"'base_model.{name}' must be a string, not {type(value).__name__}")
+    return model
 
 
 _RECIPE_V1 = ("method", "sparsity", "pattern", "scope", "allocation", "owl_m", "owl_lambda", "reconstruct", "propagate",
@@ -207,3 +254,47 @@ def _from_format_1(old: dict[str, Any]) -> dict[str, Any]:
         "results": {},
         "export": old.get("export"),
     }
+
+
+def locate_base_model(base: BaseModel, folder: Path) -> tuple[ModelSource, str | None]:
+    """The dense model that the record in `folder` names: where it was, else where it lies relative to `folder` as
+    it did then (both moved together), else its hub id or alias; never its spec read against the working
+    directory. Returns (source, a warning or None). A record without a content fingerprint (an older zprune) is
+    verified by its location fingerprint while that still matches, else used with a warning that it cannot be.
+    ZpruneError, naming each place tried, when no model there is the one recorded."""
+    where, tried = Path(folder) / PROVENANCE_FILE, []
+    for spec in _base_candidates(base, Path(folder)):
+        try:
+            source = hub_source(spec, base.revision) if base.is_hub else resolve_model(spec, base.revision)
+        except ZpruneError:
+            tried.append(f"nothing at {spec}")
+            continue
+        if base.content is None:
+            if source.fingerprint == base.fingerprint:
+                return source, None
+            return source, (f"{where} records no content fingerprint of its base model (written by an older zprune): "
+                            f"{spec} is measured as the dense baseline unverified")
+        found = content_fingerprint(source)
+        if found == base.content:
+            return source, None
+        if found is None and base.is_hub:  # not in the local hub cache: the id and revision are all there is
+            return source, f"{base.spec} is not in the local hub cache: the dense baseline is downloaded unverified"
+        tried.append(f"{spec} holds another model (content {found})")
+    raise ZpruneError(f"the base model that {where} records ({base.spec}, content {base.content or 'unrecorded'}) is in "
+                      f"none of its places: {'; '.join(tried) or 'none recorded'}; --baseline measures no other model in its place")
+
+
+def _base_candidates(base: BaseModel, folder: Path) -> list[str]:
+    """Where the base model may be, in order, each once."""
+    def model_at(path: Path) -> str:
+        return str(path / base.gguf_file) if base.gguf_file else str(path)
+
+    if base.is_hub:
+        return [base.spec]
+    places = [Path(base.location)]
+    if base.relative:
+        places.append(folder / base.relative)
+    elif base.content is None and not os.path.isabs(base.spec) and base.spec not in ALIASES:
+        places.append(folder / base.spec)  # an older record: its relative spec read against the pruned folder
+    candidates = list(dict.fromkeys(model_at(Path(os.path.normpath(p))) for p in places))
+    return candidates + ([base.spec] if base.spec in ALIASES else [])

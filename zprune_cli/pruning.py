@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,13 +13,15 @@ from torch import nn
 
 from zprune_cli import distributed
 from zprune_cli.calibration import CalibrationResult, calibrate
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.model_card import model_card
 from zprune_cli.formats.grids import write_grids
 from zprune_cli.formats.masks import checked_masks, zero_masked
+from zprune_cli.machine import human_bytes
 from zprune_cli.evaluation.blockwise import BlockwiseSparsity
 from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
+from zprune_cli.models.host_memory import checkpoint_params
 from zprune_cli.models.load import parse_dtype, source_dtype
 from zprune_cli.models.offload import held, on_done
 from zprune_cli.models.save import save_model
@@ -89,7 +92,9 @@ def prune(
     recipes = as_recipes(recipe)
     outs = output_paths(out, [r.method for r in recipes], overwrite)
     handle = ModelHandle.of(model, settings, progress)
+    handle.check_memory()  # a model too large to load whole is refused before a lock or a file is made
     save_dtype = parse_dtype(out_dtype) or source_dtype(handle.source)
+    check_output_space(handle, [o for o in outs if o is not None], save_dtype)
     result = None  # magnitude alone reads no text: nothing to load, tokenise or store (torchrun still shards it)
     if needs_calibration(recipes) or distributed.active():
         result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
@@ -144,6 +149,29 @@ def _streamed(handle: ModelHandle, out: Path | None, overwrite: bool, progress: 
         (tmp / "README.md").write_text(model_card(stream.provenance, "hf", out.name))
 
 
+def check_output_space(handle: ModelHandle, outs: list[Path], dtype: torch.dtype | None) -> None:
+    """Refuse before any work an output the disk cannot hold: the weights in the output dtype, counted from a
+    local checkpoint's safetensors headers (a Llama-2-7B output is 12.6 GiB; on a disk with 3 GiB free the
+    prune failed minutes in, after the first blocks were written). Unknown sizes (GGUF, hub) are not checked."""
+    params = checkpoint_params(Path(handle.source.location)) if handle.source.is_local and outs else None
+    if not params:
+        return
+    need = params * torch.empty((), dtype=dtype or handle.dtype).element_size()
+    for parent in {_existing_parent(out) for out in outs}:
+        wanted = need * sum(_existing_parent(out) == parent for out in outs)
+        free = shutil.disk_usage(parent).free
+        if wanted > free:
+            raise ZpruneError(f"the pruned model needs {human_bytes(wanted)} in {parent} and it has "
+                              f"{human_bytes(free)} free; free space or point --out elsewhere")
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def make_provenance(handle: ModelHandle, report: PruneReport, calibration: CalibrationResult | None) -> Provenance:
     """The one place a pruned model's record is built (prune and every compare cell); no calibration: none read."""
     record = None
@@ -151,7 +179,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
         s = calibration.entry.manifest["settings"]
         record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
-        base_model=BaseModel.of(handle.source), recipe=report.recipe,
+        base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
         pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
         stats_key=calibration.key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
     )
@@ -221,7 +249,7 @@ def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
 def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: dict) -> Provenance:
     calibration = source.get("calibration")
     return Provenance(
-        base_model=BaseModel.of(handle.source), recipe=PruneRecipe.from_dict(source["recipe"]),
+        base_model=BaseModel.of(handle.source, content=True), recipe=PruneRecipe.from_dict(source["recipe"]),
         pruned_layers={k: round(v["sparsity"], 6) for k, v in counted["layers"].items()},
         overall_sparsity=round(counted["sparsity"], 6), stats_key=source.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),

@@ -45,8 +45,9 @@ from typing import Any, Iterable, Mapping
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.masks import Pattern
 from zprune_cli.methods import get_method, method_options
-from zprune_cli.methods.base import Method
+from zprune_cli.methods.base import Cost, Method
 from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec
+from zprune_cli.methods.reconstruction import finish_cost
 
 log = logging.getLogger("zprune")
 
@@ -131,6 +132,10 @@ class PruneRecipe:
     def reads_data(self) -> bool:
         """False for a recipe that needs no calibration text at all (magnitude, dense propagation)."""
         return self.propagate == "pruned" or self.statistics != "inputs"
+
+    def cost(self, out: int, width: int) -> Cost:
+        """The work of pruning one [out, width] layer with this recipe: the method's, then its finishes'."""
+        return self.method_obj.cost(out, width) + finish_cost(out, width, self.swap_rounds, self.reconstruct)
 
     @property
     def swap_rounds(self) -> int:

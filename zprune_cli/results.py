@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.machine import free_disk_bytes
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.sqlite"
@@ -92,6 +93,19 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+DISK_FULL = "the disk is full; free space or point --cache-dir elsewhere"
+
+
+def _disk_full(error: sqlite3.Error, folder: Path) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full"), or an I/O error on a disk with no space left (creating
+    the WAL's shared-memory file reports only "disk I/O error"): not a lock to wait out."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(error):
+        return True
+    free = free_disk_bytes(folder)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR and free is not None and free < 1 << 16
+
+
 class ResultsStore:
     """The results database at `path` (created with its parent folder if absent).
 
@@ -116,6 +130,8 @@ class ResultsStore:
             self._ingest_pending()
         except sqlite3.OperationalError as e:
             self._conn.close()
+            if _disk_full(e, self.path.parent):
+                raise ZpruneError(f"results database {self.path}: {DISK_FULL}; nothing was measured yet") from None
             raise ZpruneError(f"results database {self.path} is busy or unreadable ({e}); nothing was measured yet, try again") from None
         except sqlite3.DatabaseError as e:
             self._conn.close()
@@ -219,6 +235,8 @@ class ResultsStore:
         except sqlite3.IntegrityError as e:
             raise ZpruneUsageError(f"a run_id of {[r['run_id'] for r in built]} is already recorded") from e
         except sqlite3.OperationalError as e:  # locked past the busy timeout: keep the measurement, add it later
+            if _disk_full(e, self.path.parent):  # nowhere to keep it either
+                raise ZpruneError(f"cannot record results in {self.path}: {DISK_FULL}") from None
             kept = self._keep_pending(built)
             log.warning("results database busy (%s): %d result(s) kept in %s, recorded the next time it opens",
                         e, len(built), kept)

@@ -44,7 +44,7 @@ def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
 def write_file_atomically(dest: Path, data: bytes) -> None:
     """Write `dest` through a temporary file beside it, renamed over it when complete: a reader sees the
     old file or the new one, never half of one, and a failure leaves no temporary file behind."""
-    tmp = dest.parent / f".{dest.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _temporary_name(dest)
     try:
         sweep(dest.parent, dest.name)
         tmp.write_bytes(data)
@@ -55,6 +55,17 @@ def write_file_atomically(dest: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise ZpruneError(f"cannot write {dest}: {exc.strerror or exc}") from None
         raise
+
+
+def temporary_beside(dest: Path) -> Path:
+    """A fresh temporary path beside `dest`, tagged with this process's pid, after sweeping those of dead
+    writers: for a writer that renames it over `dest` itself (and lets its own OSError through)."""
+    sweep(dest.parent, dest.name)
+    return _temporary_name(dest)
+
+
+def _temporary_name(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:

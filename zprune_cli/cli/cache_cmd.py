@@ -38,7 +38,7 @@ def ls(ctx: typer.Context, cache_dir: opt.CacheDir = None, quiet: opt.Quiet = Fa
     if c.json:
         emit_json(rows)
         return
-    table = Table(title=f"statistics in {cache.stats_root(c.cache_dir)}")
+    table = Table(title=escape(f"statistics in {cache.stats_root(c.cache_dir)}"))
     for col in ("key", "kind", "model", "data", "samples x seqlen", "seed", "gram", "size", "created"):
         table.add_column(col, justify="right" if col in ("size", "seed") else "left")
     for r in rows:
@@ -47,7 +47,7 @@ def ls(ctx: typer.Context, cache_dir: opt.CacheDir = None, quiet: opt.Quiet = Fa
             continue
         kind = "propagated" if r.get("propagated") else "dense"
         table.add_row(escape(r["key"]), kind, escape(str(r["model"])), escape(str(r["data"])), f"{r['nsamples']} x {r['seqlen']}", str(r["seed"]),
-                      "yes" if r["gram"] else "no", human_bytes(r["size_bytes"]), r["created"])
+                      "yes" if r["gram"] else "no", human_bytes(r["size_bytes"]), escape(str(r["created"])))
     stdout_console().print(table)
 
 

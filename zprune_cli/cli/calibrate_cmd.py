@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from zprune_cli.calibration import calibrate
 from zprune_cli.cli import dry_run as dry
@@ -43,7 +44,7 @@ def calibrate_command(
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples,
                seqlen=seqlen, seed=seed)
-    handle = model_handle(model, c, revision, trust_remote_code, offload)
+    handle = model_handle(model, c, revision, trust_remote_code, offload, dry_run)
     if dry_run:
         return dry.calibrate(c, handle, gram)
     result = calibrate(handle, c.settings.calibration, gram=gram, settings=c.settings, progress=c.progress)
@@ -52,5 +53,6 @@ def calibrate_command(
         return
     state = "[green]cache hit[/]" if result.hit else "[yellow]computed[/]"
     stdout_console().print(
-        f"{state} statistics [bold]{result.key}[/] ({human_bytes(result.size_bytes)}, {result.seconds:.1f}s)\n  {result.path}"
+        f"{state} statistics [bold]{escape(result.key)}[/] ({human_bytes(result.size_bytes)}, {result.seconds:.1f}s)\n  "
+        f"{escape(str(result.path))}"
     )

@@ -59,11 +59,12 @@ def common(ctx: typer.Context, cache_dir=None, device=None, dtype=None, quiet=Fa
 
 
 def model_handle(model: str, c: Common, revision: Optional[str] = None, trust_remote_code: bool = False,
-                 offload: str = "none"):
-    """The model a command works on: resolved now (fails fast on a bad spec), loaded when first needed."""
+                 offload: str = "none", dry_run: bool = False):
+    """The model a command works on: resolved now (fails fast on a bad spec), loaded when first needed
+    (never for a dry run, which reads its config alone)."""
     from zprune_cli.models.handle import ModelHandle
 
-    return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code, offload)
+    return ModelHandle(model, c.settings.device, c.settings.dtype, revision, trust_remote_code, offload, config_only=dry_run)
 
 
 class AliasedCommand(TyperCommand):

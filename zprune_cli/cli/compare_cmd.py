@@ -38,7 +38,7 @@ def compare_command(
     methods: Annotated[Optional[str], typer.Option("--method", "-m", help="Comma-separated methods (default: every method).")] = None,
     sparsity: Annotated[Optional[str], typer.Option("--sparsity", "-s", help="Comma-separated sparsities (unstructured).")] = None,
     patterns: Annotated[Optional[str], typer.Option("--pattern", "-p", help="Comma-separated: unstructured, 2:4, 4:8 (default unstructured).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, a file; none with --tasks).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity datasets, comma-separated (wikitext2, c4, ptb, wikitext2-sample (shipped with zprune, no network), a file; none with --tasks).")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Zero-shot tasks, comma-separated.")] = None,
     tasks_dir: Annotated[Optional[str], typer.Option("--tasks-dir", help="Folder of extra lm-eval YAML tasks.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Questions per task.")] = None,
@@ -90,7 +90,7 @@ def compare_command(
     if show:
         return _show(c, show_model, metric, output)
     request = grid_request(c, grid_values(c, locals(), grid), ignore, option, tasks_dir)
-    _run_grid(c, model_handle(model, c, revision, trust_remote_code, offload), request, force, dry_run, output)
+    _run_grid(c, model_handle(model, c, revision, trust_remote_code, offload, dry_run), request, force, dry_run, output)
 
 
 def _run_grid(c, handle, request: tuple, force: bool, dry_run: bool, output: Output) -> None:
@@ -147,8 +147,8 @@ def _show(c, show_model: Optional[str], metric: Optional[str], output: Output) -
 
 
 def _render_outcome(outcome, output: Output) -> None:
-    summary = (f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, "
-               f"one calibration ({outcome.calibration_key}), {outcome.seconds:.1f}s")
+    calibration = f"one calibration ({outcome.calibration_key})" if outcome.calibration_key else "no calibration (no method reads statistics)"
+    summary = f"{outcome.computed} cell(s) computed, {outcome.skipped} from the results store, {calibration}, {outcome.seconds:.1f}s"
     data = {"computed": outcome.computed, "skipped": outcome.skipped, "stats_key": outcome.calibration_key,
             "seconds": round(outcome.seconds, 3), "recipes": outcome.recipes, "rows": outcome.rows}
     output.deliver(outcome.rows, data, summary)

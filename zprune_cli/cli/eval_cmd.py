@@ -20,7 +20,7 @@ from zprune_cli.leaderboard_cells import sparsity_text
 def eval_command(
     ctx: typer.Context,
     target: opt.Model = opt.DEFAULTS["model"],
-    data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity text, comma-separated: wikitext2, c4, ptb, or a local file; 'none' skips it (default wikitext2, or none when --tasks is given).")] = None,
+    data: Annotated[Optional[str], typer.Option("--eval", help="Perplexity text, comma-separated: wikitext2, c4, ptb, wikitext2-sample (370 rows of the test set shipped with zprune: no network needed), or a local file; 'none' skips it (default wikitext2, offline without a local copy the shipped wikitext2-sample, said on stderr; none when --tasks is given).")] = None,
     seqlen: Annotated[Optional[int], typer.Option("--eval-seqlen", help="Perplexity window length (default: min(2048, the model's maximum)).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Windows (or lm-eval requests) per forward pass.")] = 1,
     max_windows: Annotated[Optional[int], typer.Option("--max-windows", help="Evaluate only the first N windows.")] = None,
@@ -52,12 +52,12 @@ def eval_command(
       zprune eval runs/llama-70b-50 --offload disk   # one decoder block in memory at a time
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir)
-    if data is None:  # --tasks alone measures the tasks only: a full perplexity run is minutes to hours
-        data = "none" if tasks else "wikitext2"
+    if data is None and tasks:  # --tasks alone measures the tasks only: a full perplexity run is minutes to hours
+        data = "none"
     evaluation = Evaluation(data=() if data == "none" else data, seqlen=seqlen, batch_size=batch_size,
                             max_windows=max_windows, tasks=tasks or (), tasks_dir=tasks_dir, num_fewshot=num_fewshot,
                             limit=limit, speed=speed)
-    handle = model_handle(target, c, revision, trust_remote_code, offload)
+    handle = model_handle(target, c, revision, trust_remote_code, offload, dry_run)
     if dry_run:
         return dry.evaluate(c, handle, evaluation, baseline)
     report = evaluate(handle, evaluation, baseline=baseline, force=force, settings=c.settings, progress=c.progress)

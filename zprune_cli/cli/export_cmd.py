@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli.cli import options as opt
@@ -66,7 +67,7 @@ def export_command(
     console = stdout_console()
     console.print(_size_table(result) if result["format"] in COMPRESSED else _size_line(result))
     disk = human_bytes(result["disk_bytes"])
-    console.print(f"wrote [bold]{result['destination']}[/] ({disk} on disk, {result['seconds']:.1f}s)")
+    console.print(f"wrote [bold]{escape(result['destination'])}[/] ({disk} on disk, {result['seconds']:.1f}s)")
 
 
 # The formats whose point is their size: dense vs stored vs the values + 1 bit ideal. hf is dense by

@@ -85,7 +85,7 @@ def prune_command(
       zprune prune smollm2-135m --method wanda,ria,zpruner --allocation owl --json   # ./smollm2-135m-pruned/METHOD
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples, seqlen=seqlen, seed=seed)
-    handle = model_handle(model, c, revision, trust_remote_code, offload)
+    handle = model_handle(model, c, revision, trust_remote_code, offload, dry_run)
     if masks is not None and dry_run:
         raise ZpruneUsageError("--dry-run estimates pruning runs; --masks applies saved masks, give one of the two")
     if masks is not None:

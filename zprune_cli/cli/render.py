@@ -2,10 +2,4 @@
 
 from __future__ import annotations
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+from zprune_cli.machine import human_bytes  # noqa: F401  (the library's messages use it too)

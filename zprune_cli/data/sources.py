@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.hub import check_reachable
+
+log = logging.getLogger("zprune")
 
 SELF = "self"
 NAMED = ("wikitext2", "c4", "ptb")
@@ -89,6 +92,24 @@ def resolve_source(spec: str, split: str = "train", data_dir: str | Path | None 
         f"unknown data '{spec}': use one of {', '.join(NAMED)}, {', '.join(BUILTIN)}, '{SELF}', or the path of a "
         ".txt/.jsonl/.parquet file"
     )
+
+
+def resolve_or_sample(name: str, split: str, data_dir: str | Path | None, sample: str) -> TextSource:
+    """A default text: the named dataset (a local copy under `data_dir`, else the hub), or, where neither can
+    give it (offline, the hub unreachable), the shipped `sample`, said in one warning. Only for defaults: a
+    dataset the user named fails with the fix instead. The hub's text is loaded here, once, to know."""
+    source = resolve_source(name, split, data_dir)
+    if not source.where.startswith("hub:"):
+        return source
+    try:
+        text = source.load()
+    except ZpruneError:
+        fallback = resolve_source(sample)
+        log.warning("%s (%s) is neither under --data-dir nor reachable on the hub: measuring the shipped %s instead, a "
+                    "sample, not the papers' protocol (for that: DIR/%s with --data-dir DIR)", name, split, sample,
+                    local_file_for(name, split))
+        return fallback
+    return replace(source, loader=lambda: text)
 
 
 # --- local files -------------------------------------------------------------------------------
@@ -251,10 +272,19 @@ def local_file_for(name: str, split: str) -> str:
     return {"wikitext2": f"wikitext2/wiki.{part}.raw", "ptb": f"ptb/ptb.{part}.txt"}.get(name, f"c4/*{split}*.jsonl")
 
 
+def offline_fix(name: str, split: str) -> str:
+    """What to do when a named dataset cannot be fetched: the sample shipped with zprune first (it works with
+    no network and no download), then a local copy, then any file (or, for calibration, the model's own text).
+    Calibration reads the train split; evaluation the others."""
+    local = f"put a local copy at DIR/{local_file_for(name, split)} and pass --data-dir DIR (or ZPRUNE_DATA_DIR=DIR)"
+    if split == "train":
+        return f"use --data c4-sample (shipped with zprune, no network needed), or {local}, or --data FILE or --data self"
+    return f"use --eval wikitext2-sample (shipped with zprune, no network needed), or {local}, or --eval FILE"
+
+
 def _load_dataset(what: tuple[str, str], *args, **kwargs):
     name, split = what
-    instead = "--data FILE or --data self" if split == "train" else "--eval FILE"
-    fix = f"put a local copy at DIR/{local_file_for(name, split)} and pass --data-dir DIR (or ZPRUNE_DATA_DIR=DIR), or use {instead}"
+    fix = offline_fix(name, split)
     check_reachable(f"{name} ({split})", fix)
     try:
         from datasets import load_dataset

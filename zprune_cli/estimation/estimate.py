@@ -2,10 +2,11 @@
 with and without Gram matrices, output disk and forward passes. Pure arithmetic on a ModelShape.
 
 Forward passes are counted as the code runs them: calibration embeds every window (`model_passes`:
-the first goes through the whole model to record every block's arguments, the others stop at block 0),
-then runs each window through each block (`block_calls`, completed block forwards); a `--propagate
-pruned` recipe embeds one window, then runs each block twice per window (statistics, then the pruned
-block's outputs); evaluation runs ceil(windows / batch) whole-model passes per dataset.
+the first window runs block 0 and hands the others' arguments to stand-ins, the others stop at block 0),
+then runs each window through each block (`block_calls`, completed block forwards: block 0's first call,
+then n_blocks per window); a `--propagate pruned` recipe embeds one window (block 0 runs once), then runs
+each block twice per window (statistics, then the pruned block's outputs); evaluation runs
+ceil(windows / batch) whole-model passes per dataset.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Sequence
 
 import torch
 
+from zprune_cli.estimation import work
 from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.estimation.store_size import element_size, entry_bytes
+from zprune_cli.methods.base import Cost
+from zprune_cli.methods.reconstruction import finish_work_bytes
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.settings import Calibration
 
@@ -65,9 +69,17 @@ class Estimate:
     model_passes: int
     block_calls: int
     notes: list[str] = field(default_factory=list)
+    work: dict[str, dict[str, float]] = field(default_factory=dict)  # step -> {"flops", "selected"} (estimation/work.py)
+    time_estimate: dict | None = None  # seconds from `work` and this machine's measured rates (timing.py)
+    memory_check: dict | None = None  # whether the peaks fit this machine, and which --offload would (timing.py)
+    step_bytes: dict[str, int] = field(default_factory=dict)  # each step's total on the device (the host on the CPU)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _work(steps: dict[str, Cost]) -> dict[str, dict[str, float]]:
+    return {name: {"flops": cost.flops, "selected": cost.selected} for name, cost in steps.items() if cost.flops or cost.selected}
 
 
 _RUNTIME = {"python, torch, transformers": IMPORTS_BYTES, "model code, tokenizer, text": RUNTIME_BYTES}
@@ -88,6 +100,13 @@ def _peaks(t: Target, steps: dict[str, dict[str, int]], host_steps: dict[str, di
     if device_peak >= host_peak:
         return device_peak, host_peak, dname, {k: v for k, v in dparts.items() if v}
     return device_peak, host_peak, f"{hname} (host)", {k: v for k, v in hparts.items() if v}
+
+
+def _step_totals(t: Target, steps: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Bytes held at each step, as `_peaks` counts them on the device (on the CPU, with the runtime)."""
+    if t.device.type == "cpu":
+        return {name: sum(parts.values()) + sum(_RUNTIME.values()) for name, parts in steps.items()}
+    return {name: sum(v for k, v in parts.items() if k not in HOST_ONLY) for name, parts in steps.items()}
 
 
 def _loading(t: Target) -> dict[str, int]:
@@ -145,7 +164,8 @@ def estimate_calibrate(t: Target, cal: Calibration, gram: bool) -> Estimate:
     base = _base(t, "calibrate", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
                     store_bytes=base["store_bytes_with_gram" if gram else "store_bytes_without_gram"], output_bytes=0,
-                    model_passes=cal.nsamples, block_calls=s.n_blocks * (1 + cal.nsamples), notes=_notes(t))
+                    model_passes=cal.nsamples, block_calls=1 + s.n_blocks * cal.nsamples, notes=_notes(t), step_bytes=_step_totals(t, steps),
+                    work=_work({"calibrating": work.calibration(s, cal, 1 + s.n_blocks * cal.nsamples, gram)}))
 
 
 def saved_bytes(t: Target, out_dtype: torch.dtype) -> int:
@@ -156,18 +176,22 @@ def saved_bytes(t: Target, out_dtype: torch.dtype) -> int:
     return weights + s.tokenizer_bytes + SAVED_FILES_BYTES + SAVED_BYTES_PER_LAYER * layers
 
 
-def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], snapshot: bool) -> tuple[dict, int, int, int]:
+def _pruning_steps(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], snapshot: bool,
+                   costs: dict[str, Cost]) -> tuple[dict, int, int, int]:
     """(pruning and propagation steps, propagated store bytes, extra model passes, extra block calls);
-    `snapshot`: a CPU copy of the dense Linear weights is held (several recipes from one load)."""
+    `snapshot`: a CPU copy of the dense Linear weights is held (several recipes from one load). Each step's
+    work is added to `costs`."""
     f, s = t.footprint, t.shape
     copy = {"dense snapshot": s.block_linear_params * f.d} if snapshot else {}
     steps, store, passes, calls = {}, 0, 0, 0
     for r in recipes:
-        steps[f"pruning {r.label()}"] = {**f.pruning(r.needs_gram), **copy}
+        steps[f"pruning {r.label()}"] = {**f.pruning(r.needs_gram, _work_bytes(r, s)), **copy}
+        costs[f"pruning {r.label()}"] = work.pruning(s, r)
         if r.propagate == "pruned":
             steps[f"propagating {r.label()}"] = {**f.calibrating(cal, r.needs_gram), **copy}
+            costs[f"propagating {r.label()}"] = work.propagation(s, cal, r)
             store += entry_bytes(s, t.dtype, cal, r.needs_gram, propagated=True)
-            passes, calls = passes + 1, calls + s.n_blocks * (1 + 2 * cal.nsamples)
+            passes, calls = passes + 1, calls + 1 + s.n_blocks * 2 * cal.nsamples
     return steps, store, passes, calls
 
 
@@ -180,7 +204,8 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     steps = {"loading": load, **({"calibrating": f.calibrating(cal, gram)} if calibrates else {})}
     # several recipes prune from a dense snapshot; offloaded, each reads the dense blocks from the checkpoint
     several = len(recipes) > 1 and t.offload != "disk"
-    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=several)
+    costs = {"calibrating": work.calibration(t.shape, cal, dense_calls, gram)} if calibrates else {}
+    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, several, costs)
     steps.update(pruning)
     host = _host_steps(t, cal, out_dtype)
     if several:
@@ -197,7 +222,15 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
                     store_bytes=dense + propagated, output_bytes=output,
                     model_passes=(cal.nsamples if calibrates else 0) + passes,
-                    block_calls=dense_calls + calls, notes=_notes(t))
+                    block_calls=dense_calls + calls, notes=_notes(t), work=_work(costs),
+                    step_bytes=_step_totals(t, steps))
+
+
+def _work_bytes(r: PruneRecipe, s: ModelShape) -> int:
+    """The method's working memory at the largest layer (and the widest input), with the finishing step's when
+    the recipe reconstructs or refines a score method's mask."""
+    work = type(r.method_obj).work_bytes(s.largest_linear, s.widest)
+    return work + finish_work_bytes(s.largest_linear, s.widest, r.reconstruct, r.swap_rounds)
 
 
 def _dense_calibration(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]) -> tuple[bool, int, int]:
@@ -206,7 +239,7 @@ def _dense_calibration(t: Target, cal: Calibration, recipes: Sequence[PruneRecip
     needs = calibration_needs(recipes)
     blocks = not needs["inputs_only"]
     entry = entry_bytes(t.shape, t.dtype, cal, needs["gram"], blocks_stored=blocks)
-    return needs["gram"], entry, t.shape.n_blocks * (1 + (cal.nsamples if blocks else 0))
+    return needs["gram"], entry, 1 + (t.shape.n_blocks * cal.nsamples if blocks else 0)
 
 
 def _eval_passes(windows: Sequence[tuple[int, int]], batch: int) -> int:
@@ -242,29 +275,37 @@ def estimate_eval(t: Target, windows: Sequence[tuple[int, int]], batch: int, bas
     base = _base(t, "eval", None)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
                     store_bytes=0, output_bytes=0, model_passes=passes, block_calls=passes * t.shape.n_blocks,
-                    notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted"])
+                    notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted"],
+                    work=_work({"evaluating": work.evaluation(t.shape, windows) * (2 if baseline else 1)}),
+                    step_bytes=_step_totals(t, steps))
 
 
 def estimate_compare(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe],
                      windows: Sequence[tuple[int, int]]) -> Estimate:
-    """A cold grid: one calibration, every recipe pruned in memory, the dense model and every cell evaluated."""
+    """A cold grid: one calibration (none when no recipe reads statistics), every recipe pruned in memory,
+    the dense model and every cell evaluated."""
     f = t.footprint
-    gram, dense, dense_calls = _dense_calibration(t, cal, recipes)
+    calibrates = needs_calibration(recipes)  # a grid of magnitude alone reads no text
+    gram, dense, dense_calls = _dense_calibration(t, cal, recipes) if calibrates else (False, 0, 0)
     load = _loading(t)
     # --offload disk: no snapshot (each cell reads the dense blocks again), each cell measured block by block
     snapshot = {} if t.offload == "disk" else {"dense snapshot": t.shape.block_linear_params * f.d}
     seqlen = max((L for L, _ in windows), default=0)
-    steps = {"loading": load, "calibrating": f.calibrating(cal, gram),
+    steps = {"loading": load, **({"calibrating": f.calibrating(cal, gram)} if calibrates else {}),
              "evaluating": {**(f.evaluating(seqlen, 1) if windows else {"model": f.model}), **snapshot,
                             **_blockwise_hidden(t, windows, at_once=True)}}
-    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, snapshot=t.offload != "disk")
+    costs = {"calibrating": work.calibration(t.shape, cal, dense_calls, gram)} if calibrates else {}
+    pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, t.offload != "disk", costs)
     steps.update(pruning)
-    host = {"loading": load, "writing block inputs": _writing_inputs(t, cal),
+    costs["evaluating"] = work.evaluation(t.shape, windows) * (len(recipes) + 1)
+    host = {"loading": load, **({"writing block inputs": _writing_inputs(t, cal)} if calibrates else {}),
             "dense snapshot": snapshot}
     device_peak, host_peak, step, parts = _peaks(t, steps, host)
     evals = _eval_passes(windows, 1) * (len(recipes) + 1)
     base = _base(t, "compare", cal)
     return Estimate(**base, device_peak_bytes=device_peak, host_peak_bytes=host_peak, peak_step=step, peak_parts=parts,
-                    store_bytes=dense + propagated, output_bytes=0, model_passes=cal.nsamples + passes + evals,
-                    block_calls=dense_calls + t.shape.n_blocks * evals + calls,
-                    notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted; cells already in the results store are skipped"])
+                    store_bytes=dense + propagated, output_bytes=0,
+                    model_passes=(cal.nsamples if calibrates else 0) + passes + evals,
+                    block_calls=dense_calls + t.shape.n_blocks * evals + calls, work=_work(costs),
+                    notes=_notes(t) + ["zero-shot tasks (lm-eval) are not counted; cells already in the results store are skipped"],
+                    step_bytes=_step_totals(t, steps))

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from zprune_cli.data.windows import windows_bytes
 from zprune_cli.estimation.shape import ModelShape
+from zprune_cli.models.runner import block_inputs_bytes
 from zprune_cli.estimation.store_size import GRAM_BYTES, SUMSQ_BYTES, element_size
 from zprune_cli.settings import Calibration
 
@@ -122,10 +124,10 @@ class Footprint:
 
     def block_inputs(self, cal: Calibration) -> int:
         """Block 0's inputs of every window [nsamples, seqlen, hidden], in the run dtype."""
-        return cal.nsamples * cal.seqlen * self.shape.hidden * self.d
+        return block_inputs_bytes(cal.nsamples, cal.seqlen, self.shape.hidden, self.dtype)
 
     def token_ids(self, cal: Calibration) -> int:
-        return cal.nsamples * cal.seqlen * 8
+        return windows_bytes(cal.nsamples, cal.seqlen)
 
     # --- phases: the bytes held at the peak of each step, on the device ------------------------------
     def calibrating(self, cal: Calibration, gram: bool) -> dict[str, int]:
@@ -142,11 +144,10 @@ class Footprint:
         return {**self.weights(), "logits": self.logits(tokens, batch),
                 "activations, statistics": self.activations(tokens, batch) + nll}
 
-    def pruning(self, gram: bool) -> dict[str, int]:
-        """One layer at a time: the block's statistics and the method's float32 copies of the largest weight
-        (scores, masks, updates: about eight) with int64 indices of the exact lowest-k selection (two)."""
-        temporaries = self.shape.largest_linear * (8 * FP32 + 2 * 8)
-        return {**self.weights(), "activations, statistics": self.block_stats(gram) + temporaries}
+    def pruning(self, gram: bool, work: int) -> dict[str, int]:
+        """One layer at a time: the block's statistics and what the method holds beside the largest layer
+        (`work`: Method.work_bytes, from the method's own account of its temporaries)."""
+        return {**self.weights(), "activations, statistics": self.block_stats(gram), "method's working memory": work}
 
     def saving(self, out_dtype: torch.dtype) -> dict[str, int]:
         """save_pretrained: a GGUF-loaded model is rebuilt from its config (a second copy), the state is cast

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from zprune_cli.models.blocks import find_blocks, find_linears
+from zprune_cli.models.blocks import find_blocks, find_linears, weight_view
 from zprune_cli.models.load import source_dtype
 from zprune_cli.models.resolve import WEIGHT_SUFFIXES, ModelSource
 from zprune_cli.stats.collect import BlockStatsCollector
@@ -61,6 +61,8 @@ class ModelShape:
     weight_file_bytes: int  # what the weight files hold on disk (0 for a hub id not downloaded)
     tokenizer_bytes: int  # what `save_pretrained` of the tokenizer writes, approximately
     traced: bool  # False: groups by the conservative rule (a forward on meta tensors failed)
+    layer_shapes: tuple[tuple[int, int], ...] = ()  # [out, in] of every pruned projection, block after block
+    attention_width: int = 0  # heads x head width: what attention's two products run over (0: hidden)
 
     @property
     def widest(self) -> int:
@@ -101,6 +103,8 @@ def model_shape(config, source: ModelSource) -> ModelShape:
         file_dtype=str(published).removeprefix("torch.") if published else None,
         weight_file_bytes=sum(size for _, size, _ in source.weight_files),
         tokenizer_bytes=_tokenizer_bytes(source, vocab), traced=traced is not None,
+        layer_shapes=tuple((int(w.shape[0]), int(w.shape[1])) for w in map(weight_view, linears)),
+        attention_width=_attention_width(text, hidden),
     )
 
 
@@ -136,6 +140,12 @@ def _heads(text_config, hidden: int) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return max(1, hidden // 64)
+
+
+def _attention_width(text_config, hidden: int) -> int:
+    """Heads x head width (Gemma's 4 x 256 is wider than its hidden 640); the hidden width when not given."""
+    heads, head_dim = _heads(text_config, hidden), getattr(text_config, "head_dim", None)
+    return heads * head_dim if isinstance(head_dim, int) and head_dim > 0 else hidden
 
 
 def _attention(chosen: str | None, model_class) -> str:

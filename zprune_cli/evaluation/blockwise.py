@@ -21,25 +21,17 @@ from zprune_cli.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import PerplexityResult, window_nll_sum
 from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
 from zprune_cli.models.offload import held
-from zprune_cli.models.runner import split_call, capture_block_inputs
+from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
 from zprune_cli.sparsity import count_zeros
 
 
-class _Replay(nn.Module):
+class _Replay(BlockStandIn):
     """Stands in for a decoder block: block 0's stand-in returns the current window's final hidden
-    states, the others pass them on, each in the container type the real block returns. Other attributes
-    are the real block's (some models read `decoder_layer.attention_type` to pick its mask)."""
+    states, the others pass them on, each in the container type the real block returns."""
 
     def __init__(self, block: nn.Module, final: torch.Tensor | None, window: list[int], as_tuple: bool):
-        super().__init__()
+        super().__init__(block)
         self.final, self.window, self.as_tuple = final, window, as_tuple
-        self.__dict__["block"] = block  # not a submodule: its parameters stay out of the model's
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["block"], name)
 
     def forward(self, *args, **kwargs):
         hidden, _ = split_call(args, kwargs)

@@ -17,19 +17,21 @@ from typing import Callable, TypeVar
 
 import torch
 
-from zprune_cli.data.sources import TextSource, resolve_source
+from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import eval_windows, perplexity
+from zprune_cli.evaluation.protocol_cache import remembered
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
 from zprune_cli.models.offload import offloaded, on_done
 from zprune_cli.progress import Progress, ensure
-from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder
+from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
 from zprune_cli.results import ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
+from zprune_cli.staging import temporary_beside
 from zprune_cli.settings import resolve as resolve_settings
 
 log = logging.getLogger("zprune")
@@ -37,6 +39,7 @@ log = logging.getLogger("zprune")
 EVAL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
 C4_EVAL_DOCUMENTS = 1100  # the papers: ' '.join of the first 1100 validation documents ...
 C4_EVAL_WINDOWS = 256  # ... cut to 256 windows
+DEFAULT_EVAL, OFFLINE_EVAL = "wikitext2", "wikitext2-sample"  # the papers' perplexity text; shipped, for offline
 T = TypeVar("T")
 
 
@@ -57,7 +60,9 @@ class Metric:
 class Evaluation:
     """What to measure: perplexity datasets (none: ()), zero-shot tasks, and how."""
 
-    data: tuple[str, ...] = ("wikitext2",)  # perplexity text: wikitext2, c4, ptb or a local file
+    # perplexity text: wikitext2, c4, ptb or a local file; None: wikitext2, or offline without a local copy the
+    # shipped wikitext2-sample (said in a warning)
+    data: tuple[str, ...] | None = None
     seqlen: int | None = None  # None: min(2048, the model's maximum)
     batch_size: int = 1
     max_windows: int | None = None
@@ -68,7 +73,8 @@ class Evaluation:
     speed: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data", tuple(split_list(self.data, str, "--eval")) if self.data else ())
+        if self.data is not None:
+            object.__setattr__(self, "data", tuple(split_list(self.data, str, "--eval")) if self.data else ())
         object.__setattr__(self, "tasks", tuple(split_list(self.tasks, str, "--tasks")) if self.tasks else ())
         for name, low in (("batch_size", 1), ("max_windows", 1), ("seqlen", 2), ("num_fewshot", 0), ("limit", 1)):
             value = getattr(self, name)
@@ -77,7 +83,7 @@ class Evaluation:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 flag = "--eval-seqlen" if name == "seqlen" else f"--{name.replace('_', '-')}"
                 raise ZpruneUsageError(f"{flag} must be an integer >= {low} (got {value!r})")
-        if not self.data and not self.tasks and not self.speed:
+        if self.data == () and not self.tasks and not self.speed:
             raise ZpruneUsageError("nothing to measure: give perplexity text (--eval), --tasks or --speed")
 
 
@@ -88,9 +94,10 @@ class EvalPlan:
         self.evaluation = evaluation
         self.data_dir = data_dir
         self._windows: dict = {}
-        self.sources: list[TextSource] = [
-            resolve_source(name, EVAL_SPLITS.get(name, "all"), data_dir) for name in evaluation.data
-        ]
+        if evaluation.data is None:
+            self.sources = [resolve_or_sample(DEFAULT_EVAL, EVAL_SPLITS[DEFAULT_EVAL], data_dir, OFFLINE_EVAL)]
+        else:
+            self.sources = [resolve_source(name, EVAL_SPLITS.get(name, "all"), data_dir) for name in evaluation.data]
 
     def seqlen_for(self, model_or_config) -> int:
         seqlen, limit = self.evaluation.seqlen, max_length(model_or_config)
@@ -234,16 +241,27 @@ def _speed(model, seqlen: int, batch_size: int) -> list[Metric]:
     return metrics
 
 
-def expected_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
-    """metric -> protocol that a finished cell has recorded (computed before any cell runs)."""
+def expected_protocols(plan: EvalPlan, handle: ModelHandle, cache_dir: Path | str | None = None) -> dict[str, dict]:
+    """metric -> protocol that a finished cell has recorded (computed before any cell runs). With `cache_dir`,
+    the perplexity protocols of a local model are remembered there (protocol_cache): a re-run reads no
+    config or tokenizer."""
+    e = plan.evaluation
+    wanted = {"seqlen": e.seqlen, "max_windows": e.max_windows,
+              "texts": [[s.name, s.split, s.identity, s.content_hash] for s in plan.sources]}
+    expected = remembered(cache_dir, handle.source, wanted, lambda: _perplexity_protocols(plan, handle))
+    for task in e.tasks:
+        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
+    return expected
+
+
+def _perplexity_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
+    if not plan.sources:
+        return {}
     seqlen = plan.seqlen_for(handle.config)  # the config alone: a fully cached re-run loads no weights
     expected = {}
     for source in plan.sources:
         windows = plan.windows(source, handle.tokenizer, seqlen)
         expected[metric_name(source)] = plan.protocol(source, seqlen, int(windows.shape[0]))
-    e = plan.evaluation
-    for task in e.tasks:
-        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
     return expected
 
 
@@ -258,7 +276,8 @@ def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, pro
     base = provenance.base_model.fingerprint if provenance else handle.source.fingerprint
     cell = {"fingerprint": base, "method": provenance.recipe.method if provenance else "dense",
             "recipe": provenance.cell_digest if provenance else None, "stats_key": provenance.stats_key if provenance else None}
-    wanted = {**expected_protocols(plan, handle), "sparsity": SPARSITY_PROTOCOL}
+    # the protocols are remembered beside the results database (the cache dir): a re-run reads no tokenizer
+    wanted = {**expected_protocols(plan, handle, store.path.parent), "sparsity": SPARSITY_PROTOCOL}
     extra = {f"acc_norm:{task}": wanted[f"acc:{task}"] for task in plan.evaluation.tasks}
     metrics = []
     for name, protocol in [*wanted.items(), *extra.items()]:
@@ -325,9 +344,12 @@ def refresh_model_card(folder: Path, provenance: Provenance, store: ResultsStore
     try:
         updated.write(folder)
         card = folder / "README.md"
-        tmp = card.with_name(f".README.md.{os.getpid()}.tmp")
-        tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
-        os.replace(tmp, card)
+        tmp = temporary_beside(card)  # a killed writer's is swept here
+        try:
+            tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
+            os.replace(tmp, card)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:  # a read-only model folder: the results are in the store all the same
         log.warning("could not update the model card in %s: %s", folder, exc.strerror or exc)
 
@@ -356,6 +378,7 @@ def evaluate(
     provenance = provenance_of(handle)
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
+    base = base_model_handle(provenance, Path(handle.source.location), settings, handle.offload) if baseline else None
     run = _Run(ResultsStore(results_path(settings.cache_dir)), plan, {"evaluation": asdict(evaluation), "dtype": handle.dtype_name},
                list(provenance.pruned_layers) if provenance else None, force, progress)
     metrics, run_ids, reused = run.metrics(handle, provenance, handle.source.spec)
@@ -366,8 +389,7 @@ def evaluate(
         refresh_model_card(Path(handle.source.location), provenance, run.store)
     report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids, "reused": reused,
               "metrics": [m.as_dict() for m in metrics]}
-    if baseline:
-        base = base_model_handle(provenance, settings, handle.offload)
+    if base is not None:
         base_metrics, _, base_reused = run.metrics(base, None, f"{base.source.spec} (dense)")
         report["baseline"] = {"target": base.source.spec, "reused": base_reused, "metrics": [m.as_dict() for m in base_metrics]}
     return report
@@ -396,20 +418,13 @@ class _Run:
         return metrics, record(self.store, handle, metrics, provenance, self.settings), False
 
 
-def base_model_handle(provenance: Provenance, settings: Settings, offload: str = "none") -> ModelHandle:
-    """The dense model a pruned folder came from, refused when it is no longer the same model."""
-    b = provenance.base_model
-    location = str(Path(b.location) / b.gguf_file) if b.gguf_file else b.location
-    candidates = [b.spec, location] if b.spec != location else [b.spec]
-    for spec in candidates:
-        try:
-            handle = ModelHandle(spec, settings.device, settings.dtype, b.revision, offload=offload)
-        except ZpruneError:
-            continue
-        if handle.source.fingerprint == b.fingerprint:
-            return handle
-    raise ZpruneError(f"the base model {b.spec} ({b.location}) is not where it was, or has changed since pruning "
-                      f"(fingerprint {b.fingerprint}); --baseline cannot evaluate it")
+def base_model_handle(provenance: Provenance, folder: Path, settings: Settings, offload: str = "none") -> ModelHandle:
+    """The dense model the pruned `folder` came from (provenance.locate_base_model: found by its record, verified
+    by its content fingerprint, refused when it is another model)."""
+    source, warning = locate_base_model(provenance.base_model, folder)
+    if warning:
+        log.warning(warning)
+    return ModelHandle(source, settings.device, settings.dtype, offload=offload)
 
 
 def _short(provenance: Provenance | None) -> dict | None:

@@ -28,7 +28,7 @@ import torch
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count, select_prune_mask
-from zprune_cli.methods.base import PRUNE_PRECISION, Method, PruneResult, number_option, register
+from zprune_cli.methods.base import PRUNE_PRECISION, Cost, Method, PruneResult, number_option, register
 from zprune_cli.methods.pcg import damped, pcg_solve
 from zprune_cli.stats.types import LayerStats
 
@@ -67,6 +67,13 @@ class ALPS(Method):
     pcg_tol: float = 1e-4
     _cache: list = field(default_factory=list, init=False, repr=False, compare=False)
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """ADMM's float32 [out, in] iterates (B0, Y, B, D, V, and the projection's and PCG's temporaries: about
+        nine) and masks, and [in, in] matrices: the rescaled H, its eigendecomposition in float64 (with LAPACK's
+        workspace) and in float32, (H + rho I)^-1."""
+        return weights * (9 * 4 + 2) + width * width * (4 + 3 * 8 + 2 * 4)
+
     def __post_init__(self) -> None:
         for option in ("rho", "lambda2", "pcg_tol"):
             setattr(self, option, number_option(self.name, option, getattr(self, option)))
@@ -74,6 +81,16 @@ class ALPS(Method):
             setattr(self, option, number_option(self.name, option, getattr(self, option), int))
         if self.rho <= 0 or self.lambda2 < 0 or self.pcg_tol <= 0 or min(self.max_iter, self.update_iter, self.pcg_iter) < 1:
             raise ZpruneError("alps: rho and pcg_tol must be > 0, lambda2 >= 0, max_iter, update_iter and pcg_iter >= 1")
+
+    def cost(self, out: int, width: int) -> Cost:
+        """Assumed: the ADMM runs `switch_iter` iterations (the earliest it may stop; it runs up to `max_iter`).
+        The eigendecomposition of H (about 9 width^3 in float64, counted per layer though q/k/v share it),
+        Y = B0 H, per iteration B's product with (H + rho I)^-1 and a projection, every `update_iter` iterations
+        a new inverse (2 width^3), then `pcg_iter` PCG steps (one product each)."""
+        steps = self.switch_iter
+        product = 2 * out * width**2
+        flops = 9 * width**3 + product * (1 + steps + self.pcg_iter) + 2 * width**3 * steps / self.update_iter
+        return Cost(flops, float(out * width) * (steps + 1))
 
     def prune(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern,
               scope: str | None = None) -> PruneResult:

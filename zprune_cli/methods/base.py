@@ -26,6 +26,22 @@ PRUNE_PRECISION = torch.float32
 METHODS: dict[str, type[Method]] = {}
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What pruning one layer costs, for --dry-run's time estimate: `flops`, matrix arithmetic (an
+    [a, b] @ [b, c] product is 2abc), and `selected`, weights passed through a score and a selection
+    (elementwise work and a k-th value, timed apart from products: on a CPU they run far slower per element)."""
+
+    flops: float = 0.0
+    selected: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.selected + other.selected)
+
+    def __mul__(self, times: float) -> Cost:
+        return Cost(self.flops * times, self.selected * times)
+
+
 @dataclass
 class PruneResult:
     """weight: same dtype and device as the input, pruned entries exactly 0. prune_mask: True = pruned."""
@@ -48,9 +64,21 @@ class Method(ABC):
     # quantized after their mask by GPTQ with the mask held fixed
     joint_quantization: ClassVar[bool] = False
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """Bytes a prune of one layer holds beside its weight and statistics, for the dry run: `weights` the
+        layer's entries, `width` its input width. A score method: its float32 scores, numpy's copy of them for
+        the exact selection, two bool masks (the mask is applied in place)."""
+        return weights * (2 * 4 + 2)
+
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""
         raise NotImplementedError(f"{type(self).__name__} does not score weights")
+
+    def cost(self, out: int, width: int) -> Cost:
+        """The work of pruning one [out, width] weight: a score method scores and selects every weight once;
+        a method that does more (a weight update, an iterative solver) states its own."""
+        return Cost(0.0, float(out * width))
 
     def prune(
         self,
@@ -61,9 +89,15 @@ class Method(ABC):
         scope: str | None = None,
     ) -> PruneResult:
         """Score in PRUNE_PRECISION, select exactly the lowest entries, zero them."""
-        scores = self.score(weight.to(PRUNE_PRECISION), stats)
-        prune_mask = select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
+        prune_mask = self.prune_mask(weight, stats, sparsity, pattern, scope)
         return PruneResult(weight=weight.masked_fill(prune_mask, 0), prune_mask=prune_mask)
+
+    def prune_mask(self, weight: torch.Tensor, stats: LayerStats, sparsity: float, pattern: Pattern,
+                   scope: str | None = None) -> torch.Tensor:
+        """A score method's mask (True = pruned) without the pruned copy of the weight: the engine zeroes
+        the layer in place (`prune` is this and `weight.masked_fill`)."""
+        scores = self.score(weight.to(PRUNE_PRECISION), stats)
+        return select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
 
 
 def register(cls: type[Method]) -> type[Method]:

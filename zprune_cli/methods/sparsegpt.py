@@ -23,8 +23,8 @@ import torch
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count
-from zprune_cli.methods.base import Method, PruneResult, number_option, register
-from zprune_cli.methods.obs import check_options, nm_chooser, obs_walk, unstructured_chooser
+from zprune_cli.methods.base import Cost, Method, PruneResult, number_option, register
+from zprune_cli.methods.obs import check_options, nm_chooser, obs_flops, obs_walk, unstructured_chooser
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, act_order, walk_blocksize
 from zprune_cli.stats.types import LayerStats
 
@@ -42,10 +42,20 @@ class SparseGPT(Method):
     blocksize: int = 128  # columns per block
     percdamp: float = 0.01  # damping, as a fraction of mean(diag H)
 
+    @classmethod
+    def work_bytes(cls, weights: int, width: int) -> int:
+        """The float32 weight being walked and its mask, and [in, in] matrices: H = 2/N Gram, and at most two
+        beside it while U, the Cholesky factor of its inverse, is made (obs.upper_cholesky_of_inverse)."""
+        return weights * (4 + 1) + 3 * width * width * 4
+
     def __post_init__(self) -> None:
         self.blocksize = number_option(self.name, "blocksize", self.blocksize, int)
         self.percdamp = number_option(self.name, "percdamp", self.percdamp)
         check_options(self.blocksize, self.percdamp)
+
+    def cost(self, out: int, width: int) -> Cost:
+        """The column walk (obs_flops); each block's mask is chosen once over its columns."""
+        return Cost(obs_flops(out, width, self.blocksize), float(out * width))
 
     def prune(
         self,

@@ -23,4 +23,4 @@ def wanda_scores(weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
     """|W_ij| * ||X_j||: [out, in] * [1, in]. The norm itself, not its square (which would rank differently).
 
     OWL's outlier share is defined on these scores too, so allocation reads them from here."""
-    return weight_fp32.abs() * input_norms(stats, weight_fp32)
+    return weight_fp32.abs().mul_(input_norms(stats, weight_fp32))  # one [out, in] temporary, not two

@@ -6,7 +6,9 @@ from functools import cached_property
 
 import torch
 
-from zprune_cli.models.load import load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
+from zprune_cli.models.host_memory import check_host_memory
+from zprune_cli.models.load import (check_hub_reachable, load_config, load_model, load_tokenizer, resolve_device,
+                                    resolve_dtype)
 from zprune_cli.models.offload import check_offload, offloaded, refuse_unreadable
 from zprune_cli.models.offload_load import load_offloaded
 from zprune_cli.progress import NullProgress
@@ -17,11 +19,14 @@ from zprune_cli.settings import resolve as resolve_settings
 
 class ModelHandle:
     def __init__(self, spec: str | ModelSource, device="auto", dtype="auto", revision=None, trust_remote_code=False,
-                 offload: str = "none"):
+                 offload: str = "none", config_only: bool = False):
+        """`config_only`: for a dry run, which reads the config (and tokenizer) alone: a folder holding only
+        config.json is accepted with --offload disk, as it is without."""
         self.source = spec if isinstance(spec, ModelSource) else resolve_model(spec, revision, trust_remote_code)
+        check_hub_reachable(self.source)  # a hub model offline: every command fails here, at once, with one line
         self.offload = check_offload(offload)  # "disk": blocks read from safetensors while they run; "cpu": from host memory
         if self.offload == "disk":
-            refuse_unreadable(self.source)  # before any data is read or any work is done
+            refuse_unreadable(self.source, config_only)  # before any data is read or any work is done
         self.device: torch.device = resolve_device(device)
         self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
         self._loaded = None
@@ -38,6 +43,11 @@ class ModelHandle:
         model.progress = progress or model.progress
         return model
 
+    def check_memory(self) -> None:
+        """Before any work: refuse a whole-model load whose weights exceed the host's available memory."""
+        if self.offload != "disk" and not self.loaded:
+            check_host_memory(self.source, self.dtype)
+
     @property
     def loaded(self) -> bool:
         return self._loaded is not None
@@ -49,7 +59,8 @@ class ModelHandle:
                 if self.offload == "disk":
                     self._loaded = load_offloaded(self.source, self.device, self.dtype)
                 else:
-                    self._loaded = load_model(self.source, self.device, self.dtype, self.offload)
+                    self._loaded = load_model(self.source, self.device, self.dtype, self.offload,
+                                              tokenizer=self.__dict__.get("tokenizer"))  # cached_property's value, if read
                     if offloaded(self._loaded[0]) is not None:  # a GPU too small for the weights chose it
                         self.offload = "cpu"
         return self._loaded

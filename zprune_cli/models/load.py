@@ -10,7 +10,8 @@ import torch
 
 from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
-from zprune_cli.hub import check_reachable
+from zprune_cli.hub import check_reachable, in_cache, offline, quiet_hub_logging
+from zprune_cli.models.host_memory import check_host_memory
 from zprune_cli.models.resolve import ModelSource
 from zprune_cli.models.gguf_metadata import gguf_metadata_once
 
@@ -50,6 +51,7 @@ def quiet_transformers():
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    quiet_hub_logging()  # the hub client's retry warnings go to a handler of their own, not through stderr's redirect
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -64,6 +66,7 @@ def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     kwargs = _common_kwargs(source)
+    check_hub_reachable(source)
     try:
         with quiet_transformers(), gguf_metadata_once():
             return AutoTokenizer.from_pretrained(source.location, **kwargs)
@@ -71,9 +74,10 @@ def load_tokenizer(source: ModelSource):
         raise ZpruneError(f"could not load the tokenizer of {source.spec}: {first_line(exc)}") from exc
 
 
-def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, offload: str = "none"):
+def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, offload: str = "none", tokenizer=None):
     """Return (model, tokenizer), the model in eval mode on `device` with no KV cache; with offload "cpu" (or on
-    a GPU too small for it) its decoder blocks stay in host memory, one copied to `device` at a time."""
+    a GPU too small for it) its decoder blocks stay in host memory, one copied to `device` at a time. A tokenizer
+    loaded already (calibration draws its windows before the model loads) is handed back, not built again."""
     from transformers import AutoModelForCausalLM
 
     from zprune_cli.models.offload_host import HOST, place
@@ -84,9 +88,10 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, of
         model = pretrained.load_pretrained(source.location, HOST, dtype)
         place(model, device, offload)
         model.config.use_cache = False
-        return model, pretrained.load_tokenizer(source.location)
+        return model, tokenizer if tokenizer is not None else pretrained.load_tokenizer(source.location)
     kwargs = _common_kwargs(source)
     check_hub_reachable(source)
+    check_host_memory(source, dtype)  # the whole model is loaded on the host first, whatever the device
     try:
         with quiet_transformers(), gguf_metadata_once():
             model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
@@ -100,7 +105,7 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype, of
     model.eval()
     model.config.use_cache = False
     logging.getLogger("zprune").debug("loaded %s on %s as %s", source.spec, device, dtype)
-    return model, load_tokenizer(source)
+    return model, tokenizer if tokenizer is not None else load_tokenizer(source)
 
 
 def _compressed_export(folder: str) -> bool:
@@ -128,10 +133,12 @@ def source_dtype(source: ModelSource) -> torch.dtype | None:
         except (OSError, ValueError):
             return None
     else:
+        check_hub_reachable(source)  # the hub client alone retries for 25 s, printing each retry
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
+            with quiet_transformers():
+                config = AutoConfig.from_pretrained(source.location, **_common_kwargs(source))
             name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         except (OSError, ValueError):
             return None
@@ -149,8 +156,15 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 
 
 def check_hub_reachable(source: ModelSource) -> None:
-    if not source.is_local:
+    """A hub model: the hub must answer, or with HF_HUB_OFFLINE its config must be in the local hub cache.
+    One quick line either way, the same for every command (ModelHandle checks when it resolves the spec)."""
+    if source.is_local:
+        return
+    if not offline():
         check_reachable(f"model {source.spec}", "pass a local folder or .gguf file, or set HF_HUB_OFFLINE=1 to use a cached download")
+    elif not in_cache(source.location, source.revision):
+        raise ZpruneError(f"model {source.spec} is not in the local hub cache and HF_HUB_OFFLINE is set; pass a local "
+                          "folder or .gguf file, or download it first (with a network, HF_HUB_OFFLINE unset)")
 
 
 def load_config(source: ModelSource):
@@ -175,6 +189,14 @@ def max_length(model_or_config) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def hidden_width(model_or_config) -> int | None:
+    """The width of a decoder block's input (the text model's hidden size), or None when the config does not say."""
+    base = getattr(model_or_config, "config", model_or_config)
+    config = getattr(base, "get_text_config", lambda: base)()
+    value = getattr(config, "hidden_size", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _common_kwargs(source: ModelSource) -> dict:

@@ -54,12 +54,13 @@ def check_offload(mode: str) -> str:
     return mode
 
 
-def refuse_unreadable(source: ModelSource) -> None:
-    """Fail before any work when the checkpoint cannot be read block by block (safetensors only)."""
+def refuse_unreadable(source: ModelSource, config_only: bool = False) -> None:
+    """Fail before any work when the checkpoint cannot be read block by block (safetensors only).
+    `config_only` (a dry run reads the config alone): a folder with no weight files at all passes."""
     if source.gguf_file:
         raise ZpruneUsageError(f"--offload disk reads safetensors checkpoints; {source.spec} is a GGUF file "
                                "(run without --offload, or convert it to safetensors first)")
-    if source.is_local:
+    if source.is_local and not (config_only and not source.weight_files):
         weight_map(Path(source.location), source.spec)
 
 

@@ -105,11 +105,15 @@ def resolve_model(spec: str, revision: str | None = None, trust_remote_code: boo
             weight_files=_weight_files(folder),
         )
     if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
-        return ModelSource(
-            spec=spec, location=spec, revision=revision or "main", trust_remote_code=trust_remote_code, is_local=False
-        )
+        return hub_source(spec, revision, trust_remote_code)
     known = ", ".join(sorted(ALIASES))
     raise ZpruneUsageError(f"no model at '{spec}': not a file, a folder, a hub id (org/name) or an alias ({known})")
+
+
+def hub_source(spec: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
+    """A hub id as such, whatever folder of that name the working directory holds."""
+    return ModelSource(spec=spec, location=spec, revision=revision or "main", trust_remote_code=trust_remote_code,
+                       is_local=False)
 
 
 def _gguf_source(spec: str, path: Path) -> ModelSource:
@@ -120,6 +124,67 @@ def _gguf_source(spec: str, path: Path) -> ModelSource:
         gguf_file=path.name,
         weight_files=_weight_files(path.parent, only=path.name),
     )
+
+
+SAMPLE_BYTES = 1 << 20  # content_fingerprint reads three samples of this size from the first weights file
+
+
+def content_fingerprint(source: ModelSource) -> str | None:
+    """What the weights are, not where they lie: a hash of config.json (parsed, so formatting does not count) and
+    of the first weights file's size and three 1 MiB samples (its start, with the header and first tensors, its
+    middle and its end). Cheap whatever the model's size; unchanged by copying or moving the folder; another
+    checkpoint of the same architecture differs. None when the files are not on this machine (a hub model that
+    is not in the local hub cache)."""
+    folder = _files_folder(source)
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if source.gguf_file is None and config.is_file():
+        raw = config.read_bytes()
+        try:
+            raw = json.dumps(json.loads(raw), sort_keys=True).encode()
+        except ValueError:
+            pass  # a damaged config is hashed as it is
+        digest.update(raw)
+    weights = _first_weights_file(folder, source.gguf_file)
+    if weights is None:
+        return None
+    size = weights.stat().st_size
+    digest.update(f"{weights.suffix}:{size}".encode())
+    with open(weights, "rb") as handle:
+        for offset in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
+            handle.seek(offset)
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def _files_folder(source: ModelSource) -> Path | None:
+    """The folder holding the model's files: its own, or its snapshot in the local hub cache."""
+    if source.is_local:
+        return Path(source.location)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
+    except Exception:  # a malformed id or cache: nothing to read
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _first_weights_file(folder: Path, gguf_file: str | None) -> Path | None:
+    """The GGUF file; else the first shard a safetensors (or .bin) index names; else the first weights file."""
+    if gguf_file is not None:
+        return folder / gguf_file if (folder / gguf_file).is_file() else None
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        try:
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if shards and (folder / shards[0]).is_file():
+            return folder / shards[0]
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+    return min(files, key=lambda p: (p.suffix != ".safetensors", p.name)) if files else None
 
 
 def hf_offline() -> bool:

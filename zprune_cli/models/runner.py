@@ -3,13 +3,19 @@
 `capture_block_inputs` records what the model hands to every block (attention masks, position
 ids, rotary embeddings, cache position: whatever this transformers version and family pass),
 plus block 0's hidden states for every window. For unpadded windows of one length those keyword
-arguments do not depend on the tokens, so one full forward of the first window gives them for
-all windows; the other windows stop at block 0. Blocks of one model may get different keyword
+arguments do not depend on the tokens, so one forward of the first window gives them for all
+windows; the other windows stop at block 0. Blocks of one model may get different keyword
 arguments (Gemma 3's sliding and global attention layers), so each block keeps its own.
+
+In that first forward only block 0 runs: the others are replaced by stand-ins that record their
+arguments and pass the hidden states on. Nor do they depend on the hidden states' values, and
+running the real blocks read every block of an offloaded model from disk (at Llama-2-7B's shape,
+113 s of a 16-minute prune) only to learn its arguments.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +35,11 @@ class BlockInputs:
     block_kwargs: list[dict[str, Any]]  # per block: keyword arguments the model passes to it
 
 
+def block_inputs_bytes(nsamples: int, seqlen: int, hidden: int, dtype: torch.dtype) -> int:
+    """Block 0's inputs of every window, [nsamples, seqlen, hidden] in `dtype`: what capture_block_inputs holds."""
+    return nsamples * seqlen * hidden * dtype.itemsize
+
+
 def split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
     kwargs = dict(kwargs)
     if args:
@@ -40,47 +51,94 @@ def split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
     return hidden, kwargs
 
 
+class BlockStandIn(nn.Module):
+    """Takes a decoder block's place in the model's forward without running it; every attribute it lacks is
+    the real block's (some models read `decoder_layer.attention_type` to pick its mask)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.__dict__["block"] = block  # not a submodule: its parameters stay out of the model's
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["block"], name)
+
+
+class _StandIn(BlockStandIn):
+    """Stands in for block `index` (>= 1) during the first window's forward: records the keyword arguments
+    the model hands it and passes the hidden states on, in the container block 0 returned, without reading
+    or running the real block."""
+
+    def __init__(self, block: nn.Module, index: int, state: dict):
+        super().__init__(block)
+        self.index, self.state = index, state
+
+    def forward(self, *args, **kwargs):
+        hidden, kw = split_call(args, kwargs)
+        self.state["kwargs"][self.index] = kw
+        if self.index == len(self.state["kwargs"]) - 1:
+            raise _StopAtBlock0  # every block's arguments are known: no final norm, no LM head
+        rest = self.state["rest"]
+        return hidden if rest is None else (hidden, *rest)
+
+
 @torch.inference_mode()
 def capture_block_inputs(model: nn.Module, windows: torch.Tensor, progress_task=None) -> BlockInputs:
     """windows: LongTensor [n_windows, seqlen] of token ids. Returns block 0's inputs for all windows."""
     _, blocks = find_blocks(model)
     device = next(model.parameters()).device
     n, seqlen = windows.shape
-    block_kwargs: list[dict[str, Any] | None] = [None] * len(blocks)
+    state: dict[str, Any] = {"kwargs": [None] * len(blocks), "rest": None, "window": 0}
     hidden: torch.Tensor | None = None
-    state = {"window": 0}
 
-    def make_hook(index: int):
-        def hook(module, args, kwargs):
-            h, kw = split_call(args, kwargs)
-            if state["window"] == 0:
-                block_kwargs[index] = kw
-            if index == 0:
-                nonlocal hidden
-                if hidden is None:
-                    hidden = torch.empty((n, seqlen, h.shape[-1]), dtype=h.dtype, device=h.device)
-                hidden[state["window"]] = h[0]
-                if state["window"] > 0:
-                    raise _StopAtBlock0
-            return None
+    def block0_inputs(module, args, kwargs):
+        h, kw = split_call(args, kwargs)
+        nonlocal hidden
+        if hidden is None:
+            hidden = torch.empty((n, seqlen, h.shape[-1]), dtype=h.dtype, device=h.device)
+            state["kwargs"][0] = kw
+        hidden[state["window"]] = h[0]
+        if state["window"] > 0:
+            raise _StopAtBlock0
+        return None
 
-        return hook
+    def block0_output(module, args, output):
+        if isinstance(output, (tuple, list)):  # what the stand-ins return: the same container
+            state["rest"] = tuple(output[1:])
+        return None
 
-    handles = [block.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    handles = [blocks[0].register_forward_pre_hook(block0_inputs, with_kwargs=True),
+               blocks[0].register_forward_hook(block0_output)]
     try:
         for i in range(n):
             state["window"] = i
-            try:
-                model(windows[i : i + 1].to(device), use_cache=False)
-            except _StopAtBlock0:
-                pass
+            with _stand_ins(blocks, state) if i == 0 else contextlib.nullcontext():
+                try:
+                    model(windows[i : i + 1].to(device), use_cache=False)
+                except _StopAtBlock0:
+                    pass
             if progress_task is not None:
                 progress_task.advance(1)
     finally:
         for handle in handles:
             handle.remove()
     assert hidden is not None
-    return BlockInputs(hidden=hidden, block_kwargs=block_kwargs)  # type: ignore[arg-type]
+    return BlockInputs(hidden=hidden, block_kwargs=state["kwargs"])
+
+
+@contextlib.contextmanager
+def _stand_ins(blocks: nn.ModuleList, state: dict):
+    """Blocks 1.. replaced by stand-ins in the model's ModuleList for the body, then put back."""
+    originals = list(blocks)
+    try:
+        for i in range(1, len(blocks)):
+            blocks[i] = _StandIn(originals[i], i, state)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

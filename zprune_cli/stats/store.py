@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zprune_cli import distributed
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.types import LayerStats
@@ -294,17 +294,21 @@ class StatsStore:
             _release(lock_path, handle)
 
     @contextmanager
-    def writer(self, key: StatsKey | PropagatedKey, settings: dict) -> Iterator["EntryWriter"]:
-        """Write an entry into a temp folder; it appears under its key only if the block exits cleanly."""
+    def writer(self, key: StatsKey | PropagatedKey, settings: dict, optional: bool = False) -> Iterator["EntryWriter"]:
+        """Write an entry into a temp folder; it appears under its key only if the block exits cleanly.
+        optional: a cache the run does not read back (a --propagate pruned run's statistics), dropped rather
+        than left to fill the disk (EntryWriter.write_block)."""
         self._ensure_root()
         for stale in self.root.glob(f"{TMP_PREFIX}{key.digest}-*"):  # left by a killed writer of this key
             if not _writer_alive(stale) or stale.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
         tmp = self.root / f"{TMP_PREFIX}{key.digest}-{os.getpid()}"
         tmp.mkdir()
-        writer = EntryWriter(tmp, key, settings)
+        writer = EntryWriter(tmp, key, settings, optional)
         try:
             yield writer
+            if writer.dropped:
+                return
             writer.finish()
             final = self.root / key.digest
             if final.exists():  # replaced deliberately (e.g. adding Gram matrices): old one goes
@@ -493,18 +497,58 @@ def _writer_alive(tmp: Path) -> bool:
     return pid.isdigit() and pid_alive(int(pid))
 
 
+# An optional entry is not written where it would leave less than this share of its disk free: at Llama-2-7B's
+# shape a SparseGPT run's propagated statistics are 22 GB of Gram matrices (43 GB at 13B), beside a 13 GB output.
+OPTIONAL_KEEP_FREE = 0.10
+
+
 class EntryWriter:
-    def __init__(self, path: Path, key: StatsKey | PropagatedKey, settings: dict):
+    def __init__(self, path: Path, key: StatsKey | PropagatedKey, settings: dict, optional: bool = False):
         self.path = path
         self.key = key
         self.settings = settings
         self.blocks: list[dict] = []
         self.extra: dict = {}
+        self.optional = optional
+        self.dropped = False  # an optional entry given up for want of disk space: nothing more is written
+
+    def _drop_unless_room(self, block_bytes: int) -> None:
+        """Give up an optional entry when the blocks left, each about this block's size, would leave less than
+        OPTIONAL_KEEP_FREE of the disk free (said once; the run goes on without caching)."""
+        left = max(1, int(self.settings.get("n_blocks") or 1) - len(self.blocks))
+        usage = shutil.disk_usage(self.path)
+        if usage.free - left * block_bytes >= OPTIONAL_KEEP_FREE * usage.total:
+            return
+        self.dropped = True
+        for file in self.path.iterdir():
+            file.unlink()
+        log.warning(f"not caching this run's propagated statistics: about {left * block_bytes / 2**30:.1f} GiB more would "
+                    f"leave less than {OPTIONAL_KEEP_FREE:.0%} of {self.path.parent} free ({usage.free / 2**30:.1f} GiB "
+                    "free); the prune goes on, and a later run with this recipe collects them again")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An I/O failure of this entry's own writes (a full disk under safetensors is its own error type) in one line
+        naming the cache; what the caller writes inside `with store.writer(...)` (a streamed model) is not ours."""
+        try:
+            yield
+        except Exception as exc:
+            io_error = os_error_of(exc)
+            if io_error is None:
+                raise
+            raise ZpruneError(f"writing statistics to {self.path.parent.parent} failed: {translate(io_error)}") from None
 
     def write_inputs(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
-        save_file({"input_ids": input_ids.contiguous().cpu(), "hidden": hidden.contiguous().cpu()}, self.path / "inputs.safetensors")
+        with self._writing():
+            save_file({"input_ids": input_ids.contiguous().cpu(), "hidden": hidden.contiguous().cpu()},
+                      self.path / "inputs.safetensors")
 
     def write_block(self, index: int, groups: list[InputGroup]) -> None:
+        if self.optional and not self.dropped:
+            self._drop_unless_room(sum(g.sumsq.nbytes + g.sum.nbytes + (g.gram.nbytes if g.gram is not None else 0)
+                                       for g in groups))
+        if self.dropped:
+            return
         tensors = {}
         for group in groups:
             tensors[f"{group.name}.sumsq"] = group.sumsq.contiguous().cpu()
@@ -512,7 +556,8 @@ class EntryWriter:
             if group.gram is not None:
                 tensors[f"{group.name}.gram"] = group.gram.contiguous().cpu()
         fname = f"block_{index:03d}.safetensors"
-        save_file(tensors, self.path / fname)
+        with self._writing():
+            save_file(tensors, self.path / fname)
         self.blocks.append(
             {
                 "index": index,
@@ -537,7 +582,8 @@ class EntryWriter:
             **self.extra,
         }
         tmp = self.path / (MANIFEST + ".part")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.path / MANIFEST)
+        with self._writing():
+            tmp.write_text(json.dumps(manifest, indent=1))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.rename(tmp, self.path / MANIFEST)

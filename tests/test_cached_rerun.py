@@ -1,0 +1,72 @@
+"""A re-run whose every cell is in the results store reads nothing of the model: no GGUF header, no tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import gguf.gguf_reader
+import pytest
+from typer.testing import CliRunner
+
+from zprune_cli.cli.app import app
+from zprune_cli.models import gguf_metadata
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def gguf_reads(monkeypatch):
+    """How many times a GGUF file is opened and its header parsed (every reader transformers makes)."""
+    reads = []
+    real_init = gguf.gguf_reader.GGUFReader.__init__
+
+    def counted(self, path, *args, **kwargs):
+        reads.append(str(path))
+        return real_init(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "__init__", counted)
+    return reads
+
+
+def fresh_process(monkeypatch) -> None:
+    """Forget what this process parsed already (gguf_metadata keeps a header's metadata per process)."""
+    monkeypatch.setattr(gguf_metadata, "_METADATA", {})
+
+
+def test_a_cached_compare_and_eval_read_no_gguf(tiny_gguf, text_file, cache, gguf_reads, monkeypatch):
+    grid = ["compare", str(tiny_gguf), "--method", "magnitude,wanda", "--sparsity", "0.5", "--data", str(text_file),
+            "-n", "2", "-l", "16", "--eval", str(text_file), "--eval-seqlen", "32", "--max-windows", "3", "--json"]
+    first = runner.invoke(app, grid)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["computed"] == 3 and gguf_reads  # the first run did read the file
+    fresh_process(monkeypatch)
+    gguf_reads.clear()
+    again = runner.invoke(app, grid)
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.stdout)
+    assert (data["computed"], data["skipped"]) == (0, 3)
+    assert data["rows"] == json.loads(first.stdout)["rows"]
+    assert gguf_reads == []
+    evaluate = ["eval", str(tiny_gguf), "--eval", str(text_file), "--eval-seqlen", "32", "--max-windows", "3", "--json"]
+    measured = runner.invoke(app, evaluate)  # the dense cell of the grid: already measured
+    assert measured.exit_code == 0, measured.output
+    assert json.loads(measured.stdout)["reused"] is True and gguf_reads == []
+
+
+def test_changed_model_files_forget_the_protocol(tiny_dir, text_file, tmp_path, cache):
+    """A local folder's tokenizer or config changes without its weights changing: the remembered protocol
+    is not used (the key holds every file of the folder)."""
+    import shutil
+
+    from zprune_cli.evaluation.run import EvalPlan, Evaluation, expected_protocols
+    from zprune_cli.models.handle import ModelHandle
+
+    folder = shutil.copytree(tiny_dir, tmp_path / "model")
+    plan = EvalPlan(Evaluation(data=str(text_file)))  # seqlen: the model's maximum
+    before = expected_protocols(plan, ModelHandle(str(folder), "cpu"), cache)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    after = expected_protocols(plan, ModelHandle(str(folder), "cpu"), cache)
+    [name] = before
+    assert before[name]["seqlen"] == 512 and after[name]["seqlen"] == 16
+    assert len(list((cache / "protocols").glob("*.json"))) == 2

@@ -1,0 +1,356 @@
+"""Root causes found by running the headline job at real shapes (issue 25, tests/benchmarks/bench_scale.py),
+each checked here at a reduced shape that keeps what broke."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zprune_cli.machine import human_bytes
+from zprune_cli.pipeline import all_finite
+
+
+def test_all_finite_is_exact():
+    """The one-pass check (a finite sum) gives the entry-by-entry answer, overflow included."""
+    w = torch.randn(64, 48)
+    assert all_finite(w)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = w.clone()
+        x[5, 7] = bad
+        assert not all_finite(x)
+    both = w.clone()
+    both[0, 0], both[1, 1] = float("inf"), -float("inf")  # sum NaN
+    assert not all_finite(both)
+    huge = torch.full((4, 4), 3e38)  # every entry finite, the float32 sum overflows
+    assert not bool(torch.isfinite(huge.sum())) and all_finite(huge)
+    assert all_finite(torch.zeros(0)) and all_finite(torch.arange(6)) and all_finite(w.to(torch.bfloat16))
+    half = torch.full((8,), 60000.0, dtype=torch.float16)  # float16 sum overflows too
+    assert all_finite(half)
+
+
+def _lowest_k_by_sort(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The definition: a stable sort of each row, the first k (ties to the lowest column index)."""
+    order = scores.sort(dim=1, stable=True).indices[:, :k]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+
+
+def test_lowest_k_selects_without_kthvalue_on_the_cpu(monkeypatch):
+    """At a Llama-2-7B MLP's 11008:4096 ratio (344 x 128 here), per row and over the whole matrix: the
+    selection is the sort's, with and without ties, and torch.kthvalue (0.9-1.6 s per 7B matrix, the
+    largest share of a wanda prune) is not called on the CPU."""
+    from zprune_cli.masks import kth_smallest, lowest_k
+
+    torch.manual_seed(0)
+    real = torch.randn(344, 128).abs()
+    tied = torch.randint(0, 6, (344, 128)).float()  # many entries equal the k-th value
+    monkeypatch.setattr(torch.Tensor, "kthvalue", lambda *a, **k: (_ for _ in ()).throw(AssertionError("kthvalue")))
+    for scores in (real, real.T.contiguous(), tied):
+        for k in (1, 37, scores.shape[1] // 2, scores.shape[1] - 1):
+            assert torch.equal(lowest_k(scores, k), _lowest_k_by_sort(scores, k))
+            assert torch.equal(kth_smallest(scores, k), scores.sort(dim=1).values[:, k - 1 : k])
+        flat = scores.reshape(1, -1)
+        half = flat.shape[1] // 2
+        assert torch.equal(lowest_k(flat, half), _lowest_k_by_sort(flat, half))
+
+
+def test_score_methods_zero_the_layer_in_place():
+    """A score method's mask is applied to the layer's own storage (at 7B a pruned copy of each layer, its
+    second finite check and the copy back cost ~1 s per MLP matrix), with the weights `prune` returns."""
+    from zprune_cli.masks import Pattern
+    from zprune_cli.methods import METHODS
+    from zprune_cli.pipeline import _Pruner
+    from zprune_cli.recipe import PruneRecipe
+    from zprune_cli.stats.types import LayerStats
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(128, 344, bias=False)
+    stats = LayerStats(sumsq=torch.rand(128, dtype=torch.float64) + 0.1, n_tokens=10, sum=torch.zeros(128, dtype=torch.float64))
+    dense = linear.weight.detach().clone()
+    for method in ("magnitude", "wanda", "ria", "zpruner"):
+        for pattern in ("unstructured", "2:4"):
+            recipe = PruneRecipe(method=method, sparsity=0.5, pattern=pattern)
+            pruner = _Pruner(recipe)
+            assert pruner.in_place
+            want = METHODS[method]().prune(dense, stats, 0.5, Pattern.parse(pattern), recipe.scope).weight
+            with torch.no_grad():
+                linear.weight.copy_(dense)
+            storage = linear.weight.data_ptr()
+            pruner("layer", linear, stats, 0.5)
+            assert linear.weight.data_ptr() == storage and torch.equal(linear.weight, want)
+            assert int((linear.weight == 0).sum()) == 344 * 64
+    assert not _Pruner(PruneRecipe(method="sparsegpt", sparsity=0.5)).in_place
+    assert not _Pruner(PruneRecipe(method="wanda", sparsity=0.5, reconstruct="obs")).in_place
+
+
+def test_a_model_larger_than_memory_is_refused_naming_offload_disk(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    """A 7B shape loaded whole on a machine it exceeds was killed by the kernel minutes in: now one line with
+    the numbers names --offload disk, exit 1, before a lock, a statistic or an output file is made; with
+    --offload disk the same command runs. The size comes from the safetensors headers alone."""
+    from typer.testing import CliRunner
+    from transformers import AutoModelForCausalLM
+
+    import zprune_cli.models.host_memory as host_memory
+    from zprune_cli.cli.app import app
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    assert host_memory.checkpoint_params(tiny_dir) == params
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert host_memory.checkpoint_params(damaged) is None  # the loader, not this check, reports a broken file
+    monkeypatch.setattr(host_memory, "available_memory", lambda: 4 * params - 1)  # float32: 4 bytes a weight
+    out = tmp_path / "pruned"
+    for command in (["prune", str(tiny_dir), "--method", "wanda", "--out", str(out)], ["eval", str(tiny_dir)],
+                    ["calibrate", str(tiny_dir)]):
+        result = CliRunner().invoke(app, [*command, "--data", str(text_file), "-n", "2", "-l", "16"]
+                                    if command[0] != "eval" else [*command, "--eval", str(text_file), "--eval-seqlen", "16"])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in result.output
+        assert lines[0] == (f"error: {tiny_dir} needs {4 * params / 2**30:.1f} GiB for its weights in float32 "
+                            f"({params / 1e9:.2f} B parameters) and this machine has {(4 * params - 1) / 2**30:.1f} GiB "
+                            "available; run it with --offload disk (one decoder block in memory at a time)")
+    assert not out.exists() and not list(tmp_path.glob(".pruned*"))
+    stats = cache / "stats"  # no statistics entry, no temporary folder (eval opened its results database)
+    assert not stats.exists() or not [p for p in stats.rglob("*") if not p.name.endswith(".lock")]
+    result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload", "disk",
+                                      "--data", str(text_file), "-n", "2", "-l", "16"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors.index.json").is_file()
+
+
+def test_nonzeros_counts_like_torch():
+    """The numpy count (10x faster on a pruned float32 weight) is torch's count: -0.0 is zero, NaN is not,
+    for strided views and every dtype."""
+    from zprune_cli.sparsity import nonzeros
+
+    w = torch.randn(344, 128)
+    w[w.abs() < 0.7] = 0
+    w[0, :5] = torch.tensor([-0.0, float("nan"), float("inf"), 0.0, 1e-45])
+    for t in (w, w.T, w[:, ::3], w.double(), w.to(torch.bfloat16), w.half(), (w != 0).int()):
+        assert nonzeros(t) == int(torch.count_nonzero(t))
+
+
+def test_n_of_m_by_comparisons_is_the_stable_sort():
+    """N:M by m - 1 comparisons per entry (2.4x faster than topk + scatter at 2:4 on a 7B MLP matrix) picks
+    what a stable sort of each group picks, ties to the lower column, at 344 x 1024 (the comparisons) and for
+    one group a row (SparseGPT's chooser: topk, untied scores)."""
+    from zprune_cli.masks import Pattern, select_prune_mask
+
+    torch.manual_seed(0)
+    for scores in (torch.randn(344, 1024).abs(), torch.randint(0, 3, (344, 1024)).float(), torch.rand(344, 8)):
+        for n, m in ((2, 4), (1, 4), (3, 4), (4, 8), (1, 2)):
+            groups = scores.reshape(scores.shape[0], -1, m)
+            order = groups.sort(dim=-1, stable=True).indices[..., :n]
+            want = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, order, True).reshape(scores.shape)
+            assert torch.equal(select_prune_mask(scores, 0.0, "row", Pattern(n, m)), want)
+    bad = torch.rand(16, 256)
+    bad[3, 17] = float("nan")
+    try:
+        select_prune_mask(bad, 0.0, "row", Pattern(2, 4))
+    except ValueError as exc:
+        assert "NaN" in str(exc)
+    else:
+        raise AssertionError("NaN scores were accepted")
+
+
+def test_zpruner_and_ria_in_place_equal_their_formulas():
+    """Z-Pruner and RIA score in place (Z-Pruner held about six [out, in] temporaries: 1.7 GB at a 13B MLP
+    matrix); the scores are the formulas' to the bit, at a 7B MLP's 11008:4096 ratio, with a zero row."""
+    from zprune_cli.methods import METHODS
+    from zprune_cli.methods.base import safe_divisor
+    from zprune_cli.stats.types import LayerStats
+
+    torch.manual_seed(0)
+    W = torch.randn(344, 128)
+    W[7] = 0
+    stats = LayerStats(sumsq=torch.rand(128, dtype=torch.float64) + 0.1, n_tokens=10)
+    norms = stats.norms.reshape(1, -1)
+
+    def z(x):
+        return (x - x.mean()) / safe_divisor(x.std())
+
+    R, C = W / safe_divisor(W.norm(dim=1, keepdim=True)), W / safe_divisor(W.norm(dim=0, keepdim=True))
+    f = (W.abs() < 0.1 * W.abs().mean()).float().mean()
+    alpha = 0.7 * (1 - 0.3 * f)
+    want = (alpha * z(R).abs().pow(3) + (1 - alpha) * z(C).abs().pow(3)) * norms.pow(1.5)
+    before = W.clone()
+    assert torch.equal(METHODS["zpruner"]().score(W, stats), want) and torch.equal(W, before)
+    A = W.abs()
+    want = (A / safe_divisor(A.sum(dim=0, keepdim=True)) + A / safe_divisor(A.sum(dim=1, keepdim=True))) * norms.pow(0.5)
+    assert torch.equal(METHODS["ria"]().score(W, stats), want) and torch.equal(W, before)
+
+
+def _obs_walk_as_written(W: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int) -> torch.Tensor:
+    """SparseGPT's walk as the paper and the reference write it, on [out, b] blocks (unstructured)."""
+    from zprune_cli.masks import Pattern, select_prune_mask
+
+    W = W.clone()
+    damped = H + 0.01 * H.diagonal().mean() * torch.eye(H.shape[0])
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    for i1 in range(0, W.shape[1], blocksize):
+        i2 = min(i1 + blocksize, W.shape[1])
+        W1, U1, Err1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2], torch.zeros(W.shape[0], i2 - i1)
+        mask1 = select_prune_mask(W1.square() / U1.diagonal().square(), sparsity, "layer", Pattern())
+        for i in range(i2 - i1):
+            q = W1[:, i].masked_fill(mask1[:, i], 0)
+            err = (W1[:, i] - q) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            W1[:, i], Err1[:, i] = q, err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return W
+
+
+def test_sparsegpt_walk_on_transposed_blocks_is_the_papers():
+    """The column walk on [b, out] blocks (2.2x faster at Llama-2-7B's widths than the paper's [out, b], whose
+    every column touched one cache line per row) gives the paper's weights and mask, at a 7B down_proj's
+    4096:11008 ratio (48 x 129, a last block of one column), and leaves the caller's Hessian as it was."""
+    from zprune_cli.methods.obs import obs_walk, unstructured_chooser
+
+    torch.manual_seed(0)
+    X = torch.randn(400, 129) * torch.linspace(0.1, 3, 129)
+    H = 2 / 400 * X.T @ X
+    W0 = torch.randn(48, 129)
+    before = H.clone()
+    W, mask = obs_walk(W0, H, unstructured_chooser(0.5), 32, 0.01)
+    want = _obs_walk_as_written(W0, H, 0.5, 32)
+    assert torch.equal(H, before)
+    assert torch.equal(mask, want == 0) and torch.equal(W == 0, mask)
+    torch.testing.assert_close(W, want, rtol=1e-4, atol=1e-5)
+
+
+def test_propagated_statistics_are_not_cached_where_they_would_fill_the_disk(tiny_dir, text_file, cache, monkeypatch, caplog):
+    """SparseGPT's propagated statistics are a cache of Gram matrices (22 GB at Llama-2-7B's shape, 43 GB at 13B):
+    where the blocks left would leave under 10% of the disk free, the entry is given up with one warning and the
+    prune goes on with the same weights; with room, it is kept as before."""
+    import collections
+    import shutil as real_shutil
+
+    import zprune_cli.stats.store as store
+    from zprune_cli.calibration import calibrate
+    from zprune_cli.models.blocks import block_linears
+    from zprune_cli.models.handle import ModelHandle
+    from zprune_cli.pipeline import prune_in_memory
+    from zprune_cli.recipe import PruneRecipe
+    from zprune_cli.settings import Calibration
+
+    entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), inputs_only=True).entry
+    usage = collections.namedtuple("usage", "total used free")
+    weights = {}
+    for free in (10**12, 10**6):  # room, then none (a block's Grams and sums here are a few KB; 10% of 10^7 is 10^6)
+        monkeypatch.setattr(store.shutil, "disk_usage", lambda path, free=free: usage(10**7 if free < 10**9 else 10**12, 0, free))
+        for old in entry.store.root.iterdir():  # a fresh run each time: no cached propagated entry
+            if old.is_dir() and old.name != entry.path.name:
+                real_shutil.rmtree(old)
+        handle = ModelHandle(str(tiny_dir))
+        caplog.clear()
+        prune_in_memory(handle.model, entry, PruneRecipe("sparsegpt", 0.5))
+        weights[free] = {n: m.weight.clone() for n, m in block_linears(handle.model).items()}
+        kept = [p for p in entry.store.root.iterdir() if p.is_dir() and p.name != entry.path.name]
+        warned = [r.message for r in caplog.records if "not caching" in r.message]
+        if free > 10**9:
+            assert len(kept) == 1 and (kept[0] / "manifest.json").is_file() and not warned
+        else:
+            assert kept == [] and len(warned) == 1 and "propagated statistics" in warned[0]
+    assert all(torch.equal(weights[10**12][n], weights[10**6][n]) for n in weights[10**12])
+
+
+def test_swaps_multiply_by_the_hessian_once(monkeypatch):
+    """Swap refinement computes C = (W * M) H (O(out in^2): 4096 x 11008^2 at a 7B down_proj) once; the final
+    error came from a second such product though C is kept up to date. At the down_proj's 4096:11008 ratio
+    (64 x 172), the refined mask and the errors are those of the formula, for rows and 2:4 groups."""
+    from zprune_cli.masks import Pattern, select_prune_mask
+    from zprune_cli.methods.pcg import damped
+    from zprune_cli.methods.swaps import layer_error, refine_swaps
+
+    torch.manual_seed(0)
+    X = torch.randn(300, 172) * torch.rand(172)
+    H, W = X.T @ X * (2 / 300), torch.randn(64, 172)
+    products = []
+    real = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: (products.append(a.shape), real(a, b))[1])
+    for pattern in (Pattern(), Pattern(2, 4)):
+        products.clear()
+        mask = select_prune_mask(W.abs(), 0.5, "row", pattern)
+        refined, info = refine_swaps(W, H, mask, pattern, rounds=20)
+        assert products == [(64, 172)]
+        monkeypatch.setattr(torch.Tensor, "__matmul__", real)
+        assert info.error_before == pytest.approx(layer_error(W, damped(H, 0.01), mask), rel=1e-5)
+        assert info.error_after == pytest.approx(layer_error(W, damped(H, 0.01), refined), rel=1e-4)
+        assert info.error_after < info.error_before and torch.equal(refined.sum(1), mask.sum(1))
+        monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: (products.append(a.shape), real(a, b))[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["wanda", "zpruner", "sparsegpt"])
+def test_prune_peak_within_15_percent_per_method(method, tmp_path):
+    """The dry run's prune peak counts each method's own working memory (Method.work_bytes): it counted eight
+    float32 copies and two int64 indices of the largest layer for every method (2 GiB at Llama-2-7B's shape,
+    47% over the measured peak). A 512-wide random Llama, --offload disk, within 15% of the measured peak."""
+    import json
+    import os
+
+    from test_dry_run import REPO, RUN_ZPRUNE, peak_rss, save_llama_512
+
+    model = save_llama_512(tmp_path / "llama", 8)
+    env = {**os.environ, "ZPRUNE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
+    args = ["prune", str(model), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q",
+            "--offload", "disk", "--method", method, "--out", str(tmp_path / "out")]
+    estimate = json.loads(peak_rss(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
+    peak, _ = peak_rss(RUN_ZPRUNE, args, env, tmp_path)
+    assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.15), (estimate["peak_step"], estimate["peak_parts"])
+
+
+def test_an_output_the_disk_cannot_hold_is_refused_before_any_work(tiny_dir, text_file, cache, tmp_path, monkeypatch):
+    """A 7B output (12.6 GiB) into a folder with 3 GiB free failed minutes in, after blocks were written; the
+    weights' size from the checkpoint's headers, in the output dtype, is checked first: one line, exit 1,
+    nothing tokenised, stored or written."""
+    import collections
+
+    from typer.testing import CliRunner
+
+    import zprune_cli.pruning as pruning
+    from zprune_cli.cli.app import app
+    from zprune_cli.models.host_memory import checkpoint_params
+
+    need = checkpoint_params(tiny_dir) * 2  # bfloat16, the checkpoint's own dtype ("auto")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pruning.shutil, "disk_usage", lambda path: usage(10**9, 0, need - 1))
+    out = tmp_path / "sub" / "pruned"
+    result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload",
+                                      "disk", "--data", str(text_file), "-n", "2", "-l", "16", "--out-dtype", "bfloat16"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: the pruned model needs {human_bytes(need)} in {tmp_path} and it has "
+                     f"{human_bytes(need - 1)} free; free space or point --out elsewhere"]
+    assert not (tmp_path / "sub").exists() and not cache.exists()
+    monkeypatch.setattr(pruning.shutil, "disk_usage", lambda path: usage(10**9, 0, need))
+    result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--method", "wanda", "--out", str(out), "--offload",
+                                      "disk", "--data", str(text_file), "-n", "2", "-l", "16", "--out-dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+
+
+def test_layer_scope_kth_by_radix_is_the_sorts():
+    """A whole layer's k-th score by its float bits (1.9x faster than np.partition at 11008 x 4096; magnitude,
+    RIA and Z-Pruner select per layer) is the sorted order's, with ties, zeros of both signs, infinities, and
+    a negative score (then np.partition)."""
+    from zprune_cli.masks import RADIX_MIN, kth_smallest, lowest_k
+
+    torch.manual_seed(0)
+    n = RADIX_MIN + 4099
+    cases = {"real": torch.randn(n).abs(), "tied": torch.randint(0, 7, (n,)).float(), "tiny": torch.rand(n) * 1e-30}
+    signed = torch.randn(n).abs()
+    signed[:1000] = -0.0
+    signed[1000:1010] = float("inf")
+    cases["signed zeros, inf"] = signed
+    negative = torch.randn(n)
+    cases["negative"] = negative
+    for name, flat in cases.items():
+        row = flat.reshape(1, -1)
+        order = flat.sort(stable=True)
+        for k in (1, 1000, n // 2, n - 3):
+            assert float(kth_smallest(row, k)) == float(order.values[k - 1]), (name, k)
+        want = torch.zeros(n, dtype=torch.bool)
+        want[order.indices[: n // 2]] = True
+        assert torch.equal(lowest_k(row, n // 2)[0], want), name
