@@ -144,6 +144,20 @@ def test_compressed_tensors_round_trip(tmp_path):
         expected, got = dense(ids).logits, loaded(ids).logits
     assert torch.allclose(got, expected, atol=2e-2, rtol=2e-2)  # bf16 tolerance
     assert summary["disk_bytes"] < sum(f.stat().st_size for f in pruned.glob("*.safetensors"))
+    assert 0 < summary["blocks_stored_bytes"] < 0.5 * summary["blocks_bf16_bytes"]
+
+
+def test_export_command_takes_compressed_tensors_and_refuses_an_unquantized_folder(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    pruned, _, _ = prune_and_export(tmp_path, "--sym")
+    result = runner.invoke(app, ["export", str(pruned), "--to", str(tmp_path / "again"), "--format", "compressed-tensors"])
+    assert result.exit_code == 0, result.output
+    assert "compressed-tensors export:" in result.output and "x their bfloat16 size" in result.output
+    plain = tmp_path / "plain"
+    result = runner.invoke(app, ["prune", str(tmp_path / "model"), "-m", "magnitude", "--out", str(plain)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(plain), "--to", str(tmp_path / "x"), "--format", "compressed-tensors"])
+    assert result.exit_code == 2 and "was not quantized" in result.stderr and "Traceback" not in result.output
 
 
 def test_compressed_tensors_asymmetric_layout_unpacks_to_the_saved_weights(tmp_path):
