@@ -96,6 +96,12 @@ PRUNE_CASES = [
     (["--device", "cuda:7"], 2, "CUDA"),
     (["--device", "banana"], 2, "unknown device"),
     (["--dtype", "float8"], 2, "unknown dtype"),
+    (["--wbits", "1"], 2, "--wbits must be 2..8 bits"),
+    (["--wbits", "9"], 2, "--wbits must be 2..8 bits"),
+    (["--wbits", "4", "--group-size", "24"], 2, "--group-size 24 does not divide the input width 32"),
+    (["--wbits", "4", "--group-size", "-1"], 2, "--group-size must be a positive"),
+    (["-m", "sparsegpt", "-p", "2:4", "--wbits", "4", "--act-order"], 2, "--act-order cannot take effect with sparsegpt"),
+    (["-s", "0"], 2, "0 only with --wbits"),
 ]
 
 

@@ -42,24 +42,30 @@ OWL = PruneRecipe("ria", 0.5, allocation="owl")
 OWL_VARIANTS = {"owl_m": OWL.replace(owl_m=3.0), "owl_lambda": OWL.replace(owl_lambda=0.1)}
 NM = PruneRecipe("ria", pattern="2:4")  # --permute takes effect with N:M patterns only
 NM_VARIANTS = {"permute": NM.replace(permute="lsa")}
+# The quantization fields are absent from a recipe without --wbits (its digest is today's): vary them from a 4-bit one.
+QUANT = PruneRecipe("ria", 0.5, wbits=4, group_size=32)
+QUANT_VARIANTS = {"wbits": QUANT.replace(wbits=8), "group_size": QUANT.replace(group_size=0), "sym": QUANT.replace(sym=True),
+                  "act_order": QUANT.replace(act_order=True)}
+SECOND = {**{f: (OWL, v) for f, v in OWL_VARIANTS.items()}, **{f: (NM, v) for f, v in NM_VARIANTS.items()},
+          **{f: (QUANT, v) for f, v in QUANT_VARIANTS.items()}}
 
 
 def test_every_field_is_covered():
     from dataclasses import fields
 
-    assert {f.name for f in fields(PruneRecipe)} == set(VARIANTS) | set(OWL_VARIANTS) | set(NM_VARIANTS)
+    assert {f.name for f in fields(PruneRecipe)} == set(VARIANTS) | set(SECOND)
 
 
-@pytest.mark.parametrize("field", [*VARIANTS, *OWL_VARIANTS, *NM_VARIANTS])
+@pytest.mark.parametrize("field", [*VARIANTS, *SECOND])
 def test_one_field_changes_the_digest(field):
-    base, other = next((b, v[field]) for b, v in ((OWL, OWL_VARIANTS), (NM, NM_VARIANTS), (BASE, VARIANTS)) if field in v)
+    base, other = SECOND[field] if field in SECOND else (BASE, VARIANTS[field])
     assert other != base and other.digest != base.digest
     a, b = base.as_dict(), other.as_dict()
     assert [k for k in {**a, **b} if a.get(k) != b.get(k)][:1] == [field] or field == "pattern"
 
 
 def test_all_digests_differ():
-    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), *NM_VARIANTS.values()]  # NM is VARIANTS["pattern"]  # VARIANTS["allocation"] is OWL
+    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), *NM_VARIANTS.values(), QUANT, *QUANT_VARIANTS.values()]  # VARIANTS["allocation"] is OWL, VARIANTS["pattern"] is NM
     assert len({r.digest for r in recipes}) == len(recipes) == len(set(recipes))
 
 
@@ -273,7 +279,7 @@ def test_cli_prune_and_compare_apply_the_same_config_overrides(tiny_dir, text_fi
 
 
 def test_recipes_differing_in_one_field_are_two_cells_and_two_rows(tiny_dir, text_file):
-    variants = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values()]  # every field (VARIANTS["allocation"] is OWL)
+    variants = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), QUANT, *QUANT_VARIANTS.values()]  # every field
     evaluation = Evaluation(data=str(text_file), seqlen=32, max_windows=1)
     outcome = compare(str(tiny_dir), variants, evaluation, calibration=Calibration(str(text_file), 2, 16))
     pruned = [r for r in outcome.rows if r["method"] != "dense"]

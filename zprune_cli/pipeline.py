@@ -27,6 +27,8 @@ from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
 from zprune_cli.methods.base import Method
 from zprune_cli.methods.permuted import Permuter
+from zprune_cli.methods.obs import gptq
+from zprune_cli.methods.quantize import QuantGrid, check_group_size
 from zprune_cli.methods.reconstruction import finish_mask
 from zprune_cli.models.absorb import bias_of
 from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, find_blocks, in_features, layer_modules,
@@ -50,6 +52,7 @@ class PruneReport:
     layer_params: dict[str, int]
     seconds: float
     nm_layout: dict[str, str] = field(default_factory=dict)  # with --permute: layer -> "native" | "permuted"
+    grids: dict[str, QuantGrid] = field(default_factory=dict)  # full Linear name -> its grids (--wbits only)
 
     @property
     def overall(self) -> float:
@@ -79,27 +82,32 @@ def layer_sparsities(recipe: PruneRecipe, layers: BlockLayers, entry: StatsEntry
 
 
 def check_layers(recipe: PruneRecipe, layers: BlockLayers) -> None:
-    """Fail before touching any weight: N:M needs every width divisible by m."""
+    """Fail before touching any weight: N:M needs every width divisible by m, quantization groups too."""
     if not any(linears for _, _, linears in layers):
         raise ZpruneUsageError("no Linear layer is left to prune (check --ignore)")
     for name, linear in layer_modules(layers).items():
         try:
             check_pattern_fits(in_features(linear), recipe.pattern_obj)
+            if recipe.quant is not None:
+                check_group_size(in_features(linear), recipe.quant.group_size)
         except ZpruneUsageError as exc:
             raise ZpruneUsageError(f"layer {name}: {exc}") from None
 
 
 class _Pruner:
-    """One recipe's method, configured once, applied layer by layer."""
+    """One recipe's method, configured once, applied layer by layer (then quantized, with --wbits)."""
 
     def __init__(self, recipe: PruneRecipe, model: nn.Module | None = None):  # the model: with --permute only
         self.recipe = recipe
         self.method: Method = recipe.method_obj
         self.pattern = recipe.pattern_obj
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
+        self.quant = recipe.quant
+        self.grids: dict[str, QuantGrid] = {}
         self.permuter = Permuter(model, recipe.permute, self.pattern, self.method) if recipe.permute != "none" else None
         # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
-        self.in_place = type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
+        self.in_place = (type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
+                         and self.quant is None)
 
     def start_block(self, index: int, block: nn.Module, prefix: str, linears: dict, targets: dict[str, float]) -> None:
         """Before a block's layers: with --permute, find which of them can hand a permutation to their producers."""
@@ -107,30 +115,38 @@ class _Pruner:
             self.permuter.start_block(index, block, prefix, [n for n in linears if targets[prefix + n] > 0])
 
     def __call__(self, name: str, linear: nn.Linear, stats: LayerStats, sparsity: float) -> None:
-        if sparsity <= 0:
+        if sparsity <= 0 and self.quant is None:
             return
         weight = weight_view(linear)  # [out, in], a view that writes through (Conv1D stores [in, out])
         _require_finite(weight, f"the weight of layer {name}")
-        if type(self.method).uses_stats or self.finishes:
+        if type(self.method).uses_stats or self.finishes or self.quant is not None:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
         if self.in_place:  # zeros are finite: the weight was checked above
             weight.masked_fill_(self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope), 0)
             return
-        if self.permuter is not None:
-            new = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity))
+        if self.permuter is not None:  # the recipe refuses --permute with --wbits
+            new, grid = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity)[0]), None
         else:
-            new = self._prune(weight, stats, sparsity)
+            new, mask, grid = self._prune(weight, stats, sparsity) if sparsity > 0 else (weight, None, None)
+            if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
+                new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
         weight_view(linear).copy_(new)
+        if grid is not None:
+            self.grids[name] = grid
 
-    def _prune(self, weight: torch.Tensor, stats: LayerStats | None, sparsity: float) -> torch.Tensor:
-        result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope)
+    def _prune(self, weight: torch.Tensor, stats: LayerStats, sparsity: float):
+        """(pruned weight, prune mask, grids): the method's weight (refined and reconstructed when asked), its
+        mask, and its grids if it quantized while pruning (SparseGPT's joint walk), else None."""
+        joint = {"quant": self.quant} if self.quant is not None and type(self.method).joint_quantization else {}
+        result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope, **joint)
         if not self.finishes:
-            return result.weight
-        return finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device), self.pattern,
-                           self.recipe.swap_rounds, self.recipe.reconstruct)
+            return result.weight, result.prune_mask, result.grid
+        new, mask = finish_mask(weight, stats.hessian().to(weight.device), result.prune_mask.to(weight.device),
+                                self.pattern, self.recipe.swap_rounds, self.recipe.reconstruct)
+        return new, mask, None
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
@@ -179,7 +195,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
                                                             progress, label)
-                return _report(recipe, started, unrouted, measured, prune_layer.permuter)
+                return _report(recipe, started, unrouted, measured, prune_layer.permuter, prune_layer.grids)
         stats_entry = stats_entry.readable()
     device = next(model.parameters()).device
     unrouted: list[str] = []
@@ -196,7 +212,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                     prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
                 measured.update(_measure(prefix, linears))
             task.advance(1)
-    return _report(recipe, started, unrouted, measured, prune_layer.permuter)
+    return _report(recipe, started, unrouted, measured, prune_layer.permuter, prune_layer.grids)
 
 
 def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> StatsEntry:
@@ -288,7 +304,7 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
 
 
 def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
-            permuter: Permuter | None = None) -> PruneReport:
+            permuter: Permuter | None, grids: dict[str, QuantGrid]) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
@@ -297,7 +313,7 @@ def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: 
     params = {name: v["params"] for name, v in measured.items()}
     if permuter is not None:
         permuter.log_summary()
-    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {})
+    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {}, grids)
 
 
 class DenseSnapshot:

@@ -15,6 +15,7 @@ from zprune_cli import distributed
 from zprune_cli.calibration import CalibrationResult, calibrate
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.model_card import model_card
+from zprune_cli.formats.grids import write_grids
 from zprune_cli.formats.masks import checked_masks, zero_masked
 from zprune_cli.machine import human_bytes
 from zprune_cli.evaluation.blockwise import BlockwiseSparsity
@@ -108,7 +109,7 @@ def prune(
         report = prune_in_memory(handle.model, result and result.entry, r, progress)
         provenance = make_provenance(handle, report, result)
         if target is not None:
-            provenance = save_pruned(handle, provenance, target, overwrite, progress, save_dtype)
+            provenance = save_pruned(handle, provenance, target, overwrite, progress, save_dtype, report.grids)
         outcomes.append(PruneOutcome(report, result, target, provenance))
     return outcomes
 
@@ -119,13 +120,14 @@ def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: Calibratio
     The pruned weights live only there: the handle's blocks are read from the dense checkpoint again."""
     with _streamed(handle, out, overwrite, progress, dtype) as stream:
         report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
-        stream.provenance = make_provenance(handle, report, result)
+        stream.provenance, stream.grids = make_provenance(handle, report, result), report.grids
     return PruneOutcome(report, result, out, stream.provenance)
 
 
 @dataclass
 class _Stream:
     provenance: Provenance | None = None  # set inside the block: written beside the weights when it ends
+    grids: dict | None = None  # the quantization grids (--wbits), written beside them too
 
 
 @contextmanager
@@ -143,6 +145,7 @@ def _streamed(handle: ModelHandle, out: Path | None, overwrite: bool, progress: 
         with progress.task(f"Saving to {out}", None):
             saver.finish(handle.tokenizer)
         stream.provenance = replace(stream.provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
+        write_quant_grids(tmp, stream.grids, stream.provenance)
         stream.provenance.write(tmp)
         (tmp / "README.md").write_text(model_card(stream.provenance, "hf", out.name))
 
@@ -264,7 +267,8 @@ def default_output(model: str, recipes: list[PruneRecipe]) -> Path:
         return Path(f"{base}-pruned")
     r = recipes[0]
     amount = r.pattern.replace(":", "of") if r.pattern != "unstructured" else f"{round(100 * r.sparsity):d}"
-    return Path(f"{base}-{r.method}-{amount}")
+    bits = f"-w{r.wbits}" if r.quant is not None else ""
+    return Path(f"{base}-{r.method}-{amount}{bits}")
 
 
 def output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
@@ -281,9 +285,9 @@ def output_paths(out, methods: list[str], overwrite: bool) -> list[Path | None]:
 
 
 def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrite: bool, progress: Progress,
-                dtype: torch.dtype | None = None) -> Provenance:
+                dtype: torch.dtype | None = None, grids: dict | None = None) -> Provenance:
     """Save the model in memory as a folder plain transformers loads, weights in `dtype` (None: as they
-    are); returns the record written beside them."""
+    are), with the quantization `grids` of a --wbits recipe beside them; returns the record written too."""
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise ZpruneUsageError(f"output {out} already exists; pass --overwrite to replace it")
@@ -291,7 +295,14 @@ def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrit
     provenance = replace(provenance, dtype=stored)
     with progress.task(f"Saving to {out}", None), staged_folder(out, overwrite) as tmp:
         save_model(handle.model, handle.tokenizer, tmp, dtype)
+        write_quant_grids(tmp, grids, provenance)
         provenance.write(tmp)
         (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))
     return provenance
 
+
+
+def write_quant_grids(folder: Path, grids: dict | None, provenance: Provenance) -> None:
+    """formats/grids.py's file, for a recipe that quantized (its weights are saved dequantized)."""
+    if grids:
+        write_grids(folder, {name: (g.scale, g.zero) for name, g in grids.items()}, provenance.safetensors_metadata())

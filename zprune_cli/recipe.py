@@ -22,10 +22,17 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
   "dense", since both give the same weights.
 - Method options are checked by the method and completed with its defaults (`ria` == `ria a=0.5`).
 - `permute` is "none", "heuristic" or "lsa" (N:M channel permutation, methods/permutation.py); with an
-  unstructured pattern anything but "none" is refused. "none" is left out of `as_dict()` and so of the
+  unstructured pattern anything but "none" is refused, and so is a permutation with `wbits` (not yet). "none" is left out of `as_dict()` and so of the
   digest, which keeps every recipe written before the field existed at its digest.
 - `ignore` regexes are sorted and de-duplicated (their order does not matter); `overrides` keep their
   order (the first matching regex wins).
+- `wbits` 2..8 quantizes the kept weights (methods/quantize.py), 16 (the default) leaves them in floating
+  point. With 16, `group_size`, `sym` and `act_order` are dropped (said when set) and the four fields are
+  left out of `as_dict()` and the digest, so every recipe without quantization keeps its digest; with
+  2..8 they are completed (group 128, asymmetric, no act-order) and all four are part of the digest.
+  Quantization reads the Gram and updates weights: `auto` propagation is then "pruned", and sparsity
+  0 is allowed (plain GPTQ). `act_order` with a method that quantizes inside its own N:M walk
+  (SparseGPT) is refused.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from zprune_cli.masks import Pattern
 from zprune_cli.methods import get_method, method_options
 from zprune_cli.methods.base import Cost, Method
 from zprune_cli.methods.permutation import PERMUTATIONS
+from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec
 from zprune_cli.methods.reconstruction import finish_cost
 
 log = logging.getLogger("zprune")
@@ -77,6 +85,10 @@ class PruneRecipe:
     ignore: tuple[str, ...] = ()  # regexes of layer names left dense
     overrides: tuple[tuple[str, float], ...] = ()  # (regex, sparsity), the first match wins
     method_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("a", 0.5),) for ria
+    wbits: int = NO_QUANTIZATION  # 2..8: quantize the kept weights (GPTQ, or SparseGPT's joint walk); 16: none
+    group_size: int | None = None  # columns per grid (None: 128 when quantizing); 0: one grid per output row
+    sym: bool | None = None  # symmetric grids (None: asymmetric when quantizing)
+    act_order: bool | None = None  # walk the columns by decreasing Hessian diagonal (static groups)
 
     def __post_init__(self) -> None:
         for name, value in _normalise(self).items():
@@ -93,20 +105,30 @@ class PruneRecipe:
         return Pattern.parse(self.pattern)
 
     @property
+    def quant(self) -> QuantSpec | None:
+        """How the kept weights are quantized (None: not at all)."""
+        if self.wbits == NO_QUANTIZATION:
+            return None
+        return QuantSpec(self.wbits, self.group_size, self.sym, self.act_order)
+
+    @property
     def needs_gram(self) -> bool:
-        return type(self.method_obj).needs_gram or self.reconstruct != "none" or self.refine != "none"
+        return (type(self.method_obj).needs_gram or self.reconstruct != "none" or self.refine != "none"
+                or self.quant is not None)
 
     @property
     def updates_weights(self) -> bool:
         """True when surviving weights change (or move: an absorbed permutation), so masks alone cannot
         reproduce the model."""
-        return type(self.method_obj).updates_weights or self.reconstruct != "none" or self.permute != "none"
+        return (type(self.method_obj).updates_weights or self.reconstruct != "none" or self.permute != "none"
+                or self.quant is not None)
 
     @property
     def statistics(self) -> str:
         """What the dense store entry must hold: "inputs" (block 0's inputs: pruned propagation collects
         its own statistics; magnitude reads none), "norms" (per-block sums of squares) or "gram"."""
-        reads_stats = type(self.method_obj).uses_stats or self.reconstruct != "none" or self.refine != "none"
+        reads_stats = (type(self.method_obj).uses_stats or self.reconstruct != "none" or self.refine != "none"
+                       or self.quant is not None)
         if self.allocation == "owl":  # outlier shares are read from the dense statistics
             return "gram" if self.needs_gram and self.propagate == "dense" else "norms"
         if self.propagate == "pruned" or not reads_stats:
@@ -136,6 +158,9 @@ class PruneRecipe:
         out["method_options"] = dict(self.method_options)
         if self.permute == "none":
             del out["permute"]  # as before the field existed: the digests of earlier recipes stay as they were
+        if self.quant is None:  # absent, so recipes without quantization keep the digests they always had
+            for name in QUANT_FIELDS:
+                del out[name]
         return out
 
     @property
@@ -147,7 +172,7 @@ class PruneRecipe:
         """This digest, and the one recipe version 1 gave the same weights (reconstruct was on/off, no
         refine), so records written before version 2 still check out."""
         digests = {self.digest}
-        if self.refine == "none" and self.reconstruct in ("none", "obs"):
+        if self.refine == "none" and self.reconstruct in ("none", "obs") and self.quant is None:
             old = {k: v for k, v in self.as_dict().items() if k != "refine"}
             digests.add(_digest(1, {**old, "reconstruct": self.reconstruct == "obs"}))
         return digests
@@ -168,6 +193,7 @@ class PruneRecipe:
     def label(self) -> str:
         """A short human name: 'wanda 0.5', 'sparsegpt 2:4', with what differs from the defaults."""
         text = f"{self.method} {self.pattern if self.pattern != 'unstructured' else f'{self.sparsity:g}'}"
+        text += f" {self.quant.text()}" if self.quant else ""
         extras = [f"{k}={v}" for k, v in self.method_options if method_options(self.method).get(k) != v]
         extras += ["owl"] if self.allocation == "owl" else []
         extras += [f"permute={self.permute}"] if self.permute != "none" else []
@@ -175,6 +201,7 @@ class PruneRecipe:
         extras += [{"obs": "reconstruct", "pcg": "reconstruct=pcg"}[self.reconstruct]] if self.reconstruct != "none" else []
         extras += [f"ignore={','.join(self.ignore)}"] if self.ignore else []
         extras += [f"overrides={len(self.overrides)}"] if self.overrides else []
+        extras += [x for x, on in (("sym", self.sym), ("act-order", self.act_order)) if on]
         return text + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -192,8 +219,12 @@ def _normalise(r: PruneRecipe) -> dict[str, Any]:
     pattern = _pattern(r.pattern)
     out: dict[str, Any] = {"method": cls.name, "pattern": str(pattern)}
     out["method_options"] = tuple((k, getattr(method, k)) for k in sorted(method_options(cls.name)))
-    out["sparsity"] = _sparsity(r.sparsity, pattern)
+    out.update(_quantization(r, cls, pattern))
+    quantized = out["wbits"] != NO_QUANTIZATION
+    out["sparsity"] = _sparsity(r.sparsity, pattern, quantized)
     out["allocation"] = _choice(r.allocation, ALLOCATIONS, "allocation")
+    if out["allocation"] == "owl" and out["sparsity"] == 0:
+        raise ZpruneUsageError("--allocation owl spreads a sparsity above 0 over the blocks; with --sparsity 0 use uniform")
     if out["allocation"] == "owl" and pattern.is_nm:
         raise ZpruneUsageError(f"--allocation owl cannot take effect with --pattern {pattern}: "
                                "OWL varies sparsity per block, N:M fixes it to n/m (use one or the other)")
@@ -204,8 +235,10 @@ def _normalise(r: PruneRecipe) -> dict[str, Any]:
         if out[field] != "none" and cls.updates_weights:
             log.warning("%s has no effect with %s, which chooses its mask and weights itself; recorded as none", flag, cls.name)
             out[field] = "none"
-    out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"] != "none")
+    out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"] != "none" or quantized)
     out["permute"] = _permute(r.permute, pattern)
+    if quantized and out["permute"] != "none":  # the grids would be fitted in the permuted column order: not yet
+        raise ZpruneUsageError(f"--permute {out['permute']} cannot be combined with --wbits yet: prune with one of them")
     out["ignore"] = tuple(sorted({_regex(p, "--ignore") for p in _strings(r.ignore, "ignore")}))
     out["overrides"] = _overrides(r.overrides, pattern)
     return out
@@ -233,7 +266,7 @@ def _number(value: Any, field: str) -> float:
     return number
 
 
-def _sparsity(value: Any, pattern: Pattern) -> float:
+def _sparsity(value: Any, pattern: Pattern, quantized: bool = False) -> float:
     if pattern.is_nm:
         fixed = pattern.n / pattern.m
         if value is not None and abs(_number(value, "--sparsity") - fixed) > 1e-12:
@@ -241,8 +274,11 @@ def _sparsity(value: Any, pattern: Pattern) -> float:
                                    f"exactly {fixed:g}; drop --sparsity or choose another pattern")
         return fixed
     sparsity = DEFAULT_SPARSITY if value is None else _number(value, "--sparsity")
+    if quantized and sparsity == 0:
+        return 0.0  # quantization alone: plain GPTQ
     if not 0.0 < sparsity < 1.0:
-        raise ZpruneUsageError(f"--sparsity must be between 0 and 1 (exclusive), got {value}")
+        hint = " (0 only with --wbits: quantization alone)" if sparsity == 0 else ""
+        raise ZpruneUsageError(f"--sparsity must be between 0 and 1 (exclusive), got {value}{hint}")
     return sparsity
 
 
@@ -320,6 +356,46 @@ def _permute(value: Any, pattern: Pattern) -> str:
     if value != "none" and not pattern.is_nm:
         raise ZpruneUsageError(f"--permute {value} reorders the input channels of N:M groups; it cannot take effect "
                                "with --pattern unstructured (use --pattern 2:4 or 4:8, or --permute none)")
+    return value
+
+
+QUANT_FIELDS = ("wbits", "group_size", "sym", "act_order")
+
+
+def _quantization(r: PruneRecipe, cls: type[Method], pattern: Pattern) -> dict[str, Any]:
+    """wbits, group_size, sym and act_order as they take effect (see the module's rules)."""
+    wbits = _whole(r.wbits, "--wbits")
+    if wbits != NO_QUANTIZATION and wbits not in BITS:
+        raise ZpruneUsageError(f"--wbits must be {BITS[0]}..{BITS[-1]} bits, or {NO_QUANTIZATION} for no quantization; got {r.wbits}")
+    if wbits == NO_QUANTIZATION:
+        given = [f for f, v in (("--group-size", r.group_size), ("--sym/--asym", r.sym), ("--act-order", r.act_order))
+                 if v is not None]
+        if given:
+            log.warning("%s has no effect without --wbits; recorded as unset", " and ".join(given))
+        return {"wbits": wbits, "group_size": None, "sym": None, "act_order": None}
+    group_size = DEFAULT_GROUP_SIZE if r.group_size is None else _whole(r.group_size, "--group-size")
+    if group_size < 0:
+        raise ZpruneUsageError(f"--group-size must be a positive number of columns, or 0 for one grid per output channel; got {r.group_size}")
+    act_order = _flag(r.act_order, "act_order")
+    if act_order and cls.joint_quantization and pattern.is_nm:
+        raise ZpruneUsageError(f"--act-order cannot take effect with {cls.name} at --pattern {pattern}: it quantizes inside "
+                               f"its own walk, which chooses each group of {pattern.m} columns in order; drop --act-order "
+                               "or prune unstructured")
+    return {"wbits": wbits, "group_size": group_size, "sym": _flag(r.sym, "sym"), "act_order": act_order}
+
+
+def _whole(value: Any, flag: str) -> int:
+    number = _number(value, flag)
+    if number != int(number):
+        raise ZpruneUsageError(f"{flag} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _flag(value: Any, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ZpruneUsageError(f"recipe field '{field}' must be true or false, got {value!r}")
     return value
 
 

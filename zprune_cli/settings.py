@@ -193,11 +193,12 @@ _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 # A grid value is a list, or a comma-separated string, of these; scalars are plain values.
 GRID_LISTS: dict[str, type] = {"methods": str, "sparsity": float, "patterns": str, "eval": str, "tasks": str,
-                                "reconstruct": str, "refine": str, "permute": str}
+                                "reconstruct": str, "refine": str, "permute": str, "wbits": float}
 GRID_SCALARS: dict[str, type] = {
     "propagate": str, "allocation": str, "scope": str, "owl_m": float, "owl_lambda": float,
     "data": str, "nsamples": int, "seqlen": int, "seed": int, "eval_seqlen": int, "max_windows": int, "limit": int,
     "batch_size": int,  # evaluation batch (perplexity windows, lm-eval requests); not part of a protocol
+    "group_size": int, "sym": bool, "act_order": bool,  # quantization, shared by the cells of every bit width
 }
 
 

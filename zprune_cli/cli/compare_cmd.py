@@ -53,6 +53,7 @@ def compare_command(
     propagate: opt.Propagate = None, permute: opt.PermuteAxis = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
+    wbits: opt.WBitsAxis = None, group_size: opt.GroupSize = None, sym: opt.Sym = None, act_order: opt.ActOrder = None,
     grid: Annotated[Optional[str], typer.Option("--grid", help="A named grid from grids.NAME in zprune.toml (or tool.zprune.grids.NAME in pyproject.toml).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute cells already in the results store.")] = False,
     show: Annotated[bool, typer.Option("--show", help="Print the stored leaderboard; compute nothing.")] = False,
@@ -61,10 +62,7 @@ def compare_command(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="table (default), json (what --json means), csv, md or html (one self-contained page with the plot; like the others it goes to stdout unless --out).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the leaderboard (any --format, with or without --show) to this file instead of stdout, whole or not at all.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write perplexity vs sparsity to this PNG (needs the plot extra).")] = None,
-    data: opt.Data = None,
-    nsamples: opt.NSamples = None,
-    seqlen: opt.Seqlen = None,
-    seed: opt.Seed = None,
+    data: opt.Data = None, nsamples: opt.NSamples = None, seqlen: opt.Seqlen = None, seed: opt.Seed = None,
     data_dir: opt.DataDir = None,
     revision: opt.Revision = None,
     trust_remote_code: opt.TrustRemoteCode = False,
@@ -83,6 +81,7 @@ def compare_command(
     Examples:
       zprune compare smollm2-135m --method magnitude,wanda,sparsegpt,ria,zpruner --sparsity 0.5,0.6,0.7 --pattern unstructured,2:4
       zprune compare smollm2-135m --method wanda,zpruner,alps --refine none,swaps --reconstruct none,pcg
+      zprune compare smollm2-135m --method sparsegpt,wanda --sparsity 0,0.5 --wbits 16,8,4 --group-size 64
       zprune compare --show --format html --out report.html     # one page: tables, plots, versions
       zprune compare ./llama-70b --method wanda,sparsegpt --offload disk   # one decoder block in memory at a time
     """
@@ -106,6 +105,7 @@ def _run_grid(c, handle, request: tuple, force: bool, dry_run: bool, output: Out
 def grid_values(c, given: dict, grid: Optional[str]) -> dict:
     """The grid's keys: a named grid from the config, with the flags given (the command's locals) on top."""
     flags = {key: given[name] for key, name in GRID_FLAGS.items() if given[name] not in (None, False)}
+    flags |= {key: given[key] for key in ("group_size", "sym", "act_order") if given[key] is not None}  # 0, --asym count
     return {**(c.settings.grid(grid) if grid else {}), **flags}
 
 
@@ -113,8 +113,10 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
     """(recipes, evaluation, calibration) from a grid's values (flags over a named grid)."""
     shared = recipe_fields(c, g.get("scope"), g.get("allocation"), g.get("owl_m"), g.get("owl_lambda"),
                            g.get("reconstruct"), g.get("refine"), g.get("propagate"), ignore, option)
+    shared |= opt.quant_fields(None, g.get("group_size"), g.get("sym"), g.get("act_order"))
+    del shared["wbits"]  # an axis: one cell per width
     recipes = grid_recipes(g.get("methods", DEFAULT_METHODS), g.get("sparsity", "0.5"), g.get("patterns", "unstructured"),
-                           permute=g.get("permute", "none"), **shared)
+                           permute=g.get("permute", "none"), wbits=g.get("wbits", "16"), **shared)
     data = g.get("eval", "wikitext2")
     evaluation = Evaluation(data=() if data in ("none", ["none"]) else data, seqlen=g.get("eval_seqlen"), max_windows=g.get("max_windows"),
                             tasks=g.get("tasks", ()), tasks_dir=tasks_dir, limit=g.get("limit"),
@@ -126,7 +128,8 @@ def grid_request(c, g: dict, ignore, option, tasks_dir):
 GRID_FLAGS = {"methods": "methods", "sparsity": "sparsity", "patterns": "patterns", "eval": "eval_data", "tasks": "tasks",
               "limit": "limit", "eval_seqlen": "eval_seqlen", "max_windows": "max_windows", "scope": "scope",
               "allocation": "allocation", "owl_m": "owl_m", "owl_lambda": "owl_lambda", "reconstruct": "reconstruct", "refine": "refine",
-              "permute": "permute", "propagate": "propagate", "data": "data", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed"}
+              "permute": "permute", "propagate": "propagate", "data": "data", "nsamples": "nsamples", "seqlen": "seqlen", "seed": "seed",
+              "wbits": "wbits", "group_size": "group_size", "sym": "sym", "act_order": "act_order"}
 DEFAULT_METHODS = ",".join(method_names())  # every registered method
 
 

@@ -20,6 +20,7 @@ class ExportFormat(str, Enum):
     hf = "hf"
     sparse = "sparse"
     sparse_24_bitmask = "sparse-24-bitmask"
+    compressed_tensors = "compressed-tensors"
     masks = "masks"
 
 
@@ -57,6 +58,7 @@ def export_command(
       zprune export runs/wanda50 --to exports/w50-sparse -f sparse --max-shard-size 2GB
       zprune export runs/wanda-2of4 --to exports/w24 --format sparse-24-bitmask
       zprune export runs/wanda50 --to exports/wanda50-masks --format masks
+      zprune export runs/s24w4 --to exports/s24w4-ct --format compressed-tensors   # pruned with --wbits
     """
     c = common(ctx, quiet=quiet, json=json)
     result = export(src, to, format.value, max_shard_size=max_shard_size, overwrite=overwrite, dtype=dtype,
@@ -79,6 +81,9 @@ def _size_line(result: dict) -> str:
     what = f"{result['format']} export: {len(result['files'])} file(s), {result['pruned_layers']} pruned layers"
     if result["format"] == "masks":
         return f"{what}, {human_bytes(result['pruned_stored_bytes'])} of masks (1 bit per weight)"
+    if result["format"] == "compressed-tensors":  # the point: the decoder blocks against bfloat16
+        bf16, stored = result["blocks_bf16_bytes"], result["blocks_stored_bytes"]
+        return f"{what}, decoder blocks {human_bytes(stored)} = {stored / max(bf16, 1):.3f}x their bfloat16 size"
     return f"{what}, {human_bytes(result['stored_bytes'])} of tensors (dense, as transformers loads them)"
 
 

@@ -45,3 +45,13 @@ PermuteAxis = Annotated[Optional[str], typer.Option("--permute", help="Comma-sep
 Propagate = Annotated[Optional[str], typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")]
 Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="Regex of layer names to leave dense (repeatable).")]
 MethodOption = Annotated[Optional[list[str]], typer.Option("--option", help="Method option KEY=VALUE, e.g. a=0.5 for ria (repeatable).")]
+WBits = Annotated[Optional[int], typer.Option("--wbits", help="Quantize the kept weights to 2..8 bits (GPTQ; with sparsegpt inside its own walk); 16 = none (default).")]
+GroupSize = Annotated[Optional[int], typer.Option("--group-size", help="Input columns per quantization grid (default 128; 0 = one grid per output channel). Must divide every layer's input width.")]
+Sym = Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric or asymmetric grids (default asymmetric, as SparseGPT's and GPTQ's code).")]
+ActOrder = Annotated[Optional[bool], typer.Option("--act-order", help="Quantize columns by decreasing Hessian diagonal (GPTQ's act-order, static groups); not with sparsegpt at N:M.")]
+WBitsAxis = Annotated[Optional[str], typer.Option("--wbits", help="Comma-separated bit widths: 16 (none), 2..8 (each cell with each; sparsity 0 with bits: plain GPTQ).")]
+
+
+def quant_fields(wbits, group_size, sym, act_order) -> dict:
+    """The quantization fields of a recipe from their flags (None: not given)."""
+    return {"wbits": 16 if wbits is None else wbits, "group_size": group_size, "sym": sym, "act_order": act_order}

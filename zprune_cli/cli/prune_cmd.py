@@ -42,18 +42,17 @@ def prune_command(
     ctx: typer.Context,
     model: opt.Model = opt.DEFAULTS["model"],
     method: Annotated[str, typer.Option("--method", "-m", help=f"One or several (comma-separated): {', '.join(method_names())}.")] = "zpruner",
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of weights to remove, in (0, 1) (default 0.5; N:M fixes n/m).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", "-s", help="Fraction of weights to remove, in (0, 1) (default 0.5; N:M fixes n/m; 0 with --wbits: quantization alone).")] = None,
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="unstructured, or N:M (prune N of every M inputs: 2:4, 4:8).")] = "unstructured",
     scope: opt.Scope = None,
     allocation: opt.Allocation = None,
-    owl_m: opt.OwlM = None,
-    owl_lambda: opt.OwlLambda = None,
+    owl_m: opt.OwlM = None, owl_lambda: opt.OwlLambda = None,
     reconstruct: opt.Reconstruct = None,
     refine: opt.Refine = None,
-    propagate: opt.Propagate = None,
-    permute: opt.Permute = None,
+    propagate: opt.Propagate = None, permute: opt.Permute = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
+    wbits: opt.WBits = None, group_size: opt.GroupSize = None, sym: opt.Sym = None, act_order: opt.ActOrder = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Save the pruned model here (several methods: one subfolder each). Default: ./MODEL-METHOD-SPARSITY, e.g. ./smollm2-135m-zpruner-50.")] = None,
     no_save: Annotated[bool, typer.Option("--no-save", help="Prune and report, but save nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
@@ -81,6 +80,7 @@ def prune_command(
     Examples:
       zprune prune smollm2-135m --method zpruner --sparsity 0.5 --data self -n 16 -l 256 --out pruned
       zprune prune meta-llama/Llama-2-7b-hf --method sparsegpt --pattern 2:4 --out llama-2-4
+      zprune prune smollm2-135m --method sparsegpt --pattern 2:4 --wbits 4 --group-size 64 --out s24w4
       zprune prune smollm2-135m --method wanda,ria,zpruner --allocation owl --json   # ./smollm2-135m-pruned/METHOD
     """
     c = common(ctx, cache_dir, device, dtype, quiet, json, data_dir=data_dir, data=data, nsamples=nsamples, seqlen=seqlen, seed=seed)
@@ -91,6 +91,7 @@ def prune_command(
         return _apply_masks(c, handle, masks, out, overwrite)
     shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, refine, propagate, ignore, option)
     shared["permute"] = permute or "none"
+    shared |= opt.quant_fields(wbits, group_size, sym, act_order)
     recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
     if dry_run:
         return dry.prune(c, handle, recipes, _output(model, recipes, out, no_save), overwrite, out_dtype)

@@ -4,6 +4,7 @@ Formats (the layouts are documented in each module):
   hf                 dense safetensors shards + index, config, tokenizer, model card (export.hf)
   sparse             pruned weights as non-zero values + packed bitmask, the rest dense (export.sparse)
   sparse-24-bitmask  the legacy compressed-tensors 2:4 layout (export.sparse24)
+  compressed-tensors packed integer weights of a folder pruned with --wbits (formats.compressed_tensors)
   masks              bit-packed prune masks only, to re-apply to the base model (export.masks)
 
 Every export is written into a temporary folder next to the destination and renamed into place at the
@@ -13,6 +14,7 @@ end, so an error or Ctrl-C leaves nothing half-written.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +23,13 @@ from typing import Any, Callable
 import torch
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.formats import hf, masks, sparse, sparse24
+from zprune_cli.formats import compressed_tensors, hf, masks, sparse, sparse24
+from zprune_cli.formats.grids import GRIDS_FILE, read_grids
 from zprune_cli.formats.bits import tensor_bytes
 from zprune_cli.exports.io import (
     ShardWriter,
     Sizes,
+    block_prefixes,
     check_destination,
     copy_side_files,
     folder_bytes,
@@ -46,7 +50,7 @@ from zprune_cli.staging import staged_folder
 
 __all__ = ["FORMATS", "export", "load_pretrained", "load_tokenizer", "apply_masks"]
 
-FORMATS = ("hf", "sparse", "sparse-24-bitmask", "masks")
+FORMATS = ("hf", "sparse", "sparse-24-bitmask", "compressed-tensors", "masks")
 log = logging.getLogger("zprune")
 
 
@@ -92,6 +96,8 @@ def export(
         sizes, files = _WRITERS[format](job)
         disk = folder_bytes(tmp)
         weights_disk = sum((tmp / f).stat().st_size for f in files)
+        if format in ("hf", "sparse") and (source / GRIDS_FILE).is_file():  # the values are kept: so are their grids
+            shutil.copy2(source / GRIDS_FILE, tmp / GRIDS_FILE)
 
     return {
         "format": format,
@@ -103,6 +109,7 @@ def export(
         **sizes.as_dict(),
         "weights_disk_bytes": weights_disk,
         "disk_bytes": disk,
+        **sizes.blocks_dict(),
         "warnings": warnings,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -115,6 +122,11 @@ def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], pro
         for weight_name, module in pruned.items():  # in zprune.json's (model) order: name the first bad layer
             sparse24.check_24(module, reader.get(weight_name))
         warnings.append(sparse24.LEGACY_WARNING)
+    if format == "compressed-tensors":
+        warnings += _compressed_tensors_checks(provenance)
+    elif provenance.recipe.quant is not None and format in ("sparse", "sparse-24-bitmask"):
+        warnings.append(f"{provenance.recipe.label()} is quantized; {format} stores its dequantized values in floating "
+                        "point (export compressed-tensors for packed integers)")
     if format == "masks" and provenance.recipe.updates_weights:
         warnings.append(
             f"{provenance.recipe.label()} changed the surviving weights too; masks only record which weights "
@@ -206,6 +218,7 @@ Encoder = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
 def _write_tensors(job: _Job, writer: ShardWriter, encode_pruned: Encoder, encode_dense: Encoder | None) -> Sizes:
     """Stream every tensor of the source through the encoders into `writer`; count the sizes."""
     sizes = Sizes()
+    blocks = block_prefixes(job.pruned.values())
     with job.progress.task(f"writing {job.name}", total=len(job.reader.names)) as task:
         for name in job.reader.names:
             tensor = job.reader.get(name)
@@ -217,6 +230,8 @@ def _write_tensors(job: _Job, writer: ShardWriter, encode_pruned: Encoder, encod
             else:
                 parts = encode_dense(name, tensor) if encode_dense else {}
                 sizes.add_dense(tensor, sum(tensor_bytes(t) for t in parts.values()))
+            if name.startswith(blocks):
+                sizes.add_block(tensor, sum(tensor_bytes(t) for t in parts.values()))
             if parts:
                 writer.add(parts)
             task.advance()
@@ -278,6 +293,46 @@ def _write_sparse24(job: _Job) -> tuple[Sizes, list[str]]:
     return sizes, sorted(set(weight_map.values()))
 
 
+def _compressed_tensors_checks(provenance: Provenance) -> list[str]:
+    """Refuse a folder without quantization; warn about what vLLM will not serve."""
+    quant = provenance.recipe.quant
+    if quant is None:
+        raise ZpruneUsageError(f"compressed-tensors stores quantized weights; {provenance.recipe.label()} was not quantized "
+                               "(prune with --wbits 2..8, or export sparse / sparse-24-bitmask / hf)")
+    if quant.bits not in compressed_tensors.SERVED_BITS:
+        return [f"{quant.bits}-bit weights: transformers loads them, vLLM's compressed-tensors kernels take "
+                f"{' or '.join(map(str, compressed_tensors.SERVED_BITS))} bits only"]
+    return []
+
+
+def _write_compressed_tensors(job: _Job) -> tuple[Sizes, list[str]]:
+    quant = job.provenance.recipe.quant
+    grids = read_grids(job.reader.folder)
+    stored_dtype = parse_dtype(job.provenance.dtype) or torch.float32
+
+    def encode(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        module = job.pruned[name]
+        if module not in grids:
+            raise ZpruneError(f"{GRIDS_FILE} holds no grid for layer {module}")
+        scale, zero = grids[module]
+        q = compressed_tensors.levels(module, weight, scale, zero, quant.bits, stored_dtype)
+        return compressed_tensors.encode(module, q, scale, zero, quant.bits, quant.sym, weight.dtype)
+
+    writer = ShardWriter(job.folder, hf.PREFIX, job.max_bytes, job.provenance.safetensors_metadata())
+    sizes = _write_tensors(job, writer, encode, hf.encode)
+    weight_map = writer.close()
+    write_hf_index(job.folder, weight_map, writer.total_bytes)
+    dense = {n.rpartition(".")[0] for n in job.reader.names
+             if n.endswith(".weight") and n not in job.pruned and len(job.reader.stored_shape(n)) == 2}
+    recipe = job.provenance.recipe
+    config = hf.clean_config(read_config(job.reader.folder))
+    config["quantization_config"] = compressed_tensors.quantization_config(
+        quant.bits, quant.group_size, quant.sym, quant.act_order, sorted(dense | {"lm_head"}),
+        job.provenance.overall_sparsity, "unstructured" if recipe.pattern == "unstructured" else recipe.pattern)
+    _model_folder_extras(job, "compressed-tensors", config)
+    return sizes, sorted(set(weight_map.values()))
+
+
 def _write_masks(job: _Job) -> tuple[Sizes, list[str]]:
     # One file whatever the shard size: masks cost 1 bit per pruned weight.
     writer = ShardWriter(job.folder, "masks", 2**62, job.provenance.safetensors_metadata())
@@ -292,5 +347,6 @@ _WRITERS: dict[str, Callable[[_Job], tuple[Sizes, list[str]]]] = {
     "hf": _write_hf,
     "sparse": _write_sparse,
     "sparse-24-bitmask": _write_sparse24,
+    "compressed-tensors": _write_compressed_tensors,
     "masks": _write_masks,
 }

@@ -146,6 +146,12 @@ class Sizes:
     def __init__(self) -> None:
         self.dense = self.stored = self.theoretical = 0
         self.pruned_dense = self.pruned_stored = self.pruned_theoretical = 0
+        self.blocks_bf16 = self.blocks_stored = 0  # the decoder blocks' tensors: in bfloat16, as stored
+
+    def add_block(self, tensor: torch.Tensor, stored: int) -> None:
+        """A tensor of a decoder block (the pruned layers' blocks), counted again for the blocks' ratio."""
+        self.blocks_bf16 += tensor.numel() * 2 if tensor.is_floating_point() else tensor_bytes(tensor)
+        self.blocks_stored += stored
 
     def add_dense(self, tensor: torch.Tensor, stored: int | None = None) -> None:
         size = tensor_bytes(tensor)
@@ -174,3 +180,17 @@ class Sizes:
             "pruned_stored_bytes": self.pruned_stored,
             "pruned_theoretical_bytes": self.pruned_theoretical,
         }
+
+    def blocks_dict(self) -> dict[str, int]:
+        return {"blocks_bf16_bytes": self.blocks_bf16, "blocks_stored_bytes": self.blocks_stored}
+
+
+def block_prefixes(modules) -> tuple[str, ...]:
+    """'model.layers.3.' for every pruned module 'model.layers.3.mlp.up_proj': the decoder blocks' names."""
+    prefixes = set()
+    for module in modules:
+        parts = module.split(".")
+        index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if index is not None:
+            prefixes.add(".".join(parts[: index + 1]) + ".")
+    return tuple(sorted(prefixes))

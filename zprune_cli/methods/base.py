@@ -17,6 +17,7 @@ import torch
 
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.methods.quantize import QuantGrid
 from zprune_cli.stats.types import LayerStats
 
 # Scores and weight updates are always computed in this precision, whatever the weight's dtype.
@@ -47,6 +48,7 @@ class PruneResult:
 
     weight: torch.Tensor
     prune_mask: torch.Tensor
+    grid: QuantGrid | None = None  # the weight's quantization grids, when the method quantized while pruning
 
 
 class Method(ABC):
@@ -58,6 +60,9 @@ class Method(ABC):
     updates_weights: ClassVar[bool] = False  # changes surviving weights too (so `auto` propagates pruned inputs)
     uses_scope: ClassVar[bool] = True  # ranks by row or by layer (False: chooses its own way, e.g. per block)
     uses_stats: ClassVar[bool] = True  # reads activation statistics at all (False: magnitude)
+    # quantizes inside its own weight update when given `quant=` (SparseGPT's joint walk); the others are
+    # quantized after their mask by GPTQ with the mask held fixed
+    joint_quantization: ClassVar[bool] = False
 
     @classmethod
     def work_bytes(cls, weights: int, width: int) -> int:

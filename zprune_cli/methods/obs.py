@@ -5,6 +5,11 @@ H = (2/N) sum x x^T over the layer's inputs; dead inputs (H_jj = 0) get H_jj = 1
 zeroed; H is damped by percdamp * mean(diag H); U = upper Cholesky factor of H^-1. The columns are
 walked in blocks: a pruned w_ij has error e = w_ij / U_jj, which is spread over the later columns of
 row i as e * U_j,: -- first inside the block, then, in one matrix product, over all columns after it.
+
+With a quantizer (methods/quantize.py) the same walk is GPTQ's, joint with pruning as in SparseGPT's
+reference code (`--wbits`): each kept weight is rounded to its grid where it is visited, a pruned one
+is 0, and the error (w - q) / U_jj of both is spread the same way. An `order` walks the columns in
+that order (GPTQ's act-order); the chooser then sees the columns in walk order.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import Pattern, select_prune_mask
 from zprune_cli.methods.base import PRUNE_PRECISION
+from zprune_cli.methods.quantize import ColumnQuantizer, QuantGrid, QuantSpec, act_order, walk_blocksize
 
 log = logging.getLogger("zprune")
 
@@ -79,8 +85,11 @@ def obs_walk(
     choose: MaskChooser,
     blocksize: int,
     percdamp: float,
+    quantizer: ColumnQuantizer | None = None,
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SparseGPT column walk. weight: [out, in], hessian: [in, in] (not changed).
+    """The SparseGPT column walk. weight: [out, in], hessian: [in, in] (not changed); `quantizer` puts every
+    kept weight on its grid as it is visited; `order` [in]: the columns in walk order (None: as they are).
 
     Returns (W, prune_mask): W in PRUNE_PRECISION with masked entries exactly 0, prune_mask bool [out, in].
 
@@ -97,20 +106,27 @@ def obs_walk(
         H = H.clone()  # the caller's matrix stays as it was
         H[dead, dead] = 1
         W[:, dead] = 0
+    if quantizer is not None:
+        quantizer.start(W)
+    if order is not None:
+        W, H = W[:, order], H[order][:, order]
     U = upper_cholesky_of_inverse(H, percdamp)  # [in, in]
     del H
 
     prune_mask = torch.zeros(rows, columns, dtype=torch.bool, device=W.device)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
-        W1, mask1, Err1 = _walk_block(W[:, i1:i2].T.contiguous(), U[i1:i2, i1:i2], choose, i1)  # each [b, out]
+        W1, mask1, Err1 = _walk_block(W[:, i1:i2].T.contiguous(), U[i1:i2, i1:i2], choose, i1, quantizer)  # each [b, out]
         W[:, i1:i2] = W1.T
         prune_mask[:, i1:i2] = mask1.T
         W[:, i2:].addmm_(Err1.T, U[i1:i2, i2:], alpha=-1)  # [out, b] @ [b, in - i2]: the block's error, onward
+    if order is not None:
+        back = torch.argsort(order)
+        W, prune_mask = W[:, back], prune_mask[:, back]
     return W, prune_mask
 
 
-def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choose: MaskChooser, i1: int):
+def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choose: MaskChooser, i1: int, quantizer: ColumnQuantizer | None = None):
     """One block, transposed: W1 [b, out] the block's current weights, U1 [b, b]. Returns (W1, mask1, Err1),
     each [b, out]: the pruned weights, the mask (True = pruned), e = (w - q) / U_jj per column."""
     d = U1.diagonal()  # [b]
@@ -122,6 +138,8 @@ def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choose: MaskChooser, i1: int
             mask1[i : i + chosen.shape[1]] = chosen.T
         w = W1[i]  # [out]
         q = w.masked_fill(mask1[i], 0)
+        if quantizer is not None:  # 0 is a grid value: pruned weights stay exactly 0
+            q = quantizer.column(W1.T, i, i1 + i, q).masked_fill(mask1[i], 0)
         err = torch.sub(w, q, out=Err1[i]).div_(d[i])  # [out]
         W1[i + 1 :].addr_(U1[i, i + 1 :], err, alpha=-1)  # the later columns: [b - i - 1, out] -= U_i,j * e
         W1[i] = q  # exactly the pruned value
@@ -179,6 +197,29 @@ def reconstruct(
     mask = prune_mask.to(device=weight.device, dtype=torch.bool)
     W, _ = obs_walk(weight, hessian, fixed_chooser(mask), blocksize, percdamp)
     return W.to(weight.dtype)
+
+
+def gptq(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    prune_mask: torch.Tensor | None,
+    spec: QuantSpec,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, QuantGrid]:
+    """GPTQ on a fixed mask: every kept weight rounded to its grid column by column, the pruned ones (True
+    in `prune_mask`; None: none) held at exactly 0, each column's error spread over the columns not yet
+    visited. weight: [out, in] (its pruned entries 0 already), hessian: [in, in]. Returns the quantized
+    weight in the input's dtype and its grids."""
+    check_options(blocksize, percdamp)
+    rows, columns = weight.shape
+    mask = torch.zeros(rows, columns, dtype=torch.bool, device=weight.device) if prune_mask is None else \
+        prune_mask.to(device=weight.device, dtype=torch.bool)
+    order = act_order(hessian).to(weight.device) if spec.act_order else None
+    quantizer = ColumnQuantizer(spec, rows, columns, order)
+    walk_mask = mask if order is None else mask[:, order]
+    W, _ = obs_walk(weight, hessian, fixed_chooser(walk_mask), walk_blocksize(blocksize, spec), percdamp, quantizer, order)
+    return W.to(weight.dtype), quantizer.grid()
 
 
 def check_options(blocksize: int, percdamp: float) -> None:

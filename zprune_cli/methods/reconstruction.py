@@ -20,15 +20,15 @@ RECONSTRUCT = {"obs": reconstruct_obs, "pcg": reconstruct_pcg}
 
 
 def finish_mask(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.Tensor, pattern: Pattern,
-                swap_rounds: int, reconstruct: str) -> torch.Tensor:
-    """The pruned weight [out, in] (input dtype) for a method's mask (True = pruned): refined by
-    `swap_rounds` rounds of swaps when > 0, then reconstructed unless `reconstruct` is "none"."""
+                swap_rounds: int, reconstruct: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pruned weight [out, in] in the input dtype, final mask) for a method's mask (True = pruned): the
+    mask refined by `swap_rounds` rounds of swaps when > 0, the weight reconstructed on it unless
+    `reconstruct` is "none"."""
     if swap_rounds > 0:
         prune_mask, _ = refine_swaps(weight, hessian, prune_mask, pattern, swap_rounds)
     if reconstruct == "none":
-        return weight.masked_fill(prune_mask.to(weight.device), 0)
-    return RECONSTRUCT[reconstruct](weight, hessian, prune_mask)
-
+        return weight.masked_fill(prune_mask.to(weight.device), 0), prune_mask
+    return RECONSTRUCT[reconstruct](weight, hessian, prune_mask), prune_mask
 
 def finish_cost(out: int, width: int, swap_rounds: int, reconstruct: str) -> Cost:
     """The work `finish_mask` adds to one [out, width] weight, as upper bounds: every swap round runs

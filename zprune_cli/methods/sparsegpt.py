@@ -9,6 +9,9 @@ row i as e * U_j,: -- first inside the block, then, in one matrix product, over 
 The walk is shared by three mask choosers: unstructured (per block, the lowest w^2 / U_jj^2 over the
 whole rows x block on the already-updated weights), N:M (per group of m columns, the n lowest of the
 same score in each row) and a fixed mask (`reconstruct`: the mask of any score method, kept as is).
+
+With `quant`, the walk also rounds every kept weight to its grid as it is visited and spreads that
+error with the pruning error: SparseGPT's joint sparsification and quantization (its `--wbits`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count
 from zprune_cli.methods.base import Cost, Method, PruneResult, number_option, register
 from zprune_cli.methods.obs import check_options, nm_chooser, obs_flops, obs_walk, unstructured_chooser
+from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, act_order, walk_blocksize
 from zprune_cli.stats.types import LayerStats
 
 
@@ -33,6 +37,7 @@ class SparseGPT(Method):
     needs_gram: ClassVar[bool] = True
     updates_weights: ClassVar[bool] = True
     uses_scope: ClassVar[bool] = False
+    joint_quantization: ClassVar[bool] = True
 
     blocksize: int = 128  # columns per block
     percdamp: float = 0.01  # damping, as a fraction of mean(diag H)
@@ -59,18 +64,28 @@ class SparseGPT(Method):
         sparsity: float,
         pattern: Pattern,
         scope: str | None = None,
+        quant: QuantSpec | None = None,
     ) -> PruneResult:
-        """Choose the mask while walking the columns; `scope` does not apply (the choice is per block)."""
+        """Choose the mask while walking the columns; `scope` does not apply (the choice is per block).
+        With `quant`, quantize in the same walk (act-order only for unstructured: an N:M group is chosen
+        over m consecutive columns as the walk reaches them)."""
         if stats.gram is None:
             raise ZpruneError("sparsegpt needs the Gram matrix of each layer's inputs; calibrate with Gram matrices")
-        blocksize = self.blocksize
         if pattern.is_nm:
             check_pattern_fits(weight.shape[1], pattern)
-            # N:M groups must not straddle two blocks: use a whole number of groups per block.
-            blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
             choose = nm_chooser(pattern)
         else:
             prune_count(sparsity, 1)  # refuses a sparsity outside [0, 1] before any work
             choose = unstructured_chooser(sparsity)
-        W, prune_mask = obs_walk(weight, stats.hessian(), choose, blocksize, self.percdamp)
-        return PruneResult(weight=W.to(weight.dtype), prune_mask=prune_mask)
+        # N:M groups (and grids fitted during the walk) must not straddle two blocks
+        blocksize = walk_blocksize(self.blocksize, quant, pattern.m)
+        hessian = stats.hessian()
+        quantizer = order = None
+        if quant is not None:
+            if quant.act_order and pattern.is_nm:
+                raise ZpruneError("sparsegpt cannot walk an N:M pattern in act-order")
+            order = act_order(hessian).to(weight.device) if quant.act_order else None
+            quantizer = ColumnQuantizer(quant, *weight.shape, order)
+        W, prune_mask = obs_walk(weight, hessian, choose, blocksize, self.percdamp, quantizer, order)
+        grid = quantizer.grid() if quantizer is not None else None
+        return PruneResult(weight=W.to(weight.dtype), prune_mask=prune_mask, grid=grid)

@@ -23,7 +23,7 @@ Blocks with the same projections (names, classes, shapes) share what was found; 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
