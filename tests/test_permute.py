@@ -191,6 +191,7 @@ def test_permute_none_leaves_the_recipe_record_as_before():
 @pytest.mark.parametrize("args, needle", [
     (["--permute", "lsa"], "--pattern unstructured"),
     (["--permute", "sorted", "-p", "2:4"], "permute"),
+    (["--permute", "lsa", "-p", "2:4", "--wbits", "4", "--group-size", "16"], "cannot be combined with --wbits"),
 ])
 def test_bad_permute_exits_2_with_one_line(args, needle, tiny_dir, text_file, cache):
     result = runner.invoke(app, ["prune", str(tiny_dir), "--data", str(text_file), "-n", "2", "-l", "16", "--no-save", *args])
