@@ -72,6 +72,43 @@ def test_changed_model_files_forget_the_protocol(tiny_dir, text_file, tmp_path, 
     assert len(list((cache / "protocols").glob("*.json"))) == 2
 
 
+def test_cache_gc_removes_exactly_the_protocols_of_changed_or_gone_models(tiny_dir, text_file, tmp_path, cache):
+    """A remembered protocol whose model's files changed can never be read again (its key changed): `cache gc`
+    removes it, and one whose model was deleted; the current one stays and is still read, not recomputed."""
+    import shutil
+
+    from zprune_cli.evaluation import protocol_cache
+    from zprune_cli.evaluation.run import EvalPlan, Evaluation, expected_protocols
+    from zprune_cli.models.handle import ModelHandle
+
+    changed, kept, gone = (shutil.copytree(tiny_dir, tmp_path / name) for name in ("changed", "kept", "gone"))
+    plan = EvalPlan(Evaluation(data=str(text_file)))
+    records = {}
+    for folder in (changed, kept, gone):
+        before = set((cache / "protocols").glob("*.json"))
+        expected_protocols(plan, ModelHandle(str(folder), "cpu"), cache)
+        [records[folder.name]] = set((cache / "protocols").glob("*.json")) - before
+    (changed / "tokenizer_config.json").write_text((changed / "tokenizer_config.json").read_text() + " ")
+    shutil.rmtree(gone)
+    assert protocol_cache.stale_records(cache) == sorted([records["changed"], records["gone"]])
+    dry = runner.invoke(app, ["cache", "gc", "--dry-run", "--cache-dir", str(cache), "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert sorted(r["name"] for r in json.loads(dry.stdout)["removed"]) == sorted([records["changed"].name, records["gone"].name])
+    assert len(list((cache / "protocols").glob("*.json"))) == 3  # a dry run removes nothing
+    result = runner.invoke(app, ["cache", "gc", "--cache-dir", str(cache), "--json"])
+    assert result.exit_code == 0, result.output
+    assert list((cache / "protocols").glob("*.json")) == [records["kept"]]
+    assert all(r["size_bytes"] > 0 for r in json.loads(result.stdout)["removed"])
+    recomputed = []
+    remembered = protocol_cache.remembered(cache, ModelHandle(str(kept), "cpu").source, _wanted(records["kept"]),
+                                           lambda: recomputed.append(1) or {})
+    assert recomputed == [] and remembered
+
+
+def _wanted(record_path):
+    return json.loads(record_path.read_text(encoding="utf-8"))["wanted"]
+
+
 def test_a_gguf_load_builds_the_tensor_name_table_once(tiny_gguf, monkeypatch):
     """transformers maps GGUF tensor names by rebuilding gguf's name table once per submodule, recursively (397
     times for SmolLM2, 6 s of CPU a load); inside zprune's load it is built once, and the loaded weights are the

@@ -19,6 +19,8 @@ def stats_root(cache_dir=None) -> Path:
 
 
 def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
@@ -59,12 +61,13 @@ def remove_entry(cache_dir, key: str, dry_run: bool = False) -> dict:
     return {"name": path.name, "size_bytes": size}
 
 
-def collect_garbage(cache_dir=None, dry_run: bool = False, propagated: bool = False) -> list[dict]:
-    """Remove dead writers' folders, corrupt entries and unheld locks; with `propagated`, also the
-    statistics cached by pruned-propagation runs (`<key>-p<run>`: Gram-sized for SparseGPT)."""
+def collect_garbage(cache_dir=None, dry_run: bool = False, propagated: bool = False, also: list[Path] = ()) -> list[dict]:
+    """Remove dead writers' folders, corrupt entries, unheld locks and the files in `also` (the CLI passes
+    the stale evaluation protocols); with `propagated`, also the statistics cached by pruned-propagation
+    runs (`<key>-p<run>`: Gram-sized for SparseGPT)."""
     store = StatsStore(resolve_cache_dir(cache_dir))
     removed = []
-    junk = store.garbage()
+    junk = store.garbage() + list(also)
     if propagated:
         junk += [path for path, entry, _ in store.entries() if entry is not None and is_propagated(path)]
     for path in junk:

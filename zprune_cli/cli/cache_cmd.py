@@ -12,6 +12,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.render import human_bytes
+from zprune_cli.evaluation.protocol_cache import stale_records
 
 cache_app = typer.Typer(help="List, inspect, verify and remove cached statistics (noun, then verb).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
@@ -113,7 +114,8 @@ def verify(ctx: typer.Context, key: OptionalKey = None, cache_dir: opt.CacheDir 
 def gc(ctx: typer.Context, dry_run: DryRun = False,
        propagated: Annotated[bool, typer.Option("--propagated", help="Also remove the statistics cached by --propagate pruned runs.")] = False,
        cache_dir: opt.CacheDir = None, quiet: opt.Quiet = False, json: opt.Json = False) -> None:
-    """Remove what killed runs left behind: temporary folders, incomplete or corrupt entries, unheld locks.
+    """Remove what killed runs left behind (temporary folders, incomplete or corrupt entries, unheld locks) and
+    the evaluation protocols remembered for model files that have since changed or gone.
 
     \b
     Examples:
@@ -121,7 +123,8 @@ def gc(ctx: typer.Context, dry_run: DryRun = False,
       zprune cache gc --propagated      # also the propagation caches (Gram-sized for SparseGPT)
     """
     c = common(ctx, cache_dir=cache_dir, quiet=quiet, json=json)
-    _report(c, cache.collect_garbage(c.cache_dir, dry_run=dry_run, propagated=propagated), dry_run)
+    stale = stale_records(cache.resolve_cache_dir(c.cache_dir))  # protocols no run can read again
+    _report(c, cache.collect_garbage(c.cache_dir, dry_run=dry_run, propagated=propagated, also=stale), dry_run)
     count, size = cache.propagated_summary(c.cache_dir)
     if count and not c.json:
         stdout_console().print(f"kept {count} propagated entr{'y' if count == 1 else 'ies'} ({human_bytes(size)}): "

@@ -39,16 +39,52 @@ def remembered(cache_dir: Path | str | None, source: ModelSource, wanted: dict, 
     protocols = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"model": source.spec, "wanted": wanted, "protocols": protocols}, sort_keys=True, indent=1)
+        record = {"model": source.spec, "wanted": wanted, "protocols": protocols, "files": _files(source),
+                  "versions": _versions()}
+        text = json.dumps(record, sort_keys=True, indent=1)
         write_file_atomically(path, text.encode("utf-8"))
     except OSError:  # a read-only cache: the next run computes them again
         pass
     return protocols
 
 
+def stale_records(cache_dir: Path | str) -> list[Path]:
+    """Records no run can read again: their model's files changed or are gone (a new key is computed), the
+    libraries changed, or the record is damaged or predates the file list. `zprune cache gc` removes them."""
+    stale = []
+    for path in sorted((Path(cache_dir) / FOLDER).glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            current = record["versions"] == _versions() and all(_stat(f) == [size, mtime] for f, size, mtime in record["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            current = False
+        if not current:
+            stale.append(path)
+    return stale
+
+
+def _files(source: ModelSource) -> list[tuple[str, int, int]]:
+    """(absolute path, size, mtime_ns) of every file the key depends on, so staleness is checked without the
+    model spec (a relative path typed in another folder)."""
+    folder = Path(source.location)
+    return [(str(folder / name), size, mtime) for name, size, mtime in (*source.weight_files, *_side_files(source))]
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _versions() -> list[str | None]:
+    return [__version__, _version("transformers"), _version("tokenizers")]
+
+
 def _key(source: ModelSource, wanted: dict) -> str:
     payload = {"fingerprint": source.fingerprint, "side_files": _side_files(source), "wanted": wanted,
-               "versions": [__version__, _version("transformers"), _version("tokenizers")]}
+               "versions": _versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -497,9 +497,11 @@ def _writer_alive(tmp: Path) -> bool:
     return pid.isdigit() and pid_alive(int(pid))
 
 
-# An optional entry is not written where it would leave less than this share of its disk free: at Llama-2-7B's
-# shape a SparseGPT run's propagated statistics are 22 GB of Gram matrices (43 GB at 13B), beside a 13 GB output.
-OPTIONAL_KEEP_FREE = 0.10
+# An optional entry is not written where it would take more than this share of its disk's free space, which the
+# output and everything else on the disk need too: at Llama-2-7B's shape a SparseGPT run's propagated statistics
+# are 22 GB of Gram matrices (43 GB at 13B), beside a 13 GB output. (A share of the disk's total refused a few KB
+# on a large disk that was 91% full with 22 GB free.)
+OPTIONAL_SHARE_OF_FREE = 0.5
 
 
 class EntryWriter:
@@ -513,18 +515,17 @@ class EntryWriter:
         self.dropped = False  # an optional entry given up for want of disk space: nothing more is written
 
     def _drop_unless_room(self, block_bytes: int) -> None:
-        """Give up an optional entry when the blocks left, each about this block's size, would leave less than
-        OPTIONAL_KEEP_FREE of the disk free (said once; the run goes on without caching)."""
+        """Give up an optional entry when the blocks left, each about this block's size, would take more than
+        OPTIONAL_SHARE_OF_FREE of the disk's free space (said once; the run goes on without caching)."""
         left = max(1, int(self.settings.get("n_blocks") or 1) - len(self.blocks))
         usage = shutil.disk_usage(self.path)
-        if usage.free - left * block_bytes >= OPTIONAL_KEEP_FREE * usage.total:
+        if left * block_bytes <= OPTIONAL_SHARE_OF_FREE * usage.free:
             return
         self.dropped = True
         for file in self.path.iterdir():
             file.unlink()
         log.warning(f"not caching this run's propagated statistics: about {left * block_bytes / 2**30:.1f} GiB more would "
-                    f"leave less than {OPTIONAL_KEEP_FREE:.0%} of {self.path.parent} free ({usage.free / 2**30:.1f} GiB "
-                    "free); the prune goes on, and a later run with this recipe collects them again")
+                    f"take more than {OPTIONAL_SHARE_OF_FREE:.0%} of the {usage.free / 2**30:.1f} GiB free in {self.path.parent}; the prune goes on, and a later run with this recipe collects them again")
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
