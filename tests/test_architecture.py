@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 LAYERS = [
     {"errors", "__version__", "machine"},
     {"progress", "settings", "masks", "sparsity", "staging", "results", "leaderboard_cells", "tasks", "hub",
-     "distributed"},
-    {"formats", "plot"},  # plot writes through staging
+     "distributed", "intervals"},
+    {"formats", "plot", "ranking"},  # plot writes through staging; ranking reads intervals
     {"data", "models", "stats"},  # never each other
     {"methods"},
     {"recipe", "allocation"},

@@ -26,6 +26,7 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.pruning import make_provenance
+from zprune_cli.ranking import add_intervals, mark_best
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.results import ResultsStore, results_path
 from zprune_cli.settings import Calibration, Settings, split_list
@@ -204,6 +205,7 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
             row["metrics"][r["metric"]] = r["value"]
             row["_created"][r["metric"]] = r["created"]
             row["_protocols"][r["metric"]] = r["protocol"]
+            _keep_evidence(row, r)
             row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
     if grid is not None:  # a cell whose only number here is its sparsity was measured under other protocols
         cells = {key: row for key, row in cells.items() if set(row["metrics"]) - {"sparsity"}}
@@ -248,7 +250,9 @@ def _grouped(cells: dict[tuple, dict]) -> list[dict]:
     out: list[dict] = []
     for number, (key, rows) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
         members = [dict(d) for d in dense.get(key[:2], [])] + rows
-        _mark_best(members)
+        for row in members:
+            add_intervals(row)
+        mark_best(members)
         description = _describe(members)
         for row in sorted(members, key=lambda r: (r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"], r["recipe"])):
             row.pop("_created", None)
@@ -257,21 +261,14 @@ def _grouped(cells: dict[tuple, dict]) -> list[dict]:
     return out
 
 
-def _mark_best(rows: list[dict]) -> None:
-    """Per sparsity and pattern: the lowest perplexity and the highest accuracy among pruned rows."""
-    for row in rows:
-        row["best"] = []
-    for (pattern, sparsity), peers in _by(rows, lambda r: (r["pattern"], r["sparsity"])).items():
-        if not pattern:  # dense
-            continue
-        for column in {m for r in peers for m in r["metrics"] if m.startswith(("ppl:", "acc:", "acc_norm:"))}:
-            values = [r["metrics"][column] for r in peers if r["metrics"].get(column) is not None]
-            if len(values) < 2:
-                continue
-            best = min(values) if column.startswith("ppl:") else max(values)
-            for r in peers:
-                if r["metrics"].get(column) == best:
-                    r["best"].append(column)
+def _keep_evidence(row: dict, r: dict) -> None:
+    """The stored row's per-window NLLs (perplexity) or standard error (accuracy), kept for the intervals and
+    the paired tests (ranking.py); rows stored before windows were kept have none."""
+    detail = (r.get("settings") or {}).get("detail") or {}
+    if detail.get("window_nll"):
+        row["windows"][r["metric"]] = detail["window_nll"]
+    if isinstance(detail.get("stderr"), (int, float)):
+        row["stderr"][r["metric"]] = detail["stderr"]
 
 
 def _by(rows: list[dict], key) -> dict:
@@ -315,4 +312,4 @@ def _row(r: dict) -> dict:
             "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
             "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
             "calibration": settings.get("calibration"), "seconds": settings.get("seconds"),  # prune / evaluate, per cell
-            "metrics": {}, "_created": {}, "_protocols": {}}
+            "metrics": {}, "windows": {}, "stderr": {}, "_created": {}, "_protocols": {}}

@@ -1,5 +1,6 @@
 """The leaderboard as text cells, shared by every rendering (terminal table, markdown, csv, html): which
-columns there are, how a value is written, and which metric cells are the best of their sparsity and pattern.
+columns there are, how a value is written (with its 95% interval where the windows or a standard error were
+stored), and which metric cells are the best of their sparsity and pattern or tied with it.
 
 Rows are `comparison.leaderboard` rows (model, method, pattern, sparsity, propagate, recipe, label,
 metrics, group, protocol, best).
@@ -39,10 +40,29 @@ def recipe_text(row: dict) -> str:
     return " ".join(x for x in (row["recipe"][:8], extras) if x)
 
 
-def row_cells(rows: list[dict], columns: list[str]) -> list[tuple[list[str], list[tuple[str, bool]]]]:
-    """Per row: the HEAD cells, and per metric column (value text, is it the best of its sparsity and pattern)."""
+def row_cells(rows: list[dict], columns: list[str], intervals: bool = True) -> list[tuple[list[str], list[tuple[str, bool]]]]:
+    """Per row: the HEAD cells, and per metric column (value text, is it the best of its sparsity and pattern).
+    With `intervals`, a value's text carries its 95% interval where one is known, and "tied" when it cannot be
+    told apart from the best of its sparsity and pattern (ranking.py)."""
     return [([r["model"], r["method"], r["pattern"], cell_text(r["sparsity"], "sparsity"), r["propagate"], recipe_text(r)],
-             [(cell_text(r["metrics"].get(c), c), c in r.get("best", [])) for c in columns]) for r in rows]
+             [(value_text(r, c) if intervals else cell_text(r["metrics"].get(c), c), c in r.get("best", [])) for c in columns])
+            for r in rows]
+
+
+def value_text(row: dict, metric: str) -> str:
+    """'21.345 [20.871, 21.830]', with ' tied' when tied with the best; the bare value without an interval."""
+    text = cell_text(row["metrics"].get(metric), metric)
+    interval = (row.get("intervals") or {}).get(metric)
+    if interval and text:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    if metric in (row.get("tied") or []):
+        text += " tied"
+    return text
+
+
+def interval_columns(rows: list[dict], columns: list[str]) -> list[str]:
+    """The metric columns some row has a 95% interval for (csv gives them low and high columns)."""
+    return [c for c in columns if any(c in (r.get("intervals") or {}) for r in rows)]
 
 
 def protocol_groups(rows: list[dict]) -> list[list[dict]]:

@@ -15,7 +15,9 @@ from typing import Mapping
 from zprune_cli.leaderboard_cells import HEAD, metric_columns, protocol_groups, row_cells
 
 LEGEND = ("Bold on green: the best value of its sparsity and pattern within its protocol group (lowest perplexity, "
-          "highest accuracy). Groups are measured under different protocols and never ranked against each other.")
+          "highest accuracy), when it differs from the runner-up at 95% (the paired test on the perplexity windows); "
+          "\"tied\" when it does not. [low, high]: the 95% interval, where the windows or a standard error were stored. "
+          "Groups are measured under different protocols and never ranked against each other.")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 80rem;

@@ -21,7 +21,7 @@ from zprune_cli.cli.output import emit_text, json_text, stdout_console, text_con
 from zprune_cli.cli.prune_cmd import recipe_fields
 from zprune_cli.comparison import compare, grid_recipes, leaderboard
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.leaderboard_cells import HEAD, known_metrics, metric_columns, protocol_groups, row_cells
+from zprune_cli.leaderboard_cells import HEAD, cell_text, interval_columns, known_metrics, metric_columns, protocol_groups, row_cells
 from zprune_cli.methods import method_names
 from zprune_cli.evaluation.run import Evaluation
 from zprune_cli.results import ResultsStore, results_path
@@ -246,9 +246,13 @@ def _csv(rows: list[dict]) -> str:
     columns = metric_columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["group", "protocol", *HEAD, *columns, "best"])
-    for row, (text, values) in zip(rows, row_cells(rows, columns)):
-        writer.writerow([row["group"], row["protocol"], *text, *[v for v, _ in values], " ".join(row.get("best", []))])
+    bounded = interval_columns(rows, columns)  # their 95% intervals as numbers: low and high columns
+    writer.writerow(["group", "protocol", *HEAD, *columns, *[f"{c} {end}" for c in bounded for end in ("low", "high")],
+                     "tied", "best"])
+    for row, (text, values) in zip(rows, row_cells(rows, columns, intervals=False)):
+        ends = [cell_text((row.get("intervals") or {}).get(c, [None, None])[i]) for c in bounded for i in (0, 1)]
+        writer.writerow([row["group"], row["protocol"], *text, *[v for v, _ in values], *ends, " ".join(row.get("tied", [])),
+                         " ".join(row.get("best", []))])
     return buffer.getvalue()
 
 

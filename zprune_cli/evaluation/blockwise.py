@@ -10,7 +10,6 @@ At one window per forward this is the whole-model computation, bit for bit.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError
-from zprune_cli.evaluation.perplexity import PerplexityResult, window_nll_sum
+from zprune_cli.evaluation.perplexity import PerplexityResult, result_of, window_nll_sum
 from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
 from zprune_cli.models.offload import held
 from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
@@ -71,11 +70,10 @@ class BlockwisePerplexity:
         if self.next != len(blocks):
             raise ZpruneError(f"perplexity needs all {len(blocks)} blocks; {self.next} were run")
         started = time.perf_counter()
-        n_windows, seqlen = self.windows.shape
-        nll = _replay_heads(self.model, blocks, self.windows, self.hidden, self.as_tuple, progress) / (n_windows * (seqlen - 1))
+        seqlen = self.windows.shape[1]
+        sums = _replay_heads(self.model, blocks, self.windows, self.hidden, self.as_tuple, progress)
         self.seconds += time.perf_counter() - started
-        return PerplexityResult(ppl=math.exp(nll) if nll < 709.0 else math.inf, nll=nll, n_windows=n_windows,
-                                n_tokens=n_windows * (seqlen - 1), seqlen=seqlen, seconds=self.seconds)
+        return result_of(sums, seqlen, self.seconds)
 
 
 def blockwise_perplexity(model: nn.Module, windows: torch.Tensor, progress: Callable[[int], None] | None = None,
@@ -95,23 +93,23 @@ def blockwise_perplexity(model: nn.Module, windows: torch.Tensor, progress: Call
 
 
 def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor, final: torch.Tensor,
-                  as_tuple: bool, progress: Callable[[int], None] | None) -> float:
-    """Sum of token NLLs from the model's forward with its blocks replaying `final` (restored after)."""
+                  as_tuple: bool, progress: Callable[[int], None] | None) -> list[float]:
+    """Each window's sum of token NLLs, from the model's forward with its blocks replaying `final` (restored after)."""
     window = [0]
     originals = list(blocks)
     device = final.device
     try:
         for i in range(len(blocks)):
             blocks[i] = _Replay(originals[i], final if i == 0 else None, window, as_tuple)
-        total = 0.0
+        sums = []
         for w in range(windows.shape[0]):
             window[0] = w
             ids = windows[w : w + 1].to(device)
             logits = model(input_ids=ids, use_cache=False).logits
-            total += window_nll_sum(logits[0], ids[0])
+            sums.append(window_nll_sum(logits[0], ids[0]))
             if progress is not None:
                 progress(w + 1)
-        return total
+        return sums
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block

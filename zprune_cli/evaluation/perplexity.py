@@ -31,6 +31,9 @@ class PerplexityResult:
 
     ppl = exp(nll); nll is the mean token negative log-likelihood in nats; n_windows windows of seqlen tokens
     were scored, giving n_tokens = n_windows * (seqlen - 1) predicted tokens; seconds is the wall time.
+    window_nlls: each window's mean token NLL (seqlen - 1 tokens each), in window order: what the interval of
+    this perplexity and the paired comparison of two models on the same windows are computed from
+    (evaluation/intervals.py).
     """
 
     ppl: float
@@ -39,6 +42,7 @@ class PerplexityResult:
     n_tokens: int
     seqlen: int
     seconds: float
+    window_nlls: list[float] | None = None
 
 
 def eval_windows(token_ids: torch.Tensor, seqlen: int) -> torch.Tensor:
@@ -101,7 +105,7 @@ def perplexity(
     device = torch.device(device) if device is not None else _model_device(model)
 
     start_time = time.perf_counter()
-    nll_sum = 0.0  # Python float: fp64 accumulation over windows
+    window_sums: list[float] = []  # Python floats: fp64 accumulation over windows
     was_training = model.training
     model.eval()
     try:
@@ -110,21 +114,21 @@ def perplexity(
                 batch = windows[first : first + batch_size].to(device)  # [b, seqlen]
                 logits = model(input_ids=batch, use_cache=False).logits  # [b, seqlen, V]
                 for row in range(batch.shape[0]):
-                    nll_sum += window_nll_sum(logits[row], batch[row])
+                    window_sums.append(window_nll_sum(logits[row], batch[row]))
                 del logits
                 if progress is not None:
                     progress(min(first + batch_size, n_windows))
     finally:
         model.train(was_training)
 
+    return result_of(window_sums, seqlen, time.perf_counter() - start_time)
+
+
+def result_of(window_sums: list[float], seqlen: int, seconds: float) -> PerplexityResult:
+    """The PerplexityResult of per-window NLL sums (each over seqlen - 1 predicted tokens)."""
+    n_windows = len(window_sums)
     n_tokens = n_windows * (seqlen - 1)
-    nll = nll_sum / n_tokens
+    nll = sum(window_sums) / n_tokens
     ppl = math.exp(nll) if nll < 709.0 else math.inf  # a broken model must not raise OverflowError
-    return PerplexityResult(
-        ppl=ppl,
-        nll=nll,
-        n_windows=n_windows,
-        n_tokens=n_tokens,
-        seqlen=seqlen,
-        seconds=time.perf_counter() - start_time,
-    )
+    return PerplexityResult(ppl=ppl, nll=nll, n_windows=n_windows, n_tokens=n_tokens, seqlen=seqlen, seconds=seconds,
+                            window_nlls=[total / (seqlen - 1) for total in window_sums])

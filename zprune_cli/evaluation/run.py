@@ -22,7 +22,7 @@ from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
-from zprune_cli.evaluation.perplexity import eval_windows, perplexity
+from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
 from zprune_cli.evaluation.protocol_cache import remembered
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import max_length
@@ -169,7 +169,8 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     metrics = []
     for source, measuring in perplexities.items():
         result = measuring.result()
-        metrics.append(Metric(metric_name(source), result.ppl, plan.protocol(source, seqlen, result.n_windows), result.seconds))
+        metrics.append(Metric(metric_name(source), result.ppl, plan.protocol(source, seqlen, result.n_windows), result.seconds,
+                              window_detail(result)))
     metrics.append(sparsity_metric(counting.result()))
     return outcome, metrics
 
@@ -205,7 +206,13 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
         else:
             result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
     protocol = plan.protocol(source, seqlen, result.n_windows)
-    return Metric(metric_name(source), result.ppl, protocol, result.seconds)
+    return Metric(metric_name(source), result.ppl, protocol, result.seconds, window_detail(result))
+
+
+def window_detail(result: PerplexityResult) -> dict:
+    """A perplexity's per-window mean NLLs and their token count, kept with it in the results store: its
+    interval and paired comparisons are computed from them (zprune_cli.intervals)."""
+    return {"window_nll": result.window_nlls, "window_tokens": result.seqlen - 1}
 
 
 def _zeroshot(model, tokenizer, plan: EvalPlan, progress: Progress) -> list[Metric]:
