@@ -4,6 +4,7 @@ the tables mark the right best values, and `--check`'s comparison is to 4 signif
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,3 +122,88 @@ def test_a_grid_claims_only_its_own_cells_and_their_times():
     run = board.merge("m", "g1", outcome)
     assert run["cells_seconds"] == 6.0 and run["overhead"] == 1.0  # dense + wanda: 3 s each
     assert {c["recipe"] for c in board.data()["cells"]} == {"", mine["recipe"]}
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def test_leaderboard_refuses_a_dirty_tree_and_a_second_commit_in_one_table(tmp_path):
+    import one_run
+
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "zprune_cli").mkdir()
+    (tmp_path / "zprune_cli" / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("not measured code\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "one")
+    clean = one_run.tree_state(tmp_path)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert clean == one_run.TreeState(head, ())
+    (tmp_path / "notes.md").write_text("edited: still clean for the leaderboard\n")
+    assert one_run.tree_state(tmp_path).changed == ()
+    (tmp_path / "zprune_cli" / "a.py").write_text("x = 2\n")
+    (tmp_path / "zprune_cli" / "b.py").write_text("y = 1\n")
+    dirty = one_run.tree_state(tmp_path)
+    assert dirty.changed == ("zprune_cli/a.py", "zprune_cli/b.py")
+    assert one_run.refusal({}, ["m"], dirty).startswith("the measured code has local changes (zprune_cli/a.py, zprune_cli/b.py)")
+
+    mine = {**cell("wanda", 0.5, 60.0), "commit": head}
+    assert one_run.refusal({"cells": [mine]}, ["m"], clean) is None
+    legacy = cell("ria", 0.5, 61.0)  # no commit of its own: its run's record names it
+    board = {"cells": [mine, legacy], "runs": [{"model": "m", "grid": "g", "library": "zprune_cli at 0485b5d"}]}
+    assert one_run.table_commits(board) == {"m": sorted([head, "0485b5d"])}
+    said = one_run.refusal(board, ["m"], clean)
+    assert said.startswith(f"the m table holds cells from commit 0485b5d, this tree is at {head}: a new commit starts a new run")
+    assert one_run.refusal(board, ["other"], clean) is None  # another model's table is not this one
+
+
+def test_leaderboard_py_exits_2_with_one_line_on_a_dirty_tree(tmp_path, monkeypatch, capsys):
+    import leaderboard
+    import one_run
+
+    monkeypatch.setattr(leaderboard, "tree_state", lambda repo: one_run.TreeState("abc1234", ("zprune_cli/x.py",)))
+    monkeypatch.setattr(leaderboard, "run_all", lambda *a: pytest.fail("ran a grid from a dirty tree"))
+    assert leaderboard.main(["--results", str(tmp_path / "board.json"), "--models", "m", "--grids", "g"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the measured code has local changes (zprune_cli/x.py)")
+
+
+def test_new_cells_record_their_commit_threads_and_versions_and_head_may_not_move():
+    import leaderboard
+    import one_run
+
+    recorded = one_run.environment("abc1234", 1)
+    assert set(recorded["versions"]) == {"torch", "transformers", "lm_eval"} and recorded["threads"] == 1
+    board = leaderboard.Board({}, None, recorded)
+    row = cell("wanda", 0.5, 60.0)
+    outcome = {"rows": [row], "computed": 1, "skipped": 0, "wall_seconds": 3.0, "library": "x",
+               "state": one_run.TreeState("abc1234", ())}
+    board.merge("m", "g", outcome)
+    assert [{k: c[k] for k in ("commit", "threads", "versions")} for c in board.data()["cells"]] == [recorded]
+    with pytest.raises(leaderboard.Refused, match="HEAD moved during the run"):
+        board.merge("m", "g", {**outcome, "state": one_run.TreeState("def5678", ())})
+
+
+def test_publish_refuses_a_table_with_cells_from_two_commits(tmp_path, monkeypatch):
+    board = {"cells": [{**cell("wanda", 0.5, 60.0), "commit": "aaa1111"}, {**cell("ria", 0.5, 61.0), "commit": "bbb2222"},
+                       {**cell("ria", 0.5, 61.0, model="n"), "commit": "ccc3333"}], "runs": []}
+    for name in ("README", "RESULTS_MD", "PLOT"):  # nothing may be written
+        monkeypatch.setattr(publish, name, tmp_path / name)
+    with pytest.raises(publish.MixedCommits, match=r"^m: cells from commits aaa1111, bbb2222: a published table is one run"):
+        publish.publish(board)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_plot_has_no_segment_across_an_unmeasured_sparsity():
+    board = {"cells": [cell("dense", None, 20.0), cell("wanda", 0.5, 30.0), cell("wanda", 0.6, 40.0), cell("wanda", 0.7, 90.0),
+                       cell("ria", 0.5, 31.0, propagate="pruned"), cell("ria", 0.7, 80.0, propagate="pruned"),
+                       cell("ria", 0.6, 50.0, model="n", propagate="pruned")]}
+    lines = publish.plot_lines(board, "m")
+    assert lines["wanda (dense)"] == ([0.5, 0.6, 0.7], [30.0, 40.0, 90.0])
+    xs, ys = lines["ria (pruned)"]
+    assert xs == [0.5, 0.6, 0.7] and ys[0] == 31.0 and math.isnan(ys[1]) and ys[2] == 80.0  # no line through 60%
+    levels = [0.5, 0.6, 0.7]  # matplotlib joins consecutive finite points only: each line must visit every level
+    assert all(xs == levels[levels.index(xs[0]): levels.index(xs[-1]) + 1] for xs, _ in lines.values())

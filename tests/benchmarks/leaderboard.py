@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
+from one_run import environment, refusal, tree_state
 from publish import cell_key, differences
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="cache folder holding the results store (the run resumes from it)")
     p.add_argument("--results", type=Path, default=RESULTS_JSON, help="the leaderboard's JSON file")
     p.add_argument("--jobs", type=int, default=2, help="grids run side by side (one compare process each)")
+    p.add_argument("--windows", type=int, default=None,
+                   help=f"perplexity windows of 512 tokens per cell (default: the grids', {WINDOWS}; 64 or more to rank)")
     p.add_argument("--check", action="store_true", help="recompute in a fresh cache and compare to --results")
     p.add_argument("--publish", action="store_true", help="write README / RESULTS.md / PNG from --results")
     return p.parse_args(argv)
@@ -61,12 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --- running the grids --------------------------------------------------------------------------------------
 
 
-def run_grid(model: str, grid: str, cache: Path, methods: str | None) -> dict:
+def run_grid(model: str, grid: str, cache: Path, methods: str | None, windows: int | None = None) -> dict:
     """One `zprune compare --grid` process: its JSON outcome plus its wall time."""
     command = [sys.executable, "-m", "zprune_cli", "compare", model, "--grid", grid, "--data", str(C4),
                "--data-dir", str(DATA_DIR), "--cache-dir", str(cache), "--json"]
     if methods:
         command += ["--method", methods]
+    if windows:
+        command += ["--max-windows", str(windows)]
+    state = tree_state(REPO)  # the commit this process measures (checked against the table's in Board.merge)
     library = library_state()  # the code this process imports (HEAD may move during a long leaderboard)
     started = time.perf_counter()
     # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
@@ -75,27 +81,39 @@ def run_grid(model: str, grid: str, cache: Path, methods: str | None) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {done.returncode}")
-    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library}
+    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library, "state": state}
 
 
 def slim(row: dict, model: str, grid: str) -> dict:
-    keep = ("method", "label", "pattern", "sparsity", "propagate", "recipe", "protocol", "metrics", "seconds")
-    return {"model": model, "grid": grid, **{k: row.get(k) for k in keep}}
+    """A cell as leaderboard.json keeps it; `windows` (per-window NLLs) and `stderr` carry its evidence."""
+    keep = ("method", "label", "pattern", "sparsity", "propagate", "recipe", "protocol", "metrics", "seconds",
+            "windows", "stderr")
+    return {"model": model, "grid": grid, **{k: row.get(k) for k in keep if k in row}}
+
+
+class Refused(Exception):
+    """Cells that may not go into the table asked for (one line, exit 2)."""
 
 
 class Board:
     """The leaderboard being built: cells by key and the latest computing run per model x grid, saved
     to `path` after every grid (so a killed run keeps what finished). Models run in parallel threads."""
 
-    def __init__(self, board: dict, path: Path | None):
+    def __init__(self, board: dict, path: Path | None, recorded: dict | None = None):
         self.cells = {cell_key(c): c for c in board.get("cells", [])}
         self.runs = list(board.get("runs", []))
         self.path = path
         self.lock = threading.Lock()
+        self.protocol = board.get("protocol", PROTOCOL)
+        self.recorded = recorded  # environment(): the commit, threads and versions every new cell records
 
     def merge(self, model: str, grid: str, outcome: dict) -> dict:
         """Takes one compare outcome; returns its run (fresh cells: new, or with new times)."""
         with self.lock:
+            state = outcome.get("state")
+            if self.recorded and state is not None and (state.commit, state.changed) != (self.recorded["commit"], ()):
+                raise Refused(f"{model} {grid} ran at {state.commit}{' with local changes' if state.changed else ''}, "
+                              f"the run started at {self.recorded['commit']}: HEAD moved during the run; start a new one")
             fresh = []
             # the outcome's rows are its whole protocol group: another grid's cells (run beside it) stay theirs
             mine = outcome.get("recipes")  # absent from the JSON of a zprune older than this field: all rows
@@ -105,7 +123,7 @@ class Board:
                 old = self.cells.get(key)
                 if old is None or (old.get("seconds") or {}) != (row.get("seconds") or {}):
                     fresh.append(row)
-                self.cells[key] = slim(row, model, old["grid"] if old else grid)
+                self.cells[key] = {**slim(row, model, old["grid"] if old else grid), **(self.recorded or {})}
             run = describe_run(model, grid, outcome, fresh)
             if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in self.runs):
                 self.runs = [r for r in self.runs if (r["model"], r["grid"]) != (model, grid)] + [run]
@@ -116,7 +134,7 @@ class Board:
     def data(self) -> dict:
         runs = sorted(self.runs, key=lambda r: (r["model"], GRIDS.index(r["grid"]) if r["grid"] in GRIDS else 99))
         libraries = sorted({r.get("library", "unknown") for r in runs})
-        return {"library": ", ".join(libraries), "protocol": PROTOCOL, "schedule": [list(job) for job in SCHEDULE], "runs": runs,
+        return {"library": ", ".join(libraries), "protocol": self.protocol, "schedule": [list(job) for job in SCHEDULE], "runs": runs,
                 "cells": sorted(self.cells.values(), key=order)}
 
 
@@ -133,7 +151,7 @@ def run_all(args: argparse.Namespace, cache: Path, board: Board) -> dict:
             if job is None:
                 return
             model, grid = job
-            run = board.merge(model, grid, run_grid(model, grid, cache, args.methods))
+            run = board.merge(model, grid, run_grid(model, grid, cache, args.methods, args.windows))
             print(summary_line(run), flush=True)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -153,7 +171,7 @@ def schedule(args: argparse.Namespace) -> list[tuple[str, str]]:
 def describe_run(model: str, grid: str, outcome: dict, fresh: list[dict]) -> dict:
     """A run's wall time against the sum of its freshly computed cells' prune and evaluation times."""
     inside = sum((r.get("seconds") or {}).get("prune", 0) + (r.get("seconds") or {}).get("evaluate", 0) for r in fresh)
-    return {"model": model, "grid": grid, "library": outcome["library"], "computed": outcome["computed"],
+    return {"model": model, "grid": grid, "library": outcome.get("library", "unknown"), "computed": outcome["computed"],
             "skipped": outcome["skipped"],
             "wall_seconds": outcome["wall_seconds"], "cells_seconds": round(inside, 1),
             "overhead": round(outcome["wall_seconds"] / inside, 3) if inside else None}
@@ -173,8 +191,16 @@ def order(cell: dict):
             cell["label"], cell["propagate"] or "")
 
 
+WINDOWS = 16  # max_windows of the leaderboard grids in zprune.toml; --windows replaces it
+
+
+def protocol(windows: int | None) -> dict:
+    return {**PROTOCOL, "perplexity": f"wikitext-2 test, windows of 512 tokens, the first {windows or WINDOWS}"
+            + ("" if windows else " (max_windows in zprune.toml)")}
+
+
 PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
-            "perplexity": "wikitext-2 test, windows of 512 tokens, the first 16 (max_windows in zprune.toml)",
+            "perplexity": f"wikitext-2 test, windows of 512 tokens, the first {WINDOWS} (max_windows in zprune.toml)",
             "zero-shot": "the first 50 questions of each of six sets (limit in zprune.toml), lm-eval acc and acc_norm, 0-shot",
             "zero-shot questions": 50,
             "dtype": "float32", "device": "cpu", "threads": THREADS}
@@ -200,13 +226,28 @@ def main(argv=None) -> int:
     if args.check:
         return check(args)
     if args.publish:
-        from publish import publish
+        from publish import MixedCommits, publish
 
-        publish(json.loads(args.results.read_text()))
+        try:
+            publish(json.loads(args.results.read_text()))
+        except MixedCommits as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
-    board = Board(json.loads(args.results.read_text()) if args.results.exists() else {}, args.results)
+    existing = json.loads(args.results.read_text()) if args.results.exists() else {}
+    state = tree_state(REPO)
+    refused = refusal(existing, sorted({model for model, _ in schedule(args)}), state)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    board = Board(existing, args.results, environment(state.commit, THREADS))
+    board.protocol = protocol(args.windows)
     started = time.perf_counter()
-    board = run_all(args, args.cache, board)
+    try:
+        board = run_all(args, args.cache, board)
+    except Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"leaderboard: {len(board['cells'])} cells in {args.results}, this run {time.perf_counter() - started:.0f} s")
     return 0
 

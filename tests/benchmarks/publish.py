@@ -9,6 +9,8 @@ import math
 import re
 from pathlib import Path
 
+from one_run import NEW_RUN, mixed_tables
+
 HERE = Path(__file__).resolve().parent
 README = HERE.parents[1] / "README.md"
 RESULTS_MD = HERE / "RESULTS.md"
@@ -189,14 +191,14 @@ def makespan(board: dict, jobs: int) -> float:
     return max(free, default=0.0)
 
 
-def replace_section(text: str, section: str) -> str:
+def replace_section(text: str, section: str, start: str = START, end: str = END) -> str:
     """`text` with the part between the markers replaced (appended when there is none yet)."""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     return pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
 
 
-def published_section(text: str) -> str | None:
-    match = re.search(re.escape(START) + ".*?" + re.escape(END), text, re.S)
+def published_section(text: str, start: str = START, end: str = END) -> str | None:
+    match = re.search(re.escape(start) + ".*?" + re.escape(end), text, re.S)
     return match.group(0) if match else None
 
 
@@ -211,22 +213,13 @@ def plot(board: dict, path: Path = PLOT) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), dpi=110, squeeze=False)
     for ax, model in zip(axes[0], models):
         ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a dozen recipes: no colour twice
-        series: dict[str, list[tuple[float, float]]] = {}
-        dense_drawn = False  # one dense line, though several protocol groups hold a dense row
-        for cell in board["cells"]:
-            value = perplexity_of(cell)
-            if cell["model"] != model or value is None:
-                continue
-            if cell["method"] == "dense":
-                if not dense_drawn:
-                    ax.axhline(value, color="black", linestyle="--", linewidth=1, label=f"dense ({value:.2f})")
-                dense_drawn = True
-            elif cell["pattern"] == "unstructured":
-                series.setdefault(f"{recipe_name(cell)} ({cell['propagate']})", []).append((cell["sparsity"], value))
-        for label, points in sorted(series.items()):
-            points.sort()
+        dense = next((perplexity_of(c) for c in board["cells"] if c["model"] == model and c["method"] == "dense"
+                      and perplexity_of(c) is not None), None)
+        if dense is not None:  # one dense line, though several protocol groups hold a dense row
+            ax.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense ({dense:.2f})")
+        for label, (xs, ys) in plot_lines(board, model).items():
             style = ":" if label.endswith("(dense)") else "-"  # calibrate-once statistics dotted, pruned propagation solid
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle=style, label=label)
+            ax.plot(xs, ys, marker="o", linestyle=style, label=label)
         ax.set(yscale="log", xlabel="sparsity (unstructured)", ylabel="wikitext-2 perplexity (log)", title=model)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -236,8 +229,38 @@ def plot(board: dict, path: Path = PLOT) -> None:
     plt.close(fig)
 
 
+class MixedCommits(Exception):
+    """A table whose cells were measured by two versions of the code: never published."""
+
+
+def plot_lines(board: dict, model: str) -> dict[str, tuple[list[float], list[float]]]:
+    """label -> (sparsities, perplexities) of each recipe x propagation at unstructured sparsity, with a NaN
+    perplexity at every sparsity some other recipe of the model was measured at and this one was not: the
+    line breaks there instead of passing through a value nobody measured."""
+    series: dict[str, dict[float, float]] = {}
+    for cell in board["cells"]:
+        value = perplexity_of(cell)
+        if cell["model"] == model and value is not None and cell["method"] != "dense" and cell["pattern"] == "unstructured":
+            series.setdefault(f"{recipe_name(cell)} ({cell['propagate']})", {})[cell["sparsity"]] = value
+    levels = sorted({x for points in series.values() for x in points})
+    out = {}
+    for label, points in sorted(series.items()):
+        span = [x for x in levels if min(points) <= x <= max(points)]
+        out[label] = (span, [points.get(x, math.nan) for x in span])
+    return out
+
+
 def publish(board: dict) -> None:
+    """Write the plot, the README's Results and RESULTS.md's leaderboard section; refuses (MixedCommits) a
+    board with a table whose cells come from more than one commit."""
+    mixed = mixed_tables(board)
+    if mixed:
+        raise MixedCommits(f"{'; '.join(mixed)}: a published table is one run at one commit ({NEW_RUN})")
+    import analysis
+
     plot(board)
-    README.write_text(replace_section(README.read_text(), readme_section(board)))
-    RESULTS_MD.write_text(replace_section(RESULTS_MD.read_text(), results_section(board)))
+    readme = replace_section(README.read_text(), readme_section(board))
+    README.write_text(replace_section(readme, analysis.readme_summary(board), analysis.README_START, analysis.README_END))
+    results = replace_section(RESULTS_MD.read_text(), results_section(board))
+    RESULTS_MD.write_text(replace_section(results, analysis.analysis_section(board), analysis.START, analysis.END))
     print(f"wrote {README.name} (Results), {RESULTS_MD.name} (Leaderboard), {PLOT.relative_to(HERE.parents[1])}")

@@ -1,0 +1,92 @@
+"""One published table, one run at one commit: what leaderboard.py and publish.py check before writing.
+
+A cell records the commit of the code that measured it (`commit`), the torch thread count and the library
+versions. A table (one model's cells) whose cells come from two commits mixes two versions of the code, so
+leaderboard.py refuses to add cells of another commit (or of a tree with local changes to the measured code)
+to it, and publish.py refuses to render it. Cells written before cells recorded their commit take it from
+their run's record ("zprune_cli at 991b747"). No zprune or torch import: tests load this module cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+# what a number depends on: the library, its grids and its pinned dependencies
+MEASURED = ("zprune_cli", "zprune.toml", "pyproject.toml")
+NEW_RUN = ("a new commit starts a new run: give --results a new file (or move leaderboard.json aside), "
+           "run the grids, and --check the old file's cells at the new commit")
+
+
+@dataclass(frozen=True)
+class TreeState:
+    commit: str | None  # short HEAD; None outside a git checkout
+    changed: tuple[str, ...]  # measured files with local changes (untracked ones included)
+
+
+def tree_state(repo: Path) -> TreeState:
+    """HEAD and the measured files that differ from it."""
+    try:
+        head = _git(repo, "rev-parse", "--short", "HEAD").strip()
+        status = _git(repo, "status", "--porcelain", "--", *MEASURED)
+    except (OSError, subprocess.CalledProcessError):
+        return TreeState(None, ())
+    return TreeState(head, tuple(line[3:] for line in status.splitlines() if line.strip()))
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def environment(commit: str | None, threads: int) -> dict:
+    """What a cell records of the run that measured it."""
+    versions = {}
+    for name in ("torch", "transformers", "lm_eval"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"commit": commit, "threads": threads, "versions": versions}
+
+
+def cell_commit(cell: dict, runs: list[dict]) -> str | None:
+    """The commit a cell was measured at: its own record, else its run's ("zprune_cli at 991b747")."""
+    if cell.get("commit"):
+        return cell["commit"]
+    for run in runs:
+        if (run.get("model"), run.get("grid")) == (cell.get("model"), cell.get("grid")):
+            match = re.search(r"at ([0-9a-f]{7,40})", run.get("library") or "")
+            return match.group(1) if match else None
+    return None
+
+
+def table_commits(board: dict) -> dict[str, list[str]]:
+    """model -> the commits its cells were measured at (unknown ones as '?'), sorted."""
+    out: dict[str, set[str]] = {}
+    for cell in board.get("cells", []):
+        out.setdefault(cell["model"], set()).add(cell_commit(cell, board.get("runs", [])) or "?")
+    return {model: sorted(commits) for model, commits in out.items()}
+
+
+def mixed_tables(board: dict) -> list[str]:
+    """One line per table whose cells come from more than one commit (or from an unknown one)."""
+    return [f"{model}: cells from commits {', '.join(commits)}" for model, commits in table_commits(board).items()
+            if len(commits) > 1 or commits == ["?"]]
+
+
+def refusal(board: dict, models: list[str], state: TreeState) -> str | None:
+    """Why cells of `models` measured in this tree may not go into `board` (None: they may)."""
+    if state.commit is None:
+        return "the leaderboard runs from a git checkout: a cell records the commit that measured it"
+    if state.changed:
+        return (f"the measured code has local changes ({', '.join(state.changed[:3])}"
+                f"{', ...' if len(state.changed) > 3 else ''}): commit them first, so every cell names its code")
+    commits = table_commits(board)
+    for model in models:
+        others = [c for c in commits.get(model, []) if c != state.commit]
+        if others:
+            return f"the {model} table holds cells from commit {', '.join(others)}, this tree is at {state.commit}: {NEW_RUN}"
+    return None
