@@ -77,6 +77,11 @@ def test_the_published_sections_are_what_the_committed_results_render_to():
     board = json.loads((BENCHMARKS / "leaderboard.json").read_text())
     assert publish.published_section(publish.README.read_text()) == publish.readme_section(board)
     assert publish.published_section(publish.RESULTS_MD.read_text()) == publish.results_section(board)
+    import analysis  # the analysis sentences and the README's account of what is there: rendered, never hand-kept
+
+    assert publish.published_section(publish.RESULTS_MD.read_text(), analysis.START, analysis.END) == analysis.analysis_section(board)
+    assert publish.published_section(publish.README.read_text(), analysis.README_START, analysis.README_END) == \
+        analysis.readme_summary(board)
     assert publish.PLOT.is_file() and publish.PLOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for c in board["cells"]:  # every committed perplexity appears, as printed, in RESULTS.md
         value = publish.perplexity_of(c)
@@ -207,3 +212,55 @@ def test_the_plot_has_no_segment_across_an_unmeasured_sparsity():
     assert xs == [0.5, 0.6, 0.7] and ys[0] == 31.0 and math.isnan(ys[1]) and ys[2] == 80.0  # no line through 60%
     levels = [0.5, 0.6, 0.7]  # matplotlib joins consecutive finite points only: each line must visit every level
     assert all(xs == levels[levels.index(xs[0]): levels.index(xs[-1]) + 1] for xs, _ in lines.values())
+
+
+BASE = [4.0, 4.2, 4.4, 4.6]
+
+
+def windowed(method, column, shift, propagate="dense", model="m"):
+    """A cell whose per-window NLLs are BASE + shift (a number each, or one per window)."""
+    shifts = shift if isinstance(shift, list) else [shift] * len(BASE)
+    nlls = [b + s for b, s in zip(BASE, shifts)]
+    return {**cell(method, column, math.exp(sum(nlls) / len(nlls)), propagate, model=model),
+            "windows": {"ppl:wikitext2": nlls}}
+
+
+def test_the_published_table_marks_best_only_past_the_runner_up_and_shows_intervals():
+    from zprune_cli.intervals import ppl_interval
+
+    clear = [windowed("wanda", 0.5, 0.0), windowed("ria", 0.5, [0.1, 0.2, 0.1, 0.2])]
+    tied = [windowed("wanda", 0.6, 0.0), windowed("ria", 0.6, [0.3, -0.1, 0.2, -0.2])]
+    lines = publish.perplexity_table([cell("dense", None, 20.0), *clear, *tied])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2:5] for line in lines[2:]}
+    low, high = ppl_interval(BASE)
+    assert rows["wanda"][0] == f"**{math.exp(4.3):.2f} [{low:.2f}, {high:.2f}]**"  # 50%: the paired test excludes 0
+    assert rows["ria"][0].count("**") == 0 and not rows["ria"][0].endswith("tied")
+    assert rows["wanda"][1].endswith(" tied") and rows["ria"][1].endswith(" tied")  # 60%: it does not
+    assert rows["wanda"][2] == "-"
+
+
+def test_the_rendered_analysis_numbers_are_the_tables():
+    import re
+
+    import analysis
+
+    board = {"runs": [{"wall_seconds": 60.0}, {"wall_seconds": 90.0}],
+             "cells": [cell("dense", None, 20.0), windowed("wanda", 0.5, 0.0), windowed("ria", 0.5, [0.1, 0.2, 0.1, 0.2]),
+                       windowed("wanda", 0.5, [0.3, -0.1, 0.2, -0.2], propagate="pruned"), windowed("wanda", "2:4", 1.0),
+                       windowed("ria", "2:4", 1.5)]}
+    text = analysis.analysis_section(board)
+    table = "\n".join(publish.perplexity_table(board["cells"]))
+    assert "6 cells on 1 models in 2 runs whose wall times sum to 2.5 core-minutes" in text
+    sentences = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(sentences) == 2 + 1  # the 50% and 2:4 columns; wanda's propagation at 50%
+    # the table's values, as printed: the first number of every cell after the method and propagation columns
+    printed = {cell.strip(" *").split(" ")[0] for line in table.splitlines()[2:] for cell in line.split("|")[3:-1]} - {"-"}
+    for line in sentences:
+        change, a, b = re.search(r"is ([+-][\d.]+)% \(([\d.]+) against ([\d.]+);", line).groups()
+        assert {a, b} <= printed  # each number is the table's
+        assert abs(float(change) - 100 * (float(a) / float(b) - 1)) <= 0.05 + 100 * 0.005 / float(b) * 2  # rounding only
+    lowest = re.search(r"m, 50%: lowest (\S+) \((\w+) propagation\) at ([\d.]+);", text)
+    assert lowest.groups() == ("wanda", "dense", f"{math.exp(4.3):.2f}") and lowest.group(3) in printed
+    assert sentences[0].endswith(": within noise).")  # 50%: the runner-up is wanda under pruned propagation
+    assert sentences[1].startswith("- m, 2:4: lowest wanda") and sentences[1].endswith(": worse).")  # ria +0.5 every window
+    assert sentences[2].startswith("- m, wanda at 50%: pruned propagation is") and sentences[2].endswith(": within noise).")

@@ -31,3 +31,15 @@ def test_ci_also_runs_the_fast_suite_from_a_fresh_clone_with_no_data_beside_it()
 def test_first_command_prunes_the_default_model():
     first = readme_commands()[0]
     assert "torch==2.13.0" in first and "zprune prune smollm2-135m" in first
+
+
+def test_the_readme_counts_the_families_tests_test_families_runs():
+    """Both of the README's counts (configurations and families) are what tests/test_families.py runs."""
+    from conftest import FAMILIES, MORE_FAMILIES
+
+    configurations = FAMILIES + MORE_FAMILIES
+    families = {name.removesuffix("_vision") for name in configurations}  # Gemma 3's vision model: one family
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert re.findall(r"(\d+) model configurations of (\d+) families", text) == [(str(len(configurations)), str(len(families)))]
+    assert re.findall(r"all (\d+) configurations of `tests/test_families.py`", text) == [str(len(configurations))]
+    assert not re.search(r"\d+ families of `tests/test_families.py`", text)

@@ -1,7 +1,7 @@
 """The leaderboard's data (leaderboard.json) and its published forms: the README "Results" section, the
 leaderboard section of RESULTS.md and the PNG plot, and the comparison `leaderboard.py --check` makes.
 Rendering is pure (a test re-renders and compares with the committed files); writing replaces only the
-text between the markers. No zprune or torch import: tests load this module cheaply."""
+text between the markers. No torch import (zprune_cli.intervals, pure, only): tests load this module cheaply."""
 
 from __future__ import annotations
 
@@ -83,29 +83,55 @@ def perplexity_of(cell: dict) -> float | None:
 
 
 def perplexity_table(cells: list[dict]) -> list[str]:
-    """Rows: dense, then each recipe x propagation; columns: 50/60/70% and 2:4, 4:8. Best pruned value bold."""
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+    """Rows: dense, then each recipe x propagation; columns: 50/60/70% and 2:4, 4:8. A value carries its 95%
+    interval where its windows are stored; the best pruned value of a column is bold only when the paired test
+    tells it from the runner-up, and both read "tied" when it does not (without windows: the lowest, bold)."""
+    rows: dict[tuple[str, str], dict[str, dict]] = {}
     for cell in cells:
-        value = perplexity_of(cell)
-        if value is None:
+        if perplexity_of(cell) is None:
             continue
         name = ("dense", "") if cell["method"] == "dense" else (recipe_name(cell), cell["propagate"])
-        rows.setdefault(name, {})[column_of(cell) or "dense"] = value
-    best = {c: min((v[c] for k, v in rows.items() if k[0] != "dense" and c in v and math.isfinite(v[c])), default=None)
-            for c in COLUMNS}
+        rows.setdefault(name, {})[column_of(cell) or "dense"] = cell
+    marks = {c: column_marks([v[c] for k, v in rows.items() if k[0] != "dense" and c in v]) for c in COLUMNS}
     lines = ["| method | propagation | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
     for (name, propagate), values in sorted(rows.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
-        shown = [_number(values.get("dense") if name == "dense" else values.get(c), best[c] if name != "dense" else None)
+        shown = [_number(values.get("dense")) if name == "dense" else _number(values.get(c), marks[c].get(id(values.get(c))))
                  for c in COLUMNS]
         lines.append(f"| {name} | {propagate or '-'} | " + " | ".join(shown) + " |")
     return lines
 
 
-def _number(value: float | None, best: float | None) -> str:
-    if value is None:
+def column_marks(cells: list[dict]) -> dict[int, str]:
+    """id(cell) -> "best" or "tied" for one column's pruned cells (see perplexity_table)."""
+    from zprune_cli.intervals import paired_difference
+
+    ranked = sorted((c for c in cells if math.isfinite(_float(perplexity_of(c)))), key=perplexity_of)
+    if len(ranked) < 2:
+        return {id(c): "best" for c in ranked}
+    windows = [window_nlls(c) for c in ranked]
+    if not windows[0] or not windows[1]:
+        return {id(c): "best" for c in ranked if perplexity_of(c) == perplexity_of(ranked[0])}
+    alike = [c for c, w in zip(ranked[1:], windows[1:]) if not (w and paired_difference(w, windows[0]).excludes_zero)]
+    return {id(c): "tied" for c in [ranked[0], *alike]} if alike else {id(ranked[0]): "best"}
+
+
+def window_nlls(cell: dict) -> list[float] | None:
+    metric = next((m for m in cell["metrics"] if m.startswith("ppl:")), None)
+    return (cell.get("windows") or {}).get(metric)
+
+
+def _number(cell: dict | None, mark: str | None = None) -> str:
+    if cell is None:
         return "-"
+    value = perplexity_of(cell)
     text = f"{value:.2f}"
-    return f"**{text}**" if best is not None and value == best else text
+    nlls = window_nlls(cell)
+    if nlls and len(nlls) >= 2 and math.isfinite(value):
+        from zprune_cli.intervals import ppl_interval
+
+        low, high = ppl_interval(nlls)
+        text += f" [{low:.2f}, {high:.2f}]"
+    return {"best": f"**{text}**", "tied": f"{text} tied"}.get(mark, text)
 
 
 def zeroshot_table(cells: list[dict]) -> list[str]:
@@ -168,8 +194,7 @@ def results_section(board: dict) -> str:
         out.append(f"| {run['model']} | {run['grid']} | {run['computed']} | {run['wall_seconds']:.0f} | "
                    f"{run['cells_seconds']:.0f} | {overhead} |")
     core_minutes = sum(r["wall_seconds"] for r in board["runs"]) / 60
-    out += ["", f"All runs: {core_minutes:.1f} core-minutes. Two at a time in the script's schedule (`--jobs 2`, "
-            f"one core each), the leaderboard takes {makespan(board, 2) / 60:.1f} min.", "",
+    out += ["", f"All runs: {core_minutes:.1f} core-minutes. {wall_time_sentence(board)}", "",
             "| model | recipe | column | propagation | ppl | prune s | eval s |", "|---|---|---|---|---:|---:|---:|"]
     for cell in board["cells"]:
         seconds = cell.get("seconds") or {}
@@ -178,6 +203,15 @@ def results_section(board: dict) -> str:
                    f"{'-' if value is None else f'{value:.2f}'} | {seconds.get('prune', 0):.1f} | {seconds.get('evaluate', 0):.1f} |")
     out += ["", END]
     return "\n".join(out)
+
+
+def wall_time_sentence(board: dict) -> str:
+    """The leaderboard's wall time: measured when one leaderboard.py invocation ran every cell, else only the
+    makespan the runs' wall times would give, said to be computed."""
+    if board.get("wall_seconds") is not None:
+        return f"One `leaderboard.py` run computed every cell in {board['wall_seconds'] / 60:.1f} min, measured."
+    return (f"The runs were not one sitting: {makespan(board, 2) / 60:.1f} min is the makespan their wall times would "
+            "give two at a time in the script's schedule (`--jobs 2`, one core each), computed, not measured.")
 
 
 def makespan(board: dict, jobs: int) -> float:
