@@ -43,7 +43,7 @@ def test_differences_name_each_changed_perplexity_only():
     elsewhere = {"cells": [{**cell("wanda", 0.5, 60.0), "protocol": "p; statistics 0123abcd"}]}
     assert publish.differences(elsewhere, {"cells": [{**cell("wanda", 0.5, 60.0), "protocol": "p; statistics 9f8e7d6c"}]}) == []
     accuracy_only = {"cells": [cell("wanda", 0.5, None, metrics={"acc:piqa_local": 0.1})]}
-    assert publish.differences(accuracy_only, committed) == []  # perplexities are compared, not accuracies
+    assert publish.differences(accuracy_only, committed) == []  # an accuracy the committed cell lacks: nothing to compare
 
 
 def test_perplexity_table_layout_and_best_per_column():
@@ -97,7 +97,7 @@ def test_a_rerun_reproduces_committed_perplexities(tmp_path, full_data):
                            "--grids", "leaderboard-dense", "--methods", "magnitude"],
                           capture_output=True, text=True, timeout=1800, env={**os.environ, "ZPRUNE_DATA_DIR": str(full_data)})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 of 6 perplexities equal the committed ones" in done.stdout
+    assert "6 of 6 perplexities and accuracies equal the committed ones" in done.stdout
 
 
 def test_makespan_follows_the_schedule_with_each_worker_taking_the_next_run():
@@ -264,3 +264,32 @@ def test_the_rendered_analysis_numbers_are_the_tables():
     assert sentences[0].endswith(": within noise).")  # 50%: the runner-up is wanda under pruned propagation
     assert sentences[1].startswith("- m, 2:4: lowest wanda") and sentences[1].endswith(": worse).")  # ria +0.5 every window
     assert sentences[2].startswith("- m, wanda at 50%: pruned propagation is") and sentences[2].endswith(": within noise).")
+
+
+def test_the_check_sample_is_seeded_covers_every_kind_and_is_at_least_the_fraction():
+    import sampling
+
+    cells = [cell("dense", None, 20.0)] + [cell(m, s, 30.0 + i, label=f"{m} {s}") for i, (m, s) in
+                                           enumerate((m, s) for m in ("wanda", "ria", "zpruner") for s in (0.5, 0.6, 0.7, "2:4"))]
+    cells += [cell("sparsegpt", 0.5, 40.0, propagate="pruned", metrics={"ppl:wikitext2": 40.0, "acc:piqa_local": 0.6}),
+              cell("alps", 0.5, 39.0, propagate="pruned"),
+              cell("wanda", "2:4", 50.0, propagate="pruned", label="wanda 2:4 (swaps:100, reconstruct=pcg)")]
+    assert [sorted(sampling.kinds_of(c)) for c in cells[-3:]] == [["sparsegpt", "zero-shot"], ["alps"], ["swaps + pcg"]]
+    sample = sampling.sample_cells(cells, 0.2, seed=7)
+    # ceil(0.2 x 15 pruned cells) = 3, but covering the five kinds takes 4 (sparsegpt carries zero-shot)
+    assert len(sample) == 4
+    assert len(sampling.sample_cells(cells, 0.5, seed=7)) == math.ceil(0.5 * 15)
+    assert set().union(*map(sampling.kinds_of, sample)) == {"statistics", "sparsegpt", "alps", "swaps + pcg", "zero-shot"}
+    assert sample == sampling.sample_cells(cells, 0.2, seed=7)  # seeded
+    assert any(sampling.sample_cells(cells, 0.5, seed) != sampling.sample_cells(cells, 0.5, 7) for seed in range(5))
+    only = sampling.sample_cells(cells, 0.01, seed=0, kinds=("statistics",))
+    assert len(only) == 1 and sampling.kinds_of(only[0]) == {"statistics"}
+    assert sampling.cell_flags(cells[-1]) == ["--method", "wanda", "--sparsity", "0.5", "--pattern", "2:4"]
+    with pytest.raises(ValueError, match="fraction in"):
+        sampling.sample_cells(cells, 1.5, 0)
+
+
+def test_check_compares_accuracies_too():
+    committed = {"cells": [cell("wanda", 0.5, 60.0, metrics={"ppl:wikitext2": 60.0, "acc:piqa_local": 0.62})]}
+    fresh = {"cells": [cell("wanda", 0.5, 60.0, metrics={"ppl:wikitext2": 60.0, "acc:piqa_local": 0.64})]}
+    assert publish.differences(fresh, committed) == ["m wanda acc:piqa_local: 0.64 now, 0.62 committed"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from _bench import C4, DATA_DIR, REPO, library_state
 from one_run import environment, refusal, tree_state
 from publish import cell_key, differences
+from sampling import KINDS, cell_flags, kinds_of, sample_cells
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "leaderboard.json"
@@ -57,6 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--windows", type=int, default=None,
                    help=f"perplexity windows of 512 tokens per cell (default: the grids', {WINDOWS}; 64 or more to rank)")
     p.add_argument("--check", action="store_true", help="recompute in a fresh cache and compare to --results")
+    p.add_argument("--sample", type=float, default=None,
+                   help="with --check: re-run a seeded random sample of at least this fraction of the committed cells, "
+                        "drawn within every kind (statistics, sparsegpt, alps, swaps + pcg, zero-shot)")
+    p.add_argument("--seed", type=int, default=0, help="the --sample's seed")
+    p.add_argument("--kinds", default=None, help=f"with --sample: only these kinds (comma-separated of {', '.join(KINDS)})")
     p.add_argument("--publish", action="store_true", help="write README / RESULTS.md / PNG from --results")
     return p.parse_args(argv)
 
@@ -64,12 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --- running the grids --------------------------------------------------------------------------------------
 
 
-def run_grid(model: str, grid: str, cache: Path, methods: str | None, windows: int | None = None) -> dict:
-    """One `zprune compare --grid` process: its JSON outcome plus its wall time."""
+def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int | None = None) -> dict:
+    """One `zprune compare --grid` process (`narrow`: flags choosing part of the grid): its JSON outcome plus
+    its wall time."""
     command = [sys.executable, "-m", "zprune_cli", "compare", model, "--grid", grid, "--data", str(C4),
-               "--data-dir", str(DATA_DIR), "--cache-dir", str(cache), "--json"]
-    if methods:
-        command += ["--method", methods]
+               "--data-dir", str(DATA_DIR), "--cache-dir", str(cache), "--json", *narrow]
     if windows:
         command += ["--max-windows", str(windows)]
     state = tree_state(REPO)  # the commit this process measures (checked against the table's in Board.merge)
@@ -138,10 +143,11 @@ class Board:
                 "cells": sorted(self.cells.values(), key=order)}
 
 
-def run_all(args: argparse.Namespace, cache: Path, board: Board) -> dict:
-    """The chosen model x grid runs, `--jobs` at a time, in schedule order (each compare process has
-    THREADS threads)."""
-    queue = iter(schedule(args))
+def run_all(args: argparse.Namespace, cache: Path, board: Board, jobs: list[tuple[str, str, list[str]]] | None = None) -> dict:
+    """The chosen model x grid runs (or `jobs`: model, grid, narrowing flags), `--jobs` at a time, in schedule
+    order (each compare process has THREADS threads)."""
+    narrow = ["--method", args.methods] if args.methods else []
+    queue = iter(jobs if jobs is not None else [(model, grid, narrow) for model, grid in schedule(args)])
     lock = threading.Lock()
 
     def worker() -> None:
@@ -150,8 +156,8 @@ def run_all(args: argparse.Namespace, cache: Path, board: Board) -> dict:
                 job = next(queue, None)
             if job is None:
                 return
-            model, grid = job
-            run = board.merge(model, grid, run_grid(model, grid, cache, args.methods, args.windows))
+            model, grid, flags = job
+            run = board.merge(model, grid, run_grid(model, grid, cache, flags, args.windows))
             print(summary_line(run), flush=True)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -211,13 +217,27 @@ PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
 
 def check(args: argparse.Namespace) -> int:
     committed = json.loads(args.results.read_text())
+    jobs, chosen = None, []
+    if args.sample is not None:
+        models = args.models.split(",")
+        kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+        try:
+            chosen = sample_cells([c for c in committed["cells"] if c["model"] in models], args.sample, args.seed, kinds)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        jobs = [(c["model"], c["grid"], cell_flags(c)) for c in chosen]
+        counts = {kind: sum(kind in kinds_of(c) for c in chosen) for kind in kinds}
+        print(f"sample (seed {args.seed}): {len(chosen)} cells; " + ", ".join(f"{k} {n}" for k, n in counts.items() if n), flush=True)
     with tempfile.TemporaryDirectory(prefix="zprune-leaderboard-check-") as cache:
-        fresh = run_all(args, Path(cache), Board({}, None))
-    bad = differences(fresh, committed)
-    compared = sum(1 for c in fresh["cells"] for m in c["metrics"] if m.startswith("ppl:"))
+        fresh = run_all(args, Path(cache), Board({}, None), jobs)
+    measured = {cell_key(c) for c in fresh["cells"]}
+    bad = differences(fresh, committed) + [f"{c['model']} {c['label']}: sampled but not measured again"
+                                           for c in chosen if cell_key(c) not in measured]
+    compared = sum(1 for c in fresh["cells"] for m in c["metrics"] if m.startswith(("ppl:", "acc:", "acc_norm:")))
     for line in bad:
         print(line)
-    print(f"{compared - len(bad)} of {compared} perplexities equal the committed ones to 4 significant digits")
+    print(f"{compared - len(bad)} of {compared} perplexities and accuracies equal the committed ones to 4 significant digits")
     return 1 if bad else 0
 
 

@@ -46,7 +46,7 @@ def same_to_4_significant(a: float, b: float) -> bool:
 
 
 def differences(fresh: dict, committed: dict) -> list[str]:
-    """Every perplexity of `fresh` that differs from its committed cell (a subset may be re-run)."""
+    """Every perplexity and accuracy of `fresh` that differs from its committed cell (a subset may be re-run)."""
     known = {cell_key(c): c for c in committed["cells"]}
     out = []
     for cell in fresh["cells"]:
@@ -56,7 +56,9 @@ def differences(fresh: dict, committed: dict) -> list[str]:
             continue
         for metric, value in cell["metrics"].items():
             before = old["metrics"].get(metric)
-            if metric.startswith("ppl:") and not same_to_4_significant(_float(value), _float(before)):
+            if metric.startswith(("acc:", "acc_norm:")) and metric not in old["metrics"]:
+                continue  # measured now, not then: nothing to compare with
+            if metric.startswith(("ppl:", "acc:", "acc_norm:")) and not same_to_4_significant(_float(value), _float(before)):
                 out.append(f"{cell['model']} {cell['label']} {metric}: {value} now, {before} committed")
     return out
 
