@@ -293,3 +293,9 @@ def test_check_compares_accuracies_too():
     committed = {"cells": [cell("wanda", 0.5, 60.0, metrics={"ppl:wikitext2": 60.0, "acc:piqa_local": 0.62})]}
     fresh = {"cells": [cell("wanda", 0.5, 60.0, metrics={"ppl:wikitext2": 60.0, "acc:piqa_local": 0.64})]}
     assert publish.differences(fresh, committed) == ["m wanda acc:piqa_local: 0.64 now, 0.62 committed"]
+
+
+def test_zeroshot_table_shows_the_95_percent_half_width_where_the_standard_error_is_kept():
+    scored = {**cell("wanda", 0.5, 60.0, metrics={"acc:piqa_local": 0.62, "acc_norm:piqa_local": 0.6}),
+              "stderr": {"acc:piqa_local": 0.05}}
+    assert publish.zeroshot_table([scored])[2] == "| wanda (dense) | 50% | 62.0 ±9.8 / 60.0 | 62.0 |"  # 1.96 x 5 points

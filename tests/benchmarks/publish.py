@@ -148,7 +148,9 @@ def zeroshot_table(cells: list[dict]) -> list[str]:
         values = []
         for task in tasks:
             acc, norm = cell["metrics"].get(f"acc:{task}"), cell["metrics"].get(f"acc_norm:{task}")
-            values.append("-" if acc is None else f"{acc * 100:.1f}" + (f" / {norm * 100:.1f}" if norm is not None else ""))
+            stderr = (cell.get("stderr") or {}).get(f"acc:{task}")  # lm-eval's, where the cell kept it: the 95% half-width
+            values.append("-" if acc is None else f"{acc * 100:.1f}" + (f" ±{196 * stderr:.1f}" if stderr is not None else "")
+                          + (f" / {norm * 100:.1f}" if norm is not None else ""))
         accs = [cell["metrics"][f"acc:{t}"] for t in tasks if cell["metrics"].get(f"acc:{t}") is not None]
         mean = f"{100 * sum(accs) / len(accs):.1f}" if accs else "-"
         name = "dense" if cell["method"] == "dense" else f"{recipe_name(cell)} ({cell['propagate']})"
