@@ -118,3 +118,10 @@ def test_an_old_stored_row_without_windows_loads_and_a_new_one_has_its_interval(
     assert rows["r-new"]["intervals"]["ppl:wikitext2"] == list(ppl_interval(nlls))
     # one of the two has no windows: no paired test, the lower value is marked as before
     assert rows["r-new"]["best"] == ["ppl:wikitext2"] and rows["r-old"]["best"] == []
+
+    from zprune_cli.report_html import leaderboard_html
+
+    page = leaderboard_html(list(rows.values()), versions={}, generated="now")
+    low, high = ppl_interval(nlls)
+    assert f'<strong>{math.exp(3.0):.3f} [{low:.3f}, {high:.3f}]</strong>' in page  # the interval, on the page
+    assert f'<td class="num">25.000</td>' in page  # the old row: its value alone
