@@ -100,6 +100,19 @@ def test_a_rerun_reproduces_committed_perplexities(tmp_path, full_data):
     assert "6 of 6 perplexities and accuracies equal the committed ones" in done.stdout
 
 
+@pytest.mark.slow
+def test_a_seeded_sample_of_the_committed_cells_reproduces(full_data):
+    """--check --sample on a small sample of the cheap kind (the full sample, every kind at 20%, takes about an
+    hour of cells): seed 0 draws SmolLM2's Wanda 50% and 4:8 cells of the dense grid, each re-run alone in a
+    fresh cache, their perplexities and the dense row's equal to the committed ones."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "leaderboard.py"), "--check", "--sample", "0.06", "--seed", "0",
+                           "--models", "smollm2-135m", "--kinds", "statistics"],
+                          capture_output=True, text=True, timeout=1800, env={**os.environ, "ZPRUNE_DATA_DIR": str(full_data)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sample (seed 0): 2 cells; statistics 2" in done.stdout
+    assert "3 of 3 perplexities and accuracies equal the committed ones" in done.stdout
+
+
 def test_makespan_follows_the_schedule_with_each_worker_taking_the_next_run():
     runs = [{"model": m, "grid": g, "wall_seconds": s} for m, g, s in
             (("a", "x", 10.0), ("a", "y", 4.0), ("b", "x", 3.0), ("b", "y", 5.0))]

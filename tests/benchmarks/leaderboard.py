@@ -10,8 +10,16 @@ leaderboard.json next to this file.
     python tests/benchmarks/leaderboard.py --publish        # README "Results", RESULTS.md section, PNG
     python tests/benchmarks/leaderboard.py --check --models smollm2-135m --grids leaderboard-dense --methods magnitude
 
-`--check` recomputes the chosen cells in a fresh cache and compares every perplexity with the committed
-leaderboard.json to 4 significant digits (exit 1 on a difference).
+    python tests/benchmarks/leaderboard.py --check --sample 0.2 --seed 0   # >= 20% of the cells, every kind
+    python tests/benchmarks/leaderboard.py --windows 64 --results new.json  # a run at 64 windows per cell
+
+`--check` recomputes the chosen cells in a fresh cache and compares every perplexity and accuracy with the
+committed leaderboard.json to 4 significant digits (exit 1 on a difference).
+
+One table, one run at one commit (one_run.py): a run refuses (exit 2) a tree with local changes to the
+measured code, or a table that already holds cells of another commit; every cell records its commit, the
+thread count and the library versions, and its per-window NLLs, from which the tables' intervals and the
+rendered analysis's paired tests come. Nothing in leaderboard.json is edited by hand.
 """
 
 from __future__ import annotations
