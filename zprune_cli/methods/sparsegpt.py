@@ -23,8 +23,8 @@ import torch
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count
-from zprune_cli.methods.base import Cost, Method, PruneResult, number_option, register
-from zprune_cli.methods.obs import check_options, nm_chooser, obs_flops, obs_walk, unstructured_chooser
+from zprune_cli.methods.base import Cost, Method, PruneResult, option, register
+from zprune_cli.methods.obs import nm_chooser, obs_flops, obs_walk, unstructured_chooser
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, act_order, walk_blocksize
 from zprune_cli.stats.types import LayerStats
 
@@ -39,8 +39,8 @@ class SparseGPT(Method):
     uses_scope: ClassVar[bool] = False
     joint_quantization: ClassVar[bool] = True
 
-    blocksize: int = 128  # columns per block
-    percdamp: float = 0.01  # damping, as a fraction of mean(diag H)
+    blocksize: int = option(128, 1)  # columns per block
+    percdamp: float = option(0.01, 0)  # damping, as a fraction of mean(diag H)
 
     @classmethod
     def work_bytes(cls, weights: int, width: int) -> int:
@@ -48,10 +48,6 @@ class SparseGPT(Method):
         beside it while U, the Cholesky factor of its inverse, is made (obs.upper_cholesky_of_inverse)."""
         return weights * (4 + 1) + 3 * width * width * 4
 
-    def __post_init__(self) -> None:
-        self.blocksize = number_option(self.name, "blocksize", self.blocksize, int)
-        self.percdamp = number_option(self.name, "percdamp", self.percdamp)
-        check_options(self.blocksize, self.percdamp)
 
     def cost(self, out: int, width: int) -> Cost:
         """The column walk (obs_flops); each block's mask is chosen once over its columns."""
