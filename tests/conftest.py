@@ -123,6 +123,14 @@ MORE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss", "gpt2", "phi3",
                  "cohere", "gemma3_vision"]
 
 
+def score_methods() -> list[str]:
+    """The registered methods that only score (the base class masks and zeroes): read from the registry, so a
+    new score method is tested with no edit here."""
+    from zprune_cli.methods import METHODS, Method, method_names
+
+    return [name for name in method_names() if METHODS[name].prune is Method.prune]
+
+
 def tiny_model(family: str = "llama", seed: int = 0):
     from transformers import AutoModelForCausalLM
 
@@ -218,3 +226,6 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("ZPRUNE_HOME", str(tmp_path / "zprune-home"))  # never the user's cache
     monkeypatch.chdir(tmp_path)  # no stray zprune.toml from the repo or cwd
+    # optional caches (propagated statistics) are kept whatever share of this machine's disk is free; the
+    # rule itself is tested with a patched disk (test_scale)
+    monkeypatch.setattr("zprune_cli.stats.store.OPTIONAL_KEEP_FREE", 0.0)

@@ -175,8 +175,6 @@ def test_masks_round_trip_through_the_cli(tiny_dir, text_file, cache, tmp_path):
 def test_pruned_propagation_statistics_are_cached(tiny_dir, text_file, cache, monkeypatch):
     import zprune_cli.pipeline as pipeline
 
-    monkeypatch.setattr("zprune_cli.stats.store.OPTIONAL_KEEP_FREE", 0.0)  # caching, whatever this disk's free share
-
     entry = calibrate(str(tiny_dir), cal(text_file), gram=True).entry
     first = ModelHandle(str(tiny_dir))
     prune_in_memory(first.model, entry, PruneRecipe("sparsegpt", 0.5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import score_methods
 from zprune_cli.machine import human_bytes
 from zprune_cli.pipeline import all_finite
 
@@ -66,7 +67,7 @@ def test_score_methods_zero_the_layer_in_place():
     linear = torch.nn.Linear(128, 344, bias=False)
     stats = LayerStats(sumsq=torch.rand(128, dtype=torch.float64) + 0.1, n_tokens=10, sum=torch.zeros(128, dtype=torch.float64))
     dense = linear.weight.detach().clone()
-    for method in ("magnitude", "wanda", "ria", "zpruner"):
+    for method in score_methods():
         for pattern in ("unstructured", "2:4"):
             recipe = PruneRecipe(method=method, sparsity=0.5, pattern=pattern)
             pruner = _Pruner(recipe)
@@ -241,6 +242,7 @@ def test_propagated_statistics_are_not_cached_where_they_would_fill_the_disk(tin
     from zprune_cli.recipe import PruneRecipe
     from zprune_cli.settings import Calibration
 
+    monkeypatch.setattr(store, "OPTIONAL_KEEP_FREE", 0.10)  # the product's rule (conftest lifts it)
     entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), inputs_only=True).entry
     usage = collections.namedtuple("usage", "total used free")
     weights = {}
