@@ -25,7 +25,7 @@ from zprune_cli import distributed
 from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
-from zprune_cli.methods.base import Method
+from zprune_cli.methods.base import PRUNE_PRECISION, Method, layer_error
 from zprune_cli.methods.permuted import Permuter
 from zprune_cli.methods.obs import gptq
 from zprune_cli.methods.quantize import QuantGrid, check_group_size
@@ -54,6 +54,8 @@ class PruneReport:
     seconds: float
     nm_layout: dict[str, str] = field(default_factory=dict)  # with --permute: layer -> "native" | "permuted"
     grids: dict[str, QuantGrid] = field(default_factory=dict)  # full Linear name -> its grids (--wbits only)
+    # full Linear name -> ||W X - W' X||^2 / ||W X||^2, for the layers whose statistics hold a Gram
+    errors: dict[str, float] = field(default_factory=dict)
 
     @property
     def overall(self) -> float:
@@ -105,6 +107,7 @@ class _Pruner:
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
         self.quant = recipe.quant
         self.grids: dict[str, QuantGrid] = {}
+        self.errors: dict[str, float] = {}  # the layer error, where the statistics hold a Gram (never computed for it)
         self.permuter = Permuter(model, recipe.permute, self.pattern, self.method) if recipe.permute != "none" else None
         # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
         self.in_place = (type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
@@ -125,7 +128,10 @@ class _Pruner:
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
         if self.in_place:  # zeros are finite: the weight was checked above
-            weight.masked_fill_(self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope), 0)
+            mask = self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope)
+            if stats is not None and stats.gram is not None:  # W - W' is W on the mask
+                self.errors[name] = layer_error(weight.masked_fill(~mask, 0), weight, stats.gram)
+            weight.masked_fill_(mask, 0)
             return
         if self.permuter is not None:  # the recipe refuses --permute with --wbits
             new, grid = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity)[0]), None
@@ -134,6 +140,8 @@ class _Pruner:
             if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
                 new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
+        if stats is not None and stats.gram is not None:
+            self.errors[name] = layer_error(weight.to(PRUNE_PRECISION) - new.to(PRUNE_PRECISION), weight, stats.gram)
         weight_view(linear).copy_(new)
         if grid is not None:
             self.grids[name] = grid
@@ -194,10 +202,10 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, writer)
-                return _report(recipe, started, *found, prune_layer.permuter, prune_layer.grids)
+                return _report(recipe, started, *found, prune_layer)
         entry = stored.readable()
     found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label)
-    return _report(recipe, started, *found, prune_layer.permuter, prune_layer.grids)
+    return _report(recipe, started, *found, prune_layer)
 
 
 _STORED = object()  # _prune_blocks' writer when the statistics are read from the store, not collected
@@ -286,16 +294,18 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
 
 
 def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
-            permuter: Permuter | None, grids: dict[str, QuantGrid]) -> PruneReport:
+            pruner: _Pruner) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
     sparsity = {name: v["sparsity"] for name, v in measured.items()}
     params = {name: v["params"] for name, v in measured.items()}
+    permuter = pruner.permuter
     if permuter is not None:
         permuter.log_summary()
-    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {}, grids)
+    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {},
+                       pruner.grids, pruner.errors)
 
 
 class DenseSnapshot:

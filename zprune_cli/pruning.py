@@ -52,6 +52,8 @@ class PruneOutcome:
             "out": str(self.out) if self.out else None,
             "seconds": round(self.report.seconds, 3),
             "layers": {k: round(v, 6) for k, v in self.report.layers.items()},
+            # ||W X - W' X||^2 / ||W X||^2 per layer, where the statistics held a Gram (SparseGPT, ALPS, --reconstruct)
+            **({"layer_errors": {k: float(f"{v:.6g}") for k, v in self.report.errors.items()}} if self.report.errors else {}),
             **({"nm_layout": dict(self.report.nm_layout)} if self.report.recipe.permute != "none" else {}),
         }
 

@@ -52,6 +52,16 @@ class PruneResult:
     grid: QuantGrid | None = None  # the weight's quantization grids, when the method quantized while pruning
 
 
+def layer_error(delta: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor) -> float:
+    """The layer's reconstruction error relative to its output, ||W X - W' X||^2 / ||W X||^2, from the Gram
+    H = sum x x^T alone: trace(D H D^T) / trace(W H W^T) with D = W - W' ([out, in] each; what SparseGPT's and
+    llm-compressor's code report per layer). 0 for a layer whose output is zero."""
+    H = gram.to(device=weight.device, dtype=PRUNE_PRECISION)
+    D, W = delta.to(PRUNE_PRECISION), weight.to(PRUNE_PRECISION)
+    output = float(((W @ H) * W).sum(dtype=torch.float64))
+    return float(((D @ H) * D).sum(dtype=torch.float64)) / output if output > 0 else 0.0
+
+
 def option(default: float | int, low: float | None = None, high: float | None = None, *, open_low: bool = False):
     """A method option: a dataclass field whose annotation (float or int) and bounds [low, high] (low
     excluded with open_low) the base checks; a bad value exits 2 naming the method, option and range."""
