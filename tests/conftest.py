@@ -66,12 +66,13 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
             vocab_size=260, max_position_embeddings=512)
 
 
-def tiny_config(family: str):
-    """Configs of several families, small enough for a unit test."""
+def tiny_config(family: str, **llama: object):
+    """Configs of several families, small enough for a unit test (`llama`: other sizes for the Llama one)."""
     import transformers as tf
 
+    assert not llama or family == "llama", "size overrides are for the llama config"
     if family == "llama":
-        return tf.LlamaConfig(**TINY)
+        return tf.LlamaConfig(**{**TINY, **llama})
     if family == "mistral":
         return tf.MistralConfig(**TINY, sliding_window=None)
     if family == "qwen2":
@@ -131,11 +132,11 @@ def score_methods() -> list[str]:
     return [name for name in method_names() if METHODS[name].prune is Method.prune]
 
 
-def tiny_model(family: str = "llama", seed: int = 0):
+def tiny_model(family: str = "llama", seed: int = 0, **llama: object):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **llama), attn_implementation="eager")
     model.eval()
     return model
 
