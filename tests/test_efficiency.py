@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from conftest import tiny_model
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import find_blocks
@@ -21,17 +23,7 @@ from zprune_cli.evaluation.efficiency import (
 
 @pytest.fixture()
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", hidden_size=64, intermediate_size=128, vocab_size=256, max_position_embeddings=128)
 
 
 def test_decoder_blocks_found_without_model_names(model):

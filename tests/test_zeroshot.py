@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, tiny_model
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluation.zeroshot import (
     DATA_DIR_ENV,
@@ -46,17 +46,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=260,
-        max_position_embeddings=4096,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", hidden_size=64, intermediate_size=128, max_position_embeddings=4096)
 
 
 DOCS = [

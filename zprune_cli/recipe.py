@@ -10,7 +10,7 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
 - N:M fixes the sparsity to n/m: a different explicit `sparsity` is refused; `scope` does not apply
   (every group of m prunes exactly n) and is dropped.
 - `allocation="owl"` with N:M is refused (OWL varies the sparsity per block; N:M cannot).
-- `owl_m`/`owl_lambda` are kept only with `allocation="owl"`; set without it they are dropped.
+- `owl_m`/`owl_lambda` without `allocation="owl"` are refused (they would do nothing), naming the option.
 - A method that does not rank by scope (SparseGPT chooses per block of columns) drops `scope`; other
   methods record their default scope when none is given.
 - `reconstruct` is "none", "obs" (SparseGPT's update with the mask fixed; `True` means this) or "pcg"
@@ -294,7 +294,7 @@ def _owl(r: PruneRecipe, owl: bool) -> tuple[float | None, float | None]:
     if not owl:
         given = [n for n, v in (("--owl-m", r.owl_m), ("--owl-lambda", r.owl_lambda)) if v is not None]
         if given:
-            log.warning("%s has no effect without --allocation owl; recorded as unset", " and ".join(given))
+            raise ZpruneUsageError(f"{' and '.join(given)} needs --allocation owl (without it OWL's options do nothing)")
         return None, None
     m = DEFAULT_OWL_M if r.owl_m is None else _number(r.owl_m, "--owl-m")
     lam = DEFAULT_OWL_LAMBDA if r.owl_lambda is None else _number(r.owl_lambda, "--owl-lambda")

@@ -46,6 +46,25 @@ def count_zeros(layers: dict[str, nn.Module]) -> dict[str, Any]:
     return {"layers": per_layer, "params": total, "nonzeros": nonzero, "sparsity": 1.0 - nonzero / total if total else 0.0}
 
 
+class BlockwiseSparsity:
+    """count_zeros over `layers` ({qualified name: module}: the pruned ones), one block at a time. Called as an
+    `offload.on_done` listener (index, prefix, block), it counts the layers under the block's prefix while the
+    block's weights are in memory; `result()` is count_zeros's value over every layer counted."""
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.pending = dict(layers)
+        self.layers: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
+        self.layers.update(count_zeros({n: m for n, m in self.pending.items() if n.startswith(prefix)})["layers"])
+
+    def result(self) -> dict[str, Any]:
+        params = sum(v["params"] for v in self.layers.values())
+        nonzeros = sum(v["nonzeros"] for v in self.layers.values())
+        return {"layers": self.layers, "params": params, "nonzeros": nonzeros,
+                "sparsity": 1.0 - nonzeros / params if params else 0.0}
+
+
 def check_nm(prune_mask: torch.Tensor, n: int, m: int) -> bool:
     """True iff every group of m consecutive columns in every row has exactly n pruned entries."""
     rows, cols = prune_mask.shape

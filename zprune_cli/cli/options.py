@@ -13,7 +13,6 @@ from zprune_cli.settings import Calibration
 _CAL = Calibration()
 
 Model = Annotated[str, typer.Argument(help="Hub id (org/name), local HF folder, .gguf file, or alias smollm2-135m / gemma3-270m.")]
-ModelDefault = Annotated[str, typer.Argument(help="Hub id, local folder, .gguf file or alias.")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off by default).")]
 Data = Annotated[Optional[str], typer.Option("--data", help=f"Calibration text: c4, wikitext2, ptb, c4-sample (100 C4 documents shipped with zprune), self (sampled from the model), or a .txt/.jsonl/.parquet file (default {_CAL.data}; env ZPRUNE_DATA).")]

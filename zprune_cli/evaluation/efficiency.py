@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.blocks import block_linears, is_transposed, named_layers, weight_view
+from zprune_cli.models.blocks import block_linears, counted_layers, is_transposed, weight_view
 from zprune_cli.models.experts import ExpertSlice
 from zprune_cli.sparsity import count_zeros, nm_violation
 
@@ -27,11 +27,7 @@ _SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
 
 def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict[str, Any]:
     """sparsity.count_zeros over the named layers (the pruned ones), default every Linear in the blocks."""
-    return count_zeros(_layers(model, layer_names))
-
-
-def _layers(model: nn.Module, layer_names: list[str] | None) -> dict[str, nn.Module]:
-    return block_linears(model) if layer_names is None else named_layers(model, layer_names)
+    return count_zeros(counted_layers(model, layer_names))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -140,7 +136,7 @@ def semi_structured_speedup(
     dense weights are put back before returning.
     """
     device = _model_device(model)
-    layers = _layers(model, layer_names)
+    layers = counted_layers(model, layer_names)
     if not layers:
         return "semi-structured 2:4 speed-up unavailable: no Linear layers to convert"
 

@@ -20,17 +20,19 @@ import torch
 from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
+from zprune_cli.evaluation.blockwise import BlockwisePerplexity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import eval_windows, perplexity
 from zprune_cli.evaluation.protocol_cache import remembered
 from zprune_cli.models.handle import ModelHandle
+from zprune_cli.models.blocks import counted_layers
 from zprune_cli.models.load import max_length
 from zprune_cli.models.offload import offloaded, on_done
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
 from zprune_cli.results import ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
+from zprune_cli.sparsity import BlockwiseSparsity
 from zprune_cli.staging import temporary_beside
 from zprune_cli.settings import resolve as resolve_settings
 
@@ -139,7 +141,7 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     e = plan.evaluation
     seqlen = plan.seqlen_for(model)
     # --offload disk: the zeros are counted during the first block-by-block perplexity pass (one read of the blocks)
-    counting = BlockwiseSparsity(layer_names) if offloaded(model) and plan.sources else None
+    counting = BlockwiseSparsity(counted_layers(model, layer_names)) if offloaded(model) and plan.sources else None
     metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress, who, [counting] if counting and i == 0 else [])
                for i, source in enumerate(plan.sources)]
     if e.tasks:
@@ -161,7 +163,7 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     seqlen = plan.seqlen_for(model)
     with ensure(progress).task(f"Capturing the evaluation windows' inputs for {who}", None):
         perplexities = {source: BlockwisePerplexity(model, plan.windows(source, tokenizer, seqlen)) for source in plan.sources}
-    counting = BlockwiseSparsity()
+    counting = BlockwiseSparsity(counted_layers(model))
     with contextlib.ExitStack() as listening:
         for listener in [*perplexities.values(), counting]:
             listening.enter_context(on_done(model, listener))

@@ -80,10 +80,6 @@ class StatsKey:
         fuller = [StatsKey(**{**asdict(self), "blocks": True, "gram": False}), self.with_gram()]
         return list(dict.fromkeys([self, *(k for k in fuller if k.gram >= self.gram and k.blocks >= self.blocks)]))
 
-    def propagated(self, run: dict) -> "PropagatedKey":
-        """The key of the statistics a pruned-propagation run collected on top of this entry."""
-        return PropagatedKey(self.digest, run)
-
     def with_gram(self) -> "StatsKey":
         return StatsKey(**{**asdict(self), "gram": True, "blocks": True})
 
