@@ -227,6 +227,3 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("ZPRUNE_HOME", str(tmp_path / "zprune-home"))  # never the user's cache
     monkeypatch.chdir(tmp_path)  # no stray zprune.toml from the repo or cwd
-    # optional caches (propagated statistics) are kept whatever share of this machine's disk is free; the
-    # rule itself is tested with a patched disk (test_scale)
-    monkeypatch.setattr("zprune_cli.stats.store.OPTIONAL_KEEP_FREE", 0.0)

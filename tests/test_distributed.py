@@ -24,10 +24,7 @@ CALIBRATION = ["-n", "5", "-l", "32"]  # 5 windows over 2 ranks: uneven shards (
 
 def torchrun(nproc: int, args: list, cache: Path) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node N -m zprune_cli ARGS` on the CPU, importing this checkout."""
-    site = cache.parent / "site"  # as conftest does in-process: optional caches kept whatever this disk's free share
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text("import zprune_cli.stats.store as store\nstore.OPTIONAL_KEEP_FREE = 0.0\n")
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "ZPRUNE_HOME": str(cache), "ZPRUNE_NO_PROGRESS": "1",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ZPRUNE_HOME": str(cache), "ZPRUNE_NO_PROGRESS": "1",
            "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
             "-m", "zprune_cli", *[str(a) for a in args], "--device", "cpu"]

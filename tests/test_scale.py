@@ -243,7 +243,6 @@ def test_propagated_statistics_are_not_cached_where_they_would_fill_the_disk(tin
     from zprune_cli.recipe import PruneRecipe
     from zprune_cli.settings import Calibration
 
-    monkeypatch.setattr(store, "OPTIONAL_KEEP_FREE", 0.10)  # the product's rule (conftest lifts it)
     entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), inputs_only=True).entry
     usage = collections.namedtuple("usage", "total used free")
     weights = {}
