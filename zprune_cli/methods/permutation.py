@@ -43,8 +43,16 @@ _CHUNK_BYTES = 2**22  # working memory of one slice of the gain matrix's sum
 def kept_score(scores: torch.Tensor, pattern: Pattern) -> float:
     """Sum of the scores an N:M mask keeps (the m - n largest of every group of m columns of every row), float64."""
     rows, cols = scores.shape
-    groups = scores.reshape(rows, cols // pattern.m, pattern.m)  # [out, in/m, m]
-    return float(groups.topk(pattern.m - pattern.n, dim=-1).values.sum(dtype=torch.float64))
+    columns = list(scores.reshape(rows, cols // pattern.m, pattern.m).unbind(-1))  # m of [out, in/m]
+    # Sorted within each group by a network of m rounds of compare-exchanges (odd-even transposition), elementwise
+    # over all groups at once: topk along a last dimension of 4 or 8 took 7x as long (a search calls this
+    # twice a layer, or more).
+    m = pattern.m
+    for r in range(m):
+        for i in range(r % 2, m - 1, 2):
+            low, high = columns[i], columns[i + 1]
+            columns[i], columns[i + 1] = torch.minimum(low, high), torch.maximum(low, high)
+    return sum(float(c.sum(dtype=torch.float64)) for c in columns[pattern.n :])  # the m - n largest
 
 
 def find_permutation(scores: torch.Tensor, pattern: Pattern, mode: str,
