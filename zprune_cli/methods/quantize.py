@@ -195,3 +195,13 @@ def walk_blocksize(blocksize: int, spec: QuantSpec | None, m: int = 0) -> int:
     group = spec.group_size if spec is not None and not spec.act_order else 0
     unit = math.lcm(group or 1, m or 1)
     return max(unit, blocksize - blocksize % unit)
+
+
+
+def quantization_work_bytes(spec: QuantSpec, out: int, width: int, joint: bool) -> int:
+    """Bytes quantizing one [out, width] layer holds beside what its method holds, for --dry-run: the grids
+    (float32 scales and zero points), and for GPTQ after a fixed mask a whole OBS walk of its own (the float32
+    weight walked and its mask, H and at most two [in, in] matrices beside it, methods/obs.py). SparseGPT's
+    joint walk quantizes inside the walk it makes anyway: the grids alone."""
+    grids = 2 * 4 * out * spec.groups(width)
+    return grids if joint else grids + out * width * (4 + 1) + 3 * width * width * 4
