@@ -142,7 +142,7 @@ def _reaches(probe: BlockProbe, name: str, producer: str) -> bool:
     """Whether changing all of `producer`'s rows changes `name`'s input at all: one block run that rules out
     every slice of a producer upstream of nothing `name` reads. Layers that read the residual stream (q/k/v,
     gate/up) have hundreds of candidate slices and no producer: SmolLM2-135M's first block took 1137 runs to
-    rule them out one by one (90 of the 170 s of a heuristic-permuted wanda prune on this CPU), now 36."""
+    rule them out one by one, now 221 (38 of these and 183 row probes), with the same plans."""
     weight = weight_view(probe.projections[producer])
     saved = weight.clone()
     noise = torch.randn(saved.shape, generator=torch.Generator().manual_seed(0)).to(saved)
