@@ -49,8 +49,9 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.masks import Pattern
 from zprune_cli.methods import get_method, method_options
 from zprune_cli.methods.base import Cost, Method
-from zprune_cli.methods.permutation import PERMUTATIONS
-from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec
+from zprune_cli.methods.obs import obs_flops
+from zprune_cli.methods.permutation import PERMUTATIONS, permutation_cost, permutation_work_bytes
+from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec, quantization_work_bytes
 from zprune_cli.methods.reconstruction import finish_cost
 
 log = logging.getLogger("zprune")
@@ -141,8 +142,24 @@ class PruneRecipe:
         return self.propagate == "pruned" or self.statistics != "inputs"
 
     def cost(self, out: int, width: int) -> Cost:
-        """The work of pruning one [out, width] layer with this recipe: the method's, then its finishes'."""
-        return self.method_obj.cost(out, width) + finish_cost(out, width, self.swap_rounds, self.reconstruct)
+        """The work of pruning one [out, width] layer with this recipe: the permutation's search, the method's,
+        its finishes', then the quantization's (the rounding of every weight, and GPTQ's own walk unless the
+        method quantizes in its walk)."""
+        cost = self.method_obj.cost(out, width) + finish_cost(out, width, self.swap_rounds, self.reconstruct)
+        cost += permutation_cost(out, width, self.permute, self.pattern_obj)
+        if self.quant is not None:
+            cost += Cost(selected=float(out * width)) + (Cost() if self.joint else Cost(obs_flops(out, width, 128)))
+        return cost
+
+    @property
+    def joint(self) -> bool:
+        """Whether the method quantizes inside its own walk (SparseGPT with nothing after its mask)."""
+        return type(self.method_obj).joint_quantization and self.reconstruct == "none" and self.swap_rounds == 0
+
+    def extra_work_bytes(self, out: int, width: int) -> int:
+        """Bytes the permutation and the quantization hold beside the method's own, at one [out, width] layer."""
+        work = permutation_work_bytes(out, width, self.permute, self.needs_gram)
+        return work + (quantization_work_bytes(self.quant, out, width, self.joint) if self.quant is not None else 0)
 
     @property
     def swap_rounds(self) -> int:
