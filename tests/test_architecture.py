@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
-    {"errors", "__version__", "machine"},
+    {"errors", "__version__", "machine", "protocol"},  # protocol: plain values, no imports
     {"progress", "settings", "masks", "sparsity", "staging", "results", "leaderboard_cells", "tasks", "hub",
      "distributed"},
     {"formats", "plot"},  # plot writes through staging

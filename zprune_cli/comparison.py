@@ -25,6 +25,7 @@ from zprune_cli.methods.quantize import NO_QUANTIZATION
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
+from zprune_cli.protocol import Protocol
 from zprune_cli.pruning import make_provenance
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.results import ResultsStore, results_path
@@ -163,7 +164,7 @@ def _offloaded_cell(handle: ModelHandle, result, recipe: PruneRecipe, plan: Eval
 
 
 def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, stats_key: str,
-          protocols: dict[str, dict]) -> bool:
+          protocols: dict[str, Protocol]) -> bool:
     return all(
         store.find(metric=metric, fingerprint=handle.source.fingerprint, protocol=protocol,
                    method=recipe.method if recipe else "dense", recipe=recipe.digest if recipe else None,
@@ -176,7 +177,7 @@ NO_STATISTICS = ""  # leaderboard's stats_key for the cells of recipes that read
 
 
 def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str | None = None, stats_key: str | None = None,
-                protocols: dict[str, dict] | None = None, metric: str | None = None) -> list[dict]:
+                protocols: dict[str, Protocol] | None = None, metric: str | None = None) -> list[dict]:
     """One row per (protocol group, model, recipe, statistics): the latest value of each metric.
 
     A protocol group is one evaluation setup (datasets, seqlen, windows, tasks, limit) on one model with
@@ -191,7 +192,8 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     So a dense row an earlier `eval` measured under another protocol opens no group of its own, and one
     measured under the same protocol (by `eval`, or spelled differently) joins the grid's group.
     """
-    grid = json.dumps(protocols, sort_keys=True, default=str) if protocols else None
+    protocols = {m: Protocol.from_dict(p) for m, p in protocols.items()} if protocols else None  # dicts read as well
+    grid = json.dumps({m: p.as_dict() for m, p in protocols.items()}, sort_keys=True, default=str) if protocols else None
     cells: dict[tuple, dict] = {}
     for r in store.query(model=model, fingerprint=fingerprint):
         if not _kept(r, stats_key, protocols, metric):
@@ -210,16 +212,16 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     return _grouped(cells)
 
 
-def _kept(r: dict, stats_key: str | None, protocols: dict[str, dict] | None, metric: str | None) -> bool:
+def _kept(r: dict, stats_key: str | None, protocols: dict[str, Protocol] | None, metric: str | None) -> bool:
     """Whether a stored row belongs in the leaderboard asked for (see `leaderboard`)."""
     if r["method"] != "dense" and stats_key is not None and (r["stats_key"] or NO_STATISTICS) != stats_key:
         return False
-    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != r["protocol"]:
+    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != Protocol.from_dict(r["protocol"]):
         return False
     return metric is None or r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"
 
 
-def _expected(protocols: dict[str, dict], metric: str) -> dict | None:
+def _expected(protocols: dict[str, Protocol], metric: str) -> Protocol | None:
     """The protocol a grid expects for `metric`; acc_norm shares its task's acc protocol (same run)."""
     return protocols.get(metric.replace("acc_norm:", "acc:", 1))
 
