@@ -37,7 +37,7 @@ from zprune_cli.models.offload import held
 from zprune_cli.models.runner import capture_block_inputs, run_block
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.recipe import PruneRecipe
-from zprune_cli.sparsity import count_zeros
+from zprune_cli.sparsity import LayerCount, count_zeros
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
@@ -199,7 +199,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
         stats_entry = stats_entry.readable()
     device = next(model.parameters()).device
     unrouted: list[str] = []
-    measured: dict[str, dict] = {}
+    measured: dict[str, LayerCount] = {}
     _, blocks = find_blocks(model)
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
@@ -236,7 +236,7 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
     block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
     buffer = torch.empty_like(hidden)
     unrouted: list[str] = []
-    measured: dict[str, dict] = {}
+    measured: dict[str, LayerCount] = {}
     with progress.task(label, len(layers)) as task:
         for index, prefix, linears in layers:
             with held(model, index, done=True):  # --offload disk: this block alone is in memory
@@ -280,9 +280,9 @@ def weights_digest(layers, model: nn.Module | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def _measure(prefix: str, linears: dict) -> dict[str, dict]:
+def _measure(prefix: str, linears: dict) -> dict[str, LayerCount]:
     """One block's measured sparsity, taken while its weights are in memory (offloaded blocks leave)."""
-    return count_zeros({prefix + name: linear for name, linear in linears.items()})["layers"]
+    return count_zeros({prefix + name: linear for name, linear in linears.items()}).layers
 
 
 def _no_tokens(prefix: str, linears: dict, stats: dict[str, LayerStats]) -> list[str]:
@@ -303,14 +303,14 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
                     f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
 
 
-def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
+def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, LayerCount],
             permuter: Permuter | None, grids: dict[str, QuantGrid]) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
-    sparsity = {name: v["sparsity"] for name, v in measured.items()}
-    params = {name: v["params"] for name, v in measured.items()}
+    sparsity = {name: v.sparsity for name, v in measured.items()}
+    params = {name: v.params for name, v in measured.items()}
     if permuter is not None:
         permuter.log_summary()
     return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {}, grids)

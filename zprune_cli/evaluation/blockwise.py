@@ -22,7 +22,7 @@ from zprune_cli.evaluation.perplexity import PerplexityResult, window_nll_sum
 from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
 from zprune_cli.models.offload import held
 from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
-from zprune_cli.sparsity import count_zeros
+from zprune_cli.sparsity import LayerCount, SparsityCount, count_zeros
 
 
 class _Replay(BlockStandIn):
@@ -119,24 +119,21 @@ def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor
 
 class BlockwiseSparsity:
     """count_zeros over the pruned layers (default: every projection in the blocks), one block at a time:
-    an `offload.on_done` listener like BlockwisePerplexity; `result()` is `sparsity.count_zeros`'s dict."""
+    an `offload.on_done` listener like BlockwisePerplexity; `result()` is what `sparsity.count_zeros` returns."""
 
     def __init__(self, layer_names: list[str] | None = None):
         self.wanted = None if layer_names is None else set(layer_names)
-        self.layers: dict[str, dict] = {}
+        self.layers: dict[str, LayerCount] = {}
 
     def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
         linears = {prefix + n: m for n, m in find_linears(block).items() if self.wanted is None or prefix + n in self.wanted}
-        self.layers.update(count_zeros(linears)["layers"])
+        self.layers.update(count_zeros(linears).layers)
 
-    def result(self) -> dict:
-        params = sum(v["params"] for v in self.layers.values())
-        nonzeros = sum(v["nonzeros"] for v in self.layers.values())
-        return {"layers": self.layers, "params": params, "nonzeros": nonzeros,
-                "sparsity": 1.0 - nonzeros / params if params else 0.0}
+    def result(self) -> SparsityCount:
+        return SparsityCount(dict(self.layers))
 
 
-def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict:
+def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> SparsityCount:
     """BlockwiseSparsity over the model as it is, each block read while it is counted."""
     blocks_name, blocks = find_blocks(model)
     counting = BlockwiseSparsity(layer_names)

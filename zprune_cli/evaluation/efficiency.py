@@ -19,13 +19,13 @@ from torch import nn
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import block_linears, is_transposed, named_layers, weight_view
 from zprune_cli.models.experts import ExpertSlice
-from zprune_cli.sparsity import count_zeros, nm_violation
+from zprune_cli.sparsity import SparsityCount, count_zeros, nm_violation
 
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
 _SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict[str, Any]:
+def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> SparsityCount:
     """sparsity.count_zeros over the named layers (the pruned ones), default every Linear in the blocks."""
     return count_zeros(_layers(model, layer_names))
 

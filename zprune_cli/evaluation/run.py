@@ -32,6 +32,7 @@ from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zpr
 from zprune_cli.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Protocol, ZeroShotProtocol
 from zprune_cli.results import ResultRow, ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
+from zprune_cli.sparsity import SparsityCount
 from zprune_cli.staging import temporary_beside
 from zprune_cli.settings import resolve as resolve_settings
 
@@ -205,10 +206,9 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     return outcome, metrics
 
 
-def sparsity_metric(counted: dict) -> Metric:
+def sparsity_metric(counted: SparsityCount) -> Metric:
     """The sparsity Metric of a `sparsity.count_zeros` result."""
-    return Metric("sparsity", counted["sparsity"], SPARSITY, 0.0,
-                  {"params": counted["params"], "nonzeros": counted["nonzeros"]})
+    return Metric("sparsity", counted.sparsity, SPARSITY, 0.0, {"params": counted.params, "nonzeros": counted.nonzeros})
 
 
 def refuse_whole_model_work(evaluation: Evaluation) -> None:
