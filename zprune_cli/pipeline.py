@@ -190,7 +190,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
         store = entry.store
         with store.claimed(run_key, lambda: store.get(run_key, repair=True), progress) as stats_entry:
             if stats_entry is None:  # first run with this recipe: collect and keep its statistics
-                settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
+                settings = {**entry.manifest.settings, "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
@@ -221,7 +221,7 @@ def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> Sta
         raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
     if recipe.statistics == "gram" and not entry.has_gram:
         raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
-    distributed.start(device, entry.manifest["settings"]["nsamples"])  # torchrun only
+    distributed.start(device, entry.manifest.settings["nsamples"])  # torchrun only
     return entry.readable()
 
 
@@ -230,7 +230,7 @@ def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: B
     """The papers' protocol: block l's statistics come from the outputs of the pruned blocks below."""
     device = next(model.parameters()).device
     _, blocks = find_blocks(model)
-    mine = distributed.shard(entry.manifest["settings"]["nsamples"])  # under torchrun, this rank's windows only
+    mine = distributed.shard(entry.manifest.settings["nsamples"])  # under torchrun, this rank's windows only
     input_ids, hidden = entry.inputs(device, mine if distributed.active() else None)
     hidden = hidden.to(next(model.parameters()).dtype)
     block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs

@@ -177,7 +177,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
     """The one place a pruned model's record is built (prune and every compare cell); no calibration: none read."""
     record = None
     if calibration is not None:
-        s = calibration.entry.manifest["settings"]
+        s = calibration.entry.manifest.settings
         record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
         base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
