@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
-    {"errors", "__version__", "machine", "protocol"},  # protocol: plain values, no imports
+    {"errors", "__version__", "machine", "protocol", "choices"},  # protocol, choices: plain values, no imports
     {"progress", "settings", "masks", "sparsity", "staging", "results", "leaderboard_cells", "tasks", "hub",
      "distributed"},
     {"formats", "plot"},  # plot writes through staging
@@ -23,7 +23,7 @@ LAYERS = [
     {"provenance", "pipeline"},
     {"model_card", "report_html"},  # documents rendered from records
     {"evaluation", "exports", "calibration", "cache"},
-    {"pruning", "estimation"},
+    {"pruning", "estimation", "grid"},
     {"comparison"},
     {"cli", "__init__"},
     {"__main__"},

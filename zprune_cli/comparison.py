@@ -8,20 +8,18 @@ transaction per cell), so a re-run skips finished cells and Ctrl-C loses only th
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import (EvalPlan, Evaluation, expected_protocols, measure, measure_while_pruning, record,
                                        refuse_whole_model_work)
+from zprune_cli.grid import Grid, grid_recipes  # noqa: F401  (grid_recipes moved there; still importable from here)
 from zprune_cli.leaderboard_cells import known_metrics  # noqa: F401  (moved there; still importable from here)
-from zprune_cli.masks import Pattern
-from zprune_cli.methods.quantize import NO_QUANTIZATION
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
@@ -29,47 +27,8 @@ from zprune_cli.protocol import Protocol
 from zprune_cli.pruning import make_provenance
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.results import ResultsStore, results_path
-from zprune_cli.settings import Calibration, Settings, split_list
+from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
-
-
-def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float] = (0.5,),
-                 patterns: str | Sequence[str] = ("unstructured",), reconstruct: str | bool | Sequence[str] = "none",
-                 refine: str | Sequence[str] = "none", permute: str | Sequence[str] = "none",
-                 wbits: str | Sequence[float] = (16,), **shared: Any) -> list[PruneRecipe]:
-    """Every method x pattern x refine x reconstruct x bit width x permute (N:M patterns; unstructured cells
-    take permute none), and x sparsity for unstructured (N:M fixes its own n/m); `shared` holds the other
-    recipe fields (scope, allocation, propagate, ignore, overrides, group_size, sym, act_order, ...).
-
-    A combination that normalises to a cell already in the grid (sparsegpt with --reconstruct pcg is
-    plain sparsegpt) is listed once; sparsity 0 without quantization is the dense row, always there."""
-    methods = [m.lower() for m in split_list(methods, str, "--method")]  # any case; repeats are refused below
-    ratios = split_list(sparsities, float, "--sparsity")
-    patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
-    finishes = list(itertools.product(_axis(refine, "--refine"), _axis(reconstruct, "--reconstruct")))
-    orders = _axis(permute, "--permute")
-    widths = split_list(wbits, float, "--wbits")
-    if not methods or not patterns or (not ratios and "unstructured" in patterns):
-        raise ZpruneUsageError("the grid is empty: give at least one method, one pattern and (for unstructured) one sparsity")
-    for axis, flag in ((methods, "--method"), (ratios, "--sparsity"), (patterns, "--pattern"), (finishes, "--refine/--reconstruct"),
-                       (orders, "--permute"), (widths, "--wbits")):
-        if len(set(axis)) != len(axis):
-            raise ZpruneUsageError(f"the grid names a {flag} value twice")
-    recipes: dict[PruneRecipe, None] = {}
-    for method, pattern, (refine_one, reconstruct_one), bits in itertools.product(methods, patterns, finishes, widths):
-        for ratio, order in ([(None, o) for o in orders] if pattern != "unstructured" else [(r, "none") for r in ratios]):
-            if ratio == 0 and bits == NO_QUANTIZATION:
-                continue
-            recipes[PruneRecipe(method=method, sparsity=ratio, pattern=pattern, refine=refine_one,
-                                reconstruct=reconstruct_one, permute=order, wbits=bits, **shared)] = None
-    if not recipes:
-        raise ZpruneUsageError("the grid is empty: sparsity 0 without --wbits is the dense model, which every grid has")
-    return list(recipes)
-
-
-def _axis(values: str | bool | Sequence[str], flag: str) -> list[str | bool]:
-    """A comma list, a list, or one value (True / False for the old --reconstruct flag)."""
-    return [values] if isinstance(values, bool) else [v.lower() for v in split_list(values, str, flag)]
 
 
 @dataclass
@@ -84,18 +43,26 @@ class CompareOutcome:
 
 def compare(
     model: str | ModelHandle,
-    recipes: Sequence[PruneRecipe],
+    recipes: Sequence[PruneRecipe] | None = None,
     evaluation: Evaluation | None = None,
     *,
+    grid: Grid | None = None,
     calibration: Calibration | None = None,
     force: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> CompareOutcome:
-    """Prune and evaluate every recipe (plus the dense model) from one calibration; the leaderboard rows."""
+    """Prune and evaluate every recipe (plus the dense model) from one calibration; the leaderboard rows.
+
+    The cells: a `grid` (its recipes, evaluation and calibration), or `recipes` with `evaluation` and
+    `calibration` (None: the settings' calibration)."""
     started = time.perf_counter()
     settings = resolve_settings(settings)
     progress = ensure(progress)
+    if (grid is None) == (recipes is None):
+        raise ZpruneUsageError("compare takes a grid or a list of recipes (one of the two)")
+    if grid is not None:
+        recipes, evaluation, calibration = grid.recipes(), grid.evaluation, calibration or grid.calibration
     recipes = list(recipes)
     if not recipes:
         raise ZpruneUsageError("the grid is empty: give at least one recipe")
