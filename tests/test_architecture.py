@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
     {"errors", "__version__", "machine", "protocol", "choices"},  # protocol, choices: plain values, no imports
-    {"progress", "settings", "masks", "sparsity", "staging", "results", "leaderboard_cells", "tasks", "hub",
+    {"staging"},  # atomic writes, on errors alone: the results store keeps its pending rows through it
+    {"progress", "settings", "masks", "sparsity", "results", "leaderboard_cells", "tasks", "hub",
      "distributed"},
     {"formats", "plot"},  # plot writes through staging
     {"data", "models", "stats"},  # never each other

@@ -28,6 +28,7 @@ from typing import Any
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.machine import free_disk_bytes
 from zprune_cli.protocol import Protocol
+from zprune_cli.staging import replace_atomically
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.sqlite"
@@ -261,9 +262,7 @@ class ResultsStore:
     def _keep_pending(self, rows: list[dict[str, Any]]) -> Path:
         self._pending_dir.mkdir(parents=True, exist_ok=True)
         path = self._pending_dir / f"{rows[0]['run_id']}.json"
-        tmp = path.with_suffix(".part")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, path)
+        replace_atomically(path, json.dumps(rows).encode("utf-8"))
         return path
 
     def _ingest_pending(self) -> None:

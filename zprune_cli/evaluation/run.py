@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from zprune_cli.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Prot
 from zprune_cli.results import ResultRow, ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
 from zprune_cli.sparsity import SparsityCount
-from zprune_cli.staging import temporary_beside
+from zprune_cli.staging import replace_atomically
 from zprune_cli.settings import resolve as resolve_settings
 
 log = logging.getLogger("zprune")
@@ -371,13 +370,7 @@ def refresh_model_card(folder: Path, provenance: Provenance, store: ResultsStore
     fmt = (provenance.export or {}).get("format", "hf")
     try:
         updated.write(folder)
-        card = folder / "README.md"
-        tmp = temporary_beside(card)  # a killed writer's is swept here
-        try:
-            tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
-            os.replace(tmp, card)
-        finally:
-            tmp.unlink(missing_ok=True)
+        replace_atomically(folder / "README.md", model_card(updated, fmt, folder.name).encode("utf-8"))
     except OSError as exc:  # a read-only model folder: the results are in the store all the same
         log.warning("could not update the model card in %s: %s", folder, exc.strerror or exc)
 
