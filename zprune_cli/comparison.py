@@ -162,21 +162,21 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     protocols = {m: Protocol.from_dict(p) for m, p in protocols.items()} if protocols else None  # dicts read as well
     grid = json.dumps({m: p.as_dict() for m, p in protocols.items()}, sort_keys=True, default=str) if protocols else None
     cells: dict[tuple, dict] = {}
+    seen: dict[tuple, dict[str, tuple[str, dict]]] = {}  # cell -> metric -> (created, protocol) of its latest row
     for r in store.query(model=model, fingerprint=fingerprint):
         if not _kept(r, stats_key, protocols, metric):
             continue
         # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
         identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
         key = (r["fingerprint"], grid or _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
-        row = cells.setdefault(key, _row(r))
-        if r["created"] >= row["_created"].get(r["metric"], ""):
+        row, latest = cells.setdefault(key, _row(r)), seen.setdefault(key, {})
+        if r["created"] >= latest.get(r["metric"], ("", None))[0]:
             row["metrics"][r["metric"]] = r["value"]
-            row["_created"][r["metric"]] = r["created"]
-            row["_protocols"][r["metric"]] = r["protocol"]
+            latest[r["metric"]] = (r["created"], r["protocol"])
             row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
     if grid is not None:  # a cell whose only number here is its sparsity was measured under other protocols
         cells = {key: row for key, row in cells.items() if set(row["metrics"]) - {"sparsity"}}
-    return _grouped(cells)
+    return _grouped(cells, {key: {m: p for m, (_, p) in latest.items()} for key, latest in seen.items()})
 
 
 def _kept(r: dict, stats_key: str | None, protocols: dict[str, Protocol] | None, metric: str | None) -> bool:
@@ -202,26 +202,27 @@ def _evaluation_of(r: dict) -> str:
     return json.dumps(r["protocol"] if r["metric"] != "sparsity" else None, sort_keys=True, default=str)
 
 
-def _grouped(cells: dict[tuple, dict]) -> list[dict]:
-    """Number the protocol groups, put the dense rows into each group of their evaluation, mark the best."""
-    groups: dict[tuple, list[dict]] = {}
-    dense: dict[tuple, list[dict]] = {}
-    for (fingerprint, evaluation, *_), row in cells.items():
+def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) -> list[dict]:
+    """Number the protocol groups, put the dense rows into each group of their evaluation, mark the best.
+    `protocols`: each cell's metric -> protocol, for the group's description."""
+    groups: dict[tuple, list[tuple]] = {}
+    dense: dict[tuple, list[tuple]] = {}
+    for key, row in cells.items():
+        fingerprint, evaluation = key[:2]
         if row["method"] == "dense":
-            dense.setdefault((fingerprint, evaluation), []).append(row)
+            dense.setdefault((fingerprint, evaluation), []).append(key)
         else:
-            groups.setdefault((fingerprint, evaluation, row["stats_key"]), []).append(row)
+            groups.setdefault((fingerprint, evaluation, row["stats_key"]), []).append(key)
     for (fingerprint, evaluation), rows in dense.items():  # a dense model measured but never pruned
         if not any(k[:2] == (fingerprint, evaluation) for k in groups):
             groups[(fingerprint, evaluation, "")] = []
     out: list[dict] = []
-    for number, (key, rows) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
-        members = [dict(d) for d in dense.get(key[:2], [])] + rows
+    for number, (group, keys) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
+        member_keys = dense.get(group[:2], []) + keys
+        members = [dict(cells[k]) for k in member_keys]  # copies: a dense row joins every group of its evaluation
         _mark_best(members)
-        description = _describe(members)
+        description = _describe(members, {m: p for k in member_keys for m, p in protocols[k].items()})
         for row in sorted(members, key=lambda r: (r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"], r["recipe"])):
-            row.pop("_created", None)
-            row.pop("_protocols", None)
             out.append({**row, "group": number, "protocol": description})
     return out
 
@@ -250,10 +251,9 @@ def _by(rows: list[dict], key) -> dict:
     return out
 
 
-def _describe(rows: list[dict]) -> str:
+def _describe(rows: list[dict], protocols: dict[str, dict]) -> str:
     """The protocol of a group in words: model, evaluation windows/tasks, calibration."""
     parts = [rows[0]["model"]] if rows else []
-    protocols = {m: p for r in rows for m, p in r.get("_protocols", {}).items()}
     for metric, p in sorted(protocols.items()):
         if metric.startswith("ppl:") and isinstance(p, dict):
             parts.append(f"{p.get('dataset')} {p.get('split')}, seqlen {p.get('seqlen')}, {p.get('n_windows')} windows")
@@ -284,4 +284,4 @@ def _row(r: dict) -> dict:
             "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
             "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
             "calibration": settings.get("calibration"), "seconds": settings.get("seconds"),  # prune / evaluate, per cell
-            "metrics": {}, "_created": {}, "_protocols": {}}
+            "metrics": {}}
