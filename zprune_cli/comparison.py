@@ -19,7 +19,7 @@ from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import (EvalPlan, Evaluation, expected_protocols, measure, measure_while_pruning, record,
                                        refuse_whole_model_work)
 from zprune_cli.grid import Grid, grid_recipes  # noqa: F401  (grid_recipes moved there; still importable from here)
-from zprune_cli.leaderboard_cells import known_metrics  # noqa: F401  (moved there; still importable from here)
+from zprune_cli.leaderboard_cells import LeaderboardRow, known_metrics  # noqa: F401  (known_metrics: still importable from here)
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
@@ -36,7 +36,7 @@ class CompareOutcome:
     computed: int  # cells pruned and evaluated in this run (the dense row included)
     skipped: int  # cells found in the results store
     calibration_key: str | None  # None: no recipe of the grid reads calibration text (magnitude)
-    rows: list[dict]  # the whole protocol group: this grid's cells and any comparable ones stored before
+    rows: list[LeaderboardRow]  # the whole protocol group: this grid's cells and any comparable ones stored before
     seconds: float
     recipes: list[str] = dataclasses.field(default_factory=list)  # digests of this grid's own cells
 
@@ -144,7 +144,7 @@ NO_STATISTICS = ""  # leaderboard's stats_key for the cells of recipes that read
 
 
 def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str | None = None, stats_key: str | None = None,
-                protocols: dict[str, Protocol] | None = None, metric: str | None = None) -> list[dict]:
+                protocols: dict[str, Protocol] | None = None, metric: str | None = None) -> list[LeaderboardRow]:
     """One row per (protocol group, model, recipe, statistics): the latest value of each metric.
 
     A protocol group is one evaluation setup (datasets, seqlen, windows, tasks, limit) on one model with
@@ -202,7 +202,7 @@ def _evaluation_of(r: dict) -> str:
     return json.dumps(r["protocol"] if r["metric"] != "sparsity" else None, sort_keys=True, default=str)
 
 
-def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) -> list[dict]:
+def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) -> list[LeaderboardRow]:
     """Number the protocol groups, put the dense rows into each group of their evaluation, mark the best.
     `protocols`: each cell's metric -> protocol, for the group's description."""
     groups: dict[tuple, list[tuple]] = {}
@@ -216,7 +216,7 @@ def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) 
     for (fingerprint, evaluation), rows in dense.items():  # a dense model measured but never pruned
         if not any(k[:2] == (fingerprint, evaluation) for k in groups):
             groups[(fingerprint, evaluation, "")] = []
-    out: list[dict] = []
+    out: list[LeaderboardRow] = []
     for number, (group, keys) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
         member_keys = dense.get(group[:2], []) + keys
         members = [dict(cells[k]) for k in member_keys]  # copies: a dense row joins every group of its evaluation

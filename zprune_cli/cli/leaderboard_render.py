@@ -17,7 +17,7 @@ from rich.table import Table
 
 from zprune_cli.cli.output import emit_text, json_text, stdout_console, text_console
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.leaderboard_cells import HEAD, known_metrics, metric_columns, protocol_groups, row_cells
+from zprune_cli.leaderboard_cells import HEAD, LeaderboardRow, known_metrics, metric_columns, protocol_groups, row_cells
 from zprune_cli.staging import write_file_atomically
 
 FORMATS = ("table", "json", "csv", "md", "html")
@@ -49,7 +49,7 @@ class Output:
             raise ZpruneUsageError(f"--out {out}: the folder {out.parent} is not writable")
         return cls(fmt, out, plot)
 
-    def deliver(self, rows: list[dict], json_data: Any, summary: str = "") -> None:
+    def deliver(self, rows: list[LeaderboardRow], json_data: Any, summary: str = "") -> None:
         """The leaderboard to stdout or --out (`json_data` for json, `summary` under a table), then the plot."""
         if self.fmt == "table" and self.out is None:
             _print_tables(rows, stdout_console(), summary)  # straight to the console: bold on a terminal
@@ -62,7 +62,7 @@ class Output:
             _plot(rows, self.plot)
 
 
-def _text(rows: list[dict], fmt: str, json_data: Any, summary: str) -> str:
+def _text(rows: list[LeaderboardRow], fmt: str, json_data: Any, summary: str) -> str:
     """The leaderboard in `fmt` as text; a table as on a pipe (best marked *)."""
     if fmt == "json":
         return json_text(json_data)
@@ -77,7 +77,7 @@ def _text(rows: list[dict], fmt: str, json_data: Any, summary: str) -> str:
     return console.file.getvalue()
 
 
-def _ppl_metrics(rows: list[dict]) -> list[str]:
+def _ppl_metrics(rows: list[LeaderboardRow]) -> list[str]:
     return [m for m in known_metrics(rows) if m.startswith("ppl:")]
 
 
@@ -90,7 +90,7 @@ def _plot(rows, path):
     plot_leaderboard(rows, metrics[0], path)
 
 
-def _html(rows: list[dict]) -> str:
+def _html(rows: list[LeaderboardRow]) -> str:
     from zprune_cli.provenance import current_versions
     from zprune_cli.report_html import leaderboard_html
 
@@ -98,7 +98,7 @@ def _html(rows: list[dict]) -> str:
                             versions=current_versions())
 
 
-def _group_plot(rows: list[dict]) -> bytes | str:
+def _group_plot(rows: list[LeaderboardRow]) -> bytes | str:
     """One group's perplexity plot as PNG bytes, or the line the page shows instead (a plot never mixes
     groups: their protocols differ)."""
     from zprune_cli.plot import plot_image
@@ -112,7 +112,7 @@ def _group_plot(rows: list[dict]) -> bytes | str:
         return f"No plot: {exc}."
 
 
-def _csv(rows: list[dict]) -> str:
+def _csv(rows: list[LeaderboardRow]) -> str:
     columns = metric_columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -122,7 +122,7 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _md(rows: list[dict]) -> str:
+def _md(rows: list[LeaderboardRow]) -> str:
     """One protocol group as a markdown table, the best per sparsity and pattern in bold; a blank line after."""
     columns = metric_columns(rows)
     lines = [f"**{rows[0]['protocol']}** (best per sparsity and pattern in bold)", "",
@@ -133,7 +133,7 @@ def _md(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _print_tables(rows: list[dict], console: Console, summary: str = "") -> None:
+def _print_tables(rows: list[LeaderboardRow], console: Console, summary: str = "") -> None:
     """One table per protocol group (never ranked across groups); the best per sparsity and pattern is bold
     on a terminal, starred (*) elsewhere."""
     for group in protocol_groups(rows):
@@ -142,7 +142,7 @@ def _print_tables(rows: list[dict], console: Console, summary: str = "") -> None
         console.print(summary)
 
 
-def _print_table(rows: list[dict], console: Console) -> None:
+def _print_table(rows: list[LeaderboardRow], console: Console) -> None:
     columns = metric_columns(rows)
     terminal = console.is_terminal
     mark = "best per sparsity and pattern in bold" if terminal else "best per sparsity and pattern marked *"
