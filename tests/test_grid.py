@@ -60,6 +60,8 @@ def test_flags_override_a_named_grid_key_by_key():
     ("zprune.toml: grids.paper", {"sparsity": [0.5], "method": "wanda"}, "zprune.toml: grids.paper: unknown key(s) method"),
     ("zprune.toml: grids.paper", {"sparsity": "0.5,x"}, "zprune.toml: grids.paper.sparsity takes numbers"),
     ("flags", {"reconstruct": "none,obz"}, "flags: 'reconstruct' takes none, obs, pcg, got 'obz'"),
+    ("flags", {"sparsity": "0.5,abc"}, "--sparsity takes numbers, got 'abc'"),
+    ("flags", {"methods": ["wanda", 3]}, "--method"),
     ("flags", {"nsamples": "8"}, "flags: 'nsamples' must be an integer"),
 ])
 def test_a_bad_key_is_named_with_its_origin(where, values, needle):

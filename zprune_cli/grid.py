@@ -21,6 +21,7 @@ from zprune_cli.recipe import PruneRecipe
 from zprune_cli.settings import GRID_LISTS, GRID_SCALARS, Calibration, Settings, check_grid, split_list
 
 GRID_KEYS = (*GRID_LISTS, *GRID_SCALARS)
+FLAGS = "flags"  # the origin of the command's flags: their errors name the flag itself ("--sparsity takes numbers")
 SHARED_KEYS = ("scope", "allocation", "owl_m", "owl_lambda", "propagate", "group_size", "sym", "act_order")
 
 
@@ -50,7 +51,10 @@ class Grid:
         flags); a key of None is not given. `ignore`, `method_options` and `tasks_dir` have no grid key."""
         g: dict[str, Any] = {}
         for where, values in layers:
-            g |= check_grid({k: v for k, v in values.items() if v is not None}, where)
+            given = {k: v for k, v in values.items() if v is not None}
+            if where == FLAGS:
+                given = {k: split_list(v, GRID_LISTS[k], _flag(k)) if k in GRID_LISTS else v for k, v in given.items()}
+            g |= check_grid(given, where)
         shared = {k: g[k] for k in SHARED_KEYS if k in g} | {"ignore": tuple(ignore), "overrides": settings.sparsity_overrides,
                                                            "method_options": dict(method_options or {})}
         data = g.get("eval", ["wikitext2"])
@@ -62,6 +66,11 @@ class Grid:
                                                       ("reconstruct", "reconstruct"), ("refine", "refine"),
                                                       ("permute", "permute"), ("wbits", "wbits")) if key in g}
         return cls(**axes, shared=shared, evaluation=evaluation, calibration=calibration)
+
+
+def _flag(key: str) -> str:
+    """The `compare` flag of a grid key (its axes are spelled in the singular there)."""
+    return {"methods": "--method", "patterns": "--pattern"}.get(key, "--" + key.replace("_", "-"))
 
 
 def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float] = (0.5,),

@@ -13,7 +13,7 @@ from zprune_cli.cli.leaderboard_render import FORMATS, Output  # noqa: F401  (FO
 from zprune_cli.cli.prune_cmd import parse_options
 from zprune_cli.comparison import compare, leaderboard
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.grid import GRID_KEYS, Grid
+from zprune_cli.grid import FLAGS, GRID_KEYS, Grid
 from zprune_cli.leaderboard_cells import known_metrics
 from zprune_cli.results import ResultsStore, results_path
 
@@ -84,7 +84,7 @@ def grid_of(c, params: dict, grid: Optional[str], ignore, option, tasks_dir) -> 
     """The Grid of a named grid (--grid) with the flags given on top (`params`: the command's parsed flags)."""
     layers = [(f"{c.settings.config_file or 'the config'}: grids.{grid}", c.settings.grid(grid))] if grid else []
     flags = {key: params.get(FLAG_PARAMS.get(key, key)) for key in GRID_KEYS}  # batch_size: TOML only
-    return Grid.parse([*layers, ("flags", flags)], c.settings, ignore=ignore or (), method_options=parse_options(option or []),
+    return Grid.parse([*layers, (FLAGS, flags)], c.settings, ignore=ignore or (), method_options=parse_options(option or []),
                       tasks_dir=tasks_dir)
 
 
