@@ -13,8 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 
 # Low to high: a unit may import only units of a strictly lower layer (or itself).
 LAYERS = [
-    {"errors", "__version__", "machine"},
-    {"progress", "settings", "masks", "sparsity", "staging", "results", "leaderboard_cells", "tasks", "hub",
+    {"errors", "__version__", "machine", "protocol", "choices"},  # protocol, choices: plain values, no imports
+    {"staging"},  # atomic writes, on errors alone: the results store keeps its pending rows through it
+    {"progress", "settings", "masks", "sparsity", "results", "leaderboard_cells", "tasks", "hub",
      "distributed"},
     {"formats", "plot"},  # plot writes through staging
     {"data", "models", "stats"},  # never each other
@@ -23,7 +24,7 @@ LAYERS = [
     {"provenance", "pipeline"},
     {"model_card", "report_html"},  # documents rendered from records
     {"evaluation", "exports", "calibration", "cache"},
-    {"pruning", "estimation"},
+    {"pruning", "estimation", "grid"},
     {"comparison"},
     {"cli", "__init__"},
     {"__main__"},

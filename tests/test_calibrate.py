@@ -65,7 +65,7 @@ def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
 
 def test_groups_share_inputs(tiny_dir, text_file, cache):
     entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0)).entry
-    groups = [g["members"] for g in entry.manifest["blocks"][0]["groups"]]
+    groups = [g.members for g in entry.manifest.blocks[0].groups]
     assert groups == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         ["self_attn.o_proj"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def test_local_task_runs_offline_and_matches_a_direct_computation(model, tokeniz
     acc, acc_norm = direct_accuracy(model, tokenizer)
     assert row["acc"] == pytest.approx(acc)
     assert row["acc_norm"] == pytest.approx(acc_norm)
-    assert row["acc_stderr"] is None or row["acc_stderr"] >= 0.0
+    # lm-eval's standard error of a mean: the sample standard deviation (n - 1) over sqrt(n)
+    n = len(DOCS)
+    assert row["acc_stderr"] == pytest.approx(math.sqrt(acc * (1 - acc) / (n - 1)))
+    assert row["acc_norm_stderr"] == pytest.approx(math.sqrt(acc_norm * (1 - acc_norm) / (n - 1)))
 
 
 def test_unknown_task_names_close_matches(tmp_path):

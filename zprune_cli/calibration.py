@@ -53,7 +53,7 @@ class CalibrationResult:
             "hit": self.hit,
             "gram": self.entry.has_gram,
             "block_statistics": self.entry.has_blocks,
-            "settings": self.entry.manifest["settings"],
+            "settings": self.entry.manifest.settings,
         }
 
 
@@ -121,7 +121,7 @@ def _stored(store: StatsStore, key: StatsKey) -> bool:
 
 def _size(entry: StatsEntry) -> int:
     """The entry's size on disk, from its manifest (a torchrun rank on another node may not see the files)."""
-    return entry.size_bytes() if entry.path.is_dir() else sum(info["size"] for info in entry.manifest["files"].values())
+    return entry.size_bytes() if entry.path.is_dir() else sum(info["size"] for info in entry.manifest.files.values())
 
 
 def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, progress: Progress,

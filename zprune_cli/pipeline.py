@@ -38,7 +38,7 @@ from zprune_cli.models.runner import capture_block_inputs
 from zprune_cli.models.walk import walk_blocks
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.recipe import PruneRecipe
-from zprune_cli.sparsity import BlockwiseSparsity
+from zprune_cli.sparsity import BlockwiseSparsity, LayerCount
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
@@ -198,7 +198,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
         store = entry.store
         with store.claimed(run_key, lambda: store.get(run_key, repair=True), progress) as stored:
             if stored is None:  # first run with this recipe: collect and keep its statistics
-                settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
+                settings = {**entry.manifest.settings, "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
                     found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, writer)
@@ -248,7 +248,7 @@ def _prune_blocks(model: nn.Module, entry: StatsEntry | None, layers: BlockLayer
 def _propagation_inputs(model: nn.Module, entry: StatsEntry):
     """Block 0's stored inputs (under torchrun, this rank's windows only) and every block's keyword arguments."""
     device = next(model.parameters()).device
-    mine = distributed.shard(entry.manifest["settings"]["nsamples"])
+    mine = distributed.shard(entry.manifest.settings["nsamples"])
     input_ids, hidden = entry.inputs(device, mine if distributed.active() else None)
     return hidden.to(next(model.parameters()).dtype), capture_block_inputs(model, input_ids[:1]).block_kwargs
 
@@ -259,7 +259,7 @@ def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> Sta
         raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
     if recipe.statistics == "gram" and not entry.has_gram:
         raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
-    distributed.start(device, entry.manifest["settings"]["nsamples"])  # torchrun only
+    distributed.start(device, entry.manifest.settings["nsamples"])  # torchrun only
     return entry.readable()
 
 
@@ -293,14 +293,14 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
                     f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
 
 
-def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
+def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, LayerCount],
             pruner: _Pruner) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
-    sparsity = {name: v["sparsity"] for name, v in measured.items()}
-    params = {name: v["params"] for name, v in measured.items()}
+    sparsity = {name: v.sparsity for name, v in measured.items()}
+    params = {name: v.params for name, v in measured.items()}
     permuter = pruner.permuter
     if permuter is not None:
         permuter.log_summary()

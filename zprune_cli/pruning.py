@@ -32,7 +32,7 @@ from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration, parse_method_list
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
-from zprune_cli.sparsity import BlockwiseSparsity, count_zeros
+from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
 from zprune_cli.staging import staged_folder
 
 
@@ -179,7 +179,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
     """The one place a pruned model's record is built (prune and every compare cell); no calibration: none read."""
     record = None
     if calibration is not None:
-        s = calibration.entry.manifest["settings"]
+        s = calibration.entry.manifest.settings
         record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
         base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
@@ -251,12 +251,12 @@ def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
     return counting.result()
 
 
-def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: dict) -> Provenance:
+def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: SparsityCount) -> Provenance:
     calibration = source.get("calibration")
     return Provenance(
         base_model=BaseModel.of(handle.source, content=True), recipe=PruneRecipe.from_dict(source["recipe"]),
-        pruned_layers={k: round(v["sparsity"], 6) for k, v in counted["layers"].items()},
-        overall_sparsity=round(counted["sparsity"], 6), stats_key=source.get("stats_key"),
+        pruned_layers={k: round(v.sparsity, 6) for k, v in counted.layers.items()},
+        overall_sparsity=round(counted.sparsity, 6), stats_key=source.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),
     )
 

@@ -45,6 +45,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
+from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS, SCOPES
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.masks import Pattern
 from zprune_cli.methods import get_method, method_options
@@ -59,9 +60,6 @@ log = logging.getLogger("zprune")
 RECIPE_VERSION = 2  # 2: reconstruct became a name and refine was added; bump when the meaning of a field changes: old digests then never match new ones
 PROPAGATE = ("auto", "dense", "pruned")
 ALLOCATIONS = ("uniform", "owl")
-SCOPES = ("row", "layer")
-RECONSTRUCTIONS = ("none", "obs", "pcg")
-REFINEMENTS = ("none", "swaps")
 DEFAULT_SWAP_ROUNDS = 100
 DEFAULT_SPARSITY = 0.5
 DEFAULT_OWL_M = 5.0

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS
 from zprune_cli.models.resolve import DEFAULT_MODEL
 from zprune_cli.settings import Calibration
 
@@ -37,8 +38,8 @@ OwlM = Annotated[Optional[float], typer.Option("--owl-m", help="OWL outlier thre
 OwlLambda = Annotated[Optional[float], typer.Option("--owl-lambda", help="OWL spread lambda (default 0.08; only with --allocation owl).")]
 Reconstruct = Annotated[Optional[str], typer.Option("--reconstruct", help="New weights for the method's mask: obs (SparseGPT's update, what --reconstruct alone means) or pcg (exact least squares); none to keep the masked weights.")]
 Refine = Annotated[Optional[str], typer.Option("--refine", help="Refine the mask before reconstruction: swaps[:ROUNDS] (Gram-based 1-swaps per row, default 100 rounds) or none.")]
-ReconstructAxis = Annotated[Optional[str], typer.Option("--reconstruct", help="Comma-separated: none, obs, pcg (each cell with each; --reconstruct alone: obs).")]
-RefineAxis = Annotated[Optional[str], typer.Option("--refine", help="Comma-separated: none, swaps[:ROUNDS] (each cell with each).")]
+ReconstructAxis = Annotated[Optional[str], typer.Option("--reconstruct", help=f"Comma-separated: {', '.join(RECONSTRUCTIONS)} (each cell with each; --reconstruct alone: obs).")]
+RefineAxis = Annotated[Optional[str], typer.Option("--refine", help=f"Comma-separated: {', '.join(REFINEMENTS)}[:ROUNDS] (each cell with each).")]
 Permute = Annotated[Optional[str], typer.Option("--permute", help="N:M patterns only: none (default), heuristic or lsa: reorder each layer's input channels before the N:M groups are formed (RIA's channel permutation).")]
 PermuteAxis = Annotated[Optional[str], typer.Option("--permute", help="Comma-separated: none, heuristic, lsa (each N:M cell with each; unstructured cells: none).")]
 Propagate = Annotated[Optional[str], typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")]

@@ -22,7 +22,7 @@ from zprune_cli.evaluation.perplexity import PerplexityResult, window_nll_sum
 from zprune_cli.models.blocks import counted_layers, find_blocks
 from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
 from zprune_cli.models.walk import run_windows, walk_blocks
-from zprune_cli.sparsity import BlockwiseSparsity
+from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount
 
 
 class _Replay(BlockStandIn):
@@ -116,7 +116,7 @@ def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor
             blocks[i] = block
 
 
-def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict:
+def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> SparsityCount:
     """sparsity.BlockwiseSparsity over the model as it is (default: every projection in the blocks), each block
     read while it is counted."""
     counting = BlockwiseSparsity(counted_layers(model, layer_names))
