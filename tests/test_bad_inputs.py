@@ -85,6 +85,10 @@ PRUNE_CASES = [
     (["--option", "a"], 2, "KEY=VALUE"),
     (["-m", "ria", "--option", "z=1"], 2, "no option z"),
     (["-m", "ria", "--option", "a=inf"], 2, "option a"),
+    (["-m", "alps", "--option", "rho=0"], 2, "alps option rho must be a finite number > 0, got "),
+    (["-m", "alps", "--option", "max_iter=0"], 2, "alps option max_iter must be an integer >= 1, got "),
+    (["-m", "sparsegpt", "--option", "blocksize=0"], 2, "sparsegpt option blocksize must be an integer >= 1"),
+    (["--owl-m", "3"], 2, "--owl-m needs --allocation owl"),
     (["-m", "nosuch"], 2, "unknown method"),
     (["-m", ","], 2, "--method is empty"),
     (["-m", "wanda,wanda"], 2, "twice"),
@@ -153,12 +157,12 @@ def test_models(world, model, code, needle):
 def test_truncated_model_weights(world, tmp_path):
     import shutil
 
-    broken = tmp_path / "broken"
-    shutil.copytree(world["model"], broken)
-    weights = broken / "model.safetensors"
+    cut = tmp_path / "cut"  # a name no message would contain by chance
+    shutil.copytree(world["model"], cut)
+    weights = cut / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
-    line = one_line(invoke("calibrate", broken, "--data", world["text"], *CAL), 1)
-    assert "broken" in line or "safetensors" in line or "could not load" in line
+    line = one_line(invoke("calibrate", cut, "--data", world["text"], *CAL), 1)
+    assert line.startswith("error: a safetensors file is damaged or truncated"), line
 
 
 def test_non_finite_weight_stops_before_saving(world, tmp_path):
@@ -173,8 +177,7 @@ def test_non_finite_weight_stops_before_saving(world, tmp_path):
     for method in ("magnitude", "sparsegpt"):
         out = tmp_path / f"out-{method}"
         line = one_line(invoke("prune", tmp_path / "nan", "-m", method, "--data", world["text"], *CAL, "--out", out), 1)
-        assert "non-finite" in line or "NaN" in line
-        assert ("model.layers.1.mlp.up_proj" in line) or ("layers.0" in line and method == "sparsegpt") or "layers" in line
+        assert line.startswith("error: the weight of layer model.layers.1.mlp.up_proj holds 1 non-finite value(s)"), line
         assert not out.exists() and not leftovers(tmp_path)
 
 

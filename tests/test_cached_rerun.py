@@ -68,7 +68,7 @@ def test_changed_model_files_forget_the_protocol(tiny_dir, text_file, tmp_path, 
     (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
     after = expected_protocols(plan, ModelHandle(str(folder), "cpu"), cache)
     [name] = before
-    assert before[name]["seqlen"] == 512 and after[name]["seqlen"] == 16
+    assert before[name].seqlen == 512 and after[name].seqlen == 16
     assert len(list((cache / "protocols").glob("*.json"))) == 2
 
 

@@ -9,7 +9,8 @@ from conftest import FAMILIES, save_tiny
 from zprune_cli.settings import Calibration
 from zprune_cli.calibration import calibrate
 from zprune_cli.models.blocks import find_blocks, find_linears
-from zprune_cli.models.runner import capture_block_inputs, run_block_all
+from zprune_cli.models.runner import capture_block_inputs
+from zprune_cli.models.walk import run_windows
 
 
 def direct_stats(model, windows, gram=False):
@@ -64,7 +65,7 @@ def test_stats_equal_direct_forward(family, tmp_path, text_file, cache):
 
 def test_groups_share_inputs(tiny_dir, text_file, cache):
     entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0)).entry
-    groups = [g["members"] for g in entry.manifest["blocks"][0]["groups"]]
+    groups = [g.members for g in entry.manifest.blocks[0].groups]
     assert groups == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         ["self_attn.o_proj"],
@@ -86,7 +87,9 @@ def test_block_runner_matches_full_forward(family):
     hidden = inputs.hidden
     _, blocks = find_blocks(model)
     for index, block in enumerate(blocks[:-1]):  # the last hidden state has the final norm applied
-        hidden = run_block_all(block, hidden, inputs.block_kwargs[index])
+        out = torch.empty_like(hidden)
+        run_windows(block, hidden, inputs.block_kwargs[index], out)
+        hidden = out
         torch.testing.assert_close(hidden, full[index + 1], rtol=1e-4, atol=1e-4)
 
 

@@ -197,10 +197,12 @@ def test_a_named_wikitext2_still_fails_offline_with_the_fix(tiny_dir, cache, mon
 def test_sparsity_reads_the_same_in_the_header_and_the_table():
     from zprune_cli.cli.eval_cmd import metrics_table
     from zprune_cli.cli.output import text_console
+    from zprune_cli.evaluation.run import EvalReport, Metric
+    from zprune_cli.protocol import OpenProtocol
 
-    report = {"target": "runs/w40", "metrics": [{"metric": "sparsity", "value": 0.399999, "protocol": {"over": "pruned layers"}}],
-              "provenance": {"method": "wanda", "pattern": "unstructured", "base_model": "tiny", "overall_sparsity": 0.399999,
-                             "recipe": "0123abcd"}}
+    report = EvalReport("runs/w40", [Metric("sparsity", 0.399999, OpenProtocol.of({"over": "pruned layers"}))], reused=False,
+                        provenance={"method": "wanda", "pattern": "unstructured", "base_model": "tiny",
+                                    "overall_sparsity": 0.399999, "recipe": "0123abcd"})
     console = text_console()
     console.print(metrics_table(report))
     text = console.file.getvalue()

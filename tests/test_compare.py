@@ -203,15 +203,32 @@ def test_a_grid_leaves_out_acc_norm_of_another_limit(tmp_path):
     """acc_norm comes from the same lm-eval run as its task's acc: a grid asking for 50 questions must not
     show the acc_norm of an earlier 200-question run as a group of its own."""
     from zprune_cli.comparison import leaderboard
-    from zprune_cli.results import ResultsStore
+    from zprune_cli.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     cell = {"model": "m", "fingerprint": "f", "method": "dense", "seconds": 1.0, "settings": {}, "versions": {}}
     for limit, value in ((200, 0.4), (50, 0.5)):
         protocol = {"task": "piqa_local", "num_fewshot": 0, "limit": limit}
-        store.record_many([{**cell, "metric": m, "value": value, "protocol": protocol,
-                            "settings": {"evaluation": {"tasks": ["piqa_local"], "limit": limit}}}
+        store.record_many([ResultRow(**{**cell, "metric": m, "value": value, "protocol": protocol,
+                                        "settings": {"evaluation": {"tasks": ["piqa_local"], "limit": limit}}})
                            for m in ("acc:piqa_local", "acc_norm:piqa_local")])
     wanted = {"acc:piqa_local": {"task": "piqa_local", "num_fewshot": 0, "limit": 50}}
     rows = leaderboard(store, fingerprint="f", protocols=wanted)
     assert len(rows) == 1 and rows[0]["metrics"] == {"acc:piqa_local": 0.5, "acc_norm:piqa_local": 0.5}
+
+
+def test_a_leaderboard_row_has_exactly_the_typed_keys(tmp_path):
+    """LeaderboardRow names every key a row has (and `compare --json` writes): no private key is left in one."""
+    from typing import get_type_hints
+
+    from zprune_cli.comparison import leaderboard
+    from zprune_cli.leaderboard_cells import LeaderboardRow
+    from zprune_cli.results import ResultRow, ResultsStore
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    protocol = {"task": "piqa_local", "num_fewshot": 0, "limit": 50}
+    store.record_many([ResultRow(metric="acc:piqa_local", value=0.5, model="m", fingerprint="f", protocol=protocol,
+                                 settings={"evaluation": {"tasks": ["piqa_local"], "limit": 50}})])
+    [row] = leaderboard(store, fingerprint="f")
+    assert set(row) == set(get_type_hints(LeaderboardRow))
+    assert row["metrics"] == {"acc:piqa_local": 0.5} and row["protocol"] == "m; piqa_local 0-shot, limit 50" and row["group"] == 1

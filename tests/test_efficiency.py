@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from conftest import tiny_model
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import find_blocks
@@ -17,21 +19,12 @@ from zprune_cli.evaluation.efficiency import (
     size_on_disk,
     throughput,
 )
+from zprune_cli.sparsity import LayerCount
 
 
 @pytest.fixture()
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", hidden_size=64, intermediate_size=128, vocab_size=256, max_position_embeddings=128)
 
 
 def test_decoder_blocks_found_without_model_names(model):
@@ -57,18 +50,19 @@ def test_measure_sparsity_known_zeros(model):
         down.view(-1)[::2] = 0  # half of 8192
         model.lm_head.weight.zero_()  # outside the blocks: never counted
     report = measure_sparsity(model)
-    layers = report["layers"]
+    layers = report.layers
     assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down per block
-    assert layers["model.layers.0.self_attn.q_proj"] == {"params": 4096, "nonzeros": 3072, "sparsity": 0.25}
-    assert layers["model.layers.1.mlp.down_proj"]["sparsity"] == 0.5
-    assert layers["model.layers.0.mlp.up_proj"]["sparsity"] == 0.0
+    assert layers["model.layers.0.self_attn.q_proj"] == LayerCount(params=4096, nonzeros=3072)
+    assert report.as_dict()["layers"]["model.layers.0.self_attn.q_proj"] == {"params": 4096, "nonzeros": 3072, "sparsity": 0.25}
+    assert layers["model.layers.1.mlp.down_proj"].sparsity == 0.5
+    assert layers["model.layers.0.mlp.up_proj"].sparsity == 0.0
     # q,o: 64x64; k,v: 32x64 (2 kv heads x 16); gate, up: 128x64; down: 64x128 -> 36864 per block
-    assert report["params"] == 2 * 36864
-    assert report["nonzeros"] == 2 * 36864 - 1024 - 4096
-    assert report["sparsity"] == pytest.approx((1024 + 4096) / (2 * 36864))
+    assert report.params == 2 * 36864
+    assert report.nonzeros == 2 * 36864 - 1024 - 4096
+    assert report.sparsity == pytest.approx((1024 + 4096) / (2 * 36864))
 
     only = measure_sparsity(model, ["model.layers.0.self_attn.q_proj"])
-    assert list(only["layers"]) == ["model.layers.0.self_attn.q_proj"] and only["sparsity"] == 0.25
+    assert list(only.layers) == ["model.layers.0.self_attn.q_proj"] and only.sparsity == 0.25
     with pytest.raises(ZpruneUsageError, match="no such layer"):
         measure_sparsity(model, ["model.layers.9.q"])
 
@@ -121,8 +115,7 @@ def test_semi_structured_speedup_explains_why_unavailable(model):
     assert isinstance(reason, str) and reason.startswith("semi-structured 2:4 speed-up unavailable")
     assert "float16 or bfloat16" in reason  # the tiny model is float32
     assert "14 of 14 layers are not 2:4 sparse (first: model.layers.0.self_attn.q_proj)" in reason
-    if not torch.cuda.is_available():
-        assert "needs a CUDA device" in reason
+    assert "it needs a CUDA device (the model is on cpu)" in reason  # the fixture stays on the CPU, GPU or not
     # a 2:4 pruned half-precision model: only the device can stand in the way
     model.half()
     with torch.no_grad():
@@ -131,5 +124,4 @@ def test_semi_structured_speedup_explains_why_unavailable(model):
                 if isinstance(m, nn.Linear):
                     m.weight.view(m.weight.shape[0], -1, 4)[:, :, :2] = 0
     reason = semi_structured_speedup(model, seqlen=16)
-    if not torch.cuda.is_available():
-        assert reason == "semi-structured 2:4 speed-up unavailable: it needs a CUDA device (the model is on cpu)"
+    assert reason == "semi-structured 2:4 speed-up unavailable: it needs a CUDA device (the model is on cpu)"

@@ -157,7 +157,7 @@ def test_experts_saved_one_tensor_each_export_sparse_2_4_and_masks(tmp_path, tex
     prune(handle, PruneRecipe("magnitude", pattern="2:4"), calibration=cal(text_file), out=tmp_path / "out")
     for format in ("sparse", "sparse-24-bitmask"):  # each expert's 2-D tensor is compressed, then converted on load
         summary = export(tmp_path / "out", tmp_path / format, format=format)
-        assert summary["pruned_layers"] == 2 * (4 + 3 * 4)  # 4 attention Linears + w1, w2, w3 of 4 experts a block
+        assert summary.pruned_layers == 2 * (4 + 3 * 4)  # 4 attention Linears + w1, w2, w3 of 4 experts a block
         reloaded = load_pretrained(tmp_path / format).state_dict()
         assert all(torch.equal(reloaded[k], v) for k, v in handle.model.state_dict().items()), format
     export(tmp_path / "out", tmp_path / "masks", format="masks")  # in the names the loaded model holds

@@ -126,7 +126,7 @@ def plain_load(folder: Path) -> torch.nn.Module:
 def test_round_trip_bit_identical(folders, tmp_path, fmt, source):
     reference = plain_load(folders[source])
     result = export(folders[source], tmp_path / "out", fmt)
-    assert result["destination"] == str(tmp_path / "out") and result["pruned_layers"] == 14
+    assert result.destination == str(tmp_path / "out") and result.pruned_layers == 14
     model = load_pretrained(tmp_path / "out")
     assert load_tokenizer(tmp_path / "out") is None  # the fixture has no tokenizer files
     assert_identical(reference, model)
@@ -134,7 +134,7 @@ def test_round_trip_bit_identical(folders, tmp_path, fmt, source):
     # provenance travels: zprune.json, every shard's metadata, the model card
     provenance = json.loads((tmp_path / "out" / "zprune.json").read_text())
     assert provenance["export"]["format"] == fmt and provenance["stats_key"] == "ab" * 10
-    for file in result["files"]:
+    for file in result.files:
         with safe_open(str(tmp_path / "out" / file), framework="pt") as f:
             assert json.loads(f.metadata()["zprune"])["pruned_layers"] == provenance["pruned_layers"]
     card = (tmp_path / "out" / "README.md").read_text()
@@ -160,20 +160,20 @@ def test_format_1_provenance_is_still_read(folders, tmp_path):
 def test_hf_loads_with_plain_transformers_and_shards(folders, tmp_path):
     result = export(folders["pruned"], tmp_path / "hf", "hf", max_shard_size="100KB")
     out = tmp_path / "hf"
-    assert len(result["files"]) > 1 and (out / "model.safetensors.index.json").is_file()
+    assert len(result.files) > 1 and (out / "model.safetensors.index.json").is_file()
     index = json.loads((out / "model.safetensors.index.json").read_text())
-    assert set(index["weight_map"].values()) == set(result["files"])
-    for file in result["files"]:
+    assert set(index["weight_map"].values()) == set(result.files)
+    for file in result.files:
         assert (out / file).stat().st_size <= 100_000 + 10_000  # one tensor may overshoot a little
     config = json.loads((out / "config.json").read_text())
     assert not {"quantization_config", "sparsity_config", "compression_config"} & set(config)
     assert_identical(plain_load(folders["pruned"]), plain_load(out))
-    assert result["stored_bytes"] == result["dense_bytes"]
+    assert result.stored_bytes == result.dense_bytes
 
 
 def test_sparse24_layout_matches_compressed_tensors(folders, tmp_path):
     result = export(folders["pruned24"], tmp_path / "s24", "sparse-24-bitmask")
-    assert any("vLLM" in w for w in result["warnings"])
+    assert any("vLLM" in w for w in result.warnings)
     config = json.loads((tmp_path / "s24" / "config.json").read_text())
     sparsity = config["quantization_config"]["sparsity_config"]
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
@@ -221,11 +221,11 @@ def test_sparse_layout_and_sizes(folders, tmp_path):
         dense += w.numel() * w.element_size()
     assert abs(stored - theory) / theory < 0.05
     assert stored / dense == pytest.approx(0.5 + 1 / 32, abs=0.01)  # fp32 at 50%: 53% of dense
-    assert result["pruned_stored_bytes"] == stored
-    assert result["pruned_theoretical_bytes"] == pytest.approx(theory, rel=1e-6)
+    assert result.pruned_stored_bytes == stored
+    assert result.pruned_theoretical_bytes == pytest.approx(theory, rel=1e-6)
     weight_files = lambda d, pattern: sum(p.stat().st_size for p in d.glob(pattern))  # noqa: E731
     assert weight_files(out, "*.safetensors") < weight_files(folders["pruned"], "*.safetensors")
-    assert result["stored_bytes"] < result["dense_bytes"]
+    assert result.stored_bytes < result.dense_bytes
 
 
 def test_sparse_keeps_negative_zero_bits(tmp_path, folders):
@@ -247,10 +247,10 @@ def test_sparse_keeps_negative_zero_bits(tmp_path, folders):
 
 def test_masks_reproduce_the_pruned_model_from_the_base(folders, tmp_path):
     result = export(folders["pruned"], tmp_path / "m", "masks")
-    assert result["files"] == ["masks.safetensors"]
+    assert result.files == ["masks.safetensors"]
     meta = json.loads((tmp_path / "m" / "masks.json").read_text())
     assert meta["base_model"]["fingerprint"] == FINGERPRINT and len(meta["modules"]) == 14
-    assert result["pruned_stored_bytes"] < result["pruned_dense_bytes"] / 30  # 1 bit per 32-bit weight
+    assert result.pruned_stored_bytes < result.pruned_dense_bytes / 30  # 1 bit per 32-bit weight
     base = plain_load(folders["base"])
     assert apply_masks(base, tmp_path / "m", fingerprint=FINGERPRINT) == 14
     assert_identical(plain_load(folders["pruned"]), base)

@@ -156,7 +156,7 @@ def test_an_expert_no_token_reaches_is_reported_not_crashed_on(method, tmp_path,
     for layer in handle.model.model.layers:
         layer.mlp = _RoutedExperts(32, 16)
     result = calibrate(handle, cal(text_file), gram=True)
-    groups = {m: g["n_tokens"] for g in result.entry.manifest["blocks"][0]["groups"] for m in g["members"]}
+    groups = {m: g.n_tokens for g in result.entry.manifest.blocks[0].groups for m in g.members}
     assert groups["mlp.experts.3.0"] == 0 and groups["mlp.experts.3.2"] == 0 and groups["mlp.experts.0.0"] > 0
     # top-2 routing: each token reaches exactly two experts, and each expert counts only its own tokens
     assert sum(groups[f"mlp.experts.{e}.0"] for e in range(4)) == 2 * groups["self_attn.q_proj"]

@@ -138,7 +138,7 @@ def test_results_database_on_a_full_disk(tiny_dir, text_file, small_disk):
 
 def test_recording_on_a_full_disk_says_so(tmp_path, monkeypatch):
     """SQLite's "database or disk is full" is no lock to wait out: one line, no file kept aside on the full disk."""
-    from zprune_cli.results import ResultsStore
+    from zprune_cli.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
 
@@ -147,7 +147,7 @@ def test_recording_on_a_full_disk_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "_insert", full)
     with pytest.raises(ZpruneError) as err:
-        store.record(metric="ppl:x", value=1.0)
+        store.record(ResultRow(metric="ppl:x", value=1.0))
     assert str(err.value) == (f"cannot record results in {tmp_path / 'results.sqlite'}: the disk is full; free space or "
                               "point --cache-dir elsewhere")
     assert not (tmp_path / "results-pending").exists()

@@ -103,16 +103,16 @@ def test_rows_without_windows_keep_the_lowest_value_as_best():
 
 def test_an_old_stored_row_without_windows_loads_and_a_new_one_has_its_interval(tmp_path):
     from zprune_cli.comparison import leaderboard
-    from zprune_cli.results import ResultsStore
+    from zprune_cli.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     protocol = {"dataset": "wikitext2", "split": "test", "seqlen": 8, "n_windows": 3}
     cell = {"model": "m", "fingerprint": "f", "metric": "ppl:wikitext2", "protocol": protocol, "pattern": "unstructured",
             "sparsity": 0.5, "stats_key": "s", "settings": {"evaluation": {"seqlen": 8}}}
-    store.record(method="wanda", recipe="r-old", value=25.0, **cell)  # as stored before windows were kept
+    store.record(ResultRow(method="wanda", recipe="r-old", value=25.0, **cell))  # as stored before windows were kept
     nlls = [3.0, 3.1, 2.9]
-    store.record(method="magnitude", recipe="r-new", value=math.exp(3.0),
-                 **{**cell, "settings": {"evaluation": {"seqlen": 8}, "detail": {"window_nll": nlls, "window_tokens": 7}}})
+    store.record(ResultRow(method="magnitude", recipe="r-new", value=math.exp(3.0),
+                           **{**cell, "settings": {"evaluation": {"seqlen": 8}, "detail": {"window_nll": nlls, "window_tokens": 7}}}))
     rows = {r["recipe"]: r for r in leaderboard(store, fingerprint="f")}
     assert rows["r-old"]["intervals"] == {} and rows["r-old"]["metrics"] == {"ppl:wikitext2": 25.0}
     assert rows["r-new"]["intervals"]["ppl:wikitext2"] == list(ppl_interval(nlls))
@@ -124,4 +124,4 @@ def test_an_old_stored_row_without_windows_loads_and_a_new_one_has_its_interval(
     page = leaderboard_html(list(rows.values()), versions={}, generated="now")
     low, high = ppl_interval(nlls)
     assert f'<strong>{math.exp(3.0):.3f} [{low:.3f}, {high:.3f}]</strong>' in page  # the interval, on the page
-    assert f'<td class="num">25.000</td>' in page  # the old row: its value alone
+    assert '<td class="num">25.000</td>' in page  # the old row: its value alone

@@ -169,7 +169,7 @@ def eval_ppl(folder, offload: str, text_file, tmp_path, **extra) -> tuple[dict, 
     settings = Settings(cache_dir=tmp_path / f"eval-{offload}", device="cpu", dtype="float32", offload=offload)
     TRACKER.reset()
     report = evaluate(str(folder), Evaluation(data=(str(text_file),), seqlen=20, max_windows=5, **extra), settings=settings)
-    return {m["metric"]: m["value"] for m in report["metrics"]}, TRACKER.peak
+    return {m.name: m.value for m in report.metrics}, TRACKER.peak
 
 
 def test_offloaded_perplexity_equals_whole_model_and_holds_one_block(depths, text_file, tmp_path):

@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from conftest import score_methods
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pruning import prune
@@ -77,7 +78,7 @@ def test_magnitude_reads_no_calibration_data(tiny_dir, tmp_path, cache):
 def test_score_methods_with_dense_statistics_calibrate_once(tiny_dir, text_file, cache):
     handle = ModelHandle(str(tiny_dir), "cpu", "float32")
     counter = BlockCalls(handle.model)
-    recipes = [PruneRecipe(m, 0.5) for m in ("wanda", "ria", "zpruner", "magnitude")]
+    recipes = [PruneRecipe(m, 0.5) for m in score_methods()]
     prune(handle, recipes, calibration=Calibration(str(text_file), N, 32, 0))
     calls = counter.take()
-    assert calls == [N + 1] + [N] * (len(calls) - 1)  # one calibration pass serves all four
+    assert calls == [N + 1] + [N] * (len(calls) - 1)  # one calibration pass serves every score method

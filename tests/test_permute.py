@@ -212,7 +212,7 @@ def test_sparse24_export_keeps_mapped_back_layers_dense(tmp_path, text_file, cac
     layout = json.loads((tmp_path / "p" / "zprune.json").read_text())["nm_layout"]
     permuted = sorted(n for n, how in layout.items() if how == "permuted")
     result = export(tmp_path / "p", tmp_path / "s24", "sparse-24-bitmask")
-    assert any(w.startswith(f"{len(permuted)} layer(s) are 2:4 only after") for w in result["warnings"])
+    assert any(w.startswith(f"{len(permuted)} layer(s) are 2:4 only after") for w in result.warnings)
     with safe_open(str(tmp_path / "s24" / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     for name, how in layout.items():

@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
+
+from conftest import tiny_model
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
@@ -16,17 +18,7 @@ VOCAB = 256
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", hidden_size=64, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=256)
 
 
 def direct_ppl(model: LlamaForCausalLM, stream: torch.Tensor, seqlen: int) -> float:

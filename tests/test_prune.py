@@ -180,7 +180,7 @@ def test_pruned_propagation_statistics_are_cached(tiny_dir, text_file, cache, mo
     prune_in_memory(first.model, entry, PruneRecipe("sparsegpt", 0.5))
     propagated = [p.name for p in entry.store.root.iterdir() if p.is_dir() and p.name.startswith(entry.key + "-p")]
     assert len(propagated) == 1
-    monkeypatch.setattr(pipeline, "_prune_propagating", lambda *a, **k: pytest.fail("re-ran the propagation"))
+    monkeypatch.setattr(pipeline, "BlockStatsCollector", lambda *a, **k: pytest.fail("re-ran the propagation"))
     second = ModelHandle(str(tiny_dir))
     prune_in_memory(second.model, entry, PruneRecipe("sparsegpt", 0.5))
     a, b = linear_weights(first.model), linear_weights(second.model)
@@ -196,3 +196,30 @@ def test_propagation_cache_is_not_reused_for_other_weights(tiny_dir, text_file, 
     prune_in_memory(handle.model, entry, PruneRecipe("wanda", 0.5, propagate="pruned"))  # already pruned: new key
     propagated = [p for p in entry.store.root.iterdir() if p.is_dir() and p.name.startswith(entry.key + "-p")]
     assert len(propagated) == 2
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])  # a score method zeroed in place; one that updates weights
+def test_layer_error_is_reported_from_the_gram(method, tiny_dir, text_file, cache):
+    """Each layer's ||W X - W' X||^2 / ||W X||^2 equals the formula on the calibration tokens' Gram."""
+    entry = calibrate(str(tiny_dir), cal(text_file), gram=True).entry
+    model = ModelHandle(str(tiny_dir)).model
+    dense = {n: w.detach().clone().double() for n, w in linear_weights(model).items()}
+    report = prune_in_memory(model, entry, PruneRecipe(method, 0.5, propagate="dense"))
+    pruned = {n: w.detach().double() for n, w in linear_weights(model).items()}
+    assert set(report.errors) == set(report.layers) == set(dense)
+    for index, prefix, linears in pruned_layers(model, []):
+        stats = entry.block_stats(index)
+        for name in linears:
+            W, D, H = dense[prefix + name], dense[prefix + name] - pruned[prefix + name], stats[name].gram.double()
+            expected = float(torch.trace(D @ H @ D.T) / torch.trace(W @ H @ W.T))
+            assert 0 < expected < 1 and report.errors[prefix + name] == pytest.approx(expected, rel=1e-4)
+
+
+def test_prune_json_carries_the_layer_errors(tiny_dir, text_file, cache, tmp_path):
+    result = invoke("prune", tiny_dir, "-m", "sparsegpt", "--data", text_file, "-n", "4", "-l", "32", "--json",
+                    "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["layer_errors"]) == set(data["layers"]) and all(0 < v < 1 for v in data["layer_errors"].values())
+    table = invoke("prune", tiny_dir, "-m", "wanda", "--data", text_file, "-n", "4", "-l", "32", "--no-save")
+    assert table.exit_code == 0 and "layer error" not in table.stdout  # wanda's statistics hold no Gram

@@ -142,8 +142,8 @@ def test_compressed_tensors_round_trip(tmp_path):
     with torch.no_grad():
         expected, got = dense(ids).logits, loaded(ids).logits
     assert torch.allclose(got, expected, atol=2e-2, rtol=2e-2)  # bf16 tolerance
-    assert summary["disk_bytes"] < sum(f.stat().st_size for f in pruned.glob("*.safetensors"))
-    assert 0 < summary["blocks_stored_bytes"] < 0.5 * summary["blocks_bf16_bytes"]
+    assert summary.disk_bytes < sum(f.stat().st_size for f in pruned.glob("*.safetensors"))
+    assert 0 < summary.blocks_stored_bytes < 0.5 * summary.blocks_bf16_bytes
 
 
 def test_export_command_takes_compressed_tensors_and_refuses_an_unquantized_folder(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 
 import pytest
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.results import SCHEMA_VERSION, ResultsStore, results_path
+from zprune_cli.results import SCHEMA_VERSION, ResultRow, ResultsStore, results_path
 
 PROTOCOL = {"dataset": "wikitext2", "split": "test", "seqlen": 2048, "n_windows": 140}
 CELL = dict(
@@ -35,7 +36,7 @@ def store(tmp_path):
 
 def test_round_trip(store, tmp_path):
     settings = {"method": "wanda", "sparsity": 0.5, "nested": {"b": 1, "a": [1, 2]}}
-    run_id = store.record(model="HuggingFaceTB/SmolLM2-135M", settings=settings, value=23.5, seconds=12.0, **CELL)
+    run_id = store.record(ResultRow(model="HuggingFaceTB/SmolLM2-135M", settings=settings, value=23.5, seconds=12.0, **CELL))
     assert (tmp_path / "cache" / "results.sqlite").is_file()
     rows = store.query(model="HuggingFaceTB/SmolLM2-135M")
     assert len(rows) == 1
@@ -49,10 +50,10 @@ def test_round_trip(store, tmp_path):
 
 
 def test_query_filters_and_metric_glob(store):
-    store.record(model="m", value=20.0, **CELL)
-    store.record(model="m", value=0.6, **{**CELL, "metric": "acc:arc_easy_local"})
-    store.record(model="m", value=0.4, **{**CELL, "metric": "acc:piqa_local"})
-    store.record(model="m", value=15.0, fingerprint="fp-1", metric="ppl:wikitext2", protocol=PROTOCOL)  # dense
+    store.record(ResultRow(model="m", value=20.0, **CELL))
+    store.record(ResultRow(model="m", value=0.6, **{**CELL, "metric": "acc:arc_easy_local"}))
+    store.record(ResultRow(model="m", value=0.4, **{**CELL, "metric": "acc:piqa_local"}))
+    store.record(ResultRow(model="m", value=15.0, fingerprint="fp-1", metric="ppl:wikitext2", protocol=PROTOCOL))  # dense
     assert [r["value"] for r in store.query(metric="acc:*")] == [0.6, 0.4]
     dense = store.query(fingerprint="fp-1", metric="ppl:wikitext2", sparsity=None)
     assert [(r["method"], r["value"]) for r in dense] == [("dense", 15.0)]
@@ -63,8 +64,8 @@ def test_query_filters_and_metric_glob(store):
 
 def test_find_matches_the_identical_cell_only(store):
     assert store.find(**FIND) is None
-    first = store.record(value=20.0, **CELL)
-    second = store.record(value=21.0, **CELL)
+    first = store.record(ResultRow(value=20.0, **CELL))
+    second = store.record(ResultRow(value=21.0, **CELL))
     found = store.find(**FIND)
     assert found is not None and found["run_id"] == second != first
     # protocol given as JSON text with other key order is the same cell
@@ -82,9 +83,9 @@ def test_find_matches_the_identical_cell_only(store):
 
 
 def test_delete(store):
-    a = store.record(value=1.0, **CELL)
-    store.record(value=2.0, **CELL)
-    store.record(value=3.0, **{**CELL, "metric": "acc:piqa_local"})
+    a = store.record(ResultRow(value=1.0, **CELL))
+    store.record(ResultRow(value=2.0, **CELL))
+    store.record(ResultRow(value=3.0, **{**CELL, "metric": "acc:piqa_local"}))
     assert store.delete(run_id=a) == 1
     assert store.delete(metric="acc:piqa_local") == 1
     assert [r["value"] for r in store.query()] == [2.0]
@@ -106,7 +107,7 @@ def test_refuses_a_newer_schema(tmp_path):
 def test_same_schema_reopens(tmp_path):
     path = tmp_path / "results.sqlite"
     with ResultsStore(path) as s:
-        s.record(value=1.0, **CELL)
+        s.record(ResultRow(value=1.0, **CELL))
     with ResultsStore(path) as s:
         assert s.schema_version() == SCHEMA_VERSION
         assert len(s.query()) == 1
@@ -128,7 +129,7 @@ def test_concurrent_writers(tmp_path):
         try:
             with ResultsStore(path) as s:
                 for i in range(25):
-                    s.record(value=float(i), **{**CELL, "metric": f"m{k}"})
+                    s.record(ResultRow(value=float(i), **{**CELL, "metric": f"m{k}"}))
         except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 
@@ -145,10 +146,10 @@ def test_concurrent_writers(tmp_path):
 
 def test_a_cell_is_recorded_whole_or_not_at_all(store):
     """A kill or an error between two metric rows of one cell must not leave it half-finished."""
-    first = dict(CELL, value=1.0, run_id="r1")
-    clash = dict(CELL, metric="acc:piqa_local", value=2.0, run_id="r1")  # fails on insert, after the first
-    with pytest.raises(Exception):
+    first = ResultRow(**CELL, value=1.0, run_id="r1")
+    clash = ResultRow(**{**CELL, "metric": "acc:piqa_local"}, value=2.0, run_id="r1")  # fails on insert, after the first
+    with pytest.raises(ZpruneUsageError, match="already recorded"):
         store.record_many([first, clash])
     assert store.query() == []
-    store.record_many([first, dict(clash, run_id="r2")])
+    store.record_many([first, dataclasses.replace(clash, run_id="r2")])
     assert {r["metric"] for r in store.query()} == {"ppl:wikitext2", "acc:piqa_local"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import score_methods
 from zprune_cli.machine import human_bytes
 from zprune_cli.pipeline import all_finite
 
@@ -66,7 +67,7 @@ def test_score_methods_zero_the_layer_in_place():
     linear = torch.nn.Linear(128, 344, bias=False)
     stats = LayerStats(sumsq=torch.rand(128, dtype=torch.float64) + 0.1, n_tokens=10, sum=torch.zeros(128, dtype=torch.float64))
     dense = linear.weight.detach().clone()
-    for method in ("magnitude", "wanda", "ria", "zpruner"):
+    for method in score_methods():
         for pattern in ("unstructured", "2:4"):
             recipe = PruneRecipe(method=method, sparsity=0.5, pattern=pattern)
             pruner = _Pruner(recipe)
@@ -212,14 +213,14 @@ def test_sparsegpt_walk_on_transposed_blocks_is_the_papers():
     """The column walk on [b, out] blocks (2.2x faster at Llama-2-7B's widths than the paper's [out, b], whose
     every column touched one cache line per row) gives the paper's weights and mask, at a 7B down_proj's
     4096:11008 ratio (48 x 129, a last block of one column), and leaves the caller's Hessian as it was."""
-    from zprune_cli.methods.obs import obs_walk, unstructured_chooser
+    from zprune_cli.methods.obs import MaskChoice, obs_walk
 
     torch.manual_seed(0)
     X = torch.randn(400, 129) * torch.linspace(0.1, 3, 129)
     H = 2 / 400 * X.T @ X
     W0 = torch.randn(48, 129)
     before = H.clone()
-    W, mask = obs_walk(W0, H, unstructured_chooser(0.5), 32, 0.01)
+    W, mask = obs_walk(W0, H, MaskChoice(sparsity=0.5), 32, 0.01)
     want = _obs_walk_as_written(W0, H, 0.5, 32)
     assert torch.equal(H, before)
     assert torch.equal(mask, want == 0) and torch.equal(W == 0, mask)

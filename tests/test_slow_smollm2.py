@@ -39,7 +39,7 @@ def smol(tmp_path_factory):
 def wikitext_ppl(handle, seqlen=256, windows=8) -> float:
     plan = EvalPlan(Evaluation(data="wikitext2", seqlen=seqlen, max_windows=windows), DATA_DIR)
     [ppl, *_] = measure(handle.model, handle.tokenizer, plan)
-    assert ppl.protocol["n_windows"] == windows
+    assert ppl.protocol.n_windows == windows
     return ppl.value
 
 

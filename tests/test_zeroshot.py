@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, tiny_model
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluation.zeroshot import (
     DATA_DIR_ENV,
@@ -46,17 +47,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=260,
-        max_position_embeddings=4096,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_model("llama", hidden_size=64, intermediate_size=128, max_position_embeddings=4096)
 
 
 DOCS = [
@@ -117,7 +108,10 @@ def test_local_task_runs_offline_and_matches_a_direct_computation(model, tokeniz
     acc, acc_norm = direct_accuracy(model, tokenizer)
     assert row["acc"] == pytest.approx(acc)
     assert row["acc_norm"] == pytest.approx(acc_norm)
-    assert row["acc_stderr"] is None or row["acc_stderr"] >= 0.0
+    # lm-eval's standard error of a mean: the sample standard deviation (n - 1) over sqrt(n)
+    n = len(DOCS)
+    assert row["acc_stderr"] == pytest.approx(math.sqrt(acc * (1 - acc) / (n - 1)))
+    assert row["acc_norm_stderr"] == pytest.approx(math.sqrt(acc_norm * (1 - acc_norm) / (n - 1)))
 
 
 def test_unknown_task_names_close_matches(tmp_path):

@@ -21,6 +21,7 @@ _LAZY = {
     "load_settings": "zprune_cli.settings",
     "Evaluation": "zprune_cli.evaluation.run",
     "grid_recipes": "zprune_cli.comparison",
+    "Grid": "zprune_cli.grid",
     "ModelHandle": "zprune_cli.models.handle",
 }
 

@@ -12,8 +12,8 @@ import math
 import torch
 
 from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.methods import owl_scorer
 from zprune_cli.methods.base import PRUNE_PRECISION
-from zprune_cli.methods.wanda import wanda_scores
 from zprune_cli.models.blocks import weight_view
 
 
@@ -36,7 +36,8 @@ def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
 
 def block_outlier_fraction(linears: dict, stats: dict, M: float) -> float:
     """outlier_fraction of one block from its projections {name: Linear or Conv1D} and statistics {name: LayerStats}."""
-    scores = [wanda_scores(weight_view(linear).to(PRUNE_PRECISION), stats[name]) for name, linear in linears.items()]
+    score = owl_scorer().score  # the registry's: Wanda's |W_ij| * ||X_j||
+    scores = [score(weight_view(linear).to(PRUNE_PRECISION), stats[name]) for name, linear in linears.items()]
     return outlier_fraction(scores, M)
 
 

@@ -29,10 +29,10 @@ def list_entries(cache_dir=None) -> list[dict]:
     for path, entry, problem in StatsStore(resolve_cache_dir(cache_dir)).entries():
         row = {"key": path.name, "path": str(path), "size_bytes": _size(path), "problem": problem}
         if entry is not None:
-            s = entry.manifest["settings"]
+            s = entry.manifest.settings
             row.update(model=s.get("model"), data=s.get("data_description"), nsamples=s.get("nsamples"),
                        seqlen=s.get("seqlen"), seed=s.get("seed"), gram=s.get("gram"), dtype=s.get("dtype"),
-                       created=entry.manifest["created"], propagated="propagated" in s)
+                       created=entry.manifest.created, propagated="propagated" in s)
         rows.append(row)
     return rows
 
@@ -44,11 +44,11 @@ def entry_info(cache_dir, key: str) -> dict:
         "key": entry.key,
         "path": str(entry.path),
         "size_bytes": entry.size_bytes(),
-        "created": entry.manifest["created"],
-        "settings": entry.manifest["settings"],
+        "created": entry.manifest.created,
+        "settings": entry.manifest.settings,
         "n_blocks": entry.n_blocks,
-        "groups_per_block": len(entry.manifest["blocks"][0]["groups"]) if entry.n_blocks else 0,
-        "groups": [g["members"] for g in entry.manifest["blocks"][0]["groups"]] if entry.n_blocks else [],
+        "groups_per_block": len(entry.manifest.blocks[0].groups) if entry.n_blocks else 0,
+        "groups": [g.members for g in entry.manifest.blocks[0].groups] if entry.n_blocks else [],
     }
 
 

@@ -19,8 +19,8 @@ from zprune_cli.machine import device_memory_bytes, free_disk_bytes, host_memory
 from zprune_cli.models.blocks import find_blocks, find_linears, in_features
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import hidden_width, max_length
-from zprune_cli.models.offload import held
-from zprune_cli.models.runner import block_inputs_bytes, capture_block_inputs, run_block
+from zprune_cli.models.runner import block_inputs_bytes, capture_block_inputs
+from zprune_cli.models.walk import walk_blocks
 from zprune_cli.pipeline import all_finite
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.settings import Calibration, Settings
@@ -53,7 +53,7 @@ class CalibrationResult:
             "hit": self.hit,
             "gram": self.entry.has_gram,
             "block_statistics": self.entry.has_blocks,
-            "settings": self.entry.manifest["settings"],
+            "settings": self.entry.manifest.settings,
         }
 
 
@@ -121,7 +121,7 @@ def _stored(store: StatsStore, key: StatsKey) -> bool:
 
 def _size(entry: StatsEntry) -> int:
     """The entry's size on disk, from its manifest (a torchrun rank on another node may not see the files)."""
-    return entry.size_bytes() if entry.path.is_dir() else sum(info["size"] for info in entry.manifest["files"].values())
+    return entry.size_bytes() if entry.path.is_dir() else sum(info["size"] for info in entry.manifest.files.values())
 
 
 def calibration_inputs(handle: ModelHandle, text: TextSource, nsamples: int, seqlen: int, seed: int, progress: Progress,
@@ -213,26 +213,24 @@ def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsS
         inputs = capture_block_inputs(model, windows[mine.start : mine.stop], progress_task=task)
     blocks_name, blocks = find_blocks(model)
     all_hidden = distributed.gather_windows(inputs.hidden, key.nsamples)  # None on ranks other than 0
-    hidden = inputs.hidden
-    buffer = torch.empty_like(hidden)
     with _writer(store, key, _manifest_settings(handle, text, key, blocks_name, len(blocks))) as writer:
         if writer is not None:
             writer.write_inputs(windows, all_hidden)
         if not key.blocks:
             return
+
+        def collector(index: int, block) -> BlockStatsCollector:
+            return BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)
+
+        def store_block(index: int, prefix: str, block, collected: BlockStatsCollector) -> None:
+            groups = reduce_groups(collected.groups)  # summed over the ranks under torchrun
+            check_finite(groups, prefix.rstrip("."))
+            if writer is not None:
+                writer.write_block(index, groups)
+
         with progress.task(f"Calibrating {len(blocks)} blocks", len(blocks) * len(mine)) as task:
-            for index, block in enumerate(blocks):
-                collector = BlockStatsCollector(find_linears(block), with_gram=key.gram, width_of=in_features)
-                with held(model, index), collector:  # --offload disk: this block alone is read from disk
-                    for i in range(len(mine)):
-                        buffer[i] = run_block(block, hidden[i : i + 1], inputs.block_kwargs[index])[0]
-                        collector.end_call()
-                        task.advance(1)
-                groups = reduce_groups(collector.groups)
-                check_finite(groups, f"{blocks_name}.{index}")
-                if writer is not None:
-                    writer.write_block(index, groups)
-                hidden, buffer = buffer, hidden
+            walk_blocks(model, store_block, inputs.hidden, inputs.block_kwargs, collector=collector,
+                        per_window=task.advance)
 
 
 def _writer(store: StatsStore, key: StatsKey, settings: dict):

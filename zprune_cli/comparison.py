@@ -8,68 +8,28 @@ transaction per cell), so a re-run skips finished cells and Ctrl-C loses only th
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from zprune_cli.calibration import calibrate
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import (EvalPlan, Evaluation, expected_protocols, measure, measure_while_pruning, record,
                                        refuse_whole_model_work)
-from zprune_cli.leaderboard_cells import known_metrics  # noqa: F401  (moved there; still importable from here)
-from zprune_cli.masks import Pattern
-from zprune_cli.methods.quantize import NO_QUANTIZATION
+from zprune_cli.grid import Grid, grid_recipes  # noqa: F401  (grid_recipes moved there; still importable from here)
+from zprune_cli.leaderboard_cells import LeaderboardRow, known_metrics  # noqa: F401  (known_metrics: still importable from here)
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
 from zprune_cli.progress import Progress, ensure
+from zprune_cli.protocol import Protocol
 from zprune_cli.pruning import make_provenance
 from zprune_cli.ranking import add_intervals, mark_best
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.results import ResultsStore, results_path
-from zprune_cli.settings import Calibration, Settings, split_list
+from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
-
-
-def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float] = (0.5,),
-                 patterns: str | Sequence[str] = ("unstructured",), reconstruct: str | bool | Sequence[str] = "none",
-                 refine: str | Sequence[str] = "none", permute: str | Sequence[str] = "none",
-                 wbits: str | Sequence[float] = (16,), **shared: Any) -> list[PruneRecipe]:
-    """Every method x pattern x refine x reconstruct x bit width x permute (N:M patterns; unstructured cells
-    take permute none), and x sparsity for unstructured (N:M fixes its own n/m); `shared` holds the other
-    recipe fields (scope, allocation, propagate, ignore, overrides, group_size, sym, act_order, ...).
-
-    A combination that normalises to a cell already in the grid (sparsegpt with --reconstruct pcg is
-    plain sparsegpt) is listed once; sparsity 0 without quantization is the dense row, always there."""
-    methods = [m.lower() for m in split_list(methods, str, "--method")]  # any case; repeats are refused below
-    ratios = split_list(sparsities, float, "--sparsity")
-    patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
-    finishes = list(itertools.product(_axis(refine, "--refine"), _axis(reconstruct, "--reconstruct")))
-    orders = _axis(permute, "--permute")
-    widths = split_list(wbits, float, "--wbits")
-    if not methods or not patterns or (not ratios and "unstructured" in patterns):
-        raise ZpruneUsageError("the grid is empty: give at least one method, one pattern and (for unstructured) one sparsity")
-    for axis, flag in ((methods, "--method"), (ratios, "--sparsity"), (patterns, "--pattern"), (finishes, "--refine/--reconstruct"),
-                       (orders, "--permute"), (widths, "--wbits")):
-        if len(set(axis)) != len(axis):
-            raise ZpruneUsageError(f"the grid names a {flag} value twice")
-    recipes: dict[PruneRecipe, None] = {}
-    for method, pattern, (refine_one, reconstruct_one), bits in itertools.product(methods, patterns, finishes, widths):
-        for ratio, order in ([(None, o) for o in orders] if pattern != "unstructured" else [(r, "none") for r in ratios]):
-            if ratio == 0 and bits == NO_QUANTIZATION:
-                continue
-            recipes[PruneRecipe(method=method, sparsity=ratio, pattern=pattern, refine=refine_one,
-                                reconstruct=reconstruct_one, permute=order, wbits=bits, **shared)] = None
-    if not recipes:
-        raise ZpruneUsageError("the grid is empty: sparsity 0 without --wbits is the dense model, which every grid has")
-    return list(recipes)
-
-
-def _axis(values: str | bool | Sequence[str], flag: str) -> list[str | bool]:
-    """A comma list, a list, or one value (True / False for the old --reconstruct flag)."""
-    return [values] if isinstance(values, bool) else [v.lower() for v in split_list(values, str, flag)]
 
 
 @dataclass
@@ -77,25 +37,33 @@ class CompareOutcome:
     computed: int  # cells pruned and evaluated in this run (the dense row included)
     skipped: int  # cells found in the results store
     calibration_key: str | None  # None: no recipe of the grid reads calibration text (magnitude)
-    rows: list[dict]  # the whole protocol group: this grid's cells and any comparable ones stored before
+    rows: list[LeaderboardRow]  # the whole protocol group: this grid's cells and any comparable ones stored before
     seconds: float
     recipes: list[str] = dataclasses.field(default_factory=list)  # digests of this grid's own cells
 
 
 def compare(
     model: str | ModelHandle,
-    recipes: Sequence[PruneRecipe],
+    recipes: Sequence[PruneRecipe] | None = None,
     evaluation: Evaluation | None = None,
     *,
+    grid: Grid | None = None,
     calibration: Calibration | None = None,
     force: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> CompareOutcome:
-    """Prune and evaluate every recipe (plus the dense model) from one calibration; the leaderboard rows."""
+    """Prune and evaluate every recipe (plus the dense model) from one calibration; the leaderboard rows.
+
+    The cells: a `grid` (its recipes, evaluation and calibration), or `recipes` with `evaluation` and
+    `calibration` (None: the settings' calibration)."""
     started = time.perf_counter()
     settings = resolve_settings(settings)
     progress = ensure(progress)
+    if (grid is None) == (recipes is None):
+        raise ZpruneUsageError("compare takes a grid or a list of recipes (one of the two)")
+    if grid is not None:
+        recipes, evaluation, calibration = grid.recipes(), grid.evaluation, calibration or grid.calibration
     recipes = list(recipes)
     if not recipes:
         raise ZpruneUsageError("the grid is empty: give at least one recipe")
@@ -164,7 +132,7 @@ def _offloaded_cell(handle: ModelHandle, result, recipe: PruneRecipe, plan: Eval
 
 
 def _done(store: ResultsStore, handle: ModelHandle, recipe: PruneRecipe | None, stats_key: str,
-          protocols: dict[str, dict]) -> bool:
+          protocols: dict[str, Protocol]) -> bool:
     return all(
         store.find(metric=metric, fingerprint=handle.source.fingerprint, protocol=protocol,
                    method=recipe.method if recipe else "dense", recipe=recipe.digest if recipe else None,
@@ -177,7 +145,7 @@ NO_STATISTICS = ""  # leaderboard's stats_key for the cells of recipes that read
 
 
 def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str | None = None, stats_key: str | None = None,
-                protocols: dict[str, dict] | None = None, metric: str | None = None) -> list[dict]:
+                protocols: dict[str, Protocol] | None = None, metric: str | None = None) -> list[LeaderboardRow]:
     """One row per (protocol group, model, recipe, statistics): the latest value of each metric.
 
     A protocol group is one evaluation setup (datasets, seqlen, windows, tasks, limit) on one model with
@@ -192,36 +160,37 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
     So a dense row an earlier `eval` measured under another protocol opens no group of its own, and one
     measured under the same protocol (by `eval`, or spelled differently) joins the grid's group.
     """
-    grid = json.dumps(protocols, sort_keys=True, default=str) if protocols else None
+    protocols = {m: Protocol.from_dict(p) for m, p in protocols.items()} if protocols else None  # dicts read as well
+    grid = json.dumps({m: p.as_dict() for m, p in protocols.items()}, sort_keys=True, default=str) if protocols else None
     cells: dict[tuple, dict] = {}
+    seen: dict[tuple, dict[str, tuple[str, dict]]] = {}  # cell -> metric -> (created, protocol) of its latest row
     for r in store.query(model=model, fingerprint=fingerprint):
         if not _kept(r, stats_key, protocols, metric):
             continue
         # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
         identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
         key = (r["fingerprint"], grid or _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
-        row = cells.setdefault(key, _row(r))
-        if r["created"] >= row["_created"].get(r["metric"], ""):
+        row, latest = cells.setdefault(key, _row(r)), seen.setdefault(key, {})
+        if r["created"] >= latest.get(r["metric"], ("", None))[0]:
             row["metrics"][r["metric"]] = r["value"]
-            row["_created"][r["metric"]] = r["created"]
-            row["_protocols"][r["metric"]] = r["protocol"]
+            latest[r["metric"]] = (r["created"], r["protocol"])
             _keep_evidence(row, r)
             row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
     if grid is not None:  # a cell whose only number here is its sparsity was measured under other protocols
         cells = {key: row for key, row in cells.items() if set(row["metrics"]) - {"sparsity"}}
-    return _grouped(cells)
+    return _grouped(cells, {key: {m: p for m, (_, p) in latest.items()} for key, latest in seen.items()})
 
 
-def _kept(r: dict, stats_key: str | None, protocols: dict[str, dict] | None, metric: str | None) -> bool:
+def _kept(r: dict, stats_key: str | None, protocols: dict[str, Protocol] | None, metric: str | None) -> bool:
     """Whether a stored row belongs in the leaderboard asked for (see `leaderboard`)."""
     if r["method"] != "dense" and stats_key is not None and (r["stats_key"] or NO_STATISTICS) != stats_key:
         return False
-    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != r["protocol"]:
+    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != Protocol.from_dict(r["protocol"]):
         return False
     return metric is None or r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"
 
 
-def _expected(protocols: dict[str, dict], metric: str) -> dict | None:
+def _expected(protocols: dict[str, Protocol], metric: str) -> Protocol | None:
     """The protocol a grid expects for `metric`; acc_norm shares its task's acc protocol (same run)."""
     return protocols.get(metric.replace("acc_norm:", "acc:", 1))
 
@@ -235,29 +204,31 @@ def _evaluation_of(r: dict) -> str:
     return json.dumps(r["protocol"] if r["metric"] != "sparsity" else None, sort_keys=True, default=str)
 
 
-def _grouped(cells: dict[tuple, dict]) -> list[dict]:
-    """Number the protocol groups, put the dense rows into each group of their evaluation, mark the best."""
-    groups: dict[tuple, list[dict]] = {}
-    dense: dict[tuple, list[dict]] = {}
-    for (fingerprint, evaluation, *_), row in cells.items():
+def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) -> list[LeaderboardRow]:
+    """Number the protocol groups, put the dense rows into each group of their evaluation, mark the best.
+    `protocols`: each cell's metric -> protocol, for the group's description."""
+    groups: dict[tuple, list[tuple]] = {}
+    dense: dict[tuple, list[tuple]] = {}
+    for key, row in cells.items():
+        fingerprint, evaluation = key[:2]
         if row["method"] == "dense":
-            dense.setdefault((fingerprint, evaluation), []).append(row)
+            dense.setdefault((fingerprint, evaluation), []).append(key)
         else:
-            groups.setdefault((fingerprint, evaluation, row["stats_key"]), []).append(row)
+            groups.setdefault((fingerprint, evaluation, row["stats_key"]), []).append(key)
     for (fingerprint, evaluation), rows in dense.items():  # a dense model measured but never pruned
         if not any(k[:2] == (fingerprint, evaluation) for k in groups):
             groups[(fingerprint, evaluation, "")] = []
-    out: list[dict] = []
-    for number, (key, rows) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
-        members = [dict(d) for d in dense.get(key[:2], [])] + rows
-        for row in members:
+    out: list[LeaderboardRow] = []
+    for number, (group, keys) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0])), 1):
+        member_keys = dense.get(group[:2], []) + keys
+        members = [dict(cells[k]) for k in member_keys]  # copies: a dense row joins every group of its evaluation
+        for row, k in zip(members, member_keys):
+            row["_protocols"] = protocols[k]  # the paired test refuses two windows measured under two protocols
             add_intervals(row)
         mark_best(members)
-        description = _describe(members)
+        description = _describe(members, {m: p for k in member_keys for m, p in protocols[k].items()})
         for row in sorted(members, key=lambda r: (r["method"] != "dense", r["pattern"], r["sparsity"] or 0, r["method"], r["recipe"])):
-            row.pop("_created", None)
-            row.pop("_protocols", None)
-            out.append({**row, "group": number, "protocol": description})
+            out.append({**{k: v for k, v in row.items() if k != "_protocols"}, "group": number, "protocol": description})
     return out
 
 
@@ -278,10 +249,9 @@ def _by(rows: list[dict], key) -> dict:
     return out
 
 
-def _describe(rows: list[dict]) -> str:
+def _describe(rows: list[dict], protocols: dict[str, dict]) -> str:
     """The protocol of a group in words: model, evaluation windows/tasks, calibration."""
     parts = [rows[0]["model"]] if rows else []
-    protocols = {m: p for r in rows for m, p in r.get("_protocols", {}).items()}
     for metric, p in sorted(protocols.items()):
         if metric.startswith("ppl:") and isinstance(p, dict):
             parts.append(f"{p.get('dataset')} {p.get('split')}, seqlen {p.get('seqlen')}, {p.get('n_windows')} windows")
@@ -312,4 +282,4 @@ def _row(r: dict) -> dict:
             "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
             "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
             "calibration": settings.get("calibration"), "seconds": settings.get("seconds"),  # prune / evaluate, per cell
-            "metrics": {}, "windows": {}, "stderr": {}, "_created": {}, "_protocols": {}}
+            "metrics": {}, "windows": {}, "stderr": {}}

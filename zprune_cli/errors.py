@@ -17,10 +17,6 @@ class ZpruneUsageError(ZpruneError):
     exit_code = 2
 
 
-class NotImplementedYet(ZpruneError):
-    """A command whose issue has not landed yet."""
-
-
 DEBUG_HINT = "ZPRUNE_DEBUG=1 shows the traceback"
 
 

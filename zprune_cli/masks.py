@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from zprune_cli.choices import SCOPES
 from zprune_cli.errors import ZpruneUsageError
-
-SCOPES = ("row", "layer")
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

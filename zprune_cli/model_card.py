@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from zprune_cli.models.resolve import HUB_ID
 from zprune_cli.provenance import Provenance
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 _LOADING = {
     "hf": (
@@ -38,7 +37,7 @@ def model_card(p: Provenance, fmt: str, name: str) -> str:
     r = p.recipe
     front = ["---", "library_name: transformers", "tags:"] + [f"- {t}" for t in ("zprune", "pruned", "sparse", r.method)]
     location = p.base_model.location
-    if _HUB_ID.match(location) and not location.startswith(("/", ".", "~")):
+    if HUB_ID.match(location) and not location.startswith(("/", ".", "~")):
         front.append(f"base_model: {location}")
     front.append("---")
     spec = p.base_model.spec or location

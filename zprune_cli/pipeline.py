@@ -1,7 +1,7 @@
 """Prune a model in memory from stored statistics: which layers, at what sparsity, with which inputs.
 
 The hand-off is statistics -> scores -> mask -> updated weights; the methods do the math, this
-module walks the blocks. Two ways to get each block's statistics:
+module walks the blocks (`models.walk.walk_blocks`, the walk calibration and evaluation use too). Two ways to get each block's statistics:
 - dense: straight from the store (no forward pass);
 - pruned: the papers' protocol. Start from the stored block-0 inputs; for block l, collect its
   statistics on the outputs of the already-pruned blocks below, prune it, run it to feed block l+1.
@@ -25,19 +25,20 @@ from zprune_cli import distributed
 from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.masks import check_pattern_fits
-from zprune_cli.methods.base import Method
+from zprune_cli.methods.base import PRUNE_PRECISION, Method, layer_error
 from zprune_cli.methods.permuted import Permuter
 from zprune_cli.methods.obs import gptq
 from zprune_cli.methods.quantize import QuantGrid, check_group_size
 from zprune_cli.methods.reconstruction import finish_mask
 from zprune_cli.models.absorb import bias_of
-from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, find_blocks, in_features, layer_modules,
+from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, in_features, layer_modules,
                                       pruned_layers, weight_view)
 from zprune_cli.models.offload import held
-from zprune_cli.models.runner import capture_block_inputs, run_block
+from zprune_cli.models.runner import capture_block_inputs
+from zprune_cli.models.walk import walk_blocks
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.recipe import PruneRecipe
-from zprune_cli.sparsity import count_zeros
+from zprune_cli.sparsity import BlockwiseSparsity, LayerCount
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
@@ -53,6 +54,8 @@ class PruneReport:
     seconds: float
     nm_layout: dict[str, str] = field(default_factory=dict)  # with --permute: layer -> "native" | "permuted"
     grids: dict[str, QuantGrid] = field(default_factory=dict)  # full Linear name -> its grids (--wbits only)
+    # full Linear name -> ||W X - W' X||^2 / ||W X||^2, for the layers whose statistics hold a Gram
+    errors: dict[str, float] = field(default_factory=dict)
 
     @property
     def overall(self) -> float:
@@ -104,6 +107,7 @@ class _Pruner:
         self.finishes = recipe.reconstruct != "none" or recipe.swap_rounds > 0  # the normalised recipe allows neither with a method that updates weights
         self.quant = recipe.quant
         self.grids: dict[str, QuantGrid] = {}
+        self.errors: dict[str, float] = {}  # the layer error, where the statistics hold a Gram (never computed for it)
         self.permuter = Permuter(model, recipe.permute, self.pattern, self.method) if recipe.permute != "none" else None
         # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
         self.in_place = (type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
@@ -124,7 +128,10 @@ class _Pruner:
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
         if self.in_place:  # zeros are finite: the weight was checked above
-            weight.masked_fill_(self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope), 0)
+            mask = self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope)
+            if stats is not None and stats.gram is not None:  # W - W' is W on the mask
+                self.errors[name] = layer_error(weight.masked_fill(~mask, 0), weight, stats.gram)
+            weight.masked_fill_(mask, 0)
             return
         if self.permuter is not None:  # the recipe refuses --permute with --wbits
             new, grid = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity)[0]), None
@@ -133,6 +140,8 @@ class _Pruner:
             if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
                 new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
+        if stats is not None and stats.gram is not None:
+            self.errors[name] = layer_error(weight.to(PRUNE_PRECISION) - new.to(PRUNE_PRECISION), weight, stats.gram)
         weight_view(linear).copy_(new)
         if grid is not None:
             self.grids[name] = grid
@@ -184,35 +193,64 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
     targets = layer_sparsities(recipe, layers, entry, model)
     prune_layer = _Pruner(recipe, model)
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
-    stats_entry = entry
     if recipe.propagate == "pruned":
         run_key = PropagatedKey(entry.key, {"recipe": recipe.digest, "weights": weights_digest(layers, model)})
         store = entry.store
-        with store.claimed(run_key, lambda: store.get(run_key, repair=True), progress) as stats_entry:
-            if stats_entry is None:  # first run with this recipe: collect and keep its statistics
-                settings = {**entry.manifest["settings"], "gram": recipe.needs_gram, "block_statistics": True,
+        with store.claimed(run_key, lambda: store.get(run_key, repair=True), progress) as stored:
+            if stored is None:  # first run with this recipe: collect and keep its statistics
+                settings = {**entry.manifest.settings, "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
-                    unrouted, measured = _prune_propagating(model, entry, prune_layer, layers, targets, writer,
-                                                            progress, label)
-                return _report(recipe, started, unrouted, measured, prune_layer.permuter, prune_layer.grids)
-        stats_entry = stats_entry.readable()
+                    found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, writer)
+                return _report(recipe, started, *found, prune_layer)
+        entry = stored.readable()
+    found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label)
+    return _report(recipe, started, *found, prune_layer)
+
+
+_STORED = object()  # _prune_blocks' writer when the statistics are read from the store, not collected
+
+
+def _prune_blocks(model: nn.Module, entry: StatsEntry | None, layers: BlockLayers, prune_layer: _Pruner,
+                  targets: dict[str, float], progress: Progress, label: str, writer=_STORED):
+    """The one loop: each block's statistics (the store's; or, propagating, collected on the outputs of the pruned
+    blocks below and kept by `writer`), its layers pruned, its sparsity measured while it is in memory."""
     device = next(model.parameters()).device
+    propagating = writer is not _STORED
     unrouted: list[str] = []
-    measured: dict[str, dict] = {}
-    _, blocks = find_blocks(model)
-    with progress.task(label, len(layers)) as task:
-        for index, prefix, linears in layers:
-            # a method that reads no statistics (magnitude) runs from an entry of block 0's inputs alone
-            stats = stats_entry.block_stats(index, device) if stats_entry and stats_entry.has_blocks else dict.fromkeys(linears)
-            unrouted += _no_tokens(prefix, linears, stats)
-            with held(model, index, done=True):  # --offload disk: read, prune, measure, hand to the save, release
-                prune_layer.start_block(index, blocks[index], prefix, linears, targets)
-                for name, linear in linears.items():
-                    prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
-                measured.update(_measure(prefix, linears))
-            task.advance(1)
-    return _report(recipe, started, unrouted, measured, prune_layer.permuter, prune_layer.grids)
+    counting = BlockwiseSparsity(layer_modules(layers))
+    hidden, block_kwargs = _propagation_inputs(model, entry) if propagating else (None, None)
+
+    def collector(index: int, block: nn.Module) -> BlockStatsCollector:  # the dense block on the pruned inputs
+        return BlockStatsCollector(layers[index][2], with_gram=prune_layer.recipe.needs_gram, width_of=in_features)
+
+    def prune_block(index: int, prefix: str, block: nn.Module, collected: BlockStatsCollector | None) -> None:
+        linears = layers[index][2]
+        if collected is not None:
+            groups = reduce_groups(collected.groups)  # summed over the ranks under torchrun: every rank prunes alike
+            if writer is not None:  # rank 0 alone writes
+                writer.write_block(index, groups)
+            stats = {member: group.stats() for group in groups for member in group.members}
+        else:  # a method that reads no statistics (magnitude) runs from an entry of block 0's inputs alone
+            stats = entry.block_stats(index, device) if entry and entry.has_blocks else dict.fromkeys(linears)
+        unrouted.extend(_no_tokens(prefix, linears, stats))
+        prune_layer.start_block(index, block, prefix, linears, targets)
+        for name, linear in linears.items():
+            prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
+        counting(index, prefix, block)
+
+    with progress.task(label, len(layers)) as task:  # --offload disk: read, prune, measure, hand to the save, release
+        walk_blocks(model, prune_block, hidden, block_kwargs, collector=collector if propagating else None,
+                    changes=True, done=True, per_block=task.advance)
+    return unrouted, counting.layers
+
+
+def _propagation_inputs(model: nn.Module, entry: StatsEntry):
+    """Block 0's stored inputs (under torchrun, this rank's windows only) and every block's keyword arguments."""
+    device = next(model.parameters()).device
+    mine = distributed.shard(entry.manifest.settings["nsamples"])
+    input_ids, hidden = entry.inputs(device, mine if distributed.active() else None)
+    return hidden.to(next(model.parameters()).dtype), capture_block_inputs(model, input_ids[:1]).block_kwargs
 
 
 def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> StatsEntry:
@@ -221,51 +259,8 @@ def _usable(entry: StatsEntry, recipe: PruneRecipe, device: torch.device) -> Sta
         raise ZpruneUsageError(f"{recipe.label()} needs per-block statistics; this entry holds block 0's inputs only")
     if recipe.statistics == "gram" and not entry.has_gram:
         raise ZpruneUsageError(f"{recipe.label()} needs Gram matrices; calibrate with gram=True")
-    distributed.start(device, entry.manifest["settings"]["nsamples"])  # torchrun only
+    distributed.start(device, entry.manifest.settings["nsamples"])  # torchrun only
     return entry.readable()
-
-
-def _prune_propagating(model, entry: StatsEntry, prune_layer: _Pruner, layers: BlockLayers, targets, writer,
-                       progress: Progress, label: str):
-    """The papers' protocol: block l's statistics come from the outputs of the pruned blocks below."""
-    device = next(model.parameters()).device
-    _, blocks = find_blocks(model)
-    mine = distributed.shard(entry.manifest["settings"]["nsamples"])  # under torchrun, this rank's windows only
-    input_ids, hidden = entry.inputs(device, mine if distributed.active() else None)
-    hidden = hidden.to(next(model.parameters()).dtype)
-    block_kwargs = capture_block_inputs(model, input_ids[:1]).block_kwargs
-    buffer = torch.empty_like(hidden)
-    unrouted: list[str] = []
-    measured: dict[str, dict] = {}
-    with progress.task(label, len(layers)) as task:
-        for index, prefix, linears in layers:
-            with held(model, index, done=True):  # --offload disk: this block alone is in memory
-                _prune_block_propagating(blocks[index], hidden, buffer, block_kwargs[index], writer, index,
-                                         prune_layer, prefix, linears, targets, unrouted)
-                measured.update(_measure(prefix, linears))
-            hidden, buffer = buffer, hidden
-            task.advance(1)
-    return unrouted, measured
-
-
-def _prune_block_propagating(block, hidden, buffer, kwargs, writer, index, prune_layer, prefix, linears, targets,
-                             unrouted: list[str]) -> None:
-    """Collect block `index`'s statistics on `hidden`, prune it, and write its pruned outputs to `buffer`."""
-    collector = BlockStatsCollector(linears, with_gram=prune_layer.recipe.needs_gram, width_of=in_features)
-    with collector:  # statistics of the dense block on the pruned model's inputs
-        for i in range(hidden.shape[0]):
-            run_block(block, hidden[i : i + 1], kwargs)
-            collector.end_call()
-    groups = reduce_groups(collector.groups)  # summed over the ranks under torchrun: every rank prunes alike
-    if writer is not None:  # rank 0 alone writes
-        writer.write_block(index, groups)
-    stats = {member: group.stats() for group in groups for member in group.members}
-    unrouted += _no_tokens(prefix, linears, stats)
-    prune_layer.start_block(index, block, prefix, linears, targets)
-    for name, linear in linears.items():
-        prune_layer(prefix + name, linear, stats[name], targets[prefix + name])
-    for i in range(hidden.shape[0]):  # the pruned block feeds the next one
-        buffer[i] = run_block(block, hidden[i : i + 1], kwargs)[0]
 
 
 def weights_digest(layers, model: nn.Module | None = None) -> str:
@@ -278,11 +273,6 @@ def weights_digest(layers, model: nn.Module | None = None) -> str:
                 w = weight_view(linear)
                 digest.update(f"{prefix}{name}:{float(w.abs().sum(dtype=torch.float64)):.12e}:{int((w == 0).sum())}".encode())
     return digest.hexdigest()[:16]
-
-
-def _measure(prefix: str, linears: dict) -> dict[str, dict]:
-    """One block's measured sparsity, taken while its weights are in memory (offloaded blocks leave)."""
-    return count_zeros({prefix + name: linear for name, linear in linears.items()})["layers"]
 
 
 def _no_tokens(prefix: str, linears: dict, stats: dict[str, LayerStats]) -> list[str]:
@@ -303,17 +293,19 @@ def _warn_left_dense(model: nn.Module, layers: BlockLayers) -> None:
                     f"stay dense ({share:.0%} of the block weights) and sparsity is measured over the layers it pruned")
 
 
-def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, dict],
-            permuter: Permuter | None, grids: dict[str, QuantGrid]) -> PruneReport:
+def _report(recipe: PruneRecipe, started: float, unrouted: list[str], measured: dict[str, LayerCount],
+            pruner: _Pruner) -> PruneReport:
     if unrouted:  # once per run, not per layer
         log.warning(f"{len(unrouted)} layer(s) received no calibration token: {', '.join(unrouted[:6])}"
                     f"{', ...' if len(unrouted) > 6 else ''}; their activation statistics are zero, so their "
                     "masks carry no activation information (calibrate on more samples to reach them)")
-    sparsity = {name: v["sparsity"] for name, v in measured.items()}
-    params = {name: v["params"] for name, v in measured.items()}
+    sparsity = {name: v.sparsity for name, v in measured.items()}
+    params = {name: v.params for name, v in measured.items()}
+    permuter = pruner.permuter
     if permuter is not None:
         permuter.log_summary()
-    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {}, grids)
+    return PruneReport(recipe, sparsity, params, time.perf_counter() - started, permuter.layout if permuter else {},
+                       pruner.grids, pruner.errors)
 
 
 class DenseSnapshot:

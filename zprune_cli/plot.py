@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from zprune_cli.errors import ZpruneError
+from zprune_cli.leaderboard_cells import LeaderboardRow
 from zprune_cli.staging import write_file_atomically
 
 
@@ -13,7 +14,7 @@ class PlotUnavailable(ZpruneError):
     """matplotlib is not installed: `--plot` fails with this, the HTML report says it instead of a plot."""
 
 
-def plot_image(rows: list[dict], metric: str, image_format: str = "png") -> bytes:
+def plot_image(rows: list[LeaderboardRow], metric: str, image_format: str = "png") -> bytes:
     """The plot of `metric` against sparsity as an image file's bytes (PNG unless told)."""
     plt = _pyplot()
     fig = _draw(plt, rows, metric)
@@ -25,7 +26,7 @@ def plot_image(rows: list[dict], metric: str, image_format: str = "png") -> byte
     return buffer.getvalue()
 
 
-def plot_leaderboard(rows: list[dict], metric: str, path: str | Path) -> Path:
+def plot_leaderboard(rows: list[LeaderboardRow], metric: str, path: str | Path) -> Path:
     """Write the plot to `path`, in the format its suffix names (.png, .svg, .pdf; PNG when it has none)."""
     path = Path(path)
     image = plot_image(rows, metric, path.suffix.lstrip(".").lower() or "png")
@@ -47,7 +48,7 @@ def _pyplot():
     return plt
 
 
-def _draw(plt, rows: list[dict], metric: str):
+def _draw(plt, rows: list[LeaderboardRow], metric: str):
     """The figure: one line per (method, pattern), the dense model as a dashed line, log-scale y."""
     series: dict[str, list[tuple[float, float]]] = {}
     dense = [r["metrics"][metric] for r in rows if r["method"] == "dense" and metric in r["metrics"]]

@@ -20,7 +20,7 @@ from zprune_cli import __version__
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.resolve import ALIASES, ModelSource, content_fingerprint, hub_source, resolve_model
 from zprune_cli.recipe import PruneRecipe
-from zprune_cli.staging import temporary_beside
+from zprune_cli.staging import replace_atomically
 
 PROVENANCE_FILE = "zprune.json"
 SCHEMA_VERSION = 2
@@ -141,14 +141,8 @@ class Provenance:
     # --- files ------------------------------------------------------------------------------------------
     def write(self, folder: Path) -> None:
         """Write folder/zprune.json (through a temporary file, so a reader never sees half of it)."""
-        path = Path(folder) / PROVENANCE_FILE
-        tmp = temporary_beside(path)  # a killed writer's is swept here
         placed = replace(self, base_model=self.base_model.placed_in(folder))
-        try:
-            tmp.write_text(placed.to_json() + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        replace_atomically(Path(folder) / PROVENANCE_FILE, (placed.to_json() + "\n").encode("utf-8"))
 
     @classmethod
     def read(cls, folder: str | Path) -> Provenance:

@@ -18,21 +18,21 @@ from zprune_cli.model_card import model_card
 from zprune_cli.formats.grids import write_grids
 from zprune_cli.formats.masks import checked_masks, zero_masked
 from zprune_cli.machine import human_bytes
-from zprune_cli.evaluation.blockwise import BlockwiseSparsity
-from zprune_cli.models.blocks import block_linears, block_prefix, find_blocks, stored_tensor_name
+from zprune_cli.models.blocks import block_linears, find_blocks, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.host_memory import checkpoint_params
 from zprune_cli.models.load import parse_dtype, source_dtype
-from zprune_cli.models.offload import held, on_done
+from zprune_cli.models.offload import on_done
 from zprune_cli.models.save import save_model
 from zprune_cli.models.stream_save import StreamingSave
+from zprune_cli.models.walk import walk_blocks
 from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
 from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration, parse_method_list
 from zprune_cli.settings import Calibration, Settings
 from zprune_cli.settings import resolve as resolve_settings
-from zprune_cli.sparsity import count_zeros
+from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
 from zprune_cli.staging import staged_folder
 
 
@@ -52,6 +52,8 @@ class PruneOutcome:
             "out": str(self.out) if self.out else None,
             "seconds": round(self.report.seconds, 3),
             "layers": {k: round(v, 6) for k, v in self.report.layers.items()},
+            # ||W X - W' X||^2 / ||W X||^2 per layer, where the statistics held a Gram (SparseGPT, ALPS, --reconstruct)
+            **({"layer_errors": {k: float(f"{v:.6g}") for k, v in self.report.errors.items()}} if self.report.errors else {}),
             **({"nm_layout": dict(self.report.nm_layout)} if self.report.recipe.permute != "none" else {}),
         }
 
@@ -177,7 +179,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
     """The one place a pruned model's record is built (prune and every compare cell); no calibration: none read."""
     record = None
     if calibration is not None:
-        s = calibration.entry.manifest["settings"]
+        s = calibration.entry.manifest.settings
         record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
         base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
@@ -237,23 +239,24 @@ def _masked_layers(model: nn.Module, by_owner: dict) -> dict[str, nn.Module]:
 
 def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
     """Zero each block's masked weights while it is read from disk, count them, hand the block on."""
-    blocks_name, blocks = find_blocks(model)
+    blocks_name, _ = find_blocks(model)
     zero_masked(model, {m: v for m, v in by_owner.items() if not m.startswith(f"{blocks_name}.")})
-    counting = BlockwiseSparsity(list(_masked_layers(model, by_owner)))
-    for index, block in enumerate(blocks):
-        prefix = block_prefix(blocks_name, index)
-        with held(model, index, done=True):
-            zero_masked(model, {m: v for m, v in by_owner.items() if m.startswith(prefix)})
-            counting(index, prefix, block)
+    counting = BlockwiseSparsity(_masked_layers(model, by_owner))
+
+    def mask_block(index: int, prefix: str, block: nn.Module, _) -> None:
+        zero_masked(model, {m: v for m, v in by_owner.items() if m.startswith(prefix)})
+        counting(index, prefix, block)
+
+    walk_blocks(model, mask_block, done=True)
     return counting.result()
 
 
-def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: dict) -> Provenance:
+def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: SparsityCount) -> Provenance:
     calibration = source.get("calibration")
     return Provenance(
         base_model=BaseModel.of(handle.source, content=True), recipe=PruneRecipe.from_dict(source["recipe"]),
-        pruned_layers={k: round(v["sparsity"], 6) for k, v in counted["layers"].items()},
-        overall_sparsity=round(counted["sparsity"], 6), stats_key=source.get("stats_key"),
+        pruned_layers={k: round(v.sparsity, 6) for k, v in counted.layers.items()},
+        overall_sparsity=round(counted.sparsity, 6), stats_key=source.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),
     )
 

@@ -10,7 +10,7 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
 - N:M fixes the sparsity to n/m: a different explicit `sparsity` is refused; `scope` does not apply
   (every group of m prunes exactly n) and is dropped.
 - `allocation="owl"` with N:M is refused (OWL varies the sparsity per block; N:M cannot).
-- `owl_m`/`owl_lambda` are kept only with `allocation="owl"`; set without it they are dropped.
+- `owl_m`/`owl_lambda` without `allocation="owl"` are refused (they would do nothing), naming the option.
 - A method that does not rank by scope (SparseGPT chooses per block of columns) drops `scope`; other
   methods record their default scope when none is given.
 - `reconstruct` is "none", "obs" (SparseGPT's update with the mask fixed; `True` means this) or "pcg"
@@ -45,12 +45,14 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
+from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS, SCOPES
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.masks import Pattern
 from zprune_cli.methods import get_method, method_options
 from zprune_cli.methods.base import Cost, Method
-from zprune_cli.methods.permutation import PERMUTATIONS
-from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec
+from zprune_cli.methods.obs import obs_flops
+from zprune_cli.methods.permutation import PERMUTATIONS, permutation_cost, permutation_work_bytes
+from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec, quantization_work_bytes
 from zprune_cli.methods.reconstruction import finish_cost
 
 log = logging.getLogger("zprune")
@@ -58,9 +60,6 @@ log = logging.getLogger("zprune")
 RECIPE_VERSION = 2  # 2: reconstruct became a name and refine was added; bump when the meaning of a field changes: old digests then never match new ones
 PROPAGATE = ("auto", "dense", "pruned")
 ALLOCATIONS = ("uniform", "owl")
-SCOPES = ("row", "layer")
-RECONSTRUCTIONS = ("none", "obs", "pcg")
-REFINEMENTS = ("none", "swaps")
 DEFAULT_SWAP_ROUNDS = 100
 DEFAULT_SPARSITY = 0.5
 DEFAULT_OWL_M = 5.0
@@ -141,8 +140,24 @@ class PruneRecipe:
         return self.propagate == "pruned" or self.statistics != "inputs"
 
     def cost(self, out: int, width: int) -> Cost:
-        """The work of pruning one [out, width] layer with this recipe: the method's, then its finishes'."""
-        return self.method_obj.cost(out, width) + finish_cost(out, width, self.swap_rounds, self.reconstruct)
+        """The work of pruning one [out, width] layer with this recipe: the permutation's search, the method's,
+        its finishes', then the quantization's (the rounding of every weight, and GPTQ's own walk unless the
+        method quantizes in its walk)."""
+        cost = self.method_obj.cost(out, width) + finish_cost(out, width, self.swap_rounds, self.reconstruct)
+        cost += permutation_cost(out, width, self.permute, self.pattern_obj)
+        if self.quant is not None:
+            cost += Cost(selected=float(out * width)) + (Cost() if self.joint else Cost(obs_flops(out, width, 128)))
+        return cost
+
+    @property
+    def joint(self) -> bool:
+        """Whether the method quantizes inside its own walk (SparseGPT with nothing after its mask)."""
+        return type(self.method_obj).joint_quantization and self.reconstruct == "none" and self.swap_rounds == 0
+
+    def extra_work_bytes(self, out: int, width: int) -> int:
+        """Bytes the permutation and the quantization hold beside the method's own, at one [out, width] layer."""
+        work = permutation_work_bytes(out, width, self.permute, self.needs_gram)
+        return work + (quantization_work_bytes(self.quant, out, width, self.joint) if self.quant is not None else 0)
 
     @property
     def swap_rounds(self) -> int:
@@ -294,7 +309,7 @@ def _owl(r: PruneRecipe, owl: bool) -> tuple[float | None, float | None]:
     if not owl:
         given = [n for n, v in (("--owl-m", r.owl_m), ("--owl-lambda", r.owl_lambda)) if v is not None]
         if given:
-            log.warning("%s has no effect without --allocation owl; recorded as unset", " and ".join(given))
+            raise ZpruneUsageError(f"{' and '.join(given)} needs --allocation owl (without it OWL's options do nothing)")
         return None, None
     m = DEFAULT_OWL_M if r.owl_m is None else _number(r.owl_m, "--owl-m")
     lam = DEFAULT_OWL_LAMBDA if r.owl_lambda is None else _number(r.owl_lambda, "--owl-lambda")

@@ -12,7 +12,7 @@ import time
 from html import escape
 from typing import Mapping
 
-from zprune_cli.leaderboard_cells import HEAD, metric_columns, protocol_groups, row_cells
+from zprune_cli.leaderboard_cells import HEAD, LeaderboardRow, metric_columns, protocol_groups, row_cells
 
 LEGEND = ("Bold on green: the best value of its sparsity and pattern within its protocol group (lowest perplexity, "
           "highest accuracy), when it differs from the runner-up at 95% (the paired test on the perplexity windows); "
@@ -33,7 +33,7 @@ img { max-width: 100%; height: auto; }
 """
 
 
-def leaderboard_html(rows: list[dict], *, title: str | None = None, plots: Mapping[int, bytes | str] | None = None,
+def leaderboard_html(rows: list[LeaderboardRow], *, title: str | None = None, plots: Mapping[int, bytes | str] | None = None,
                      versions: Mapping[str, str | None] | None = None, generated: str | None = None) -> str:
     """The page: a title naming the model(s), per protocol group a heading (its protocol), a table and its
     plot, then the versions that wrote the page.
@@ -57,12 +57,12 @@ def leaderboard_html(rows: list[dict], *, title: str | None = None, plots: Mappi
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def _group_section(rows: list[dict], plot: bytes | str | None) -> str:
+def _group_section(rows: list[LeaderboardRow], plot: bytes | str | None) -> str:
     heading = f"<h2>{escape(rows[0]['protocol'])}</h2>"
     return f'<section class="group">\n{heading}\n{_table(rows)}\n{_figure(plot)}</section>'
 
 
-def _table(rows: list[dict]) -> str:
+def _table(rows: list[LeaderboardRow]) -> str:
     """HEAD and metric columns as in the other renderings; a best value is <td class="best"><strong>."""
     columns = metric_columns(rows)
     head = "".join(f"<th>{escape(name)}</th>" for name in HEAD) + \

@@ -21,11 +21,14 @@ import sqlite3
 import uuid
 from datetime import datetime, timezone
 from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.machine import free_disk_bytes
+from zprune_cli.protocol import Protocol
+from zprune_cli.staging import replace_atomically
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.sqlite"
@@ -74,6 +77,8 @@ def canonical_json(value: Any) -> str | None:
     """JSON text with sorted keys and no spaces; a string is parsed first, so equal content gives equal text."""
     if value is None:
         return None
+    if isinstance(value, Protocol):
+        return value.to_json()
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -104,6 +109,34 @@ def _disk_full(error: sqlite3.Error, folder: Path) -> bool:
         return True
     free = free_disk_bytes(folder)
     return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR and free is not None and free < 1 << 16
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of the results store: one measurement of one cell (see the module's docstring).
+
+    metric names what was measured ("ppl:wikitext2", "acc:arc_easy_local"); settings is the full settings
+    object and protocol the evaluation protocol, both stored as canonical JSON. versions defaults to the
+    installed zprune, torch, transformers, lm_eval; run_id to a new uuid4, created to now."""
+
+    metric: str
+    value: float | None
+    model: str | None = None
+    fingerprint: str | None = None
+    method: str = "dense"
+    sparsity: float | None = None
+    pattern: str | None = None
+    scope: str | None = None
+    allocation: str | None = None
+    propagate: str | None = None
+    stats_key: str | None = None
+    recipe: str | None = None
+    settings: dict | str | None = None
+    protocol: Protocol | dict | str | None = None
+    seconds: float | None = None
+    versions: dict | str | None = None
+    run_id: str | None = None
+    created: str | None = None
 
 
 class ResultsStore:
@@ -190,44 +223,14 @@ class ResultsStore:
         self.close()
 
     # ---------------------------------------------------------------------------------------- writing
-    def record(
-        self,
-        *,
-        metric: str,
-        value: float | None,
-        model: str | None = None,
-        fingerprint: str | None = None,
-        method: str = "dense",
-        sparsity: float | None = None,
-        pattern: str | None = None,
-        scope: str | None = None,
-        allocation: str | None = None,
-        propagate: str | None = None,
-        stats_key: str | None = None,
-        recipe: str | None = None,
-        settings: dict | str | None = None,
-        protocol: dict | str | None = None,
-        seconds: float | None = None,
-        versions: dict | str | None = None,
-        run_id: str | None = None,
-        created: str | None = None,
-    ) -> str:
-        """Store one measurement and return its run_id (a new uuid4 unless given).
+    def record(self, row: ResultRow) -> str:
+        """Store one measurement and return its run_id (a new uuid4 unless the row has one)."""
+        return self.record_many([row])[0]
 
-        metric names what was measured ("ppl:wikitext2", "acc:arc_easy_local"); settings is the full settings
-        object, protocol the evaluation protocol (dataset, split, seqlen, n_windows, ...), both as dicts
-        (stored as canonical JSON). versions defaults to the installed zprune, torch, transformers, lm_eval.
-        """
-        return self.record_many([dict(metric=metric, value=value, model=model, fingerprint=fingerprint, method=method,
-                                      sparsity=sparsity, pattern=pattern, scope=scope, allocation=allocation,
-                                      propagate=propagate, stats_key=stats_key, recipe=recipe, settings=settings,
-                                      protocol=protocol, seconds=seconds, versions=versions, run_id=run_id,
-                                      created=created)])[0]
-
-    def record_many(self, rows: list[dict[str, Any]]) -> list[str]:
-        """Store several measurements (keyword sets of `record`) in ONE transaction: a cell's metrics are
+    def record_many(self, rows: list[ResultRow]) -> list[str]:
+        """Store several measurements in ONE transaction: a cell's metrics are
         all recorded or none is, so a kill between two of them never leaves a cell half-finished."""
-        built = [self._row(**r) for r in rows]
+        built = [self._row(r) for r in rows]
         if not built:
             return []
         try:
@@ -259,9 +262,7 @@ class ResultsStore:
     def _keep_pending(self, rows: list[dict[str, Any]]) -> Path:
         self._pending_dir.mkdir(parents=True, exist_ok=True)
         path = self._pending_dir / f"{rows[0]['run_id']}.json"
-        tmp = path.with_suffix(".part")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, path)
+        replace_atomically(path, json.dumps(rows).encode("utf-8"))
         return path
 
     def _ingest_pending(self) -> None:
@@ -276,30 +277,21 @@ class ResultsStore:
                 path.unlink(missing_ok=True)
 
     @staticmethod
-    def _row(*, metric: str, value: float | None, model=None, fingerprint=None, method="dense", sparsity=None,
-             pattern=None, scope=None, allocation=None, propagate=None, stats_key=None, recipe=None, settings=None,
-             protocol=None, seconds=None, versions=None, run_id=None, created=None) -> dict[str, Any]:
-        if not metric:
+    def _row(row: ResultRow) -> dict[str, Any]:
+        """The row's columns as stored: JSON fields as canonical text, an id and a time when it has none."""
+        if not row.metric:
             raise ZpruneUsageError("a result needs a metric name")
-        return {
-            "run_id": run_id or uuid.uuid4().hex,
-            "created": created or datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "model": model,
-            "fingerprint": fingerprint,
-            "method": method or "dense",
-            "sparsity": None if sparsity is None else float(sparsity),
-            "pattern": pattern,
-            "scope": scope,
-            "allocation": allocation,
-            "propagate": propagate,
-            "stats_key": stats_key,
-            "recipe": recipe,
-            "settings": canonical_json(settings),
-            "protocol": canonical_json(protocol),
-            "metric": metric,
-            "value": None if value is None else float(value),
-            "seconds": None if seconds is None else float(seconds),
-            "versions": canonical_json(versions if versions is not None else package_versions()),
+        columns = {name: getattr(row, name) for name in COLUMNS}
+        return columns | {
+            "run_id": row.run_id or uuid.uuid4().hex,
+            "created": row.created or datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "method": row.method or "dense",
+            "sparsity": None if row.sparsity is None else float(row.sparsity),
+            "settings": canonical_json(row.settings),
+            "protocol": canonical_json(row.protocol),
+            "value": None if row.value is None else float(row.value),
+            "seconds": None if row.seconds is None else float(row.seconds),
+            "versions": canonical_json(row.versions if row.versions is not None else package_versions()),
         }
 
     # ---------------------------------------------------------------------------------------- reading
@@ -353,7 +345,7 @@ class ResultsStore:
         *,
         metric: str,
         fingerprint: str | None,
-        protocol: dict | str | None,
+        protocol: Protocol | dict | str | None,
         method: str = "dense",
         recipe: str | None = None,
         stats_key: str | None = None,

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS
 from zprune_cli.errors import ZpruneUsageError
 
 if sys.version_info >= (3, 11):
@@ -227,7 +228,7 @@ def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 # Grid keys whose values are names: checked here so a typo in a TOML fails before any work.
-GRID_CHOICES = {"reconstruct": ("none", "obs", "pcg"), "refine": ("none", "swaps")}
+GRID_CHOICES = {"reconstruct": RECONSTRUCTIONS, "refine": REFINEMENTS}
 
 
 def _check_choices(values: list, key: str, where: str) -> None:

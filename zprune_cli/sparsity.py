@@ -8,6 +8,7 @@ tensors and modules only (no model discovery), so every layer may import it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,24 +27,70 @@ def nonzeros(tensor: torch.Tensor) -> int:
     return int(torch.count_nonzero(tensor).item())
 
 
-def count_zeros(layers: dict[str, nn.Module]) -> dict[str, Any]:
-    """Per layer and overall sparsity (zeros / params, weighted by parameter count) of the given modules
-    {qualified name: module with a weight}: pass the pruned layers (`models.blocks.block_linears`, less
-    --ignore, or the names a zprune.json lists). Returns {"layers": {name: {"params", "nonzeros",
-    "sparsity"}}, "params", "nonzeros", "sparsity"}."""
-    per_layer: dict[str, dict[str, Any]] = {}
-    total = nonzero = 0
+@dataclass(frozen=True)
+class LayerCount:
+    """One layer's weight entries and how many are not zero."""
+
+    params: int
+    nonzeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.params if self.params else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityCount:
+    """Per layer and overall sparsity (zeros / params, weighted by parameter count) of a set of layers."""
+
+    layers: dict[str, LayerCount] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return sum(c.params for c in self.layers.values())
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(c.nonzeros for c in self.layers.values())
+
+    @property
+    def sparsity(self) -> float:
+        params = self.params
+        return 1.0 - self.nonzeros / params if params else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """{"layers": {name: {"params", "nonzeros", "sparsity"}}, "params", "nonzeros", "sparsity"}"""
+        layers = {name: {"params": c.params, "nonzeros": c.nonzeros, "sparsity": c.sparsity} for name, c in self.layers.items()}
+        return {"layers": layers, "params": self.params, "nonzeros": self.nonzeros, "sparsity": self.sparsity}
+
+
+def count_zeros(layers: dict[str, nn.Module]) -> SparsityCount:
+    """The zeros of the given modules {qualified name: module with a weight}: pass the pruned layers
+    (`models.blocks.block_linears`, less --ignore, or the names a zprune.json lists)."""
+    counted: dict[str, LayerCount] = {}
     with torch.no_grad():
         for name, module in layers.items():
             weight = getattr(module, "weight", None)
             if not isinstance(weight, torch.Tensor):
                 raise ZpruneUsageError(f"layer {name} has no weight tensor")
-            params = weight.numel()
-            nz = nonzeros(weight)
-            per_layer[name] = {"params": params, "nonzeros": nz, "sparsity": 1.0 - nz / params if params else 0.0}
-            total += params
-            nonzero += nz
-    return {"layers": per_layer, "params": total, "nonzeros": nonzero, "sparsity": 1.0 - nonzero / total if total else 0.0}
+            counted[name] = LayerCount(weight.numel(), nonzeros(weight))
+    return SparsityCount(counted)
+
+
+class BlockwiseSparsity:
+    """count_zeros over `layers` ({qualified name: module}: the pruned ones), one block at a time. Called as an
+    `offload.on_done` listener (index, prefix, block), it counts the layers under the block's prefix while the
+    block's weights are in memory; `result()` is count_zeros's value over every layer counted."""
+
+    def __init__(self, layers: dict[str, nn.Module]):
+        self.pending = dict(layers)
+        self.layers: dict[str, LayerCount] = {}
+
+    def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
+        self.layers.update(count_zeros({n: m for n, m in self.pending.items() if n.startswith(prefix)}).layers)
+
+    def result(self) -> SparsityCount:
+        return SparsityCount(dict(self.layers))
 
 
 def check_nm(prune_mask: torch.Tensor, n: int, m: int) -> bool:

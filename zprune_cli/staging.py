@@ -42,18 +42,25 @@ def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def write_file_atomically(dest: Path, data: bytes) -> None:
+    """`replace_atomically`, an I/O error said in one line naming `dest`."""
+    try:
+        replace_atomically(dest, data)
+    except OSError as exc:
+        raise ZpruneError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+def replace_atomically(dest: Path, data: bytes) -> None:
     """Write `dest` through a temporary file beside it, renamed over it when complete: a reader sees the
-    old file or the new one, never half of one, and a failure leaves no temporary file behind."""
+    old file or the new one, never half of one, and a failure leaves no temporary file behind (the
+    OSError goes on to a caller that handles it: a read-only model folder only warns)."""
     tmp = _temporary_name(dest)
     try:
         sweep(dest.parent, dest.name)
         tmp.write_bytes(data)
         os.replace(tmp, dest)
-    except BaseException as exc:  # an I/O error, Ctrl-C or SIGTERM: the temporary file goes too
+    except BaseException:  # an I/O error, Ctrl-C or SIGTERM: the temporary file goes too
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ZpruneError(f"cannot write {dest}: {exc.strerror or exc}") from None
         raise
 
 

@@ -12,6 +12,7 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from zprune_cli.choices import RECONSTRUCTIONS
 from zprune_cli.cli.output import error, setup_logging
 from zprune_cli.cli.progress import progress_for
 from zprune_cli.cli import Terminated, interrupted, swallowed_signal
@@ -72,7 +73,7 @@ class AliasedCommand(TyperCommand):
 
     aliases: dict[str, str] = {}
     # Options that may be given bare, and the value that means; e.g. `--reconstruct` alone is `--reconstruct obs`.
-    bare: dict[str, tuple[str, tuple[str, ...]]] = {"--reconstruct": ("obs", ("none", "obs", "pcg"))}
+    bare: dict[str, tuple[str, tuple[str, ...]]] = {"--reconstruct": ("obs", RECONSTRUCTIONS)}
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         renamed = []

@@ -12,7 +12,7 @@ from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.evaluation.run import Evaluation, evaluate
+from zprune_cli.evaluation.run import EvalReport, Evaluation, Metric, evaluate
 from zprune_cli.leaderboard_cells import sparsity_text
 
 
@@ -62,7 +62,7 @@ def eval_command(
         return dry.evaluate(c, handle, evaluation, baseline)
     report = evaluate(handle, evaluation, baseline=baseline, force=force, settings=c.settings, progress=c.progress)
     if c.json:
-        emit_json(report)
+        emit_json(report.as_dict())
         return
     stdout_console().print(metrics_table(report))
 
@@ -81,9 +81,9 @@ def _fmt(value: float, metric: str) -> str:
     return f"{value:.4f}"
 
 
-def _protocol(metric: dict) -> str:
-    p = {**metric["protocol"], **metric.get("detail", {})}
-    if metric["metric"].startswith("ppl"):
+def _protocol(metric: Metric) -> str:
+    p = {**metric.protocol.as_dict(), **metric.detail}
+    if metric.name.startswith("ppl"):
         return f"{p['dataset']} {p['split']}, seqlen {p['seqlen']}, {p['n_windows']} windows, {p['n_tokens']} tokens"
     if "task" in p:
         return f"{p['n']} questions, {p['num_fewshot']}-shot"
@@ -92,33 +92,33 @@ def _protocol(metric: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in p.items())
 
 
-def metrics_table(report: dict) -> Table:
-    base = {m["metric"]: m["value"] for m in (report.get("baseline") or {}).get("metrics", [])}
-    title = escape(report["target"])
-    if report.get("provenance"):
-        p = report["provenance"]
+def metrics_table(report: EvalReport) -> Table:
+    base = {m.name: m.value for m in report.baseline.metrics} if report.baseline else {}
+    title = escape(report.target)
+    if report.provenance:
+        p = report.provenance
         title += escape(f"  ({p['method']} {p['pattern']} from {p['base_model']}, sparsity {sparsity_text(p['overall_sparsity'])}, recipe {p['recipe']})")
-    if report.get("reused"):
+    if report.reused:
         title += " (from the results store; --force measures again)"
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    errors = any(isinstance((m.get("detail") or {}).get("stderr"), float) for m in report["metrics"])
+    errors = any(isinstance(m.detail.get("stderr"), float) for m in report.metrics)
     if errors:
         table.add_column("±", justify="right")  # lm-eval's standard error, not part of the protocol
     if base:
         table.add_column("dense", justify="right")
         table.add_column("change", justify="right")
     table.add_column("protocol")
-    for m in report["metrics"]:
-        row = [m["metric"], _fmt(m["value"], m["metric"])]
+    for m in report.metrics:
+        row = [m.name, _fmt(m.value, m.name)]
         if errors:
-            stderr = (m.get("detail") or {}).get("stderr")
+            stderr = m.detail.get("stderr")
             row.append(f"{stderr:.4f}" if isinstance(stderr, float) else "")
         if base:
-            b = base.get(m["metric"])
-            quality = m["metric"].startswith(("ppl", "acc"))
-            change = f"{(m['value'] / b - 1):+.1%}" if (b and quality) else ""
-            row += [_fmt(b, m["metric"]) if b is not None else "", change]
+            b = base.get(m.name)
+            quality = m.name.startswith(("ppl", "acc"))
+            change = f"{(m.value / b - 1):+.1%}" if (b and quality) else ""
+            row += [_fmt(b, m.name) if b is not None else "", change]
         table.add_row(*[escape(str(v)) for v in row], escape(_protocol(m)))
     return table

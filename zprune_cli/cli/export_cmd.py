@@ -13,7 +13,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.cli.render import human_bytes
-from zprune_cli.exports import export
+from zprune_cli.exports import ExportSummary, export
 
 
 class ExportFormat(str, Enum):
@@ -64,12 +64,12 @@ def export_command(
     result = export(src, to, format.value, max_shard_size=max_shard_size, overwrite=overwrite, dtype=dtype,
                     progress=c.progress)
     if c.json:
-        emit_json(result)
+        emit_json(result.as_dict())
         return
     console = stdout_console()
-    console.print(_size_table(result) if result["format"] in COMPRESSED else _size_line(result))
-    disk = human_bytes(result["disk_bytes"])
-    console.print(f"wrote [bold]{escape(result['destination'])}[/] ({disk} on disk, {result['seconds']:.1f}s)")
+    console.print(_size_table(result) if result.format in COMPRESSED else _size_line(result))
+    disk = human_bytes(result.disk_bytes)
+    console.print(f"wrote [bold]{escape(result.destination)}[/] ({disk} on disk, {result.seconds:.1f}s)")
 
 
 # The formats whose point is their size: dense vs stored vs the values + 1 bit ideal. hf is dense by
@@ -77,26 +77,26 @@ def export_command(
 COMPRESSED = ("sparse", "sparse-24-bitmask")
 
 
-def _size_line(result: dict) -> str:
-    what = f"{result['format']} export: {len(result['files'])} file(s), {result['pruned_layers']} pruned layers"
-    if result["format"] == "masks":
-        return f"{what}, {human_bytes(result['pruned_stored_bytes'])} of masks (1 bit per weight)"
-    if result["format"] == "compressed-tensors":  # the point: the decoder blocks against bfloat16
-        bf16, stored = result["blocks_bf16_bytes"], result["blocks_stored_bytes"]
+def _size_line(result: ExportSummary) -> str:
+    what = f"{result.format} export: {len(result.files)} file(s), {result.pruned_layers} pruned layers"
+    if result.format == "masks":
+        return f"{what}, {human_bytes(result.pruned_stored_bytes)} of masks (1 bit per weight)"
+    if result.format == "compressed-tensors":  # the point: the decoder blocks against bfloat16
+        bf16, stored = result.blocks_bf16_bytes, result.blocks_stored_bytes
         return f"{what}, decoder blocks {human_bytes(stored)} = {stored / max(bf16, 1):.3f}x their bfloat16 size"
-    return f"{what}, {human_bytes(result['stored_bytes'])} of tensors (dense, as transformers loads them)"
+    return f"{what}, {human_bytes(result.stored_bytes)} of tensors (dense, as transformers loads them)"
 
 
-def _size_table(result: dict) -> Table:
-    title = f"{result['format']} export: {len(result['files'])} weight file(s), {result['pruned_layers']} pruned layers"
+def _size_table(result: ExportSummary) -> Table:
+    title = f"{result.format} export: {len(result.files)} weight file(s), {result.pruned_layers} pruned layers"
     table = Table(title=title)
     table.add_column("size")
     table.add_column("all tensors", justify="right")
     table.add_column("pruned weights", justify="right")
-    dense, pruned_dense = result["dense_bytes"], result["pruned_dense_bytes"]
+    dense, pruned_dense = result.dense_bytes, result.pruned_dense_bytes
     rows = (("dense", "dense_bytes"), ("stored", "stored_bytes"), ("theoretical (values + 1 bit)", "theoretical_bytes"))
     for label, key in rows:
-        table.add_row(label, _size(result[key], dense), _size(result[f"pruned_{key}"], pruned_dense))
+        table.add_row(label, _size(getattr(result, key), dense), _size(getattr(result, f"pruned_{key}"), pruned_dense))
     return table
 
 

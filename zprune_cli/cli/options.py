@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS
 from zprune_cli.models.resolve import DEFAULT_MODEL
 from zprune_cli.settings import Calibration
 
 _CAL = Calibration()
 
 Model = Annotated[str, typer.Argument(help="Hub id (org/name), local HF folder, .gguf file, or alias smollm2-135m / gemma3-270m.")]
-ModelDefault = Annotated[str, typer.Argument(help="Hub id, local folder, .gguf file or alias.")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off by default).")]
 Data = Annotated[Optional[str], typer.Option("--data", help=f"Calibration text: c4, wikitext2, ptb, c4-sample (100 C4 documents shipped with zprune), self (sampled from the model), or a .txt/.jsonl/.parquet file (default {_CAL.data}; env ZPRUNE_DATA).")]
@@ -38,8 +38,8 @@ OwlM = Annotated[Optional[float], typer.Option("--owl-m", help="OWL outlier thre
 OwlLambda = Annotated[Optional[float], typer.Option("--owl-lambda", help="OWL spread lambda (default 0.08; only with --allocation owl).")]
 Reconstruct = Annotated[Optional[str], typer.Option("--reconstruct", help="New weights for the method's mask: obs (SparseGPT's update, what --reconstruct alone means) or pcg (exact least squares); none to keep the masked weights.")]
 Refine = Annotated[Optional[str], typer.Option("--refine", help="Refine the mask before reconstruction: swaps[:ROUNDS] (Gram-based 1-swaps per row, default 100 rounds) or none.")]
-ReconstructAxis = Annotated[Optional[str], typer.Option("--reconstruct", help="Comma-separated: none, obs, pcg (each cell with each; --reconstruct alone: obs).")]
-RefineAxis = Annotated[Optional[str], typer.Option("--refine", help="Comma-separated: none, swaps[:ROUNDS] (each cell with each).")]
+ReconstructAxis = Annotated[Optional[str], typer.Option("--reconstruct", help=f"Comma-separated: {', '.join(RECONSTRUCTIONS)} (each cell with each; --reconstruct alone: obs).")]
+RefineAxis = Annotated[Optional[str], typer.Option("--refine", help=f"Comma-separated: {', '.join(REFINEMENTS)}[:ROUNDS] (each cell with each).")]
 Permute = Annotated[Optional[str], typer.Option("--permute", help="N:M patterns only: none (default), heuristic or lsa: reorder each layer's input channels before the N:M groups are formed (RIA's channel permutation).")]
 PermuteAxis = Annotated[Optional[str], typer.Option("--permute", help="Comma-separated: none, heuristic, lsa (each N:M cell with each; unstructured cells: none).")]
 Propagate = Annotated[Optional[str], typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")]

@@ -127,6 +127,8 @@ def _render(c: Common, outcomes) -> None:
         where = f" -> saved to {escape(str(outcome.out))}" if outcome.out else ""
         r = outcome.report.recipe
         statistics = f"statistics {outcome.calibration.key}" if outcome.calibration else "no calibration data read"
+        if outcome.report.errors:
+            console.print(error_summary(outcome.report.errors))
         console.print(
             f"[bold]{escape(r.label())}[/] scope={r.scope or '-'} allocation={r.allocation} propagate={r.propagate} "
             f"recipe {r.digest}: overall sparsity [bold]{sparsity_text(outcome.report.overall)}[/] "
@@ -150,6 +152,14 @@ def layer_table(outcome) -> Table:
     for block, values in rows.items():
         table.add_row(block, *[sparsity_text(values[n]) if n in values else "-" for n in columns])
     return table
+
+
+def error_summary(errors: dict[str, float], worst: int = 3) -> str:
+    """One line: the mean layer error and the worst few layers (the per-layer values are in --json)."""
+    ranked = sorted(errors.items(), key=lambda item: item[1], reverse=True)[:worst]
+    shown = ", ".join(f"{escape(name)} {value:.3g}" for name, value in ranked)
+    return (f"layer error ||WX - W'X||^2 / ||WX||^2: mean {sum(errors.values()) / len(errors):.3g} over "
+            f"{len(errors)} layers; worst {shown}")
 
 
 def _split(full: str) -> tuple[str, str, str]:

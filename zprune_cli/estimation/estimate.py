@@ -228,9 +228,10 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
 
 def _work_bytes(r: PruneRecipe, s: ModelShape) -> int:
     """The method's working memory at the largest layer (and the widest input), with the finishing step's when
-    the recipe reconstructs or refines a score method's mask."""
+    the recipe reconstructs or refines a score method's mask, and --permute's and --wbits' own."""
     work = type(r.method_obj).work_bytes(s.largest_linear, s.widest)
-    return work + finish_work_bytes(s.largest_linear, s.widest, r.reconstruct, r.swap_rounds)
+    out = max(1, s.largest_linear // max(s.widest, 1))  # a layer of the largest size at the widest input
+    return work + finish_work_bytes(s.largest_linear, s.widest, r.reconstruct, r.swap_rounds) + r.extra_work_bytes(out, s.widest)
 
 
 def _dense_calibration(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe]) -> tuple[bool, int, int]:

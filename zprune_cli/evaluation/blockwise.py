@@ -18,10 +18,10 @@ from torch import nn
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import PerplexityResult, result_of, window_nll_sum
-from zprune_cli.models.blocks import block_prefix, find_blocks, find_linears
-from zprune_cli.models.offload import held
+from zprune_cli.models.blocks import counted_layers, find_blocks
 from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
-from zprune_cli.sparsity import count_zeros
+from zprune_cli.models.walk import run_windows, walk_blocks
+from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount
 
 
 class _Replay(BlockStandIn):
@@ -55,12 +55,7 @@ class BlockwisePerplexity:
         if index != self.next:
             raise ZpruneError(f"block {index} was finished before block {self.next}: perplexity needs them in order")
         started = time.perf_counter()
-        kwargs = dict(self.inputs.block_kwargs[index])
-        extra = kwargs.pop("__args__", ())
-        for w in range(self.hidden.shape[0]):
-            out = block(self.hidden[w : w + 1], *extra, **kwargs)
-            self.as_tuple = isinstance(out, (tuple, list))
-            self.hidden[w] = (out[0] if self.as_tuple else out)[0]
+        self.as_tuple = run_windows(block, self.hidden, self.inputs.block_kwargs[index], out=self.hidden)
         self.next += 1
         self.seconds += time.perf_counter() - started
 
@@ -81,14 +76,18 @@ def blockwise_perplexity(model: nn.Module, windows: torch.Tensor, progress: Call
     """Perplexity of the model as it is, one decoder block in memory at a time; `also` are called with each
     block while it is read (a BlockwiseSparsity, so the blocks are not read again). `progress` is called
     with the number of steps done: one per block, then one per window."""
-    blocks_name, blocks = find_blocks(model)
+    _, blocks = find_blocks(model)
     measuring = BlockwisePerplexity(model, windows)
-    for index, block in enumerate(blocks):
-        with held(model, index):
-            for listener in (measuring, *also):
-                listener(index, block_prefix(blocks_name, index), block)
+    done = [0]
+
+    def visit(index: int, prefix: str, block: nn.Module, _) -> None:
+        for listener in (measuring, *also):
+            listener(index, prefix, block)
+        done[0] = index + 1
         if progress is not None:
-            progress(index + 1)
+            progress(done[0])
+
+    walk_blocks(model, visit)
     return measuring.result(lambda w: progress(len(blocks) + w) if progress is not None else None)
 
 
@@ -115,30 +114,9 @@ def _replay_heads(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor
             blocks[i] = block
 
 
-class BlockwiseSparsity:
-    """count_zeros over the pruned layers (default: every projection in the blocks), one block at a time:
-    an `offload.on_done` listener like BlockwisePerplexity; `result()` is `sparsity.count_zeros`'s dict."""
-
-    def __init__(self, layer_names: list[str] | None = None):
-        self.wanted = None if layer_names is None else set(layer_names)
-        self.layers: dict[str, dict] = {}
-
-    def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
-        linears = {prefix + n: m for n, m in find_linears(block).items() if self.wanted is None or prefix + n in self.wanted}
-        self.layers.update(count_zeros(linears)["layers"])
-
-    def result(self) -> dict:
-        params = sum(v["params"] for v in self.layers.values())
-        nonzeros = sum(v["nonzeros"] for v in self.layers.values())
-        return {"layers": self.layers, "params": params, "nonzeros": nonzeros,
-                "sparsity": 1.0 - nonzeros / params if params else 0.0}
-
-
-def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict:
-    """BlockwiseSparsity over the model as it is, each block read while it is counted."""
-    blocks_name, blocks = find_blocks(model)
-    counting = BlockwiseSparsity(layer_names)
-    for index, block in enumerate(blocks):
-        with held(model, index):
-            counting(index, block_prefix(blocks_name, index), block)
+def blockwise_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> SparsityCount:
+    """sparsity.BlockwiseSparsity over the model as it is (default: every projection in the blocks), each block
+    read while it is counted."""
+    counting = BlockwiseSparsity(counted_layers(model, layer_names))
+    walk_blocks(model, lambda index, prefix, block, _: counting(index, prefix, block))
     return counting.result()

@@ -17,21 +17,18 @@ import torch
 from torch import nn
 
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.blocks import block_linears, is_transposed, named_layers, weight_view
+from zprune_cli.evaluation.perplexity import model_device
+from zprune_cli.models.blocks import block_linears, counted_layers, is_transposed, weight_view
 from zprune_cli.models.experts import ExpertSlice
-from zprune_cli.sparsity import count_zeros, nm_violation
+from zprune_cli.sparsity import SparsityCount, count_zeros, nm_violation
 
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
 _SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> dict[str, Any]:
+def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> SparsityCount:
     """sparsity.count_zeros over the named layers (the pruned ones), default every Linear in the blocks."""
-    return count_zeros(_layers(model, layer_names))
-
-
-def _layers(model: nn.Module, layer_names: list[str] | None) -> dict[str, nn.Module]:
-    return block_linears(model) if layer_names is None else named_layers(model, layer_names)
+    return count_zeros(counted_layers(model, layer_names))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -57,12 +54,6 @@ def size_on_disk(path: str | os.PathLike) -> int:
     if not root.is_dir():
         raise ZpruneError(f"no such file or folder: {root}")
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _vocab_size(model: nn.Module) -> int:
@@ -107,7 +98,7 @@ def throughput(
     """
     if seqlen < 1 or batch_size < 1 or n_iters < 1:
         raise ZpruneUsageError("seqlen, batch_size and n_iters must be at least 1")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, _vocab_size(model), (batch_size, seqlen), generator=generator).to(device)
     was_training = model.training
@@ -139,8 +130,8 @@ def semi_structured_speedup(
     2:4 sparse. Otherwise returns a one-line string saying why the measurement is unavailable. The model's
     dense weights are put back before returning.
     """
-    device = _model_device(model)
-    layers = _layers(model, layer_names)
+    device = model_device(model)
+    layers = counted_layers(model, layer_names)
     if not layers:
         return "semi-structured 2:4 speed-up unavailable: no Linear layers to convert"
 

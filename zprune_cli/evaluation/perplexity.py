@@ -63,7 +63,8 @@ def eval_windows(token_ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     return token_ids[: n_windows * seqlen].reshape(n_windows, seqlen).long()
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's first parameter is (the CPU for a model without any)."""
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
@@ -102,7 +103,7 @@ def perplexity(
     n_windows, seqlen = windows.shape
     if seqlen < 2:
         raise ZpruneUsageError(f"seqlen must be at least 2 (got {seqlen})")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
 
     start_time = time.perf_counter()
     window_sums: list[float] = []  # Python floats: fp64 accumulation over windows

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,18 +19,21 @@ import torch
 from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
 from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.evaluation.blockwise import BlockwisePerplexity, BlockwiseSparsity, blockwise_perplexity, blockwise_sparsity
+from zprune_cli.evaluation.blockwise import BlockwisePerplexity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
 from zprune_cli.evaluation.protocol_cache import remembered
 from zprune_cli.models.handle import ModelHandle
+from zprune_cli.models.blocks import counted_layers
 from zprune_cli.models.load import max_length
 from zprune_cli.models.offload import offloaded, on_done
 from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
-from zprune_cli.results import ResultsStore, package_versions, results_path
+from zprune_cli.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Protocol, ZeroShotProtocol
+from zprune_cli.results import ResultRow, ResultsStore, package_versions, results_path
 from zprune_cli.settings import Settings, split_list
-from zprune_cli.staging import temporary_beside
+from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount
+from zprune_cli.staging import replace_atomically
 from zprune_cli.settings import resolve as resolve_settings
 
 log = logging.getLogger("zprune")
@@ -43,17 +45,38 @@ DEFAULT_EVAL, OFFLINE_EVAL = "wikitext2", "wikitext2-sample"  # the papers' perp
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Metric:
     name: str  # "ppl:wikitext2", "acc:arc_easy_local", "sparsity", "tokens_per_s"
     value: float
-    protocol: dict  # what makes two numbers comparable (the resume key of `compare`)
+    protocol: Protocol  # what makes two numbers comparable (the resume key of `compare`)
     seconds: float = 0.0
     detail: dict = field(default_factory=dict)  # what was observed alongside: stderr, counts
 
     def as_dict(self) -> dict:
-        return {"metric": self.name, "value": self.value, "protocol": self.protocol, "detail": self.detail,
+        return {"metric": self.name, "value": self.value, "protocol": self.protocol.as_dict(), "detail": self.detail,
                 "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What `evaluate` returns: the metrics of one model (and of its dense base with baseline=True)."""
+
+    target: str
+    metrics: list[Metric]
+    reused: bool  # every metric came from the results store
+    run_ids: list[str] = field(default_factory=list)  # the rows recorded now (none when reused)
+    provenance: dict | None = None  # what was pruned how (`_short`), None for a model zprune did not prune
+    baseline: EvalReport | None = None
+
+    def as_dict(self) -> dict:
+        """The JSON of `zprune eval --json` (a baseline reports its target, reuse and metrics only)."""
+        out = {"target": self.target, "provenance": self.provenance, "run_ids": self.run_ids, "reused": self.reused,
+               "metrics": [m.as_dict() for m in self.metrics]}
+        if self.baseline is not None:
+            b = self.baseline
+            out["baseline"] = {"target": b.target, "reused": b.reused, "metrics": [m.as_dict() for m in b.metrics]}
+        return out
 
 
 @dataclass(frozen=True)
@@ -107,11 +130,6 @@ class EvalPlan:
             raise ZpruneUsageError(f"--eval-seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
         return seqlen
 
-    def protocol(self, source: TextSource, seqlen: int, n_windows: int) -> dict:
-        """What makes two perplexities comparable (and the key `compare` resumes by)."""
-        return {"dataset": source.name if source.name != "file" else source.where, "split": source.split,
-                "seqlen": seqlen, "n_windows": n_windows, "n_tokens": n_windows * (seqlen - 1),
-                "source": source.identity, "data_hash": source.content_hash}
 
     def windows(self, source: TextSource, tokenizer, seqlen: int) -> torch.Tensor:
         key = (source.identity, seqlen, id(tokenizer.__class__), tokenizer.vocab_size)
@@ -127,6 +145,20 @@ class EvalPlan:
         return self._windows[key]
 
 
+def perplexity_protocol(source: TextSource, seqlen: int, n_windows: int) -> PerplexityProtocol:
+    """What makes two perplexities comparable (and the key `compare` resumes by): measuring and resuming
+    both build it here."""
+    return PerplexityProtocol(dataset=source.name if source.name != "file" else source.where, split=source.split,
+                              seqlen=seqlen, n_windows=n_windows, n_tokens=n_windows * (seqlen - 1),
+                              source=source.identity, data_hash=source.content_hash)
+
+
+def zeroshot_protocol(task: str, evaluation: Evaluation) -> ZeroShotProtocol:
+    """What makes two accuracies on `task` comparable (acc and acc_norm alike): measuring and resuming both
+    build it here."""
+    return ZeroShotProtocol(task=task, num_fewshot=evaluation.num_fewshot, limit=evaluation.limit)
+
+
 def metric_name(source: TextSource) -> str:
     return f"ppl:{source.name if source.name != 'file' else Path(source.where).name}"
 
@@ -139,7 +171,7 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     e = plan.evaluation
     seqlen = plan.seqlen_for(model)
     # --offload disk: the zeros are counted during the first block-by-block perplexity pass (one read of the blocks)
-    counting = BlockwiseSparsity(layer_names) if offloaded(model) and plan.sources else None
+    counting = BlockwiseSparsity(counted_layers(model, layer_names)) if offloaded(model) and plan.sources else None
     metrics = [_perplexity(model, tokenizer, plan, source, seqlen, progress, who, [counting] if counting and i == 0 else [])
                for i, source in enumerate(plan.sources)]
     if e.tasks:
@@ -161,7 +193,7 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     seqlen = plan.seqlen_for(model)
     with ensure(progress).task(f"Capturing the evaluation windows' inputs for {who}", None):
         perplexities = {source: BlockwisePerplexity(model, plan.windows(source, tokenizer, seqlen)) for source in plan.sources}
-    counting = BlockwiseSparsity()
+    counting = BlockwiseSparsity(counted_layers(model))
     with contextlib.ExitStack() as listening:
         for listener in [*perplexities.values(), counting]:
             listening.enter_context(on_done(model, listener))
@@ -169,16 +201,15 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     metrics = []
     for source, measuring in perplexities.items():
         result = measuring.result()
-        metrics.append(Metric(metric_name(source), result.ppl, plan.protocol(source, seqlen, result.n_windows), result.seconds,
-                              window_detail(result)))
+        metrics.append(Metric(metric_name(source), result.ppl, perplexity_protocol(source, seqlen, result.n_windows),
+                              result.seconds, window_detail(result)))
     metrics.append(sparsity_metric(counting.result()))
     return outcome, metrics
 
 
-def sparsity_metric(counted: dict) -> Metric:
+def sparsity_metric(counted: SparsityCount) -> Metric:
     """The sparsity Metric of a `sparsity.count_zeros` result."""
-    return Metric("sparsity", counted["sparsity"], SPARSITY_PROTOCOL, 0.0,
-                  {"params": counted["params"], "nonzeros": counted["nonzeros"]})
+    return Metric("sparsity", counted.sparsity, SPARSITY, 0.0, {"params": counted.params, "nonzeros": counted.nonzeros})
 
 
 def refuse_whole_model_work(evaluation: Evaluation) -> None:
@@ -205,7 +236,7 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
             result = blockwise_perplexity(model, windows, progress=advance, also=also or ())
         else:
             result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
-    protocol = plan.protocol(source, seqlen, result.n_windows)
+    protocol = perplexity_protocol(source, seqlen, result.n_windows)
     return Metric(metric_name(source), result.ppl, protocol, result.seconds, window_detail(result))
 
 
@@ -228,9 +259,8 @@ def _zeroshot(model, tokenizer, plan: EvalPlan, progress: Progress) -> list[Metr
     for task_name, values in scores.items():
         for key in ("acc", "acc_norm"):
             if values.get(key) is not None:
-                protocol = {"task": task_name, "num_fewshot": e.num_fewshot, "limit": e.limit}
                 detail = {"n": values.get("n"), "stderr": values.get(f"{key}_stderr")}
-                metrics.append(Metric(f"{key}:{task_name}", values[key], protocol, seconds, detail))
+                metrics.append(Metric(f"{key}:{task_name}", values[key], zeroshot_protocol(task_name, e), seconds, detail))
     return metrics
 
 
@@ -238,41 +268,40 @@ def _speed(model, seqlen: int, batch_size: int) -> list[Metric]:
     started = time.perf_counter()
     tps = throughput(model, seqlen, batch_size)
     device = str(next(model.parameters()).device)
-    metrics = [Metric("tokens_per_s", tps, {"seqlen": seqlen, "batch_size": batch_size, "device": device},
+    metrics = [Metric("tokens_per_s", tps, OpenProtocol.of({"seqlen": seqlen, "batch_size": batch_size, "device": device}),
                       time.perf_counter() - started)]
     speedup = semi_structured_speedup(model, seqlen=seqlen, batch_size=batch_size)
     if isinstance(speedup, dict):
-        metrics.append(Metric("speedup_2to4", speedup["speedup"], {**speedup, "device": device}))
+        metrics.append(Metric("speedup_2to4", speedup["speedup"], OpenProtocol.of({**speedup, "device": device})))
     else:
-        metrics.append(Metric("speedup_2to4", float("nan"), {"unavailable": speedup}))
+        metrics.append(Metric("speedup_2to4", float("nan"), OpenProtocol.of({"unavailable": speedup})))
     return metrics
 
 
-def expected_protocols(plan: EvalPlan, handle: ModelHandle, cache_dir: Path | str | None = None) -> dict[str, dict]:
+def expected_protocols(plan: EvalPlan, handle: ModelHandle, cache_dir: Path | str | None = None) -> dict[str, Protocol]:
     """metric -> protocol that a finished cell has recorded (computed before any cell runs). With `cache_dir`,
     the perplexity protocols of a local model are remembered there (protocol_cache): a re-run reads no
     config or tokenizer."""
     e = plan.evaluation
     wanted = {"seqlen": e.seqlen, "max_windows": e.max_windows,
               "texts": [[s.name, s.split, s.identity, s.content_hash] for s in plan.sources]}
-    expected = remembered(cache_dir, handle.source, wanted, lambda: _perplexity_protocols(plan, handle))
+    computed = remembered(cache_dir, handle.source, wanted, lambda: _perplexity_protocols(plan, handle))
+    expected = {name: Protocol.from_dict(protocol) for name, protocol in computed.items()}
     for task in e.tasks:
-        expected[f"acc:{task}"] = {"task": task, "num_fewshot": e.num_fewshot, "limit": e.limit}
+        expected[f"acc:{task}"] = zeroshot_protocol(task, e)
     return expected
 
 
 def _perplexity_protocols(plan: EvalPlan, handle: ModelHandle) -> dict[str, dict]:
+    """metric -> the perplexity protocol's dict (kept on disk by protocol_cache)."""
     if not plan.sources:
         return {}
     seqlen = plan.seqlen_for(handle.config)  # the config alone: a fully cached re-run loads no weights
     expected = {}
     for source in plan.sources:
         windows = plan.windows(source, handle.tokenizer, seqlen)
-        expected[metric_name(source)] = plan.protocol(source, seqlen, int(windows.shape[0]))
+        expected[metric_name(source)] = perplexity_protocol(source, seqlen, int(windows.shape[0])).as_dict()
     return expected
-
-
-SPARSITY_PROTOCOL = {"layers": "pruned decoder-block Linear"}
 
 
 def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, provenance: Provenance | None) -> list[Metric] | None:
@@ -284,7 +313,7 @@ def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, pro
     cell = {"fingerprint": base, "method": provenance.recipe.method if provenance else "dense",
             "recipe": provenance.cell_digest if provenance else None, "stats_key": provenance.stats_key if provenance else None}
     # the protocols are remembered beside the results database (the cache dir): a re-run reads no tokenizer
-    wanted = {**expected_protocols(plan, handle, store.path.parent), "sparsity": SPARSITY_PROTOCOL}
+    wanted = {**expected_protocols(plan, handle, store.path.parent), "sparsity": SPARSITY}
     extra = {f"acc_norm:{task}": wanted[f"acc:{task}"] for task in plan.evaluation.tasks}
     metrics = []
     for name, protocol in [*wanted.items(), *extra.items()]:
@@ -293,7 +322,7 @@ def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, pro
             return None
         if row is not None:
             detail = (row.get("settings") or {}).get("detail") or {}
-            metrics.append(Metric(name, row["value"], row["protocol"], row["seconds"] or 0.0, detail))
+            metrics.append(Metric(name, row["value"], Protocol.from_dict(row["protocol"]), row["seconds"] or 0.0, detail))
     return metrics
 
 
@@ -321,8 +350,8 @@ def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], prov
     # 1 vs 2 CPU threads moved SmolLM2's perplexity by ~4%; a re-run reproduces a number only with the same count
     versions = {**package_versions(), "torch_threads": str(torch.get_num_threads())}
     return store.record_many([
-        {**cell, "metric": m.name, "value": _finite_or_none(m.value), "protocol": m.protocol, "seconds": m.seconds,
-         "settings": {**settings, "target": handle.source.spec, "detail": m.detail}, "versions": versions}
+        ResultRow(**cell, metric=m.name, value=_finite_or_none(m.value), protocol=m.protocol, seconds=m.seconds,
+                  settings={**settings, "target": handle.source.spec, "detail": m.detail}, versions=versions)
         for m in metrics
     ])
 
@@ -350,13 +379,7 @@ def refresh_model_card(folder: Path, provenance: Provenance, store: ResultsStore
     fmt = (provenance.export or {}).get("format", "hf")
     try:
         updated.write(folder)
-        card = folder / "README.md"
-        tmp = temporary_beside(card)  # a killed writer's is swept here
-        try:
-            tmp.write_text(model_card(updated, fmt, folder.name), encoding="utf-8")
-            os.replace(tmp, card)
-        finally:
-            tmp.unlink(missing_ok=True)
+        replace_atomically(folder / "README.md", model_card(updated, fmt, folder.name).encode("utf-8"))
     except OSError as exc:  # a read-only model folder: the results are in the store all the same
         log.warning("could not update the model card in %s: %s", folder, exc.strerror or exc)
 
@@ -369,7 +392,7 @@ def evaluate(
     force: bool = False,
     settings: Settings | None = None,
     progress: Progress | None = None,
-) -> dict:
+) -> EvalReport:
     """Evaluate a model (hub id, folder, zprune output, .gguf, alias) and record every metric.
 
     With baseline=True, also evaluates the dense model a zprune output was pruned from. On a zprune
@@ -391,15 +414,14 @@ def evaluate(
     metrics, run_ids, reused = run.metrics(handle, provenance, handle.source.spec)
     if handle.source.is_local:
         where = Path(handle.source.location) / (handle.source.gguf_file or "")
-        metrics.append(Metric("size_on_disk_bytes", float(size_on_disk(where)), {}))
+        metrics.append(Metric("size_on_disk_bytes", float(size_on_disk(where)), OpenProtocol()))
     if provenance is not None:
         refresh_model_card(Path(handle.source.location), provenance, run.store)
-    report = {"target": handle.source.spec, "provenance": _short(provenance), "run_ids": run_ids, "reused": reused,
-              "metrics": [m.as_dict() for m in metrics]}
+    baseline_report = None
     if base is not None:
-        base_metrics, _, base_reused = run.metrics(base, None, f"{base.source.spec} (dense)")
-        report["baseline"] = {"target": base.source.spec, "reused": base_reused, "metrics": [m.as_dict() for m in base_metrics]}
-    return report
+        base_metrics, base_ids, base_reused = run.metrics(base, None, f"{base.source.spec} (dense)")
+        baseline_report = EvalReport(base.source.spec, base_metrics, base_reused, base_ids)
+    return EvalReport(handle.source.spec, metrics, reused, run_ids, _short(provenance), baseline_report)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -26,6 +26,7 @@ from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.formats import compressed_tensors, hf, masks, sparse, sparse24
 from zprune_cli.formats.grids import GRIDS_FILE, read_grids
 from zprune_cli.formats.bits import tensor_bytes
+from zprune_cli.exports.summary import ExportSummary
 from zprune_cli.exports.io import (
     ShardWriter,
     Sizes,
@@ -48,7 +49,7 @@ from zprune_cli.progress import Progress, ensure
 from zprune_cli.provenance import Provenance
 from zprune_cli.staging import staged_folder
 
-__all__ = ["FORMATS", "export", "load_pretrained", "load_tokenizer", "apply_masks"]
+__all__ = ["FORMATS", "ExportSummary", "export", "load_pretrained", "load_tokenizer", "apply_masks"]
 
 FORMATS = ("hf", "sparse", "sparse-24-bitmask", "compressed-tensors", "masks")
 log = logging.getLogger("zprune")
@@ -62,7 +63,7 @@ def export(
     overwrite: bool = False,
     dtype: str | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> ExportSummary:
     """Write the pruned model in `src` (a zprune output folder) to the folder `to` in `format`, its
     floating-point tensors in `dtype` (None or "auto": as stored in `src`).
 
@@ -99,20 +100,9 @@ def export(
         if format in ("hf", "sparse") and (source / GRIDS_FILE).is_file():  # the values are kept: so are their grids
             shutil.copy2(source / GRIDS_FILE, tmp / GRIDS_FILE)
 
-    return {
-        "format": format,
-        "source": str(source),
-        "destination": str(dest),
-        "files": files,
-        "pruned_layers": len(pruned),
-        "overall_sparsity": provenance.overall_sparsity,
-        **sizes.as_dict(),
-        "weights_disk_bytes": weights_disk,
-        "disk_bytes": disk,
-        **sizes.blocks_dict(),
-        "warnings": warnings,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+    return ExportSummary(format=format, source=str(source), destination=str(dest), files=files, pruned_layers=len(pruned),
+                         overall_sparsity=provenance.overall_sparsity, **sizes.as_dict(), weights_disk_bytes=weights_disk,
+                         disk_bytes=disk, **sizes.blocks_dict(), warnings=warnings, seconds=round(time.perf_counter() - start, 3))
 
 
 def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], provenance: Provenance) -> list[str]:

@@ -13,10 +13,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from zprune_cli.errors import ZpruneError
+from zprune_cli.formats.masks import MANIFEST as MASKS_MANIFEST
 
 HF_INDEX = "model.safetensors.index.json"
 SPARSE_MANIFEST = "zprune-sparse.json"
-MASKS_MANIFEST = "masks.json"
 CT_CONFIG_KEY = "quantization_config"  # where compressed-tensors puts its sparsity_config
 
 

@@ -1,14 +1,26 @@
-"""The pruning methods, by name. Adding a method = one module with a @register'ed class + its import here."""
+"""The pruning methods, by name. Adding a method is adding one file: a module in this folder with a
+@register'ed class; every module here is imported (so registered) when the package is."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 from zprune_cli.errors import ZpruneUsageError
 from zprune_cli.methods.base import METHODS, PRUNE_PRECISION, Method, PruneResult, register
 
-# Importing a method's module registers it.
-from zprune_cli.methods import alps, magnitude, ria, sparsegpt, wanda, zpruner  # noqa: E402,F401  isort: skip
+
+
+def discover(package: str = __name__, path: list[str] | None = None) -> list[str]:
+    """Import every module of the package (importing a method's module registers it); the names imported."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__ if path is None else path) if not m.ispkg)
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
+
+
+discover()
 
 __all__ = ["METHODS", "PRUNE_PRECISION", "Method", "PruneResult", "get_method", "method_names", "register"]
 
@@ -36,6 +48,14 @@ def method_options(name: str) -> dict[str, object]:
         for p in inspect.signature(_method_class(name)).parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
+
+
+def owl_scorer() -> Method:
+    """The method whose scores OWL's outlier share is defined on (the one registered with `owl_score`)."""
+    found = [name for name in method_names() if METHODS[name].owl_score]
+    if len(found) != 1:
+        raise ZpruneUsageError(f"OWL needs exactly one method declaring owl_score; found {found or 'none'}")
+    return get_method(found[0])
 
 
 def get_method(name: str, **options: object) -> Method:

@@ -28,7 +28,7 @@ import torch
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count, select_prune_mask
-from zprune_cli.methods.base import PRUNE_PRECISION, Cost, Method, PruneResult, number_option, register
+from zprune_cli.methods.base import PRUNE_PRECISION, Cost, Method, PruneResult, option, register
 from zprune_cli.methods.pcg import damped, pcg_solve
 from zprune_cli.stats.types import LayerStats
 
@@ -58,13 +58,13 @@ class ALPS(Method):
     needs_gram: ClassVar[bool] = True
     updates_weights: ClassVar[bool] = True
 
-    rho: float = 0.1  # initial ADMM penalty (on the rescaled problem)
-    lambda2: float = 0.01  # ridge, as a fraction of mean(diag X^T X)
-    max_iter: int = 300
-    update_iter: int = 3  # rho follows the support every this many iterations
-    switch_iter: int = 30  # earliest iteration at which a still support ends the ADMM
-    pcg_iter: int = 10
-    pcg_tol: float = 1e-4
+    rho: float = option(0.1, 0, open_low=True)  # initial ADMM penalty (on the rescaled problem)
+    lambda2: float = option(0.01, 0)  # ridge, as a fraction of mean(diag X^T X)
+    max_iter: int = option(300, 1)
+    update_iter: int = option(3, 1)  # rho follows the support every this many iterations
+    switch_iter: int = option(30, 0)  # earliest iteration at which a still support ends the ADMM
+    pcg_iter: int = option(10, 1)
+    pcg_tol: float = option(1e-4, 0, open_low=True)
     _cache: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
@@ -73,14 +73,6 @@ class ALPS(Method):
         nine) and masks, and [in, in] matrices: the rescaled H, its eigendecomposition in float64 (with LAPACK's
         workspace) and in float32, (H + rho I)^-1."""
         return weights * (9 * 4 + 2) + width * width * (4 + 3 * 8 + 2 * 4)
-
-    def __post_init__(self) -> None:
-        for option in ("rho", "lambda2", "pcg_tol"):
-            setattr(self, option, number_option(self.name, option, getattr(self, option)))
-        for option in ("max_iter", "update_iter", "switch_iter", "pcg_iter"):
-            setattr(self, option, number_option(self.name, option, getattr(self, option), int))
-        if self.rho <= 0 or self.lambda2 < 0 or self.pcg_tol <= 0 or min(self.max_iter, self.update_iter, self.pcg_iter) < 1:
-            raise ZpruneError("alps: rho and pcg_tol must be > 0, lambda2 >= 0, max_iter, update_iter and pcg_iter >= 1")
 
     def cost(self, out: int, width: int) -> Cost:
         """Assumed: the ADMM runs `switch_iter` iterations (the earliest it may stop; it runs up to `max_iter`).

@@ -2,15 +2,16 @@
 
 A score method only writes `score`; the base class turns the scores into a mask and zeroes the
 weight. A method that also updates the surviving weights (SparseGPT) overrides `prune`.
-Adding a method means adding one module with a `@register`ed subclass and importing it in
-`zprune_cli/methods/__init__.py`.
+Adding a method means adding one module under `zprune_cli/methods/` with a `@register`ed subclass
+(`methods/__init__.py` imports every module there). Its options are dataclass fields declared with
+`option(default, low, high)`: their type and bounds are checked here, once, for every method.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -51,6 +52,33 @@ class PruneResult:
     grid: QuantGrid | None = None  # the weight's quantization grids, when the method quantized while pruning
 
 
+def layer_error(delta: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor) -> float:
+    """The layer's reconstruction error relative to its output, ||W X - W' X||^2 / ||W X||^2, from the Gram
+    H = sum x x^T alone: trace(D H D^T) / trace(W H W^T) with D = W - W' ([out, in] each; what SparseGPT's and
+    llm-compressor's code report per layer). 0 for a layer whose output is zero."""
+    H = gram.to(device=weight.device, dtype=PRUNE_PRECISION)
+    D, W = delta.to(PRUNE_PRECISION), weight.to(PRUNE_PRECISION)
+    output = float(((W @ H) * W).sum(dtype=torch.float64))
+    return float(((D @ H) * D).sum(dtype=torch.float64)) / output if output > 0 else 0.0
+
+
+def option(default: float | int, low: float | None = None, high: float | None = None, *, open_low: bool = False):
+    """A method option: a dataclass field whose annotation (float or int) and bounds [low, high] (low
+    excluded with open_low) the base checks; a bad value exits 2 naming the method, option and range."""
+    return field(default=default, metadata={"low": low, "high": high, "open_low": open_low})
+
+
+def _accepted(kind: type, meta: dict) -> str:
+    """The accepted range in words: 'an integer >= 1', 'a number > 0', 'a number in [0, 1]'."""
+    what = "an integer" if kind is int else "a finite number"
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and high is not None:
+        return f"{what} in {'(' if meta.get('open_low') else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"{what} {'>' if meta.get('open_low') else '>='} {low:g}"
+    return f"{what} <= {high:g}" if high is not None else what
+
+
 class Method(ABC):
     """One pruning method. Options are constructor keywords, e.g. RIA(a=0.5)."""
 
@@ -63,6 +91,8 @@ class Method(ABC):
     # quantizes inside its own weight update when given `quant=` (SparseGPT's joint walk); the others are
     # quantized after their mask by GPTQ with the mask held fixed
     joint_quantization: ClassVar[bool] = False
+    # OWL's outlier share is defined on this method's scores (Wanda's): the allocation asks the registry for it
+    owl_score: ClassVar[bool] = False
 
     @classmethod
     def work_bytes(cls, weights: int, width: int) -> int:
@@ -70,6 +100,18 @@ class Method(ABC):
         layer's entries, `width` its input width. A score method: its float32 scores, numpy's copy of them for
         the exact selection, two bool masks (the mask is applied in place)."""
         return weights * (2 * 4 + 2)
+
+    def __post_init__(self) -> None:
+        """Every declared option (`option(...)` field) as its type, within its bounds (strings from a CLI or
+        TOML are accepted); a subclass needing more calls super().__post_init__() first."""
+        for f in fields(self) if hasattr(self, "__dataclass_fields__") else ():
+            if f.init and "low" in f.metadata:
+                kind = int if f.type in (int, "int") else float
+                value = number_option(self.name, f.name, getattr(self, f.name), kind, _accepted(kind, f.metadata))
+                if not _within(value, f.metadata):
+                    raise ZpruneUsageError(f"{self.name} option {f.name} must be {_accepted(kind, f.metadata)}, "
+                                           f"got {getattr(self, f.name)!r}")
+                setattr(self, f.name, value)
 
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Importance of each weight, [out, in] -> [out, in]; the lowest are pruned."""
@@ -118,14 +160,20 @@ def safe_divisor(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x == 0, torch.ones_like(x), x)
 
 
-def number_option(method: str, option: str, value: object, kind: type = float) -> float | int:
-    """A method option as a finite float or an exact int (strings from a CLI or TOML are accepted)."""
+def number_option(method: str, option: str, value: object, kind: type = float, wanted: str = "") -> float | int:
+    """A method option as a finite float or an exact int (strings from a CLI or TOML are accepted; a bool is not)."""
     try:
         number = kind(value)
-        exact = math.isfinite(float(value)) and (kind is float or number == float(value))
+        exact = not isinstance(value, bool) and math.isfinite(float(value)) and (kind is float or number == float(value))
     except (TypeError, ValueError):
         exact = False
     if not exact:
-        wanted = "an integer" if kind is int else "a finite number"
+        wanted = wanted or ("an integer" if kind is int else "a finite number")
         raise ZpruneUsageError(f"{method} option {option} must be {wanted}, got {value!r}")
     return number
+
+
+def _within(value: float, meta: dict) -> bool:
+    low, high = meta.get("low"), meta.get("high")
+    above = low is None or (value > low if meta.get("open_low") else value >= low)
+    return above and (high is None or value <= high)

@@ -9,13 +9,13 @@ row i as e * U_j,: -- first inside the block, then, in one matrix product, over 
 With a quantizer (methods/quantize.py) the same walk is GPTQ's, joint with pruning as in SparseGPT's
 reference code (`--wbits`): each kept weight is rounded to its grid where it is visited, a pruned one
 is 0, and the error (w - q) / U_jj of both is spread the same way. An `order` walks the columns in
-that order (GPTQ's act-order); the chooser then sees the columns in walk order.
+that order (GPTQ's act-order); the mask is then chosen on the columns in walk order.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,10 +31,17 @@ MAX_DAMPING_TRIES = 6
 # A failed percdamp = 0 cannot be multiplied up; the retries start from this fraction instead.
 FIRST_RETRY_PERCDAMP = 1e-4
 
-# chooser(W1, d, i, i1) -> mask or None. W1: [out, b] the block's current (updated) weights,
-# d: [b] the block's diag(U), i: column inside the block, i1: first column of the block in W.
-# Returns bool [out, w], True = prune, for block columns i .. i+w-1; None when nothing is chosen at i.
-MaskChooser = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class MaskChoice:
+    """How the walk's mask is chosen: `fixed` (True = pruned, [out, in] in walk order), else SparseGPT's rule on
+    w^2 / U_jj^2 with the weights as updated so far: for an unstructured `sparsity`, at each block's start over
+    the whole block; for an N:M `pattern`, at every m-th column, per row the n lowest of the next m columns."""
+
+    sparsity: float = 0.0
+    pattern: Pattern = field(default_factory=Pattern)
+    fixed: torch.Tensor | None = None
 
 
 def obs_flops(out: int, width: int, blocksize: int) -> float:
@@ -82,7 +89,7 @@ def upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float) -> torch.Tensor:
 def obs_walk(
     weight: torch.Tensor,
     hessian: torch.Tensor,
-    choose: MaskChooser,
+    choice: MaskChoice,
     blocksize: int,
     percdamp: float,
     quantizer: ColumnQuantizer | None = None,
@@ -116,7 +123,7 @@ def obs_walk(
     prune_mask = torch.zeros(rows, columns, dtype=torch.bool, device=W.device)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
-        W1, mask1, Err1 = _walk_block(W[:, i1:i2].T.contiguous(), U[i1:i2, i1:i2], choose, i1, quantizer)  # each [b, out]
+        W1, mask1, Err1 = _walk_block(W[:, i1:i2].T.contiguous(), U[i1:i2, i1:i2], choice, i1, quantizer)  # each [b, out]
         W[:, i1:i2] = W1.T
         prune_mask[:, i1:i2] = mask1.T
         W[:, i2:].addmm_(Err1.T, U[i1:i2, i2:], alpha=-1)  # [out, b] @ [b, in - i2]: the block's error, onward
@@ -126,16 +133,23 @@ def obs_walk(
     return W, prune_mask
 
 
-def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choose: MaskChooser, i1: int, quantizer: ColumnQuantizer | None = None):
+def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choice: MaskChoice, i1: int, quantizer: ColumnQuantizer | None = None):
     """One block, transposed: W1 [b, out] the block's current weights, U1 [b, b]. Returns (W1, mask1, Err1),
     each [b, out]: the pruned weights, the mask (True = pruned), e = (w - q) / U_jj per column."""
     d = U1.diagonal()  # [b]
-    mask1 = torch.zeros_like(W1, dtype=torch.bool)
+    b = W1.shape[0]
+    pattern = choice.pattern
+    if choice.fixed is not None:  # a given mask: reconstruction, GPTQ
+        mask1 = choice.fixed[:, i1 : i1 + b].T.clone()
+    elif not pattern.is_nm:  # unstructured: at the block's start, the lowest w^2 / U_jj^2 over all rows x b
+        mask1 = select_prune_mask(W1.T.square() / d.square(), choice.sparsity, "layer", Pattern()).T.contiguous()
+    else:
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
     Err1 = torch.empty_like(W1)
-    for i in range(W1.shape[0]):
-        chosen = choose(W1.T, d, i, i1)  # the chooser sees [out, b], as the papers write it
-        if chosen is not None:
-            mask1[i : i + chosen.shape[1]] = chosen.T
+    for i in range(b):
+        if choice.fixed is None and pattern.is_nm and i % pattern.m == 0:  # N:M: per row, the n lowest of m columns
+            group = slice(i, i + pattern.m)
+            mask1[group] = select_prune_mask(W1.T[:, group].square() / d[group].square(), 0.0, "row", pattern).T
         w = W1[i]  # [out]
         q = w.masked_fill(mask1[i], 0)
         if quantizer is not None:  # 0 is a grid value: pruned weights stay exactly 0
@@ -144,39 +158,6 @@ def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choose: MaskChooser, i1: int
         W1[i + 1 :].addr_(U1[i, i + 1 :], err, alpha=-1)  # the later columns: [b - i - 1, out] -= U_i,j * e
         W1[i] = q  # exactly the pruned value
     return W1, mask1, Err1
-
-
-def unstructured_chooser(sparsity: float) -> MaskChooser:
-    """At each block start, prune the lowest w^2 / U_jj^2 over the whole rows x block, exactly
-    prune_count(sparsity, rows * b) of them."""
-
-    def choose(W1: torch.Tensor, d: torch.Tensor, i: int, i1: int) -> torch.Tensor | None:
-        if i != 0:
-            return None
-        return select_prune_mask(W1.square() / d.square(), sparsity, "layer", Pattern())
-
-    return choose
-
-
-def nm_chooser(pattern: Pattern) -> MaskChooser:
-    """At each group of m columns, prune the n lowest w^2 / U_jj^2 of every row."""
-
-    def choose(W1: torch.Tensor, d: torch.Tensor, i: int, i1: int) -> torch.Tensor | None:
-        if i % pattern.m != 0:
-            return None
-        group = slice(i, i + pattern.m)
-        return select_prune_mask(W1[:, group].square() / d[group].square(), 0.0, "row", pattern)
-
-    return choose
-
-
-def fixed_chooser(prune_mask: torch.Tensor) -> MaskChooser:
-    """Hand out a given mask block by block."""
-
-    def choose(W1: torch.Tensor, d: torch.Tensor, i: int, i1: int) -> torch.Tensor | None:
-        return prune_mask[:, i1 : i1 + W1.shape[1]] if i == 0 else None
-
-    return choose
 
 
 def reconstruct(
@@ -195,7 +176,7 @@ def reconstruct(
         raise ValueError(f"mask shape {tuple(prune_mask.shape)} differs from weight shape {tuple(weight.shape)}")
     check_options(blocksize, percdamp)
     mask = prune_mask.to(device=weight.device, dtype=torch.bool)
-    W, _ = obs_walk(weight, hessian, fixed_chooser(mask), blocksize, percdamp)
+    W, _ = obs_walk(weight, hessian, MaskChoice(fixed=mask), blocksize, percdamp)
     return W.to(weight.dtype)
 
 
@@ -218,7 +199,7 @@ def gptq(
     order = act_order(hessian).to(weight.device) if spec.act_order else None
     quantizer = ColumnQuantizer(spec, rows, columns, order)
     walk_mask = mask if order is None else mask[:, order]
-    W, _ = obs_walk(weight, hessian, fixed_chooser(walk_mask), walk_blocksize(blocksize, spec), percdamp, quantizer, order)
+    W, _ = obs_walk(weight, hessian, MaskChoice(fixed=walk_mask), walk_blocksize(blocksize, spec), percdamp, quantizer, order)
     return W.to(weight.dtype), quantizer.grid()
 
 

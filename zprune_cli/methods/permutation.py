@@ -34,6 +34,7 @@ import math
 import torch
 
 from zprune_cli.masks import Pattern
+from zprune_cli.methods.base import Cost
 
 PERMUTATIONS = ("none", "heuristic", "lsa")
 LSA_WORK = 2**28  # rows x groups^2 of one block's gain matrix: about 0.2 s on one CPU core
@@ -43,8 +44,16 @@ _CHUNK_BYTES = 2**22  # working memory of one slice of the gain matrix's sum
 def kept_score(scores: torch.Tensor, pattern: Pattern) -> float:
     """Sum of the scores an N:M mask keeps (the m - n largest of every group of m columns of every row), float64."""
     rows, cols = scores.shape
-    groups = scores.reshape(rows, cols // pattern.m, pattern.m)  # [out, in/m, m]
-    return float(groups.topk(pattern.m - pattern.n, dim=-1).values.sum(dtype=torch.float64))
+    columns = list(scores.reshape(rows, cols // pattern.m, pattern.m).unbind(-1))  # m of [out, in/m]
+    # Sorted within each group by a network of m rounds of compare-exchanges (odd-even transposition), elementwise
+    # over all groups at once: topk along a last dimension of 4 or 8 took 7x as long (a search calls this
+    # twice a layer, or more).
+    m = pattern.m
+    for r in range(m):
+        for i in range(r % 2, m - 1, 2):
+            low, high = columns[i], columns[i + 1]
+            columns[i], columns[i + 1] = torch.minimum(low, high), torch.maximum(low, high)
+    return sum(float(c.sum(dtype=torch.float64)) for c in columns[pattern.n :])  # the m - n largest
 
 
 def find_permutation(scores: torch.Tensor, pattern: Pattern, mode: str,
@@ -144,3 +153,36 @@ def max_sum(values: torch.Tensor, floors: torch.Tensor) -> torch.Tensor:
         torch.maximum(values[i : i + chunk, None, :], floors[i : i + chunk, :, None], out=part)  # [chunk, g, c]
         out += part.sum(dim=0)
     return out
+
+
+
+def lsa_block_groups(rows: int, groups: int, work: int = LSA_WORK) -> int:
+    """Groups per block of the LSA's assignment (lsa_refine's split)."""
+    return max(1, min(groups, math.isqrt(max(1, work // rows))))
+
+
+def permutation_cost(out: int, width: int, mode: str, pattern: Pattern) -> Cost:
+    """The search's work on one [out, width] layer, for --dry-run's time: the scores, the heuristic's sort and
+    the kept scores compared (a few elementwise passes, `selected`), and for "lsa", per position and block of G
+    groups, the gain matrix (out x G^2 maxima and sums: out x width x G in all) and the assignment (about G^3)."""
+    if mode == "none":
+        return Cost()
+    cost = Cost(selected=4.0 * out * width)  # scores, the two kept scores, the permuted copy
+    if mode == "lsa":
+        groups = width // pattern.m
+        g = lsa_block_groups(out, groups)
+        cost += Cost(flops=2.0 * out * width * g + pattern.m * math.ceil(groups / g) * g**3)
+    return cost
+
+
+def permutation_work_bytes(out: int, width: int, mode: str, gram: bool) -> int:
+    """Bytes the search and the permuted prune hold beside the method's own, for --dry-run: the float32 scores
+    and the permuted float32 copy of the weight, the permuted copy of the statistics (its Gram matrix when the
+    recipe reads one), and for "lsa" one slice of the gain sum and a block's gain matrix (float32 and float64)."""
+    if mode == "none":
+        return 0
+    work = 2 * out * width * 4 + (width * width * 4 if gram else 0)
+    if mode == "lsa":
+        g = lsa_block_groups(out, width)
+        work += _CHUNK_BYTES + g * g * (4 + 8)
+    return work

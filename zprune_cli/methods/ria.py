@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from zprune_cli.methods.base import Method, input_norms, number_option, register, safe_divisor
+from zprune_cli.methods.base import Method, input_norms, option, register, safe_divisor
 from zprune_cli.stats.types import LayerStats
 
 
@@ -21,10 +21,7 @@ class RIA(Method):
     name: ClassVar[str] = "ria"
     default_scope: ClassVar[str] = "layer"
 
-    a: float = 0.5  # exponent on the input norm
-
-    def __post_init__(self) -> None:
-        self.a = number_option(self.name, "a", self.a)
+    a: float = option(0.5)  # exponent on the input norm
 
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         W = weight_fp32.abs()  # [out, in]

@@ -6,9 +6,10 @@ zeroed; H is damped by percdamp * mean(diag H); U = upper Cholesky factor of H^-
 walked in blocks: a pruned w_ij has error e = w_ij / U_jj, which is spread over the later columns of
 row i as e * U_j,: -- first inside the block, then, in one matrix product, over all columns after it.
 
-The walk is shared by three mask choosers: unstructured (per block, the lowest w^2 / U_jj^2 over the
-whole rows x block on the already-updated weights), N:M (per group of m columns, the n lowest of the
-same score in each row) and a fixed mask (`reconstruct`: the mask of any score method, kept as is).
+The mask is chosen inside the walk, in one branch (`obs._walk_block`): unstructured, at each block's
+start the lowest w^2 / U_jj^2 over the whole rows x block on the already-updated weights; N:M, at every
+m-th column the n lowest of the same score in each row; or a fixed mask (`reconstruct`: the mask of any
+score method, kept as is).
 
 With `quant`, the walk also rounds every kept weight to its grid as it is visited and spreads that
 error with the pruning error: SparseGPT's joint sparsification and quantization (its `--wbits`).
@@ -23,8 +24,8 @@ import torch
 
 from zprune_cli.errors import ZpruneError
 from zprune_cli.masks import Pattern, check_pattern_fits, prune_count
-from zprune_cli.methods.base import Cost, Method, PruneResult, number_option, register
-from zprune_cli.methods.obs import check_options, nm_chooser, obs_flops, obs_walk, unstructured_chooser
+from zprune_cli.methods.base import Cost, Method, PruneResult, option, register
+from zprune_cli.methods.obs import MaskChoice, obs_flops, obs_walk
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, act_order, walk_blocksize
 from zprune_cli.stats.types import LayerStats
 
@@ -39,8 +40,8 @@ class SparseGPT(Method):
     uses_scope: ClassVar[bool] = False
     joint_quantization: ClassVar[bool] = True
 
-    blocksize: int = 128  # columns per block
-    percdamp: float = 0.01  # damping, as a fraction of mean(diag H)
+    blocksize: int = option(128, 1)  # columns per block
+    percdamp: float = option(0.01, 0)  # damping, as a fraction of mean(diag H)
 
     @classmethod
     def work_bytes(cls, weights: int, width: int) -> int:
@@ -48,10 +49,6 @@ class SparseGPT(Method):
         beside it while U, the Cholesky factor of its inverse, is made (obs.upper_cholesky_of_inverse)."""
         return weights * (4 + 1) + 3 * width * width * 4
 
-    def __post_init__(self) -> None:
-        self.blocksize = number_option(self.name, "blocksize", self.blocksize, int)
-        self.percdamp = number_option(self.name, "percdamp", self.percdamp)
-        check_options(self.blocksize, self.percdamp)
 
     def cost(self, out: int, width: int) -> Cost:
         """The column walk (obs_flops); each block's mask is chosen once over its columns."""
@@ -73,10 +70,10 @@ class SparseGPT(Method):
             raise ZpruneError("sparsegpt needs the Gram matrix of each layer's inputs; calibrate with Gram matrices")
         if pattern.is_nm:
             check_pattern_fits(weight.shape[1], pattern)
-            choose = nm_chooser(pattern)
+            choice = MaskChoice(pattern=pattern)
         else:
             prune_count(sparsity, 1)  # refuses a sparsity outside [0, 1] before any work
-            choose = unstructured_chooser(sparsity)
+            choice = MaskChoice(sparsity=sparsity)
         # N:M groups (and grids fitted during the walk) must not straddle two blocks
         blocksize = walk_blocksize(self.blocksize, quant, pattern.m)
         hessian = stats.hessian()
@@ -86,6 +83,6 @@ class SparseGPT(Method):
                 raise ZpruneError("sparsegpt cannot walk an N:M pattern in act-order")
             order = act_order(hessian).to(weight.device) if quant.act_order else None
             quantizer = ColumnQuantizer(quant, *weight.shape, order)
-        W, prune_mask = obs_walk(weight, hessian, choose, blocksize, self.percdamp, quantizer, order)
+        W, prune_mask = obs_walk(weight, hessian, choice, blocksize, self.percdamp, quantizer, order)
         grid = quantizer.grid() if quantizer is not None else None
         return PruneResult(weight=W.to(weight.dtype), prune_mask=prune_mask, grid=grid)

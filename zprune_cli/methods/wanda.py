@@ -14,6 +14,7 @@ from zprune_cli.stats.types import LayerStats
 class Wanda(Method):
     name: ClassVar[str] = "wanda"
     default_scope: ClassVar[str] = "row"
+    owl_score: ClassVar[bool] = True  # OWL counts outliers among these scores
 
     def score(self, weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         return wanda_scores(weight_fp32, stats)
@@ -21,6 +22,5 @@ class Wanda(Method):
 
 def wanda_scores(weight_fp32: torch.Tensor, stats: LayerStats) -> torch.Tensor:
     """|W_ij| * ||X_j||: [out, in] * [1, in]. The norm itself, not its square (which would rank differently).
-
-    OWL's outlier share is defined on these scores too, so allocation reads them from here."""
+"""
     return weight_fp32.abs().mul_(input_norms(stats, weight_fp32))  # one [out, in] temporary, not two

@@ -172,6 +172,11 @@ def block_linears(model: nn.Module) -> dict[str, nn.Module]:
     return layer_modules(pruned_layers(model))
 
 
+def counted_layers(model: nn.Module, layer_names: list[str] | None = None) -> dict[str, nn.Module]:
+    """Sparsity's denominator: the named layers (the pruned ones), default every projection in the blocks."""
+    return block_linears(model) if layer_names is None else named_layers(model, layer_names)
+
+
 def named_layers(model: nn.Module, layer_names: list[str]) -> dict[str, nn.Module]:
     """{name: projection} for names of pruned layers (as a zprune.json lists them); unknown names are refused."""
     everything = block_linears(model)

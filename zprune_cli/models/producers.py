@@ -71,7 +71,12 @@ def _free(plans: dict[str, Absorption], group: list[Absorption]) -> bool:
 def _decide(probe: BlockProbe, name: str) -> Absorption | None:
     """The first kind whose probed producers, taken together, verify; None when none does."""
     passed: dict[tuple, list[Feed]] = {}
+    reaches: dict[str, bool] = {}
     for kind, feed, layout in _candidates(probe, name):
+        if feed.producer not in reaches:
+            reaches[feed.producer] = _reaches(probe, name, feed.producer)
+        if not reaches[feed.producer]:
+            continue  # no row of this producer can change the input: every slice of it would fail
         if all(_changes_only(probe, name, feed, j, kind, layout) for j in (1, len(feed.rows) - 2)):
             passed.setdefault((kind, layout), []).append(feed)
     for (kind, (head_dim, group)), feeds in sorted(passed.items(), key=lambda item: item[0][0] != "channel"):
@@ -131,6 +136,25 @@ def _predicted(kind: str, j: int, layout: tuple[int, int], width: int) -> torch.
         g, d = divmod(j, head_dim)
         expected[[(g * group + r) * head_dim + d for r in range(group)]] = True
     return expected
+
+
+def _reaches(probe: BlockProbe, name: str, producer: str) -> bool:
+    """Whether changing all of `producer`'s rows changes `name`'s input at all: one block run that rules out
+    every slice of a producer upstream of nothing `name` reads. Layers that read the residual stream (q/k/v,
+    gate/up) have hundreds of candidate slices and no producer: SmolLM2-135M's first block took 1137 runs to
+    rule them out one by one, now 221 (38 of these and 183 row probes), with the same plans."""
+    weight = weight_view(probe.projections[producer])
+    saved = weight.clone()
+    noise = torch.randn(saved.shape, generator=torch.Generator().manual_seed(0)).to(saved)
+    weight.copy_(-2 * saved + noise * (saved.abs().mean() + 1e-3))
+    try:
+        _, seen = probe.run([name])
+    finally:
+        weight.copy_(saved)
+    base, now = probe.inputs[name], seen[name]
+    if now is None or now.shape != base.shape:
+        return True  # not comparable: leave the decision to the row probes
+    return bool(((now - base).abs() > 1e-6 * float(base.abs().max())).any())
 
 
 def _changes_only(probe: BlockProbe, name: str, feed: Feed, j: int, kind: str, layout: tuple[int, int]) -> bool:

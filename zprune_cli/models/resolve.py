@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +184,3 @@ def _first_weights_file(folder: Path, gguf_file: str | None) -> Path | None:
             return folder / shards[0]
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
     return min(files, key=lambda p: (p.suffix != ".safetensors", p.name)) if files else None
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

@@ -141,18 +141,14 @@ def _stand_ins(blocks: nn.ModuleList, state: dict):
             blocks[i] = block
 
 
-def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    """One window through one block. hidden: [1, seqlen, hidden_size] -> same shape."""
+def call_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """One window through one block, as the block returns it (a tensor, or a tuple led by one)."""
     kwargs = dict(kwargs)
     extra = kwargs.pop("__args__", ())
-    out = block(hidden, *extra, **kwargs)
+    return block(hidden, *extra, **kwargs)
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """One window through one block. hidden: [1, seqlen, hidden_size] -> same shape."""
+    out = call_block(block, hidden, kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
-
-
-@torch.inference_mode()
-def run_block_all(block: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any], out: torch.Tensor | None = None):
-    """All windows through one block, one window at a time (bounded memory). Returns [n, seqlen, hidden]."""
-    out = torch.empty_like(inputs) if out is None else out
-    for i in range(inputs.shape[0]):
-        out[i] = run_block(block, inputs[i : i + 1], kwargs)[0]
-    return out

@@ -35,6 +35,7 @@ from zprune_cli import distributed
 from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 from zprune_cli.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
+from zprune_cli.stats.manifest import BlockRecord, GroupRecord, StatsManifest
 from zprune_cli.stats.types import LayerStats
 
 # 2: a sha256 per file; 3: the first moment sum(x) per input group. Entries of an older format have
@@ -80,10 +81,6 @@ class StatsKey:
         fuller = [StatsKey(**{**asdict(self), "blocks": True, "gram": False}), self.with_gram()]
         return list(dict.fromkeys([self, *(k for k in fuller if k.gram >= self.gram and k.blocks >= self.blocks)]))
 
-    def propagated(self, run: dict) -> "PropagatedKey":
-        """The key of the statistics a pruned-propagation run collected on top of this entry."""
-        return PropagatedKey(self.digest, run)
-
     def with_gram(self) -> "StatsKey":
         return StatsKey(**{**asdict(self), "gram": True, "blocks": True})
 
@@ -104,13 +101,13 @@ class PropagatedKey:
 class StatsEntry:
     """A complete, verified store entry."""
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: StatsManifest):
         self.path = path
         self.manifest = manifest
 
     @property
     def key(self) -> str:
-        return self.manifest["key"]
+        return self.manifest.key
 
     @property
     def store(self) -> "StatsStore":
@@ -118,27 +115,27 @@ class StatsEntry:
 
     @property
     def n_blocks(self) -> int:
-        return len(self.manifest["blocks"])
+        return len(self.manifest.blocks)
 
     @property
     def has_gram(self) -> bool:
-        return bool(self.manifest["settings"]["gram"])
+        return bool(self.manifest.settings["gram"])
 
     @property
     def has_blocks(self) -> bool:
         """Whether per-block statistics are stored (an inputs-only entry serves pruned propagation only)."""
-        return bool(self.manifest["settings"].get("block_statistics", True))
+        return bool(self.manifest.settings.get("block_statistics", True))
 
     def block_stats(self, index: int, device: torch.device | str = "cpu") -> dict[str, LayerStats]:
         """Statistics of block `index` keyed by Linear name relative to the block."""
-        block = self.manifest["blocks"][index]
-        tensors = load_file(self.path / block["file"], device=str(device))
+        block = self.manifest.blocks[index]
+        tensors = load_file(self.path / block.file, device=str(device))
         result: dict[str, LayerStats] = {}
-        for group in block["groups"]:
-            leader = group["members"][0]
-            stats = LayerStats(sumsq=tensors[f"{leader}.sumsq"], n_tokens=group["n_tokens"],
+        for group in block.groups:
+            leader = group.members[0]
+            stats = LayerStats(sumsq=tensors[f"{leader}.sumsq"], n_tokens=group.n_tokens,
                                gram=tensors.get(f"{leader}.gram"), sum=tensors[f"{leader}.sum"])
-            for member in group["members"]:
+            for member in group.members:
                 result[member] = stats
         return result
 
@@ -205,7 +202,7 @@ class StatsStore:
             problem = _files_problem(path, manifest["files"])
         if problem is not None:
             raise CorruptEntry(f"statistics entry {name} is corrupt: {problem}; {fix}")
-        return StatsEntry(path, manifest)
+        return StatsEntry(path, StatsManifest.from_json(manifest))
 
     def entries(self) -> list[tuple[Path, StatsEntry | None, str | None]]:
         """Every entry folder: (path, entry or None, problem or None). Temporary folders excluded."""
@@ -509,8 +506,7 @@ class EntryWriter:
         self.path = path
         self.key = key
         self.settings = settings
-        self.blocks: list[dict] = []
-        self.extra: dict = {}
+        self.blocks: list[BlockRecord] = []
         self.optional = optional
         self.dropped = False  # an optional entry given up for want of disk space: nothing more is written
 
@@ -559,32 +555,17 @@ class EntryWriter:
         fname = f"block_{index:03d}.safetensors"
         with self._writing():
             save_file(tensors, self.path / fname)
-        self.blocks.append(
-            {
-                "index": index,
-                "file": fname,
-                "groups": [
-                    {"members": g.members, "n_tokens": g.n_tokens, "n_sequences": g.n_sequences, "width": int(g.sumsq.numel())}
-                    for g in groups
-                ],
-            }
-        )
+        self.blocks.append(BlockRecord(index, fname, [GroupRecord(g.members, g.n_tokens, g.n_sequences, int(g.sumsq.numel()))
+                                                      for g in groups]))
 
     def finish(self) -> None:
         files = {f.name: {"size": f.stat().st_size, "sha256": sha256_of(f)} for f in self.path.iterdir() if f.is_file()}
-        manifest = {
-            "format": FORMAT_VERSION,
-            "key": self.key.digest,
-            "key_fields": asdict(self.key) if isinstance(self.key, StatsKey) else {"base": self.key.base, "run": self.key.run},
-            "settings": self.settings,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "blocks": self.blocks,
-            "files": files,
-            **self.extra,
-        }
+        key_fields = asdict(self.key) if isinstance(self.key, StatsKey) else {"base": self.key.base, "run": self.key.run}
+        manifest = StatsManifest(format=FORMAT_VERSION, key=self.key.digest, key_fields=key_fields, settings=self.settings,
+                                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), blocks=self.blocks, files=files)
         tmp = self.path / (MANIFEST + ".part")
         with self._writing():
-            tmp.write_text(json.dumps(manifest, indent=1))
+            tmp.write_text(json.dumps(manifest.to_json(), indent=1))
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.rename(tmp, self.path / MANIFEST)
