@@ -65,6 +65,36 @@ def test_imports_run_one_way(path):
         assert RANK[target] < RANK[unit], f"{path.relative_to(PACKAGE)} ({unit}) imports {target}, against the drawn direction"
 
 
+def imported_modules(path: Path) -> set[str]:
+    """Dotted zprune_cli modules a module imports (lazy imports included; `from zprune_cli.x import y`
+    counts as x.y when x/y.py exists, else as x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zprune_cli"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).is_file() else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("zprune_cli.")}
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_no_two_modules_import_each_other():
+    """Within a layer too: models/load.py and models/pretrained.py imported each other (one lazily); what they
+    share now lives in models/runtime.py."""
+    graph = {module_name(p): imported_modules(p) for p in modules()}
+    circles = {tuple(sorted((a, b))) for a, targets in graph.items() for b in targets if a in graph.get(b, ()) and a != b}
+    # Typer's registration, on purpose: cli/app.py imports each command module for its @app.command, which
+    # imports `app` (and the package re-exports it)
+    registration = {"zprune_cli.cli", "zprune_cli.cli.app"}
+    assert sorted(c for c in circles if not set(c) & registration) == []
+    assert len(circles) == 8  # the package and its seven commands: a new circle anywhere else fails above
+
+
 def test_the_direction_check_catches_a_wrong_import(tmp_path, monkeypatch):
     bad = PACKAGE / "models" / "load.py"
     source = bad.read_text() + "\nfrom zprune_cli.exports import export  # noqa\n"

@@ -10,7 +10,7 @@ import torch
 from zprune_cli.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.formats.reader import WeightReader
 from zprune_cli.errors import first_line
-from zprune_cli.models.load import DTYPES, quiet_transformers, resolve_device
+from zprune_cli.models.runtime import DTYPES, quiet_transformers, resolve_device
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
