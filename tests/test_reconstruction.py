@@ -211,6 +211,19 @@ def test_cli_reconstruct_alone_means_obs_and_takes_names(tiny_dir, text_file, tm
     assert bad.exit_code == 2 and "--refine" in bad.stderr
 
 
+@pytest.mark.parametrize("command", ["prune", "compare"])
+@pytest.mark.parametrize("value", ["none,obz", "obz", "pcg,sgd"])
+def test_a_misspelt_reconstruct_value_is_named(tiny_dir, text_file, command, value):
+    """A list with a bad name, or a near-miss of one, is --reconstruct's value (not a bare --reconstruct and a
+    second model argument, which failed with click's "unexpected extra argument"): one line naming it, exit 2."""
+    result = runner.invoke(app, [command, str(tiny_dir), "-m", "wanda", "--reconstruct", value, "--data", str(text_file),
+                                 "-n", "2", "-l", "16", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "reconstruct" in lines[0] and ("obz" in lines[0] or "sgd" in lines[0]), result.stderr
+    assert "unexpected extra argument" not in result.output
+
+
 def test_grid_axes_for_refine_and_reconstruct(caplog):
     with caplog.at_level(logging.WARNING, logger="zprune"):
         recipes = grid_recipes("wanda,sparsegpt", "0.5", "unstructured", reconstruct="none,pcg", refine="none,swaps")

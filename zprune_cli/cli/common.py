@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass
@@ -92,8 +93,13 @@ class AliasedCommand(TyperCommand):
 
 
 def _is_value(token: str | None, choices: tuple[str, ...]) -> bool:
-    """Whether `token` is the value of an option that takes one of `choices` (or a comma list of them)."""
-    return token is not None and all(part.strip().lower() in choices for part in token.split(","))
+    """Whether `token` is the value of an option that takes one of `choices` (or a comma list of them). A comma
+    list, or a near-miss of a choice ("obz"), is the value too, so the option's own check names the bad part
+    (taken as a second model argument, it failed with click's "unexpected extra argument")."""
+    if token is None or token.startswith("-"):
+        return False
+    parts = [part.strip().lower() for part in token.split(",")]
+    return all(p in choices for p in parts) or len(parts) > 1 or bool(difflib.get_close_matches(parts[0], choices, cutoff=0.6))
 
 
 def aliased(**old_to_new: str) -> type[AliasedCommand]:
