@@ -29,6 +29,22 @@ def test_eval_records_perplexity(tiny_dir, text_file, cache):
     assert len(rows) == 1 and rows[0]["value"] == pytest.approx(ppl["value"]) and rows[0]["method"] == "dense"
 
 
+def test_eval_table_shows_the_perplexity_interval_of_its_windows(tiny_dir, text_file, cache):
+    """The table's 95% interval is intervals.ppl_interval of the window NLLs the JSON (and the store) keep; the
+    perplexity is exp of their mean, inside it. The second run reads the store and shows the same."""
+    from zprune_cli.intervals import ppl_interval
+
+    args = ["eval", tiny_dir, "--eval", text_file, "--eval-seqlen", 32, "--max-windows", 4]
+    ppl = next(m for m in json.loads(invoke(*args, "--json").stdout)["metrics"] if m["metric"] == "ppl:corpus.txt")
+    nlls = ppl["detail"]["window_nll"]
+    assert len(nlls) == 4 and ppl["value"] == pytest.approx(math.exp(sum(nlls) / 4), rel=1e-5)
+    low, high = ppl_interval(nlls)
+    assert low < ppl["value"] < high
+    table = invoke(*args)
+    assert table.exit_code == 0, table.output
+    assert "95% interval" in table.stdout and f"[{low:.3f}, {high:.3f}]" in table.stdout
+
+
 def test_eval_of_a_pruned_folder_with_baseline(tiny_dir, text_file, cache, tmp_path):
     pruned = tmp_path / "pruned"
     assert invoke("prune", tiny_dir, "-m", "magnitude", "--data", text_file, "-n", 2, "-l", 16, "--out", pruned).exit_code == 0

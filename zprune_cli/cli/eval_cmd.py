@@ -13,6 +13,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.evaluation.run import EvalReport, Evaluation, Metric, evaluate
+from zprune_cli.intervals import accuracy_interval, ppl_interval
 from zprune_cli.leaderboard_cells import sparsity_text
 
 
@@ -92,6 +93,16 @@ def _protocol(metric: Metric) -> str:
     return ", ".join(f"{k} {v}" for k, v in p.items())
 
 
+def _interval(m: Metric) -> tuple[float, float] | None:
+    """A perplexity's 95% interval from its windows, an accuracy's from lm-eval's standard error (intervals.py)."""
+    nlls, stderr = m.detail.get("window_nll"), m.detail.get("stderr")
+    if m.name.startswith("ppl:") and nlls and len(nlls) >= 2:
+        return ppl_interval(nlls)
+    if m.name.startswith("acc") and isinstance(stderr, float) and m.value is not None:
+        return accuracy_interval(m.value, stderr)
+    return None
+
+
 def metrics_table(report: EvalReport) -> Table:
     base = {m.name: m.value for m in report.baseline.metrics} if report.baseline else {}
     title = escape(report.target)
@@ -106,6 +117,9 @@ def metrics_table(report: EvalReport) -> Table:
     errors = any(isinstance(m.detail.get("stderr"), float) for m in report.metrics)
     if errors:
         table.add_column("±", justify="right")  # lm-eval's standard error, not part of the protocol
+    intervals = {m.name: _interval(m) for m in report.metrics}
+    if any(intervals.values()):
+        table.add_column("95% interval", justify="right")
     if base:
         table.add_column("dense", justify="right")
         table.add_column("change", justify="right")
@@ -115,6 +129,9 @@ def metrics_table(report: EvalReport) -> Table:
         if errors:
             stderr = m.detail.get("stderr")
             row.append(f"{stderr:.4f}" if isinstance(stderr, float) else "")
+        if any(intervals.values()):
+            low_high = intervals[m.name]
+            row.append(f"[{_fmt(low_high[0], m.name)}, {_fmt(low_high[1], m.name)}]" if low_high else "")
         if base:
             b = base.get(m.name)
             quality = m.name.startswith(("ppl", "acc"))
