@@ -40,10 +40,12 @@ def mark_best(rows: list[dict]) -> None:
             peers_of.setdefault((row["pattern"], row["sparsity"]), []).append(row)
     for peers in peers_of.values():
         for column in sorted({m for r in peers for m in r["metrics"] if m.startswith(RANKED)}):
-            _mark_column(peers, column)
+            mark_column(peers, column)
 
 
-def _mark_column(peers: list[dict], column: str) -> None:
+def mark_column(peers: list[dict], column: str) -> None:
+    """One metric column of rows that compete (same sparsity and pattern): adds `column` to the best row's
+    `best`, or to every row tied with it in `tied` (the rows' lists must exist)."""
     measured = [r for r in peers if r["metrics"].get(column) is not None]
     if len(measured) < 2:
         return

@@ -104,17 +104,16 @@ def perplexity_table(cells: list[dict]) -> list[str]:
 
 
 def column_marks(cells: list[dict]) -> dict[int, str]:
-    """id(cell) -> "best" or "tied" for one column's pruned cells (see perplexity_table)."""
-    from zprune_cli.intervals import paired_difference
+    """id(cell) -> "best" or "tied" for one column's pruned cells (see perplexity_table): the leaderboard's own
+    rule (zprune_cli.ranking.mark_column), on views of the cells; a lone cell is the best of its column."""
+    from zprune_cli.ranking import mark_column
 
-    ranked = sorted((c for c in cells if math.isfinite(_float(perplexity_of(c)))), key=perplexity_of)
+    ranked = [c for c in cells if math.isfinite(_float(perplexity_of(c)))]
     if len(ranked) < 2:
         return {id(c): "best" for c in ranked}
-    windows = [window_nlls(c) for c in ranked]
-    if not windows[0] or not windows[1]:
-        return {id(c): "best" for c in ranked if perplexity_of(c) == perplexity_of(ranked[0])}
-    alike = [c for c, w in zip(ranked[1:], windows[1:]) if not (w and paired_difference(w, windows[0]).excludes_zero)]
-    return {id(c): "tied" for c in [ranked[0], *alike]} if alike else {id(ranked[0]): "best"}
+    views = [{"metrics": {"ppl:": perplexity_of(c)}, "windows": {"ppl:": window_nlls(c)}, "best": [], "tied": []} for c in ranked]
+    mark_column(views, "ppl:")
+    return {id(c): "best" if v["best"] else "tied" for c, v in zip(ranked, views) if v["best"] or v["tied"]}
 
 
 def window_nlls(cell: dict) -> list[float] | None:

@@ -64,7 +64,9 @@ def walk_blocks(model: nn.Module, visit: Visit, hidden: torch.Tensor | None = No
     released (`offload.on_done` listeners, the streaming save). per_window / per_block: progress steps.
     The callers run it under torch.inference_mode (calibration, pruning, evaluation)."""
     blocks_name, blocks = find_blocks(model)
-    buffer = None if hidden is None else torch.empty_like(hidden)  # the inputs may be the store's: never overwritten
+    # outputs go to a second tensor, then the two swap: from block 1 on `hidden` itself is overwritten (callers
+    # pass inputs they own: read from the store, or captured for this run)
+    buffer = None if hidden is None else torch.empty_like(hidden)
     for index, block in enumerate(blocks):
         with held(model, index, done=done):
             attached = collector(index, block) if collector is not None and hidden is not None else None
