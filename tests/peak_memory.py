@@ -7,17 +7,22 @@ pytest, the test process's own).
 """
 
 HWM = """
-import atexit, glob, os, sys
-# How many pages of torch's libraries a process maps depends on the page cache: right after pip wrote them
-# (a fresh install, as in CI) the process maps 58 MiB more than once they were evicted and read back from
-# disk (306 vs 248 MiB for the imports). Evicting them first measures every run in the second state.
-for _lib in glob.glob(os.path.join(sys.prefix, 'lib', 'python*', 'site-packages', '**', '*.so*'), recursive=True):
-    _fd = os.open(_lib, os.O_RDONLY)
-    os.posix_fadvise(_fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(_fd)
+import atexit, os, sys
 def _hwm():
     with open('/proc/self/status') as status, open(os.environ['HWM_FILE'], 'w') as out:
         out.write(next(line.split()[1] for line in status if line.startswith('VmHWM')))
+    # How many pages of the shared libraries a process maps depends on the page cache, not on the run: right
+    # after pip wrote them (a fresh install, as in CI) it maps 58-110 MiB more than once they were read back
+    # from disk. Their resident size at exit (libraries stay mapped) lets a test leave them out.
+    with open('/proc/self/smaps') as smaps, open(os.environ['HWM_FILE'] + '.libs', 'w') as out:
+        library, kib = False, 0
+        for line in smaps:
+            head = line.split()
+            if head and '-' in head[0] and not head[0].endswith(':'):
+                library = len(head) > 5 and '.so' in os.path.basename(head[5])
+            elif library and head[0] == 'Rss:':
+                kib += int(head[1])
+        out.write(str(kib))
 atexit.register(_hwm)
 """
 RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"

@@ -162,6 +162,13 @@ def peak_rss(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int
     return int(hwm.read_text()) * 1024, result.stdout
 
 
+def peak_without_libraries(code: str, args: list[str], env: dict, tmp_path: Path) -> tuple[int, str]:
+    """Like peak_rss, less the shared libraries' resident pages: those depend on the page cache (a fresh install
+    maps up to ~110 MiB more of them), not on what the run holds."""
+    peak, stdout = peak_rss(code, args, env, tmp_path)
+    return peak - int((tmp_path / "hwm.libs").read_text()) * 1024, stdout
+
+
 def save_llama_512(folder: Path, n_blocks: int) -> Path:
     """A random Llama 512 wide: 125 MiB of embeddings and LM head, 12 MiB per decoder block in float32."""
     import transformers as tf

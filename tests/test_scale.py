@@ -295,19 +295,26 @@ def test_swaps_multiply_by_the_hessian_once(monkeypatch):
 def test_prune_peak_within_15_percent_per_method(method, tmp_path):
     """The dry run's prune peak counts each method's own working memory (Method.work_bytes): it counted eight
     float32 copies and two int64 indices of the largest layer for every method (2 GiB at Llama-2-7B's shape,
-    47% over the measured peak). A 512-wide random Llama, --offload disk, within 15% of the measured peak."""
+    47% over the measured peak). A 512-wide random Llama, --offload disk, within 15% of the measured peak, with
+    the estimate's assumed import footprint replaced by the one measured here and the shared libraries' pages
+    left out of both: CI's fresh install mapped 58-110 MiB more of them than the same files once read back from
+    disk (634-693 against 541 MiB), which says nothing about the estimate."""
     import json
     import os
 
-    from test_dry_run import REPO, RUN_ZPRUNE, peak_rss, save_llama_512
+    from zprune_cli.estimation.memory import IMPORTS_BYTES
+
+    from test_dry_run import HWM, IMPORTS, REPO, RUN_ZPRUNE, peak_without_libraries, save_llama_512
 
     model = save_llama_512(tmp_path / "llama", 8)
     env = {**os.environ, "ZPRUNE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO), "ZPRUNE_NO_PROGRESS": "1"}
     args = ["prune", str(model), "--data", "c4-sample", "-n", "16", "-l", "256", "--device", "cpu", "-q",
             "--offload", "disk", "--method", method, "--out", str(tmp_path / "out")]
-    estimate = json.loads(peak_rss(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
-    peak, _ = peak_rss(RUN_ZPRUNE, args, env, tmp_path)
-    assert estimate["host_peak_bytes"] == pytest.approx(peak, rel=0.15), (estimate["peak_step"], estimate["peak_parts"])
+    floor, _ = peak_without_libraries(HWM + IMPORTS, [], env, tmp_path)
+    estimate = json.loads(peak_without_libraries(RUN_ZPRUNE, [*args, "--dry-run", "--json"], env, tmp_path)[1])
+    peak, _ = peak_without_libraries(RUN_ZPRUNE, args, env, tmp_path)
+    here = estimate["host_peak_bytes"] - IMPORTS_BYTES + floor
+    assert here == pytest.approx(peak, rel=0.15), (floor, estimate["peak_step"], estimate["peak_parts"])
 
 
 def test_an_output_the_disk_cannot_hold_is_refused_before_any_work(tiny_dir, text_file, cache, tmp_path, monkeypatch):
