@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zprune_cli.allocation import outlier_fraction, owl_sparsities
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.masks import Pattern
+from zprune_cli.engine.allocation import outlier_fraction, owl_sparsities
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods import get_method
 from zprune_cli.stats.types import LayerStats
 

@@ -5,27 +5,25 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zprune_cli"
 
-# Low to high: a unit may import only units of a strictly lower layer (or itself).
+# Low to high: a unit (a folder of zprune_cli, or __init__ / __main__) may import only units of a strictly
+# lower layer, or itself. docs/architecture.md states the same order; each folder's __init__ says what it holds.
 LAYERS = [
-    {"errors", "__version__", "machine", "protocol", "choices"},  # protocol, choices: plain values, no imports
-    {"staging"},  # atomic writes, on errors alone: the results store keeps its pending rows through it
-    {"progress", "settings", "masks", "sparsity", "results", "leaderboard_cells", "tasks", "hub",
-     "distributed", "intervals"},
-    {"formats", "plot", "ranking"},  # plot writes through staging; ranking reads intervals
+    {"base", "__version__"},  # plain values and plumbing: errors, settings, atomic writes, masks, zero counts
+    {"formats", "tasks"},  # on-disk codecs, lm-eval task files
     {"data", "models", "stats"},  # never each other
+    {"records"},  # protocols, result rows, intervals, provenance: read without the method registry
     {"methods"},
-    {"recipe", "allocation"},
-    {"provenance", "pipeline"},
-    {"model_card", "report_html"},  # documents rendered from records
-    {"evaluation", "exports", "calibration", "cache"},
-    {"pruning", "estimation", "grid"},
-    {"comparison"},
+    {"engine"},  # recipe, OWL allocation, the block-by-block pipeline
+    {"rendering"},  # model card, HTML report, plot: documents from records
+    {"evaluation", "exports", "estimation"},
+    {"verbs"},  # calibrate, prune, compare, the grid, the cache's upkeep
     {"cli", "__init__"},
     {"__main__"},
 ]
@@ -56,6 +54,46 @@ def modules():
 
 def test_every_unit_has_a_layer():
     assert {unit_of(p) for p in modules()} <= set(RANK)
+
+
+def test_the_package_is_its_layers_folders():
+    """No module sits loose at the top (23 did, mixing verbs, engine, records and rendering): each is in the folder
+    of its layer, every folder says in its __init__ what it holds, and docs/architecture.md draws the same order."""
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "__main__.py"]
+    folders = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert folders | {"tasks"} == set(RANK) - {"__init__", "__main__", "__version__"}  # tasks/: lm-eval YAML, no code
+    for folder in folders:
+        assert ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text())), f"{folder}/__init__.py says nothing"
+    rule = next(line for line in (PACKAGE.parent / "docs" / "architecture.md").read_text().split("\n\n")
+                if line.startswith("- Imports run one way"))
+    drawn = [part.strip(" ()`\n") for part in rule.split(":", 1)[1].split(". The order")[0].split("<")]
+    assert [set(re.findall(r"`(\w+)`", "`" + part + "`")) - {"never", "each", "other"} for part in drawn] == \
+        [layer - {"__init__", "__main__", "__version__"} for layer in LAYERS if layer - {"__init__", "__main__", "__version__"}]
+
+
+def test_a_record_is_read_without_the_method_registry(tmp_path):
+    """Provenance reads zprune.json without importing methods/: a folder pruned by a method since renamed stays
+    readable (its method, digest, layers, results); what needs the recipe itself says so in one line."""
+    import json
+    import subprocess
+    import sys
+
+    from zprune_cli.base.errors import ZpruneError
+    from zprune_cli.engine.recipe import PruneRecipe, recipe_of
+    from zprune_cli.records.provenance import BaseModel, Provenance
+
+    recipe = PruneRecipe("wanda", sparsity=0.5)
+    Provenance(BaseModel("tiny", str(tmp_path), "f" * 16), recipe.record(), {"model.layers.0.mlp.up_proj": 0.5}, 0.5).write(tmp_path)
+    record = json.loads((tmp_path / "zprune.json").read_text())
+    assert record["recipe_digest"] == recipe.digest == "439637323bf8b150"  # pinned (as in test_recipe): a format change is deliberate
+    record["recipe"]["method"] = "wanda-renamed"
+    (tmp_path / "zprune.json").write_text(json.dumps(record))
+    code = ("import sys; from zprune_cli.records.provenance import Provenance; p = Provenance.read(sys.argv[1]); "
+            "print(p.recipe.method, p.cell_digest, p.overall_sparsity, any(m.startswith('zprune_cli.methods') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["wanda-renamed", recipe.digest, "0.5", "False"]
+    with pytest.raises(ZpruneError, match="cannot be rebuilt by this zprune: .*wanda-renamed"):
+        recipe_of(Provenance.read(tmp_path).recipe)
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -157,7 +195,7 @@ def test_the_engine_reads_pruned_weights_through_weight_view():
     """Conv1D stores [in, out]: a direct `.weight.data` / `.weight.detach()` in the engine would read it transposed."""
     import re
 
-    for rel in ("pipeline.py", "allocation.py", "calibration.py", "stats/collect.py"):
+    for rel in ("engine/pipeline.py", "engine/allocation.py", "verbs/calibration.py", "stats/collect.py"):
         source = (PACKAGE / rel).read_text()
         assert not re.search(r"\.weight\.(data|detach)\b", source), f"{rel} reads a weight directly; use weight_view"
 
@@ -185,9 +223,9 @@ def test_a_new_method_file_is_picked_up_with_no_other_edit(tmp_path):
         "        return weight_fp32.abs() ** self.p\n")
     probe = (
         "import torch\n"
-        "from zprune_cli.masks import Pattern\n"
+        "from zprune_cli.base.masks import Pattern\n"
         "from zprune_cli.methods import get_method, method_names, method_titles\n"
-        "from zprune_cli.errors import ZpruneUsageError\n"
+        "from zprune_cli.base.errors import ZpruneUsageError\n"
         "W = torch.tensor([[1.0, -4.0, 2.0, -3.0]])\n"
         "print(method_names())\n"
         "print(method_titles()['halfmagnitude'])\n"

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from conftest import save_tiny
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 runner = CliRunner()
 CAL = ["-n", "2", "-l", "16"]
@@ -479,8 +479,8 @@ def test_full_disk_under_safetensors_reads_as_a_full_disk(message, tmp_path):
     """safetensors' writer reports ENOSPC as a SafetensorError (seen on a full tmpfs), not as an OSError."""
     from safetensors import SafetensorError
 
-    from zprune_cli.errors import translate
-    from zprune_cli.staging import staged_folder
+    from zprune_cli.base.errors import translate
+    from zprune_cli.base.staging import staged_folder
 
     assert str(translate(SafetensorError(message))).startswith("the disk is full; free space")
     assert "damaged or truncated" in str(translate(SafetensorError("Error while deserializing header: HeaderTooLarge")))
@@ -490,7 +490,7 @@ def test_full_disk_under_safetensors_reads_as_a_full_disk(message, tmp_path):
 
 
 def test_disk_full_while_saving(world, cache, tmp_path, monkeypatch):
-    import zprune_cli.pruning as pruning
+    import zprune_cli.verbs.pruning as pruning
 
     monkeypatch.setattr(pruning, "save_model", _disk_full)
     out = tmp_path / "out"
@@ -514,7 +514,7 @@ def test_damaged_results_database(world, cache):
 
 
 def test_results_kept_when_the_database_stays_locked(world, cache):
-    from zprune_cli.results import ResultsStore, results_path
+    from zprune_cli.records.results import ResultsStore, results_path
 
     ResultsStore(results_path(cache)).close()
     hold = threading.Event()
@@ -566,7 +566,7 @@ def test_unwritable_cache_dir(world, tmp_path):
 
 
 def test_ctrl_c_during_pruning(world, tmp_path, monkeypatch):
-    import zprune_cli.pruning as pruning
+    import zprune_cli.verbs.pruning as pruning
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -579,7 +579,7 @@ def test_ctrl_c_during_pruning(world, tmp_path, monkeypatch):
 
 
 def test_sigterm_during_pruning(world, tmp_path, monkeypatch):
-    import zprune_cli.pruning as pruning
+    import zprune_cli.verbs.pruning as pruning
     from zprune_cli.cli import Terminated
 
     def terminated(*args, **kwargs):
@@ -593,7 +593,7 @@ def test_sigterm_during_pruning(world, tmp_path, monkeypatch):
 
 
 def test_unexpected_errors_are_one_line_naming_the_debug_switch(world, monkeypatch):
-    import zprune_cli.calibration as calibration
+    import zprune_cli.verbs.calibration as calibration
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody expected\nwith a second line")

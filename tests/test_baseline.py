@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import save_tiny
 from zprune_cli.cli.app import app
 from zprune_cli.models.resolve import content_fingerprint, resolve_model
-from zprune_cli.results import ResultsStore, results_path
+from zprune_cli.records.results import ResultsStore, results_path
 
 runner = CliRunner()
 EVAL = ["--eval-seqlen", "32", "--max-windows", "2", "--json"]
@@ -151,7 +151,7 @@ def test_an_older_record_is_verified_by_its_location_fingerprint_or_used_with_a_
 
 def test_an_older_record_reads_a_relative_spec_against_the_pruned_folder(tmp_path, text_file, cache, monkeypatch):
     """Nothing at its absolute place: the spec is tried beside the pruned folder, never in the working directory."""
-    from zprune_cli.provenance import BaseModel, locate_base_model
+    from zprune_cli.records.provenance import BaseModel, locate_base_model
 
     save_tiny(tmp_path / "runs" / "models" / "tiny")
     save_tiny(tmp_path / "cwd" / "models" / "tiny", seed=1)
@@ -177,7 +177,7 @@ def test_content_fingerprint_follows_the_weights_not_the_place(tmp_path):
 
 def test_a_hub_id_stays_a_hub_id_with_its_revision(tmp_path):
     """Not in the local hub cache: the id and revision are looked up (no local folder is tried), with a warning."""
-    from zprune_cli.provenance import BaseModel, locate_base_model
+    from zprune_cli.records.provenance import BaseModel, locate_base_model
 
     (tmp_path / "org" / "name").mkdir(parents=True)  # a local folder spelled like the id is not the hub model
     record = BaseModel("org/name", "org/name", "f" * 16, revision="v2", content="0123456789abcdef")

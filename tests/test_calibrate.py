@@ -6,8 +6,8 @@ import torch
 import pytest
 
 from conftest import FAMILIES, save_tiny
-from zprune_cli.settings import Calibration
-from zprune_cli.calibration import calibrate
+from zprune_cli.base.settings import Calibration
+from zprune_cli.verbs.calibration import calibrate
 from zprune_cli.models.blocks import find_blocks, find_linears
 from zprune_cli.models.runner import capture_block_inputs
 from zprune_cli.models.walk import run_windows

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
-from zprune_cli.results import ResultsStore, results_path
+from zprune_cli.records.results import ResultsStore, results_path
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def test_eval_records_perplexity(tiny_dir, text_file, cache):
 def test_eval_table_shows_the_perplexity_interval_of_its_windows(tiny_dir, text_file, cache):
     """The table's 95% interval is intervals.ppl_interval of the window NLLs the JSON (and the store) keep; the
     perplexity is exp of their mean, inside it. The second run reads the store and shows the same."""
-    from zprune_cli.intervals import ppl_interval
+    from zprune_cli.records.intervals import ppl_interval
 
     args = ["eval", tiny_dir, "--eval", text_file, "--eval-seqlen", 32, "--max-windows", 4]
     ppl = next(m for m in json.loads(invoke(*args, "--json").stdout)["metrics"] if m["metric"] == "ppl:corpus.txt")
@@ -214,7 +214,7 @@ def test_sparsity_reads_the_same_in_the_header_and_the_table():
     from zprune_cli.cli.eval_cmd import metrics_table
     from zprune_cli.cli.output import text_console
     from zprune_cli.evaluation.run import EvalReport, Metric
-    from zprune_cli.protocol import OpenProtocol
+    from zprune_cli.records.protocol import OpenProtocol
 
     report = EvalReport("runs/w40", [Metric("sparsity", 0.399999, OpenProtocol.of({"over": "pruned layers"}))], reused=False,
                         provenance={"method": "wanda", "pattern": "unstructured", "base_model": "tiny",

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import zprune_cli.calibration as calibration
-import zprune_cli.comparison as comparison
+import zprune_cli.verbs.calibration as calibration
+import zprune_cli.verbs.comparison as comparison
 from zprune_cli.cli.app import app
-from zprune_cli.comparison import compare, grid_recipes
+from zprune_cli.verbs.comparison import compare, grid_recipes
 from zprune_cli.evaluation.run import Evaluation
-from zprune_cli.results import ResultsStore, results_path
-from zprune_cli.settings import Calibration
+from zprune_cli.records.results import ResultsStore, results_path
+from zprune_cli.base.settings import Calibration
 
 runner = CliRunner()
 
@@ -202,8 +202,8 @@ def test_old_spellings_still_work_for_a_release(tiny_dir, text_file, cache):
 def test_a_grid_leaves_out_acc_norm_of_another_limit(tmp_path):
     """acc_norm comes from the same lm-eval run as its task's acc: a grid asking for 50 questions must not
     show the acc_norm of an earlier 200-question run as a group of its own."""
-    from zprune_cli.comparison import leaderboard
-    from zprune_cli.results import ResultRow, ResultsStore
+    from zprune_cli.verbs.comparison import leaderboard
+    from zprune_cli.records.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     cell = {"model": "m", "fingerprint": "f", "method": "dense", "seconds": 1.0, "settings": {}, "versions": {}}
@@ -221,9 +221,9 @@ def test_a_leaderboard_row_has_exactly_the_typed_keys(tmp_path):
     """LeaderboardRow names every key a row has (and `compare --json` writes): no private key is left in one."""
     from typing import get_type_hints
 
-    from zprune_cli.comparison import leaderboard
-    from zprune_cli.leaderboard_cells import LeaderboardRow
-    from zprune_cli.results import ResultRow, ResultsStore
+    from zprune_cli.verbs.comparison import leaderboard
+    from zprune_cli.records.leaderboard_cells import LeaderboardRow
+    from zprune_cli.records.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     protocol = {"task": "piqa_local", "num_fewshot": 0, "limit": 50}

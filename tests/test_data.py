@@ -10,7 +10,7 @@ import torch
 from conftest import byte_tokenizer
 from zprune_cli.data.sources import Text, resolve_source, wikitext_rows_to_text
 from zprune_cli.data.windows import calibration_windows
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 
 
 def reference_c4_windows(docs, tok, nsamples, seqlen, seed):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import REPO
-from zprune_cli import distributed
+from zprune_cli.base import distributed
 from zprune_cli.cli.app import app
 from zprune_cli.stats.collect import _layout
 

@@ -149,7 +149,7 @@ def test_forward_passes_match_hooks_on_real_runs(tiny_dir, text_file, cache):
 
 # --- peak memory: a real run in its own process, its peak resident memory from the kernel -------------------
 
-IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.pruning, zprune_cli.comparison"
+IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.verbs.pruning, zprune_cli.verbs.comparison"
 from peak_memory import HWM, RUN_ZPRUNE  # noqa: E402  (the child reports its own VmHWM)
 
 

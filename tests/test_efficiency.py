@@ -9,7 +9,7 @@ from transformers import LlamaForCausalLM
 
 from conftest import tiny_model
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.evaluation.efficiency import (
     count_parameters,
@@ -19,7 +19,7 @@ from zprune_cli.evaluation.efficiency import (
     size_on_disk,
     throughput,
 )
-from zprune_cli.sparsity import LayerCount
+from zprune_cli.base.sparsity import LayerCount
 
 
 @pytest.fixture()

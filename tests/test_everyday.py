@@ -11,8 +11,8 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
-from zprune_cli.pruning import default_output
-from zprune_cli.recipe import PruneRecipe
+from zprune_cli.verbs.pruning import default_output
+from zprune_cli.engine.recipe import PruneRecipe
 
 runner = CliRunner()
 

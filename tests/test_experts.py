@@ -10,15 +10,15 @@ import torch
 from torch import nn
 
 from conftest import save_tiny, tiny_model
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.exports import apply_masks, export
 from zprune_cli.models.blocks import find_blocks, find_linears, fused_weights, weight_view
 from zprune_cli.models.experts import ExpertSlice
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.pretrained import load_pretrained
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
 from zprune_cli.stats.collect import BlockStatsCollector
 
 MOE = ["mixtral", "qwen3_moe", "gpt_oss"]
@@ -167,7 +167,7 @@ def test_experts_saved_one_tensor_each_export_sparse_2_4_and_masks(tmp_path, tex
 
 
 def test_pruning_from_masks_counts_every_expert(tmp_path, text_file, cache):
-    from zprune_cli.pruning import prune_with_masks
+    from zprune_cli.verbs.pruning import prune_with_masks
 
     handle = ModelHandle(str(save_tiny(tmp_path / "base", "gpt_oss")))
     prune(handle, PruneRecipe("wanda", 0.5), calibration=cal(text_file), out=tmp_path / "out")

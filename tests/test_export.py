@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.exports import FORMATS, apply_masks, export, load_pretrained, load_tokenizer
 from zprune_cli.exports.io import parse_size
 
@@ -54,11 +54,11 @@ def prune_(model: torch.nn.Module, pattern: str) -> dict[str, float]:
 
 def write_provenance(folder: Path, base: Path, layers: dict[str, float], pattern: str) -> None:
     """What `zprune prune` writes, through the one writer (schema 2)."""
-    from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
-    from zprune_cli.recipe import PruneRecipe
+    from zprune_cli.records.provenance import BaseModel, CalibrationRecord, Provenance
+    from zprune_cli.engine.recipe import PruneRecipe
 
     Provenance(
-        base_model=BaseModel("tiny-llama", str(base), FINGERPRINT), recipe=PruneRecipe("wanda", pattern=pattern),
+        base_model=BaseModel("tiny-llama", str(base), FINGERPRINT), recipe=PruneRecipe("wanda", pattern=pattern).record(),
         pruned_layers=layers, overall_sparsity=sum(layers.values()) / len(layers), stats_key="ab" * 10,
         calibration=CalibrationRecord("c4", 8, 256, 0, "float32"), seconds=1.5,
         results={"ppl:wikitext2": {"value": 41.5, "protocol": {"dataset": "wikitext2"}}},
@@ -147,12 +147,16 @@ def test_round_trip_bit_identical(folders, tmp_path, fmt, source):
 def test_format_1_provenance_is_still_read(folders, tmp_path):
     import shutil
 
-    from zprune_cli.provenance import Provenance
+    from zprune_cli.engine.recipe import recipe_of
+    from zprune_cli.records.provenance import Provenance
 
     shutil.copytree(folders["pruned"], tmp_path / "old")
     write_provenance_v1(tmp_path / "old", folders["base"], Provenance.read(folders["pruned"]).pruned_layers, "unstructured")
     old = Provenance.read(tmp_path / "old")
-    assert old.recipe == Provenance.read(folders["pruned"]).recipe  # the same recipe, lifted from flat keys
+    new = Provenance.read(folders["pruned"])
+    assert recipe_of(old.recipe) == recipe_of(new.recipe)  # the same recipe, lifted from flat keys
+    # it stored no digest: its results are keyed apart from today's recipe, whose weights may differ
+    assert old.recipe.digest is None and old.cell_digest.startswith("v1-") and new.cell_digest == recipe_of(new.recipe).digest
     export(tmp_path / "old", tmp_path / "out", "hf")
     assert json.loads((tmp_path / "out" / "zprune.json").read_text())["schema"] == 2
 

@@ -17,17 +17,17 @@ from safetensors import safe_open
 from torch import nn
 
 from conftest import FAMILIES, MORE_FAMILIES, byte_tokenizer, save_tiny
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import perplexity
 from zprune_cli.evaluation.efficiency import semi_structured_speedup
 from zprune_cli.exports import apply_masks, export
 from zprune_cli.models.blocks import find_blocks, find_linears, is_transposed, layer_modules, pruned_layers, weight_view
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.pretrained import load_pretrained
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
-from zprune_cli.sparsity import nm_violation
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
+from zprune_cli.base.sparsity import nm_violation
 
 ALL = FAMILIES + MORE_FAMILIES
 # The original six already run N:M in test_prune.py; their SparseGPT run here is the slow (CI) half.
@@ -150,7 +150,7 @@ class _RoutedExperts(nn.Module):
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_an_expert_no_token_reaches_is_reported_not_crashed_on(method, tmp_path, text_file, cache, caplog):
-    from zprune_cli.calibration import calibrate
+    from zprune_cli.verbs.calibration import calibrate
 
     handle = ModelHandle(str(save_tiny(tmp_path / "base", "llama")))
     for layer in handle.model.model.layers:

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 runner = CliRunner()
 CAL = ["-n", "4", "-l", "64"]
@@ -138,7 +138,7 @@ def test_results_database_on_a_full_disk(tiny_dir, text_file, small_disk):
 
 def test_recording_on_a_full_disk_says_so(tmp_path, monkeypatch):
     """SQLite's "database or disk is full" is no lock to wait out: one line, no file kept aside on the full disk."""
-    from zprune_cli.results import ResultRow, ResultsStore
+    from zprune_cli.records.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
 
@@ -156,7 +156,7 @@ def test_recording_on_a_full_disk_says_so(tmp_path, monkeypatch):
 def test_a_killed_writers_temporary_record_is_swept_by_the_next_write(tmp_path):
     """eval rewrites zprune.json and README.md in the model folder; a writer killed there leaves its temporary
     file, which the next write beside it removes (the folder is what users upload)."""
-    from zprune_cli.staging import temporary_beside
+    from zprune_cli.base.staging import temporary_beside
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -169,7 +169,7 @@ def test_a_killed_writers_temporary_record_is_swept_by_the_next_write(tmp_path):
 
 def test_a_plot_on_a_full_disk_leaves_no_empty_image(small_disk, tmp_path):
     pytest.importorskip("matplotlib")
-    from zprune_cli.plot import plot_leaderboard
+    from zprune_cli.rendering.plot import plot_leaderboard
 
     rows = [{"model": "m", "method": "dense", "pattern": "", "sparsity": 0.0, "metrics": {"ppl:x": 20.0}},
             {"model": "m", "method": "wanda", "pattern": "unstructured", "sparsity": 0.5, "metrics": {"ppl:x": 30.0}}]

@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from zprune_cli.cli import compare_cmd
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import Evaluation
-from zprune_cli.grid import Grid
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration, Settings, load_settings
+from zprune_cli.verbs.grid import Grid
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration, Settings, load_settings
 
 TOML = """
 [grids.paper]

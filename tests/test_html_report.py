@@ -12,12 +12,12 @@ from html.parser import HTMLParser
 
 import pytest
 
-import zprune_cli.staging as staging
+import zprune_cli.base.staging as staging
 from test_compare import cli_grid, invoke
-from zprune_cli.errors import ZpruneError
-from zprune_cli.leaderboard_cells import HEAD
-from zprune_cli.plot import plot_image
-from zprune_cli.report_html import leaderboard_html
+from zprune_cli.base.errors import ZpruneError
+from zprune_cli.records.leaderboard_cells import HEAD
+from zprune_cli.rendering.plot import plot_image
+from zprune_cli.rendering.report_html import leaderboard_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

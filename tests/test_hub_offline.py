@@ -7,7 +7,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from zprune_cli import hub
+from zprune_cli.base import hub
 from zprune_cli.cli.app import app
 
 runner = CliRunner()

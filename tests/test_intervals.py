@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.intervals import accuracy_interval, paired_difference, ppl_interval
-from zprune_cli.leaderboard_cells import value_text
-from zprune_cli.ranking import mark_best
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.records.intervals import accuracy_interval, paired_difference, ppl_interval
+from zprune_cli.records.leaderboard_cells import value_text
+from zprune_cli.records.ranking import mark_best
 
 
 def test_paired_test_on_a_hand_worked_example():
@@ -102,8 +102,8 @@ def test_rows_without_windows_keep_the_lowest_value_as_best():
 
 
 def test_an_old_stored_row_without_windows_loads_and_a_new_one_has_its_interval(tmp_path):
-    from zprune_cli.comparison import leaderboard
-    from zprune_cli.results import ResultRow, ResultsStore
+    from zprune_cli.verbs.comparison import leaderboard
+    from zprune_cli.records.results import ResultRow, ResultsStore
 
     store = ResultsStore(tmp_path / "results.sqlite")
     protocol = {"dataset": "wikitext2", "split": "test", "seqlen": 8, "n_windows": 3}
@@ -119,7 +119,7 @@ def test_an_old_stored_row_without_windows_loads_and_a_new_one_has_its_interval(
     # one of the two has no windows: no paired test, the lower value is marked as before
     assert rows["r-new"]["best"] == ["ppl:wikitext2"] and rows["r-old"]["best"] == []
 
-    from zprune_cli.report_html import leaderboard_html
+    from zprune_cli.rendering.report_html import leaderboard_html
 
     page = leaderboard_html(list(rows.values()), versions={}, generated="now")
     low, high = ppl_interval(nlls)

@@ -243,7 +243,7 @@ def windowed(method, column, shift, propagate="dense", model="m"):
 
 
 def test_the_published_table_marks_best_only_past_the_runner_up_and_shows_intervals():
-    from zprune_cli.intervals import ppl_interval
+    from zprune_cli.records.intervals import ppl_interval
 
     clear = [windowed("wanda", 0.5, 0.0), windowed("ria", 0.5, [0.1, 0.2, 0.1, 0.2])]
     tied = [windowed("wanda", 0.6, 0.0), windowed("ria", 0.6, [0.3, -0.1, 0.2, -0.2])]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.masks import Pattern, prune_count, select_prune_mask
-from zprune_cli.sparsity import check_nm
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.masks import Pattern, prune_count, select_prune_mask
+from zprune_cli.base.sparsity import check_nm
 
 
 def tied_scores(rows: int, cols: int, seed: int = 0) -> torch.Tensor:

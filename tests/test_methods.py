@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.masks import Pattern, prune_count
-from zprune_cli.sparsity import check_nm
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.masks import Pattern, prune_count
+from zprune_cli.base.sparsity import check_nm
 from conftest import score_methods
 from zprune_cli.methods import METHODS, Method, PruneResult, get_method, method_names, register
 from zprune_cli.methods.obs import reconstruct

@@ -15,8 +15,8 @@ from conftest import byte_tokenizer, tiny_config
 from zprune_cli import calibrate, prune
 from zprune_cli.cli.app import app
 from zprune_cli.models.offload import TRACKER
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration, Settings
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration, Settings
 
 RECIPES = {"wanda": PruneRecipe(method="wanda", sparsity=0.5),  # dense propagation: statistics from the store
            "sparsegpt": PruneRecipe(method="sparsegpt", sparsity=0.5, propagate="pruned")}
@@ -205,7 +205,7 @@ def test_offloaded_compare_measures_each_block_as_it_is_pruned(depths, tmp_path,
     """compare --offload disk: every cell pruned from the checkpoint and measured block by block gives the
     in-memory grid's perplexities and sparsities, bit for bit, holding one block at a time."""
     from zprune_cli import compare
-    from zprune_cli.comparison import grid_recipes
+    from zprune_cli.verbs.comparison import grid_recipes
     from zprune_cli.evaluation.run import Evaluation
 
     recipes = [*grid_recipes("magnitude,wanda", "0.5", "unstructured,2:4"),
@@ -384,7 +384,7 @@ def test_offloaded_masks_equal_in_memory_block_by_block(family, depths, tmp_path
     from transformers import AutoModelForCausalLM
 
     from zprune_cli.exports import export
-    from zprune_cli.pruning import prune_with_masks
+    from zprune_cli.verbs.pruning import prune_with_masks
 
     base = depths[12] if family == "llama" else save_tiny(tmp_path / "base", family)
     calibration = Calibration(data=str(text_file), nsamples=3, seqlen=24, seed=0)
@@ -415,7 +415,7 @@ def test_host_offload_several_methods_perplexity_and_masks(depths, tmp_path, tex
     from transformers import AutoModelForCausalLM
 
     from zprune_cli.exports import export
-    from zprune_cli.pruning import prune_with_masks
+    from zprune_cli.verbs.pruning import prune_with_masks
 
     calibration = Calibration(data=str(text_file), nsamples=3, seqlen=24, seed=0)
     states = {}

@@ -16,9 +16,9 @@ import pytest
 from conftest import score_methods
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
 
 N = 4  # calibration windows
 

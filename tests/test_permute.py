@@ -11,17 +11,17 @@ from typer.testing import CliRunner
 
 from conftest import save_tiny, tiny_config, tiny_model
 from zprune_cli.cli.app import app
-from zprune_cli.comparison import grid_recipes
-from zprune_cli.masks import Pattern
+from zprune_cli.verbs.comparison import grid_recipes
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods import get_method
 from zprune_cli.methods.permutation import find_permutation, heuristic_order, kept_score, lsa_refine
 from zprune_cli.methods.permuted import Permuter
 from zprune_cli.models.blocks import find_blocks, find_linears, pruned_layers, weight_view
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
-from zprune_cli.sparsity import check_nm
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
+from zprune_cli.base.sparsity import check_nm
 
 runner = CliRunner()
 

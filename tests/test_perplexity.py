@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 
 from conftest import tiny_model
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
 
 VOCAB = 256

@@ -9,8 +9,8 @@ import pytest
 
 from zprune_cli.data.sources import resolve_source
 from zprune_cli.evaluation.run import Evaluation, perplexity_protocol, zeroshot_protocol
-from zprune_cli.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Protocol, SparsityProtocol, ZeroShotProtocol
-from zprune_cli.results import ResultRow, ResultsStore, canonical_json
+from zprune_cli.records.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Protocol, SparsityProtocol, ZeroShotProtocol
+from zprune_cli.records.results import ResultRow, ResultsStore, canonical_json
 
 # The dicts evaluation/run.py built by hand before the types, and their canonical JSON as the store holds it
 OLD = {

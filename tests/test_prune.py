@@ -9,16 +9,16 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import FAMILIES, save_tiny
-from zprune_cli.calibration import calibrate
+from zprune_cli.verbs.calibration import calibrate
 from zprune_cli.cli.app import app
-from zprune_cli.sparsity import check_nm
+from zprune_cli.base.sparsity import check_nm
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.methods import METHODS, method_names
 from zprune_cli.models.blocks import pruned_layers
-from zprune_cli.pipeline import layer_sparsities, prune_in_memory
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
+from zprune_cli.engine.pipeline import layer_sparsities, prune_in_memory
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
 
 runner = CliRunner()
 
@@ -173,7 +173,7 @@ def test_masks_round_trip_through_the_cli(tiny_dir, text_file, cache, tmp_path):
 
 
 def test_pruned_propagation_statistics_are_cached(tiny_dir, text_file, cache, monkeypatch):
-    import zprune_cli.pipeline as pipeline
+    import zprune_cli.engine.pipeline as pipeline
 
     entry = calibrate(str(tiny_dir), cal(text_file), gram=True).entry
     first = ModelHandle(str(tiny_dir))

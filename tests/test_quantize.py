@@ -15,8 +15,8 @@ from zprune_cli.exports import export
 from zprune_cli.methods import get_method
 from zprune_cli.methods.obs import gptq
 from zprune_cli.methods.quantize import QuantSpec, bf16_ceil, fit
-from zprune_cli.masks import Pattern
-from zprune_cli.recipe import PruneRecipe
+from zprune_cli.base.masks import Pattern
+from zprune_cli.engine.recipe import PruneRecipe
 from zprune_cli.stats.types import LayerStats
 
 runner = CliRunner()

@@ -9,17 +9,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import zprune_cli.comparison as comparison
+import zprune_cli.verbs.comparison as comparison
 from zprune_cli.cli.app import app
-from zprune_cli.comparison import compare
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.verbs.comparison import compare
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import Evaluation
 from zprune_cli.methods import METHODS, method_names
 from zprune_cli.models.blocks import block_linears
-from zprune_cli.provenance import SCHEMA_VERSION, Provenance
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
+from zprune_cli.records.provenance import SCHEMA_VERSION, Provenance
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe, recipe_of
+from zprune_cli.base.settings import Calibration
 
 runner = CliRunner()
 BASE = PruneRecipe("ria", 0.5)
@@ -212,11 +212,11 @@ def test_zprune_json_is_strict_and_valid_for_every_method(method, tiny_dir, text
     assert data["schema"] == SCHEMA_VERSION and data["recipe_digest"] == recipe.digest
     assert PruneRecipe.from_dict(data["recipe"]) == recipe
     read = Provenance.read(tmp_path / "p")
-    assert read.recipe == recipe and read.overall_sparsity == pytest.approx(0.5, abs=1 / 32)  # floor() per 32-wide row
+    assert recipe_of(read.recipe) == recipe and read.overall_sparsity == pytest.approx(0.5, abs=1 / 32)  # floor() per 32-wide row
 
 
 def test_provenance_refuses_bad_files(tmp_path):
-    from zprune_cli.errors import ZpruneError
+    from zprune_cli.base.errors import ZpruneError
 
     (tmp_path / "zprune.json").write_text('{"schema": 2, "overall_sparsity": NaN}')
     with pytest.raises(ZpruneError, match="NaN"):
@@ -274,7 +274,7 @@ def test_cli_prune_and_compare_apply_the_same_config_overrides(tiny_dir, text_fi
     assert result.exit_code == 0, result.output
     [digest] = captured
     recorded = Provenance.read(tmp_path / "p")
-    assert recorded.recipe.digest == digest and recorded.recipe.overrides == ((r"mlp\.down_proj", 0.25),)
+    assert recorded.recipe.digest == digest and recipe_of(recorded.recipe).overrides == ((r"mlp\.down_proj", 0.25),)
     assert recorded.pruned_layers["model.layers.0.mlp.down_proj"] == 0.25
     saved = weights(AutoModelForCausalLM.from_pretrained(tmp_path / "p"))
     assert all(torch.equal(saved[n], captured[digest][n]) for n in saved)

@@ -11,19 +11,19 @@ import torch
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
-from zprune_cli.comparison import grid_recipes
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.verbs.comparison import grid_recipes
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.masks import Pattern, select_prune_mask
 from zprune_cli.methods import get_method
 from zprune_cli.methods.obs import reconstruct as reconstruct_obs
 from zprune_cli.methods.pcg import damped, pcg_solve, reconstruct_pcg
 from zprune_cli.methods.swaps import layer_error, refine_swaps
 from zprune_cli.models.blocks import block_linears
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
-from zprune_cli.sparsity import nm_violation
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
+from zprune_cli.base.sparsity import nm_violation
 from zprune_cli.stats.types import LayerStats
 
 runner = CliRunner()
@@ -236,7 +236,7 @@ def test_grid_axes_for_refine_and_reconstruct(caplog):
 
 def test_an_entry_of_store_format_2_is_recomputed_never_misread(tiny_dir, text_file, cache):
     """Format 3 added sum(x); an entry written before (no `.sum`, "format": 2) is removed and computed again."""
-    from zprune_cli.calibration import calibrate
+    from zprune_cli.verbs.calibration import calibrate
     from zprune_cli.stats.store import CorruptEntry, StatsStore
 
     cal = Calibration(str(text_file), 2, 16, 0)

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.results import SCHEMA_VERSION, ResultRow, ResultsStore, results_path
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.records.results import SCHEMA_VERSION, ResultRow, ResultsStore, results_path
 
 PROTOCOL = {"dataset": "wikitext2", "split": "test", "seqlen": 2048, "n_windows": 140}
 CELL = dict(

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import score_methods
-from zprune_cli.machine import human_bytes
-from zprune_cli.pipeline import all_finite
+from zprune_cli.base.machine import human_bytes
+from zprune_cli.engine.pipeline import all_finite
 
 
 def test_all_finite_is_exact():
@@ -39,7 +39,7 @@ def test_lowest_k_selects_without_kthvalue_on_the_cpu(monkeypatch):
     """At a Llama-2-7B MLP's 11008:4096 ratio (344 x 128 here), per row and over the whole matrix: the
     selection is the sort's, with and without ties, and torch.kthvalue (0.9-1.6 s per 7B matrix, the
     largest share of a wanda prune) is not called on the CPU."""
-    from zprune_cli.masks import kth_smallest, lowest_k
+    from zprune_cli.base.masks import kth_smallest, lowest_k
 
     torch.manual_seed(0)
     real = torch.randn(344, 128).abs()
@@ -57,10 +57,10 @@ def test_lowest_k_selects_without_kthvalue_on_the_cpu(monkeypatch):
 def test_score_methods_zero_the_layer_in_place():
     """A score method's mask is applied to the layer's own storage (at 7B a pruned copy of each layer, its
     second finite check and the copy back cost ~1 s per MLP matrix), with the weights `prune` returns."""
-    from zprune_cli.masks import Pattern
+    from zprune_cli.base.masks import Pattern
     from zprune_cli.methods import METHODS
-    from zprune_cli.pipeline import _Pruner
-    from zprune_cli.recipe import PruneRecipe
+    from zprune_cli.engine.pipeline import _Pruner
+    from zprune_cli.engine.recipe import PruneRecipe
     from zprune_cli.stats.types import LayerStats
 
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_a_model_larger_than_memory_is_refused_naming_offload_disk(tiny_dir, tex
 def test_nonzeros_counts_like_torch():
     """The numpy count (10x faster on a pruned float32 weight) is torch's count: -0.0 is zero, NaN is not,
     for strided views and every dtype."""
-    from zprune_cli.sparsity import nonzeros
+    from zprune_cli.base.sparsity import nonzeros
 
     w = torch.randn(344, 128)
     w[w.abs() < 0.7] = 0
@@ -137,7 +137,7 @@ def test_n_of_m_by_comparisons_is_what_topk_picked():
     topk picked before it, so published masks reproduce: untied scores at 344 x 1024 (the comparisons, equal
     to a stable sort there too), scores tied across a group's cut (magnitude on quantized weights: topk's own
     tie order is kept), and one group a row (SparseGPT's chooser: topk)."""
-    from zprune_cli.masks import Pattern, select_prune_mask
+    from zprune_cli.base.masks import Pattern, select_prune_mask
 
     torch.manual_seed(0)
     untied, tied, one_group = torch.randn(344, 1024).abs(), torch.randint(0, 3, (344, 1024)).float(), torch.rand(344, 8)
@@ -190,7 +190,7 @@ def test_zpruner_and_ria_in_place_equal_their_formulas():
 
 def _obs_walk_as_written(W: torch.Tensor, H: torch.Tensor, sparsity: float, blocksize: int) -> torch.Tensor:
     """SparseGPT's walk as the paper and the reference write it, on [out, b] blocks (unstructured)."""
-    from zprune_cli.masks import Pattern, select_prune_mask
+    from zprune_cli.base.masks import Pattern, select_prune_mask
 
     W = W.clone()
     damped = H + 0.01 * H.diagonal().mean() * torch.eye(H.shape[0])
@@ -236,12 +236,12 @@ def test_propagated_statistics_are_not_cached_where_they_would_fill_the_disk(tin
     import shutil as real_shutil
 
     import zprune_cli.stats.store as store
-    from zprune_cli.calibration import calibrate
+    from zprune_cli.verbs.calibration import calibrate
     from zprune_cli.models.blocks import block_linears
     from zprune_cli.models.handle import ModelHandle
-    from zprune_cli.pipeline import prune_in_memory
-    from zprune_cli.recipe import PruneRecipe
-    from zprune_cli.settings import Calibration
+    from zprune_cli.engine.pipeline import prune_in_memory
+    from zprune_cli.engine.recipe import PruneRecipe
+    from zprune_cli.base.settings import Calibration
 
     entry = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), inputs_only=True).entry
     usage = collections.namedtuple("usage", "total used free")
@@ -268,7 +268,7 @@ def test_swaps_multiply_by_the_hessian_once(monkeypatch):
     """Swap refinement computes C = (W * M) H (O(out in^2): 4096 x 11008^2 at a 7B down_proj) once; the final
     error came from a second such product though C is kept up to date. At the down_proj's 4096:11008 ratio
     (64 x 172), the refined mask and the errors are those of the formula, for rows and 2:4 groups."""
-    from zprune_cli.masks import Pattern, select_prune_mask
+    from zprune_cli.base.masks import Pattern, select_prune_mask
     from zprune_cli.methods.pcg import damped
     from zprune_cli.methods.swaps import layer_error, refine_swaps
 
@@ -325,7 +325,7 @@ def test_an_output_the_disk_cannot_hold_is_refused_before_any_work(tiny_dir, tex
 
     from typer.testing import CliRunner
 
-    import zprune_cli.pruning as pruning
+    import zprune_cli.verbs.pruning as pruning
     from zprune_cli.cli.app import app
     from zprune_cli.models.host_memory import checkpoint_params
 
@@ -350,7 +350,7 @@ def test_layer_scope_kth_by_radix_is_the_sorts():
     """A whole layer's k-th score by its float bits (1.9x faster than np.partition at 11008 x 4096; magnitude,
     RIA and Z-Pruner select per layer) is the sorted order's, with ties, zeros of both signs, infinities, and
     a negative score (then np.partition)."""
-    from zprune_cli.masks import RADIX_MIN, kth_smallest, lowest_k
+    from zprune_cli.base.masks import RADIX_MIN, kth_smallest, lowest_k
 
     torch.manual_seed(0)
     n = RADIX_MIN + 4099

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from conftest import DATA_DIR
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration, Settings, load_settings
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration, Settings, load_settings
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
 from zprune_cli.data.fit import WindowFit, covered_tokens
-from zprune_cli.machine import host_memory_bytes, human_bytes
+from zprune_cli.base.machine import host_memory_bytes, human_bytes
 
 runner = CliRunner()
 HIDDEN = 32  # conftest's TINY model; float32 on the CPU
@@ -58,10 +58,10 @@ def test_absurd_sizes_are_refused_before_the_model_loads(tiny_dir, text_file, ca
 def test_the_memory_bound_is_the_exact_need(tiny_dir, monkeypatch):
     """need = token ids + 2 x block inputs on the CPU; on an accelerator the inputs are checked against its memory
     and the host holds the ids and one copy of the inputs."""
-    from zprune_cli import calibration
-    from zprune_cli.errors import ZpruneUsageError
+    from zprune_cli.verbs import calibration
+    from zprune_cli.base.errors import ZpruneUsageError
     from zprune_cli.models.handle import ModelHandle
-    from zprune_cli.settings import Calibration
+    from zprune_cli.base.settings import Calibration
 
     cal = Calibration("c4", nsamples=3, seqlen=10)
     ids, inputs = 3 * 10 * 8, 2 * 3 * 10 * HIDDEN * 4
@@ -81,7 +81,7 @@ def test_the_memory_bound_is_the_exact_need(tiny_dir, monkeypatch):
 
 
 def test_an_entry_larger_than_the_free_disk_is_refused_before_the_model_loads(tiny_dir, text_file, cache, loads, monkeypatch):
-    from zprune_cli import calibration
+    from zprune_cli.verbs import calibration
 
     monkeypatch.setattr(calibration, "free_disk_bytes", lambda folder: 1000)
     line = error_line(invoke("calibrate", tiny_dir, "--data", text_file, "-n", 4, "-l", 64), 1)

@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from conftest import DATA_DIR
-from zprune_cli.calibration import calibrate
-from zprune_cli.comparison import grid_recipes
+from zprune_cli.verbs.calibration import calibrate
+from zprune_cli.verbs.comparison import grid_recipes
 from zprune_cli.evaluation.efficiency import is_2_4
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure
 from zprune_cli.methods import METHODS, method_names
 from zprune_cli.models.blocks import pruned_layers
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
-from zprune_cli.progress import NullProgress
-from zprune_cli.pruning import make_provenance, save_pruned
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration, Settings
+from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory
+from zprune_cli.base.progress import NullProgress
+from zprune_cli.verbs.pruning import make_provenance, save_pruned
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration, Settings
 
 # DATA_DIR: the full ../shared/data when present, else the slice shipped in tests/data (same layout)
 pytestmark = pytest.mark.slow
@@ -107,8 +107,8 @@ def test_arc_easy_above_chance(smol):
 
 
 def test_compare_five_methods_with_plot(smol, tmp_path):
-    from zprune_cli.comparison import compare
-    from zprune_cli.plot import plot_leaderboard
+    from zprune_cli.verbs.comparison import compare
+    from zprune_cli.rendering.plot import plot_leaderboard
 
     handle, calibration, settings = smol
     snapshot = DenseSnapshot(handle.model)

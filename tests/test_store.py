@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from zprune_cli.settings import Calibration, Settings
-from zprune_cli.calibration import calibrate
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.settings import Calibration, Settings
+from zprune_cli.verbs.calibration import calibrate
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.store import StatsKey, StatsStore
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.stats.store import StatsKey, StatsStore, remove_unheld_lock
 
 KEY = StatsKey("fp", "float32", "c4:train", "abc", 8, 256, 0, False)

@@ -1,10 +1,10 @@
 """The leaderboard's analysis sentences, rendered from leaderboard.json so they cannot drift from its numbers.
 
 Every number in a sentence is computed from the cells; every "better than" rests on the paired test of the
-two cells' per-window NLLs (zprune_cli.intervals), and a difference whose 95% interval includes zero is
+two cells' per-window NLLs (zprune_cli.records.intervals), and a difference whose 95% interval includes zero is
 called "within noise". Cells stored without windows are compared by value only and said to be untested.
 publish.py writes the result between ANALYSIS markers in RESULTS.md and README_MARKERS in the README.
-No torch import: zprune_cli.intervals is pure.
+No torch import: zprune_cli.records.intervals is pure.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from publish import COLUMNS, column_of, perplexity_of, recipe_name
-from zprune_cli.intervals import paired_difference
+from zprune_cli.records.intervals import paired_difference
 
 START, END = "<!-- analysis:start -->", "<!-- analysis:end -->"
 README_START, README_END = "<!-- results-summary:start -->", "<!-- results-summary:end -->"

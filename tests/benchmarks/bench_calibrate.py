@@ -25,11 +25,11 @@ from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline
 
 import torch  # noqa: E402
 
-from zprune_cli.calibration import calibrate  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate  # noqa: E402
 from zprune_cli.data.sources import resolve_source  # noqa: E402
 from zprune_cli.data.windows import calibration_windows  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
 
 
 GOAL_NORMS = 1.2  # calibrate without Gram matrices <= 1.2x a plain forward pass

@@ -42,11 +42,11 @@ def main() -> None:
     os.environ.setdefault("ZPRUNE_DATA_DIR", str(DATA_DIR))
     c4 = str(C4)
 
-    from zprune_cli.calibration import calibrate
-    from zprune_cli.comparison import compare, grid_recipes
+    from zprune_cli.verbs.calibration import calibrate
+    from zprune_cli.verbs.comparison import compare, grid_recipes
     from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure
     from zprune_cli.models.handle import ModelHandle
-    from zprune_cli.settings import Calibration, Settings
+    from zprune_cli.base.settings import Calibration, Settings
 
     handle = ModelHandle(args.model, device="cpu")
     handle.model  # load once, outside every timing

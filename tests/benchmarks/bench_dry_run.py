@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))  # this checkout's zprune, also in the child proce
 from zprune_cli.estimation.memory import IMPORTS_BYTES  # noqa: E402
 
 MiB = 1 << 20
-IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.pruning, zprune_cli.comparison"
+IMPORTS = "import torch, transformers, zprune_cli.cli.app, zprune_cli.verbs.pruning, zprune_cli.verbs.comparison"
 GOAL = 0.20  # estimates within 20% of the measured peaks
 
 

@@ -23,15 +23,15 @@ from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline
 
 import torch  # noqa: E402
 
-from zprune_cli.calibration import calibrate  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate  # noqa: E402
 from zprune_cli.exports import export, load_pretrained, load_tokenizer  # noqa: E402
 from zprune_cli.models.blocks import pruned_layers  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.pipeline import prune_in_memory  # noqa: E402
-from zprune_cli.progress import NullProgress  # noqa: E402
-from zprune_cli.pruning import make_provenance, save_pruned  # noqa: E402
-from zprune_cli.recipe import PruneRecipe  # noqa: E402
-from zprune_cli.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.engine.pipeline import prune_in_memory  # noqa: E402
+from zprune_cli.base.progress import NullProgress  # noqa: E402
+from zprune_cli.verbs.pruning import make_provenance, save_pruned  # noqa: E402
+from zprune_cli.engine.recipe import PruneRecipe  # noqa: E402
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
 
 MiB = 2**20
 

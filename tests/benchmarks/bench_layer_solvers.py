@@ -33,7 +33,7 @@ from _bench import library_state  # noqa: F401  (sets offline env first)
 
 import torch  # noqa: E402
 
-from zprune_cli.masks import Pattern  # noqa: E402
+from zprune_cli.base.masks import Pattern  # noqa: E402
 from zprune_cli.methods import get_method  # noqa: E402
 from zprune_cli.stats.types import LayerStats  # noqa: E402
 

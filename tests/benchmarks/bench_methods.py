@@ -27,12 +27,12 @@ from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline
 
 import torch  # noqa: E402
 
-from zprune_cli.calibration import calibrate  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate  # noqa: E402
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
-from zprune_cli.recipe import PruneRecipe  # noqa: E402
-from zprune_cli.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
+from zprune_cli.engine.recipe import PruneRecipe  # noqa: E402
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
 
 # name -> recipe fields besides sparsity / pattern
 RECIPES = {

@@ -29,9 +29,9 @@ from _bench import C4, library_state
 from zprune_cli.models import blocks as blocks_module
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pruning import prune
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration, Settings
+from zprune_cli.verbs.pruning import prune
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration, Settings
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ from _bench import library_state  # noqa: E402  (sets offline env first)
 
 import torch  # noqa: E402
 
-from zprune_cli.masks import Pattern  # noqa: E402
+from zprune_cli.base.masks import Pattern  # noqa: E402
 from zprune_cli.methods import get_method  # noqa: E402
 from zprune_cli.methods.permutation import LSA_WORK, heuristic_order, kept_score, lsa_refine  # noqa: E402
 from zprune_cli.stats.types import LayerStats  # noqa: E402

@@ -27,7 +27,7 @@ from _bench import library_state  # noqa: F401  (sets offline env first)
 import torch  # noqa: E402
 from bench_layer_solvers import activations_gram  # noqa: E402
 
-from zprune_cli.masks import Pattern  # noqa: E402
+from zprune_cli.base.masks import Pattern  # noqa: E402
 from zprune_cli.methods import get_method  # noqa: E402
 from zprune_cli.methods.obs import gptq  # noqa: E402
 from zprune_cli.methods.quantize import QuantSpec  # noqa: E402

@@ -20,14 +20,14 @@ from _bench import C4, DATA_DIR, library_state  # noqa: F401  (sets offline env 
 
 import torch  # noqa: E402
 
-from zprune_cli.calibration import calibrate  # noqa: E402
-from zprune_cli.masks import Pattern  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate  # noqa: E402
+from zprune_cli.base.masks import Pattern  # noqa: E402
 from zprune_cli.methods import get_method  # noqa: E402
 from zprune_cli.methods.obs import reconstruct as reconstruct_obs  # noqa: E402
 from zprune_cli.methods.pcg import reconstruct_pcg  # noqa: E402
 from zprune_cli.models.blocks import pruned_layers  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

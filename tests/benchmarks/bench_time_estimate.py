@@ -22,17 +22,17 @@ from _bench import C4, REPO, library_state  # noqa: E402  (sets offline env firs
 
 sys.path.insert(0, str(REPO))
 
-from zprune_cli.calibration import calibrate, calibration_inputs  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate, calibration_inputs  # noqa: E402
 from zprune_cli.data.sources import resolve_source  # noqa: E402
 from zprune_cli.estimation.estimate import Target, estimate_prune  # noqa: E402
 from zprune_cli.estimation.machine import timed  # noqa: E402
 from zprune_cli.estimation.shape import model_shape  # noqa: E402
 from zprune_cli.estimation.throughput import measure_throughput  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
-from zprune_cli.pipeline import prune_in_memory  # noqa: E402
-from zprune_cli.progress import NullProgress  # noqa: E402
-from zprune_cli.recipe import PruneRecipe, calibration_needs  # noqa: E402
-from zprune_cli.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.engine.pipeline import prune_in_memory  # noqa: E402
+from zprune_cli.base.progress import NullProgress  # noqa: E402
+from zprune_cli.engine.recipe import PruneRecipe, calibration_needs  # noqa: E402
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,7 @@
 """The leaderboard's data (leaderboard.json) and its published forms: the README "Results" section, the
 leaderboard section of RESULTS.md and the PNG plot, and the comparison `leaderboard.py --check` makes.
 Rendering is pure (a test re-renders and compares with the committed files); writing replaces only the
-text between the markers. No torch import (zprune_cli.intervals, pure, only): tests load this module cheaply."""
+text between the markers. No torch import (zprune_cli.records.intervals, pure, only): tests load this module cheaply."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def perplexity_table(cells: list[dict]) -> list[str]:
 
 def column_marks(cells: list[dict]) -> dict[int, str]:
     """id(cell) -> "best" or "tied" for one column's pruned cells (see perplexity_table): the leaderboard's own
-    rule (zprune_cli.ranking.mark_column), on views of the cells; a lone cell is the best of its column."""
-    from zprune_cli.ranking import mark_column
+    rule (zprune_cli.records.ranking.mark_column), on views of the cells; a lone cell is the best of its column."""
+    from zprune_cli.records.ranking import mark_column
 
     ranked = [c for c in cells if math.isfinite(_float(perplexity_of(c)))]
     if len(ranked) < 2:
@@ -128,7 +128,7 @@ def _number(cell: dict | None, mark: str | None = None) -> str:
     text = f"{value:.2f}"
     nlls = window_nlls(cell)
     if nlls and len(nlls) >= 2 and math.isfinite(value):
-        from zprune_cli.intervals import ppl_interval
+        from zprune_cli.records.intervals import ppl_interval
 
         low, high = ppl_interval(nlls)
         text += f" [{low:.2f}, {high:.2f}]"

@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zprune_cli import cache
+from zprune_cli.verbs import cache
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import common

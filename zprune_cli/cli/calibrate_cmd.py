@@ -3,7 +3,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from zprune_cli.calibration import calibrate
+from zprune_cli.verbs.calibration import calibrate
 from zprune_cli.cli import dry_run as dry
 from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app

@@ -13,13 +13,13 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from zprune_cli.choices import RECONSTRUCTIONS
+from zprune_cli.base.choices import RECONSTRUCTIONS
 from zprune_cli.cli.output import error, setup_logging
 from zprune_cli.cli.progress import progress_for
 from zprune_cli.cli import Terminated, interrupted, swallowed_signal
-from zprune_cli import distributed
-from zprune_cli.errors import ZpruneUsageError, translate
-from zprune_cli.settings import Settings, load_settings
+from zprune_cli.base import distributed
+from zprune_cli.base.errors import ZpruneUsageError, translate
+from zprune_cli.base.settings import Settings, load_settings
 
 
 @dataclass

@@ -11,11 +11,11 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.leaderboard_render import FORMATS, Output  # noqa: F401  (FORMATS: still importable from here)
 from zprune_cli.cli.prune_cmd import parse_options
-from zprune_cli.comparison import compare, leaderboard
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.grid import FLAGS, GRID_KEYS, Grid
-from zprune_cli.leaderboard_cells import known_metrics
-from zprune_cli.results import ResultsStore, results_path
+from zprune_cli.verbs.comparison import compare, leaderboard
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.verbs.grid import FLAGS, GRID_KEYS, Grid
+from zprune_cli.records.leaderboard_cells import known_metrics
+from zprune_cli.records.results import ResultsStore, results_path
 
 
 @app.command("compare", cls=aliased(methods="method", patterns="pattern"))

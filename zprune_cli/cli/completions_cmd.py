@@ -14,7 +14,7 @@ import typer
 from typer.completion import get_completion_script
 
 from zprune_cli.cli.app import app
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 
 SHELLS = ("bash", "zsh", "fish")
 PROG_NAME = "zprune"

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from zprune_cli.cli.common import Common
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.calibration import check_calibration, check_memory
+from zprune_cli.verbs.calibration import check_calibration, check_memory
 from zprune_cli.cli.render import human_bytes
-from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.estimation.estimate import (Estimate, Target, estimate_calibrate, estimate_compare, estimate_eval,
                                             estimate_prune)
 from zprune_cli.estimation.machine import accepted_offloads, checked, machine_memory, timed
@@ -24,9 +24,9 @@ from zprune_cli.estimation.throughput import measure_throughput
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, base_model_handle, provenance_of, refuse_whole_model_work
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import parse_dtype, source_dtype
-from zprune_cli.pruning import output_paths
-from zprune_cli.recipe import PruneRecipe, needs_calibration
-from zprune_cli.settings import Calibration
+from zprune_cli.verbs.pruning import output_paths
+from zprune_cli.engine.recipe import PruneRecipe, needs_calibration
+from zprune_cli.base.settings import Calibration
 
 
 log = logging.getLogger("zprune")

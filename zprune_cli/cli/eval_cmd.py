@@ -13,8 +13,8 @@ from zprune_cli.cli.app import app
 from zprune_cli.cli.common import aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
 from zprune_cli.evaluation.run import EvalReport, Evaluation, Metric, evaluate
-from zprune_cli.intervals import accuracy_interval, ppl_interval
-from zprune_cli.leaderboard_cells import sparsity_text
+from zprune_cli.records.intervals import accuracy_interval, ppl_interval
+from zprune_cli.records.leaderboard_cells import sparsity_text
 
 
 @app.command("eval", cls=aliased(data="eval", seqlen="eval_seqlen", l="eval_seqlen"))
@@ -94,7 +94,7 @@ def _protocol(metric: Metric) -> str:
 
 
 def _interval(m: Metric) -> tuple[float, float] | None:
-    """A perplexity's 95% interval from its windows, an accuracy's from lm-eval's standard error (intervals.py)."""
+    """A perplexity's 95% interval from its windows, an accuracy's from lm-eval's standard error (records/intervals.py)."""
     nlls, stderr = m.detail.get("window_nll"), m.detail.get("stderr")
     if m.name.startswith("ppl:") and nlls and len(nlls) >= 2:
         return ppl_interval(nlls)

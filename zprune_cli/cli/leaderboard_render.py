@@ -16,10 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from zprune_cli.cli.output import emit_text, json_text, stdout_console, text_console
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.leaderboard_cells import (HEAD, LeaderboardRow, cell_text, interval_columns, known_metrics, metric_columns,
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.records.leaderboard_cells import (HEAD, LeaderboardRow, cell_text, interval_columns, known_metrics, metric_columns,
                                          protocol_groups, row_cells)
-from zprune_cli.staging import write_file_atomically
+from zprune_cli.base.staging import write_file_atomically
 
 FORMATS = ("table", "json", "csv", "md", "html")
 log = logging.getLogger("zprune")
@@ -83,7 +83,7 @@ def _ppl_metrics(rows: list[LeaderboardRow]) -> list[str]:
 
 
 def _plot(rows, path):
-    from zprune_cli.plot import plot_leaderboard
+    from zprune_cli.rendering.plot import plot_leaderboard
 
     metrics = _ppl_metrics(rows)
     if not metrics:
@@ -92,8 +92,8 @@ def _plot(rows, path):
 
 
 def _html(rows: list[LeaderboardRow]) -> str:
-    from zprune_cli.provenance import current_versions
-    from zprune_cli.report_html import leaderboard_html
+    from zprune_cli.records.provenance import current_versions
+    from zprune_cli.rendering.report_html import leaderboard_html
 
     return leaderboard_html(rows, plots={group[0]["group"]: _group_plot(group) for group in protocol_groups(rows)},
                             versions=current_versions())
@@ -102,7 +102,7 @@ def _html(rows: list[LeaderboardRow]) -> str:
 def _group_plot(rows: list[LeaderboardRow]) -> bytes | str:
     """One group's perplexity plot as PNG bytes, or the line the page shows instead (a plot never mixes
     groups: their protocols differ)."""
-    from zprune_cli.plot import plot_image
+    from zprune_cli.rendering.plot import plot_image
 
     metrics = _ppl_metrics(rows)
     if not metrics:

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS
+from zprune_cli.base.choices import RECONSTRUCTIONS, REFINEMENTS
 from zprune_cli.models.resolve import DEFAULT_MODEL
-from zprune_cli.settings import Calibration
+from zprune_cli.base.settings import Calibration
 
 _CAL = Calibration()
 

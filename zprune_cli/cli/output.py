@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from zprune_cli import distributed
+from zprune_cli.base import distributed
 
 
 # Data on a pipe or in a file gets whole lines: rich wraps and cuts at the terminal's width, or at 80

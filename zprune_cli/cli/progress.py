@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
-from zprune_cli import distributed
+from zprune_cli.base import distributed
 from zprune_cli.cli.output import log_info, stderr_console
 
 # A path in a label shows its last part: `Tokenising c4 (train, /data/c4/c4-train.json)` -> `(train, c4-train.json)`

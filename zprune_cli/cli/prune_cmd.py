@@ -12,11 +12,11 @@ from zprune_cli.cli import options as opt
 from zprune_cli.cli.app import app
 from zprune_cli.cli.common import Common, aliased, common, model_handle
 from zprune_cli.cli.output import emit_json, stdout_console
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.leaderboard_cells import sparsity_text
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.records.leaderboard_cells import sparsity_text
 from zprune_cli.methods import method_names
-from zprune_cli.pruning import default_output, prune, prune_with_masks
-from zprune_cli.recipe import PruneRecipe, parse_method_list
+from zprune_cli.verbs.pruning import default_output, prune, prune_with_masks
+from zprune_cli.engine.recipe import PruneRecipe, parse_method_list
 
 
 def parse_options(values: list[str]) -> dict:

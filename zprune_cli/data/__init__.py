@@ -1,0 +1,2 @@
+"""Text for calibration and evaluation: named datasets, local files and self-generated text, cut into token
+windows."""

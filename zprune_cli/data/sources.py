@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.hub import check_reachable
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.hub import check_reachable
 
 log = logging.getLogger("zprune")
 

@@ -9,7 +9,7 @@ import torch
 
 from zprune_cli.data.fit import HEAVY_REUSE, WindowFit, covered_tokens
 from zprune_cli.data.sources import Text
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 
 MEASURE_DOCUMENTS = 10_000  # heavy overlap: tokenise up to this many more documents to name the sizes that fit
 

@@ -23,8 +23,8 @@ from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.estimation.store_size import element_size, entry_bytes
 from zprune_cli.methods.base import Cost
 from zprune_cli.methods.reconstruction import finish_work_bytes
-from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
-from zprune_cli.settings import Calibration
+from zprune_cli.engine.recipe import PruneRecipe, calibration_needs, needs_calibration
+from zprune_cli.base.settings import Calibration
 
 HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot", "block being read",
              "block in output dtype", "last shard in output dtype",  # these three: --offload disk

@@ -12,7 +12,7 @@ import json
 import torch
 
 from zprune_cli.estimation.shape import ModelShape
-from zprune_cli.settings import Calibration
+from zprune_cli.base.settings import Calibration
 from zprune_cli.stats.store import FORMAT_VERSION
 
 _CODES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}

@@ -7,7 +7,7 @@ Two rates, because a CPU runs them at very different speeds per element:
   than a block does (on 2 cores a 256 x 1024 x 1024 product reached 170 GFLOP/s where SmolLM2's calibration
   ran its blocks at 35-46): norms, the softmax, the activation and the statistics are not products but
   take their time all the same;
-- the pruning loop's work per weight for a score method (pipeline.py): the finite checks of the weight and
+- the pruning loop's work per weight for a score method (engine/pipeline.py): the finite checks of the weight and
   of the result, the weight in float32, a score (|W| x a norm per input), the row's lowest half selected,
   the zeros written, the weight copied back and its zeros counted (weights/s).
 Each is the average over repeated calls after a warm-up, measured anew every time: a machine's load changes,
@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.base.masks import Pattern, select_prune_mask
 
 TOKENS, MAX_WIDTH, HEAD = 128, 1024, 64
 LAYER = (256, 1024)  # [out, in] of the layer the pruning loop is timed on

@@ -15,8 +15,8 @@ from typing import Sequence
 
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.methods.base import Cost
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import Calibration
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import Calibration
 
 
 def block_window(shape: ModelShape, seqlen: int) -> float:

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import PerplexityResult, result_of, window_nll_sum
 from zprune_cli.models.blocks import counted_layers, find_blocks
 from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
 from zprune_cli.models.walk import run_windows, walk_blocks
-from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount
+from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount
 
 
 class _Replay(BlockStandIn):

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.evaluation.perplexity import model_device
 from zprune_cli.models.blocks import block_linears, counted_layers, is_transposed, weight_view
 from zprune_cli.models.experts import ExpertSlice
-from zprune_cli.sparsity import SparsityCount, count_zeros, nm_violation
+from zprune_cli.base.sparsity import SparsityCount, count_zeros, nm_violation
 
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
 _SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 
 # Precision of the log-softmax over the vocabulary, whatever the model's dtype.
 NLL_PRECISION = torch.float32

@@ -21,7 +21,7 @@ from typing import Callable
 
 from zprune_cli import __version__
 from zprune_cli.models.resolve import WEIGHT_SUFFIXES, ModelSource
-from zprune_cli.staging import write_file_atomically
+from zprune_cli.base.staging import write_file_atomically
 
 FOLDER = "protocols"
 

@@ -18,7 +18,7 @@ import torch
 
 from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.evaluation.blockwise import BlockwisePerplexity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
@@ -27,14 +27,15 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.blocks import counted_layers
 from zprune_cli.models.load import max_length
 from zprune_cli.models.offload import offloaded, on_done
-from zprune_cli.progress import Progress, ensure
-from zprune_cli.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
-from zprune_cli.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Protocol, ZeroShotProtocol
-from zprune_cli.results import ResultRow, ResultsStore, package_versions, results_path
-from zprune_cli.settings import Settings, split_list
-from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount
-from zprune_cli.staging import replace_atomically
-from zprune_cli.settings import resolve as resolve_settings
+from zprune_cli.base.progress import Progress, ensure
+from zprune_cli.records.provenance import PROVENANCE_FILE, BaseModel, Provenance, is_zprune_folder, locate_base_model
+from zprune_cli.records.protocol import SPARSITY, OpenProtocol, PerplexityProtocol, Protocol, ZeroShotProtocol
+from zprune_cli.records.results import ResultRow, ResultsStore, package_versions, results_path
+from zprune_cli.base.settings import Settings, split_list
+from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount
+from zprune_cli.base.staging import replace_atomically
+from zprune_cli.base.settings import resolve as resolve_settings
+from zprune_cli.engine.recipe import recipe_of
 
 log = logging.getLogger("zprune")
 
@@ -242,7 +243,7 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
 
 def window_detail(result: PerplexityResult) -> dict:
     """A perplexity's per-window mean NLLs and their token count, kept with it in the results store: its
-    interval and paired comparisons are computed from them (zprune_cli.intervals)."""
+    interval and paired comparisons are computed from them (zprune_cli.records.intervals)."""
     return {"window_nll": result.window_nlls, "window_tokens": result.seqlen - 1}
 
 
@@ -338,7 +339,7 @@ def record(store: ResultsStore, handle: ModelHandle, metrics: list[Metric], prov
            settings: dict) -> list[str]:
     """One row per metric, all in one transaction; `provenance` says what was pruned how (None: dense)."""
     base = provenance.base_model if provenance else BaseModel.of(handle.source)
-    recipe = provenance.recipe if provenance else None
+    recipe = recipe_of(provenance.recipe) if provenance else None
     cell = {"model": base.spec, "fingerprint": base.fingerprint, "method": recipe.method if recipe else "dense"}
     if provenance is not None:
         cell |= {"sparsity": recipe.sparsity, "pattern": recipe.pattern, "scope": recipe.scope,
@@ -373,7 +374,7 @@ def stored_results(store: ResultsStore, provenance: Provenance) -> dict[str, dic
 
 def refresh_model_card(folder: Path, provenance: Provenance, store: ResultsStore) -> None:
     """Fill zprune.json's results and the model card's "Measured results" from the results store."""
-    from zprune_cli.model_card import model_card
+    from zprune_cli.rendering.model_card import model_card
 
     updated = provenance.with_results(stored_results(store, provenance))
     fmt = (provenance.export or {}).get("format", "hf")
@@ -459,7 +460,7 @@ def base_model_handle(provenance: Provenance, folder: Path, settings: Settings, 
 def _short(provenance: Provenance | None) -> dict | None:
     if provenance is None:
         return None
-    r = provenance.recipe
+    r = recipe_of(provenance.recipe)
     return {"method": r.method, "sparsity": r.sparsity, "pattern": r.pattern, "scope": r.scope, "allocation": r.allocation,
             "propagate": r.propagate, "reconstruct": r.reconstruct, "recipe": provenance.cell_digest,
             "stats_key": provenance.stats_key, "overall_sparsity": provenance.overall_sparsity,

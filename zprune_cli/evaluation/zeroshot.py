@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from typing import Any
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.offload import offloaded
 
 SHIPPED_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.formats import compressed_tensors, hf, masks, sparse, sparse24
 from zprune_cli.formats.grids import GRIDS_FILE, read_grids
 from zprune_cli.formats.bits import tensor_bytes
@@ -40,14 +40,15 @@ from zprune_cli.exports.io import (
 )
 from zprune_cli.formats.masks import apply_masks
 from zprune_cli.formats.reader import SPARSE_MANIFEST, WeightReader, read_config
-from zprune_cli.model_card import model_card
+from zprune_cli.rendering.model_card import model_card
 from zprune_cli.models.checkpoint_names import checkpoint_targets
 from zprune_cli.models.experts import fused_tensor_name
 from zprune_cli.models.load import parse_dtype
 from zprune_cli.models.pretrained import load_pretrained, load_tokenizer
-from zprune_cli.progress import Progress, ensure
-from zprune_cli.provenance import Provenance
-from zprune_cli.staging import staged_folder
+from zprune_cli.base.progress import Progress, ensure
+from zprune_cli.records.provenance import Provenance
+from zprune_cli.base.staging import staged_folder
+from zprune_cli.engine.recipe import recipe_of
 
 __all__ = ["FORMATS", "ExportSummary", "export", "load_pretrained", "load_tokenizer", "apply_masks"]
 
@@ -108,18 +109,19 @@ def export(
 def _check_format(format: str, reader: WeightReader, pruned: dict[str, str], provenance: Provenance) -> list[str]:
     """Refuse what the format cannot hold (naming the first bad layer); warn about what it loses."""
     warnings: list[str] = []
+    recipe = recipe_of(provenance.recipe)
     if format == "sparse-24-bitmask":
         for weight_name, module in pruned.items():  # in zprune.json's (model) order: name the first bad layer
             sparse24.check_24(module, reader.get(weight_name))
         warnings.append(sparse24.LEGACY_WARNING)
     if format == "compressed-tensors":
         warnings += _compressed_tensors_checks(provenance)
-    elif provenance.recipe.quant is not None and format in ("sparse", "sparse-24-bitmask"):
-        warnings.append(f"{provenance.recipe.label()} is quantized; {format} stores its dequantized values in floating "
+    elif recipe.quant is not None and format in ("sparse", "sparse-24-bitmask"):
+        warnings.append(f"{recipe.label()} is quantized; {format} stores its dequantized values in floating "
                         "point (export compressed-tensors for packed integers)")
-    if format == "masks" and provenance.recipe.updates_weights:
+    if format == "masks" and recipe.updates_weights:
         warnings.append(
-            f"{provenance.recipe.label()} changed the surviving weights too; masks only record which weights "
+            f"{recipe.label()} changed the surviving weights too; masks only record which weights "
             "are zero, so applying them to the base model will not give this model back (export hf or sparse "
             "to keep the weights)"
         )
@@ -285,9 +287,10 @@ def _write_sparse24(job: _Job) -> tuple[Sizes, list[str]]:
 
 def _compressed_tensors_checks(provenance: Provenance) -> list[str]:
     """Refuse a folder without quantization; warn about what vLLM will not serve."""
-    quant = provenance.recipe.quant
+    recipe = recipe_of(provenance.recipe)
+    quant = recipe.quant
     if quant is None:
-        raise ZpruneUsageError(f"compressed-tensors stores quantized weights; {provenance.recipe.label()} was not quantized "
+        raise ZpruneUsageError(f"compressed-tensors stores quantized weights; {recipe.label()} was not quantized "
                                "(prune with --wbits 2..8, or export sparse / sparse-24-bitmask / hf)")
     if quant.bits not in compressed_tensors.SERVED_BITS:
         return [f"{quant.bits}-bit weights: transformers loads them, vLLM's compressed-tensors kernels take "
@@ -296,7 +299,7 @@ def _compressed_tensors_checks(provenance: Provenance) -> list[str]:
 
 
 def _write_compressed_tensors(job: _Job) -> tuple[Sizes, list[str]]:
-    quant = job.provenance.recipe.quant
+    quant = recipe_of(job.provenance.recipe).quant
     grids = read_grids(job.reader.folder)
     stored_dtype = parse_dtype(job.provenance.dtype) or torch.float32
 
@@ -314,7 +317,7 @@ def _write_compressed_tensors(job: _Job) -> tuple[Sizes, list[str]]:
     write_hf_index(job.folder, weight_map, writer.total_bytes)
     dense = {n.rpartition(".")[0] for n in job.reader.names
              if n.endswith(".weight") and n not in job.pruned and len(job.reader.stored_shape(n)) == 2}
-    recipe = job.provenance.recipe
+    recipe = recipe_of(job.provenance.recipe)
     config = hf.clean_config(read_config(job.reader.folder))
     config["quantization_config"] = compressed_tensors.quantization_config(
         quant.bits, quant.group_size, quant.sym, quant.act_order, sorted(dense | {"lm_head"}),
@@ -328,7 +331,7 @@ def _write_masks(job: _Job) -> tuple[Sizes, list[str]]:
     writer = ShardWriter(job.folder, "masks", 2**62, job.provenance.safetensors_metadata())
     sizes = _write_tensors(job, writer, lambda name, w: masks.encode(job.pruned[name], w), None)
     weight_map = writer.close()
-    manifest = masks.manifest(job.provenance.as_dict(), list(job.pruned.values()), job.provenance.recipe.updates_weights)
+    manifest = masks.manifest(job.provenance.as_dict(), list(job.pruned.values()), recipe_of(job.provenance.recipe).updates_weights)
     write_json(job.folder / masks.MANIFEST, manifest)
     return sizes, sorted(set(weight_map.values()))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from zprune_cli.staging import readable_mode
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.staging import readable_mode
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.formats.bits import tensor_bytes
 
 from zprune_cli.formats.reader import HF_INDEX, SPARSE_MANIFEST

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 FORMAT_NAME = "compressed-tensors"
 PACK_FORMAT = "pack-quantized"

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 GRIDS_FILE = "zprune-quant.safetensors"
 

@@ -4,7 +4,7 @@
 into one parameter `<m>` of shape [experts, out, in]):
 
     <m>.mask   uint8 [ceil(numel / 8)]: numpy.packbits(prune_mask.flatten(), bitorder="little"),
-               bit = 1 where the weight is pruned (set to zero), as in zprune_cli.masks
+               bit = 1 where the weight is pruned (set to zero), as in zprune_cli.base.masks
     <m>.shape  int64 [ndim]: the weight's stored shape
 
 `masks.json` names the layout, the base model (with its fingerprint) and the pruning settings. The mask
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.formats.bits import BIT_ORDER, pack, packed_bytes, unpack
 
 FORMAT_NAME = "zprune-masks"

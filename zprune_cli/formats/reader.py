@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.formats.masks import MANIFEST as MASKS_MANIFEST
 
 HF_INDEX = "model.safetensors.index.json"

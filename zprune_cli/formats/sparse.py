@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.formats.bits import BIT_ORDER, pack, packed_bytes, stored_nonzero, unpack
 
 FORMAT_NAME = "zprune-sparse"

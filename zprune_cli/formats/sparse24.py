@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from zprune_cli.sparsity import nm_violation
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.sparsity import nm_violation
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.formats.bits import pack, packed_bytes, stored_nonzero, unpack
 
 FORMAT_NAME = "sparse-24-bitmask"

@@ -7,7 +7,7 @@ import importlib
 import inspect
 import pkgutil
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.methods.base import METHODS, PRUNE_PRECISION, Method, PruneResult, register
 
 

@@ -26,8 +26,8 @@ from typing import ClassVar
 
 import torch
 
-from zprune_cli.errors import ZpruneError
-from zprune_cli.masks import Pattern, check_pattern_fits, prune_count, select_prune_mask
+from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.masks import Pattern, check_pattern_fits, prune_count, select_prune_mask
 from zprune_cli.methods.base import PRUNE_PRECISION, Cost, Method, PruneResult, option, register
 from zprune_cli.methods.pcg import damped, pcg_solve
 from zprune_cli.stats.types import LayerStats

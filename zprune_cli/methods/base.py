@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import torch
 
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.masks import Pattern, select_prune_mask
 from zprune_cli.methods.quantize import QuantGrid
 from zprune_cli.stats.types import LayerStats
 

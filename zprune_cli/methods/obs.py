@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.masks import Pattern, select_prune_mask
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.masks import Pattern, select_prune_mask
 from zprune_cli.methods.base import PRUNE_PRECISION
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantGrid, QuantSpec, act_order, walk_blocksize
 

@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from zprune_cli.masks import Pattern
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods.base import Cost
 
 PERMUTATIONS = ("none", "heuristic", "lsa")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from zprune_cli.masks import Pattern
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods.base import PRUNE_PRECISION, Method
 from zprune_cli.methods.permutation import find_permutation
 from zprune_cli.models.absorb import PROBE_TOKENS, Absorption, BlockProbe, absorb, attention_geometry

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 
 NO_QUANTIZATION = 16  # wbits meaning "leave the weights in floating point"
 BITS = range(2, 9)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from zprune_cli.masks import Pattern
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods.base import Cost
 from zprune_cli.methods.obs import obs_flops
 from zprune_cli.methods.obs import reconstruct as reconstruct_obs

@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import torch
 
-from zprune_cli.errors import ZpruneError
-from zprune_cli.masks import Pattern, check_pattern_fits, prune_count
+from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.masks import Pattern, check_pattern_fits, prune_count
 from zprune_cli.methods.base import Cost, Method, PruneResult, option, register
 from zprune_cli.methods.obs import MaskChoice, obs_flops, obs_walk
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, act_order, walk_blocksize

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zprune_cli.masks import Pattern
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods.base import PRUNE_PRECISION
 from zprune_cli.methods.pcg import PCG_PERCDAMP, damped
 

@@ -16,7 +16,7 @@ import re
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.experts import ExpertSlice, expert_slices, is_fused_experts
 
 

@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 log = logging.getLogger("zprune")
 

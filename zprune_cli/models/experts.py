@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 # How the eager expert loops multiply a token batch by one expert's slice.
 _PRODUCTS = {nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}

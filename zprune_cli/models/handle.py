@@ -11,10 +11,10 @@ from zprune_cli.models.load import (check_hub_reachable, load_config, load_model
                                     resolve_dtype)
 from zprune_cli.models.offload import check_offload, offloaded, refuse_unreadable
 from zprune_cli.models.offload_load import load_offloaded
-from zprune_cli.progress import NullProgress
+from zprune_cli.base.progress import NullProgress
 from zprune_cli.models.resolve import ModelSource, resolve_model
-from zprune_cli.settings import Settings
-from zprune_cli.settings import resolve as resolve_settings
+from zprune_cli.base.settings import Settings
+from zprune_cli.base.settings import resolve as resolve_settings
 
 
 class ModelHandle:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.models.resolve import ModelSource
 
 GiB = 2**30

@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
-from zprune_cli.hub import check_reachable, in_cache, offline
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, first_line
+from zprune_cli.base.hub import check_reachable, in_cache, offline
 from zprune_cli.models.host_memory import check_host_memory
 from zprune_cli.models.resolve import ModelSource
 from zprune_cli.models.gguf_metadata import gguf_metadata_once

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.blocks import block_prefix, find_blocks
 from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.resolve import ModelSource
@@ -242,7 +242,7 @@ def on_done(model: nn.Module, listener: Callable[[int, str, nn.Module], None]) -
     """Call listener(index, prefix, block) for each block finished under held(..., done=True)."""
     state = offloaded(model)
     if state is None:
-        raise ZpruneError("a streaming save needs a model loaded with --offload disk")  # never --offload cpu: see pruning.py
+        raise ZpruneError("a streaming save needs a model loaded with --offload disk")  # never --offload cpu: see verbs/pruning.py
     state.listeners.append(listener)
     try:
         yield

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError, first_line
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, first_line
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.offload import OffloadedBlocks, read_tensors, refuse_unreadable, weight_map

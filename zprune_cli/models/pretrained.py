@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.formats.reader import WeightReader
-from zprune_cli.errors import first_line
+from zprune_cli.base.errors import first_line
 from zprune_cli.models.runtime import DTYPES, quiet_transformers, resolve_device
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

@@ -9,9 +9,9 @@ import io
 
 import torch
 
-from zprune_cli import distributed
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.hub import quiet_hub_logging
+from zprune_cli.base import distributed
+from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.hub import quiet_hub_logging
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zprune_cli.staging import readable_mode
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.staging import readable_mode
+from zprune_cli.base.errors import ZpruneError
 
 
 def plain_model(model: nn.Module) -> nn.Module:

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.save import _record_dtype
-from zprune_cli.staging import readable_mode
+from zprune_cli.base.staging import readable_mode
 
 INDEX_FILE = "model.safetensors.index.json"
 

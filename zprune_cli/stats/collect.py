@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from zprune_cli import distributed
+from zprune_cli.base import distributed
 from zprune_cli.stats.types import LayerStats
 
 SUMSQ_DTYPE = torch.float64  # exact sums over many tokens; a vector, so cheap

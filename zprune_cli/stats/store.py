@@ -31,9 +31,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from zprune_cli import distributed
-from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
-from zprune_cli.staging import pid_alive
+from zprune_cli.base import distributed
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
+from zprune_cli.base.staging import pid_alive
 from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.manifest import BlockRecord, GroupRecord, StatsManifest
 from zprune_cli.stats.types import LayerStats

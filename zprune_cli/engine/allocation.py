@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.methods import owl_scorer
 from zprune_cli.methods.base import PRUNE_PRECISION
 from zprune_cli.models.blocks import weight_view

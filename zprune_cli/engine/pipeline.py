@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from zprune_cli import distributed
-from zprune_cli.allocation import block_outlier_fraction, owl_sparsities
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.masks import check_pattern_fits
+from zprune_cli.base import distributed
+from zprune_cli.engine.allocation import block_outlier_fraction, owl_sparsities
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.masks import check_pattern_fits
 from zprune_cli.methods.base import PRUNE_PRECISION, Method, layer_error
 from zprune_cli.methods.permuted import Permuter
 from zprune_cli.methods.obs import gptq
@@ -36,9 +36,9 @@ from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, in_featu
 from zprune_cli.models.offload import held
 from zprune_cli.models.runner import capture_block_inputs
 from zprune_cli.models.walk import walk_blocks
-from zprune_cli.progress import Progress, ensure
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.sparsity import BlockwiseSparsity, LayerCount
+from zprune_cli.base.progress import Progress, ensure
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.sparsity import BlockwiseSparsity, LayerCount
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats

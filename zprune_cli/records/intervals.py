@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 
 Z95 = 1.959963984540054  # the normal's 97.5% quantile: zero-shot accuracies (lm-eval's binomial standard error)
 # protocol fields that do not name which windows were scored (where the text came from on this machine)

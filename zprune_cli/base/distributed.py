@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 
 
 def active() -> bool:

@@ -5,7 +5,7 @@ four rows. The database lives at `<cache_dir>/results.sqlite`, in WAL mode with 
 several zprune processes can record into it at once.
 
 A *cell* is what makes two measurements comparable: the model fingerprint, the pruning recipe's digest
-(every weight-changing setting, see recipe.py), the statistics key, the evaluation protocol and the metric.
+(every weight-changing setting, see engine/recipe.py), the statistics key, the evaluation protocol and the metric.
 `find` looks a cell up so a grid can skip what it already measured. The method, sparsity, pattern, scope,
 allocation and propagate columns repeat fields of the recipe for display and filtering; the whole recipe
 is in `settings`. Schema 1 databases (no recipe column) are migrated in place: their pruned rows keep a
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.machine import free_disk_bytes
-from zprune_cli.protocol import Protocol
-from zprune_cli.staging import replace_atomically
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.machine import free_disk_bytes
+from zprune_cli.records.protocol import Protocol
+from zprune_cli.base.staging import replace_atomically
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.sqlite"

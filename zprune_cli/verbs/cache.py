@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zprune_cli.errors import ZpruneError
-from zprune_cli.settings import Settings
+from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.settings import Settings
 from zprune_cli.stats.store import StatsStore
 
 

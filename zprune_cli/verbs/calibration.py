@@ -10,21 +10,23 @@ from pathlib import Path
 
 import torch
 
-from zprune_cli import __version__, distributed
+from zprune_cli import __version__
+
+from zprune_cli.base import distributed
 from zprune_cli.data.selfgen import generate_windows
 from zprune_cli.data.sources import SELF, TextSource, resolve_source
 from zprune_cli.data.windows import draw_windows, windows_bytes
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.machine import device_memory_bytes, free_disk_bytes, host_memory_bytes, human_bytes
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.machine import device_memory_bytes, free_disk_bytes, host_memory_bytes, human_bytes
 from zprune_cli.models.blocks import find_blocks, find_linears, in_features
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.load import hidden_width, max_length
 from zprune_cli.models.runner import block_inputs_bytes, capture_block_inputs
 from zprune_cli.models.walk import walk_blocks
-from zprune_cli.pipeline import all_finite
-from zprune_cli.progress import Progress, ensure
-from zprune_cli.settings import Calibration, Settings
-from zprune_cli.settings import resolve as resolve_settings
+from zprune_cli.engine.pipeline import all_finite
+from zprune_cli.base.progress import Progress, ensure
+from zprune_cli.base.settings import Calibration, Settings
+from zprune_cli.base.settings import resolve as resolve_settings
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import CorruptEntry, StatsEntry, StatsKey, StatsStore
 

@@ -12,7 +12,7 @@ import time
 from html import escape
 from typing import Mapping
 
-from zprune_cli.leaderboard_cells import HEAD, LeaderboardRow, metric_columns, protocol_groups, row_cells
+from zprune_cli.records.leaderboard_cells import HEAD, LeaderboardRow, metric_columns, protocol_groups, row_cells
 
 LEGEND = ("Bold on green: the best value of its sparsity and pattern within its protocol group (lowest perplexity, "
           "highest accuracy), when it differs from the runner-up at 95% (the paired test on the perplexity windows); "
@@ -43,7 +43,7 @@ def leaderboard_html(rows: list[LeaderboardRow], *, title: str | None = None, pl
     `generated` to the current local time.
     """
     if versions is None:
-        from zprune_cli.provenance import current_versions
+        from zprune_cli.records.provenance import current_versions
 
         versions = current_versions()
     title = title or "zprune leaderboard: " + (", ".join(dict.fromkeys(r["model"] for r in rows)) or "no results")

@@ -13,7 +13,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from zprune_cli.errors import ZpruneError
+from zprune_cli.base.errors import ZpruneError
 
 _OFFLINE = ("1", "true", "yes", "on")
 _REACHED: set[tuple[str, int]] = set()  # endpoints that accepted a connection in this process

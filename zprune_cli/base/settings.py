@@ -32,8 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.choices import RECONSTRUCTIONS, REFINEMENTS
+from zprune_cli.base.errors import ZpruneUsageError
 
 if sys.version_info >= (3, 11):
     import tomllib

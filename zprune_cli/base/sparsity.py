@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 
 def nonzeros(tensor: torch.Tensor) -> int:
     """Entries that are not zero (-0.0 counts as zero). On the CPU numpy counts float32 ten times faster than

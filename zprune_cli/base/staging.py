@@ -10,7 +10,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
-from zprune_cli.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 
 _TMP_MARK = ".zprune-tmp-"  # .<name>.zprune-tmp-<pid>-<random>: the writer's pid, to sweep dead ones
 

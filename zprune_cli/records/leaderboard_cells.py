@@ -31,9 +31,9 @@ class LeaderboardRow(TypedDict):
     metrics: dict[str, float | None]  # metric -> latest value
     windows: dict[str, list[float]]  # perplexity metric -> its per-window mean NLLs (rows stored before: none)
     stderr: dict[str, float]  # accuracy metric -> lm-eval's standard error, where it was kept
-    intervals: dict[str, list[float]]  # metric -> [low, high], its 95% interval (zprune_cli.intervals)
+    intervals: dict[str, list[float]]  # metric -> [low, high], its 95% interval (zprune_cli.records.intervals)
     best: list[str]  # metrics in which this row is the best of its sparsity and pattern, past the runner-up at 95%
-    tied: list[str]  # metrics in which it cannot be told apart from the best (ranking.py)
+    tied: list[str]  # metrics in which it cannot be told apart from the best (records/ranking.py)
     group: int  # its protocol group (rows of two groups are never ranked together)
     protocol: str  # the group's protocol in words
 
@@ -70,7 +70,7 @@ def recipe_text(row: dict) -> str:
 def row_cells(rows: list[LeaderboardRow], columns: list[str], intervals: bool = True) -> list[tuple[list[str], list[tuple[str, bool]]]]:
     """Per row: the HEAD cells, and per metric column (value text, is it the best of its sparsity and pattern).
     With `intervals`, a value's text carries its 95% interval where one is known, and "tied" when it cannot be
-    told apart from the best of its sparsity and pattern (ranking.py)."""
+    told apart from the best of its sparsity and pattern (records/ranking.py)."""
     return [([r["model"], r["method"], r["pattern"], cell_text(r["sparsity"], "sparsity"), r["propagate"], recipe_text(r)],
              [(value_text(r, c) if intervals else cell_text(r["metrics"].get(c), c), c in r.get("best", [])) for c in columns])
             for r in rows]

@@ -14,22 +14,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from zprune_cli.calibration import calibrate
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.verbs.calibration import calibrate
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import (EvalPlan, Evaluation, expected_protocols, measure, measure_while_pruning, record,
                                        refuse_whole_model_work)
-from zprune_cli.grid import Grid, grid_recipes  # noqa: F401  (grid_recipes moved there; still importable from here)
-from zprune_cli.leaderboard_cells import LeaderboardRow, known_metrics  # noqa: F401  (known_metrics: still importable from here)
+from zprune_cli.verbs.grid import Grid, grid_recipes  # noqa: F401  (grid_recipes moved there; still importable from here)
+from zprune_cli.records.leaderboard_cells import LeaderboardRow, known_metrics  # noqa: F401  (known_metrics: still importable from here)
 from zprune_cli.models.handle import ModelHandle
-from zprune_cli.pipeline import DenseSnapshot, prune_in_memory
-from zprune_cli.progress import Progress, ensure
-from zprune_cli.protocol import Protocol
-from zprune_cli.pruning import make_provenance
-from zprune_cli.ranking import add_intervals, mark_best
-from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration
-from zprune_cli.results import ResultsStore, results_path
-from zprune_cli.settings import Calibration, Settings
-from zprune_cli.settings import resolve as resolve_settings
+from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory
+from zprune_cli.base.progress import Progress, ensure
+from zprune_cli.records.protocol import Protocol
+from zprune_cli.verbs.pruning import make_provenance
+from zprune_cli.records.ranking import add_intervals, mark_best
+from zprune_cli.engine.recipe import PruneRecipe, calibration_needs, needs_calibration
+from zprune_cli.records.results import ResultsStore, results_path
+from zprune_cli.base.settings import Calibration, Settings
+from zprune_cli.base.settings import resolve as resolve_settings
 
 
 @dataclass
@@ -234,7 +234,7 @@ def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) 
 
 def _keep_evidence(row: dict, r: dict) -> None:
     """The stored row's per-window NLLs (perplexity) or standard error (accuracy), kept for the intervals and
-    the paired tests (ranking.py); rows stored before windows were kept have none."""
+    the paired tests (records/ranking.py); rows stored before windows were kept have none."""
     detail = (r.get("settings") or {}).get("detail") or {}
     if detail.get("window_nll"):
         row["windows"][r["metric"]] = detail["window_nll"]

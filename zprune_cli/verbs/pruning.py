@@ -11,13 +11,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from zprune_cli import distributed
-from zprune_cli.calibration import CalibrationResult, calibrate
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.model_card import model_card
+from zprune_cli.base import distributed
+from zprune_cli.verbs.calibration import CalibrationResult, calibrate
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.rendering.model_card import model_card
 from zprune_cli.formats.grids import write_grids
 from zprune_cli.formats.masks import checked_masks, zero_masked
-from zprune_cli.machine import human_bytes
+from zprune_cli.base.machine import human_bytes
 from zprune_cli.models.blocks import block_linears, find_blocks, stored_tensor_name
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.models.host_memory import checkpoint_params
@@ -26,14 +26,14 @@ from zprune_cli.models.offload import on_done
 from zprune_cli.models.save import save_model
 from zprune_cli.models.stream_save import StreamingSave
 from zprune_cli.models.walk import walk_blocks
-from zprune_cli.pipeline import DenseSnapshot, PruneReport, prune_in_memory
-from zprune_cli.progress import Progress, ensure
-from zprune_cli.provenance import BaseModel, CalibrationRecord, Provenance
-from zprune_cli.recipe import PruneRecipe, calibration_needs, needs_calibration, parse_method_list
-from zprune_cli.settings import Calibration, Settings
-from zprune_cli.settings import resolve as resolve_settings
-from zprune_cli.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
-from zprune_cli.staging import staged_folder
+from zprune_cli.engine.pipeline import DenseSnapshot, PruneReport, prune_in_memory
+from zprune_cli.base.progress import Progress, ensure
+from zprune_cli.records.provenance import BaseModel, CalibrationRecord, Provenance, RecipeRecord
+from zprune_cli.engine.recipe import PruneRecipe, calibration_needs, needs_calibration, parse_method_list, recipe_of
+from zprune_cli.base.settings import Calibration, Settings
+from zprune_cli.base.settings import resolve as resolve_settings
+from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
+from zprune_cli.base.staging import staged_folder
 
 
 @dataclass
@@ -182,7 +182,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
         s = calibration.entry.manifest.settings
         record = CalibrationRecord(s["data"], s["nsamples"], s["seqlen"], s["seed"], s["dtype"], s.get("data_description", ""))
     return Provenance(
-        base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe,
+        base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe.record(),
         pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
         stats_key=calibration.key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
         nm_layout=dict(report.nm_layout) if report.recipe.permute != "none" else None,
@@ -254,7 +254,7 @@ def _mask_blocks(model: nn.Module, by_owner: dict) -> dict:
 def _masks_provenance(handle: ModelHandle, source: dict, masks, counted: SparsityCount) -> Provenance:
     calibration = source.get("calibration")
     return Provenance(
-        base_model=BaseModel.of(handle.source, content=True), recipe=PruneRecipe.from_dict(source["recipe"]),
+        base_model=BaseModel.of(handle.source, content=True), recipe=recipe_of(RecipeRecord(source["recipe"], None)).record(),
         pruned_layers={k: round(v.sparsity, 6) for k, v in counted.layers.items()},
         overall_sparsity=round(counted.sparsity, 6), stats_key=source.get("stats_key"),
         calibration=CalibrationRecord(**calibration) if calibration else None, masks=str(Path(masks).resolve()),

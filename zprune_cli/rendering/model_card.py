@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from zprune_cli.models.resolve import HUB_ID
-from zprune_cli.provenance import Provenance
+from zprune_cli.records.provenance import Provenance
+from zprune_cli.engine.recipe import recipe_of
 
 
 _LOADING = {
@@ -34,7 +35,7 @@ _LOADING = {
 
 def model_card(p: Provenance, fmt: str, name: str) -> str:
     """README.md text for a folder holding the model that `p` describes, stored as `fmt`."""
-    r = p.recipe
+    r = recipe_of(p.recipe)
     front = ["---", "library_name: transformers", "tags:"] + [f"- {t}" for t in ("zprune", "pruned", "sparse", r.method)]
     location = p.base_model.location
     if HUB_ID.match(location) and not location.startswith(("/", ".", "~")):

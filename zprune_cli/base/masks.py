@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zprune_cli.choices import SCOPES
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.choices import SCOPES
+from zprune_cli.base.errors import ZpruneUsageError
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

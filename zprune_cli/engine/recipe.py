@@ -45,15 +45,16 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
-from zprune_cli.choices import RECONSTRUCTIONS, REFINEMENTS, SCOPES
-from zprune_cli.errors import ZpruneUsageError
-from zprune_cli.masks import Pattern
+from zprune_cli.base.choices import RECONSTRUCTIONS, REFINEMENTS, SCOPES
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods import get_method, method_options
 from zprune_cli.methods.base import Cost, Method
 from zprune_cli.methods.obs import obs_flops
 from zprune_cli.methods.permutation import PERMUTATIONS, permutation_cost, permutation_work_bytes
 from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec, quantization_work_bytes
 from zprune_cli.methods.reconstruction import finish_cost
+from zprune_cli.records.provenance import RecipeRecord
 
 log = logging.getLogger("zprune")
 
@@ -201,6 +202,10 @@ class PruneRecipe:
             raise ZpruneUsageError(f"unknown recipe field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**dict(data))
 
+    def record(self) -> RecipeRecord:
+        """What a pruned folder's zprune.json stores of this recipe."""
+        return RecipeRecord(self.as_dict(), self.digest)
+
     def replace(self, **changes: Any) -> PruneRecipe:
         """A copy with some fields changed, normalised again (explicit values of the original are kept)."""
         return PruneRecipe.from_dict({**self.as_dict(), **changes})
@@ -218,6 +223,17 @@ class PruneRecipe:
         extras += [f"overrides={len(self.overrides)}"] if self.overrides else []
         extras += [x for x, on in (("sym", self.sym), ("act-order", self.act_order)) if on]
         return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def recipe_of(record: RecipeRecord) -> PruneRecipe:
+    """The recipe a folder's record names, rebuilt through the method registry, its stored digest checked."""
+    try:
+        recipe = PruneRecipe.from_dict(record.fields)
+    except (TypeError, ValueError, ZpruneUsageError) as exc:
+        raise ZpruneError(f"the recipe recorded in zprune.json cannot be rebuilt by this zprune: {exc}") from None
+    if record.digest is not None and record.digest not in recipe.known_digests():
+        raise ZpruneError(f"zprune.json's recipe_digest {record.digest} does not match its recipe ({recipe.digest})")
+    return recipe
 
 
 def _digest(version: int, fields: dict[str, Any]) -> str:

@@ -12,13 +12,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from zprune_cli.errors import ZpruneUsageError
+from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.evaluation.run import Evaluation
-from zprune_cli.masks import Pattern
+from zprune_cli.base.masks import Pattern
 from zprune_cli.methods import method_names
 from zprune_cli.methods.quantize import NO_QUANTIZATION
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.settings import GRID_LISTS, GRID_SCALARS, Calibration, Settings, check_grid, split_list
+from zprune_cli.engine.recipe import PruneRecipe
+from zprune_cli.base.settings import GRID_LISTS, GRID_SCALARS, Calibration, Settings, check_grid, split_list
 
 GRID_KEYS = (*GRID_LISTS, *GRID_SCALARS)
 FLAGS = "flags"  # the origin of the command's flags: their errors name the flag itself ("--sparsity takes numbers")

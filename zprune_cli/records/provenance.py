@@ -7,6 +7,7 @@ and is validated field by field when read; a format-1 file (zprune 0.1, flat key
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from zprune_cli import __version__
-from zprune_cli.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.models.resolve import ALIASES, ModelSource, content_fingerprint, hub_source, resolve_model
-from zprune_cli.recipe import PruneRecipe
-from zprune_cli.staging import replace_atomically
+from zprune_cli.base.staging import replace_atomically
 
 PROVENANCE_FILE = "zprune.json"
 SCHEMA_VERSION = 2
@@ -85,9 +85,31 @@ class CalibrationRecord:
 
 
 @dataclass(frozen=True)
+class RecipeRecord:
+    """The recipe as the folder stores it: its fields and digest, read without the method registry, so a folder
+    pruned by a method since renamed or removed stays readable. engine.recipe.recipe_of rebuilds the PruneRecipe
+    (and checks the digest) where one is needed."""
+
+    fields: dict[str, Any]
+    digest: str | None  # None only in records of zprune 0.1 (format 1), which stored none
+
+    @property
+    def method(self) -> str:
+        return str(self.fields["method"])
+
+    @property
+    def cell_digest(self) -> str:
+        """The digest; for a record that stored none, one of its stored fields (marked, never equal to a recipe's)."""
+        if self.digest is not None:
+            return self.digest
+        canonical = json.dumps(self.fields, sort_keys=True, separators=(",", ":"))
+        return "v1-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Provenance:
     base_model: BaseModel
-    recipe: PruneRecipe
+    recipe: RecipeRecord
     pruned_layers: dict[str, float]  # full Linear name -> measured sparsity; these are the pruned layers
     overall_sparsity: float  # over pruned_layers, weighted by parameters
     stats_key: str | None = None
@@ -107,13 +129,15 @@ class Provenance:
     def cell_digest(self) -> str:
         """What keys this model's results: the recipe digest (marked when the weights came from masks,
         which reproduce the recipe's zeros but not a weight update)."""
-        return self.recipe.digest + ("+masks" if self.masks else "")
+        return self.recipe.cell_digest + ("+masks" if self.masks else "")
 
     # --- JSON -------------------------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
         out = {"schema": SCHEMA_VERSION, "zprune_version": __version__, **asdict(self)}
-        out["recipe"] = self.recipe.as_dict()
+        out["recipe"] = dict(self.recipe.fields)
         out["recipe_digest"] = self.recipe.digest
+        if self.recipe.digest is None:
+            del out["recipe_digest"]
         if self.nm_layout is None:
             del out["nm_layout"]  # records without --permute stay as they were
         return out
@@ -200,16 +224,19 @@ def _parse(data: dict[str, Any]) -> Provenance:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-    recipe = PruneRecipe.from_dict(data["recipe"])
-    if data.get("recipe_digest") not in (None, *recipe.known_digests()):
-        raise ValueError(f"recipe_digest {data['recipe_digest']} does not match its recipe ({recipe.digest})")
+    recipe = data["recipe"]
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("method"), str):
+        raise ValueError("'recipe' must be an object naming its method")
+    digest = data.get("recipe_digest")
+    if digest is not None and not isinstance(digest, str):
+        raise ValueError("'recipe_digest' must be a string")
     layers = data["pruned_layers"]
     if not isinstance(layers, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in layers.values()):
         raise ValueError("'pruned_layers' must map module names to finite sparsities")
     calibration = data.get("calibration")
     return Provenance(
         base_model=_base_model(data["base_model"]),
-        recipe=recipe,
+        recipe=RecipeRecord(dict(recipe), digest),
         pruned_layers={str(k): float(v) for k, v in layers.items()},
         overall_sparsity=float(data["overall_sparsity"]),
         stats_key=data.get("stats_key"),

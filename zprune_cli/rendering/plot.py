@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from zprune_cli.errors import ZpruneError
-from zprune_cli.leaderboard_cells import LeaderboardRow
-from zprune_cli.staging import write_file_atomically
+from zprune_cli.base.errors import ZpruneError
+from zprune_cli.records.leaderboard_cells import LeaderboardRow
+from zprune_cli.base.staging import write_file_atomically
 
 
 class PlotUnavailable(ZpruneError):

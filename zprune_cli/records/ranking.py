@@ -12,7 +12,7 @@ evidence either way: among them the lowest perplexity (highest accuracy) is mark
 
 from __future__ import annotations
 
-from zprune_cli.intervals import Paired, accuracy_difference, accuracy_interval, paired_difference, ppl_interval
+from zprune_cli.records.intervals import Paired, accuracy_difference, accuracy_interval, paired_difference, ppl_interval
 
 RANKED = ("ppl:", "acc:", "acc_norm:")
 

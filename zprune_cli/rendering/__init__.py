@@ -1,0 +1,1 @@
+"""Documents rendered from records: the model card, the HTML report and the leaderboard plot."""
