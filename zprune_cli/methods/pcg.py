@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zprune_cli.methods.base import PRUNE_PRECISION
+from zprune_cli.methods.base import PRUNE_PRECISION, safe_divisor  # a converged row (zero residual) stays put
 
 PCG_TOL = 1e-4  # relative residual per row
 PCG_STALL = 1e-5  # stop once an iteration gains less than this fraction of the layer's error
@@ -74,24 +74,19 @@ def pcg_solve(H: torch.Tensor, origin: torch.Tensor, keep: torch.Tensor, start: 
             iterations -= 1
             break
         HP = (P @ H) * keep  # [out, in]; H is symmetric, so row i of P H is H p_i
-        alpha = rz / _nonzero((P * HP).sum(1))
+        alpha = rz / safe_divisor((P * HP).sum(1))
         W += alpha.unsqueeze(1) * P
         R -= alpha.unsqueeze(1) * HP
         gain = float((alpha * rz).sum())  # a CG step lowers the objective by exactly alpha r^T z
         error -= gain
         Z = R * inverse_diagonal
         rz_next = (R * Z).sum(1)
-        P = Z + (rz_next / _nonzero(rz)).unsqueeze(1) * P
+        P = Z + (rz_next / safe_divisor(rz)).unsqueeze(1) * P
         rz = rz_next
         if gain <= stall * max(error, 0.0):
             break
     worst = float((R.norm(dim=1) / (goal / tol)).max()) if R.numel() else 0.0
     return W, PCGInfo(iterations, bool((R.norm(dim=1) <= goal).all()), worst, error)
-
-
-def _nonzero(x: torch.Tensor) -> torch.Tensor:
-    """x with exact zeros replaced by 1: a row that has converged (zero residual) stays put."""
-    return torch.where(x == 0, torch.ones_like(x), x)
 
 
 def reconstruct_pcg(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.Tensor,
