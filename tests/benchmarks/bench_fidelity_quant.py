@@ -1,0 +1,159 @@
+"""Benchmark: joint pruning + quantization (--wbits) against the public reference code, on a whole model.
+
+Issue 23's fidelity goal: IST-DASLab/sparsegpt with `--wbits 4` (per channel, asymmetric) at 50% and at
+sparsity 0 (its GPTQ), against zprune's SparseGPT with `--wbits 4 --group-size 0 --asym`, within 2% in
+wikitext-2 perplexity. The protocol of the other fidelity checks: SmolLM2-135M, calibration C4 32 x 512
+(seed 0, the shared C4 shard), pruned propagation, the first 40 wikitext-2 test windows of 512 tokens.
+
+Both sides see the same calibration windows (zprune draws them; the reference is handed them) and are
+measured by the same perplexity code, so only the pruning differs. The reference side is its own
+`llama.py` sequential loop (every linear of a block pruned from the block's inputs, the block's outputs
+recomputed after pruning) around its `SparseGPT` and `Quantizer` classes, imported from a checkout given
+with --reference (read, not copied into this repository):
+
+    python tests/benchmarks/bench_fidelity_quant.py --reference <sparsegpt checkout> --cells 0.5:4,0:4
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline env first)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.data.sources import resolve_source  # noqa: E402
+from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
+from zprune_cli.engine.recipe import PruneRecipe  # noqa: E402
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E402
+from zprune_cli.models.handle import ModelHandle  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate, drawn_windows  # noqa: E402
+from zprune_cli.base.progress import ensure  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", type=Path, required=True, help="a checkout of IST-DASLab/sparsegpt (sparsegpt.py, quant.py)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=str(C4))
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--cells", default="0.5:4,0:4", help="SPARSITY:BITS, comma-separated")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
+    return p.parse_args(argv)
+
+
+def reference_classes(folder: Path):
+    sys.path.insert(0, str(folder))
+    torch.cuda.synchronize = lambda *a, **k: None  # the reference calls it unconditionally; this is a CPU run
+    return importlib.import_module("sparsegpt").SparseGPT, importlib.import_module("quant").Quantizer
+
+
+def block_inputs(model, windows: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """Every window's input to block 0 and the keyword arguments the model hands its blocks (llama.py's Catcher)."""
+    layers, seen = model.model.layers, {"inputs": [], "kwargs": None}
+
+    class Catcher(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, hidden, *args, **kwargs):
+            seen["inputs"].append(hidden)
+            seen["kwargs"] = kwargs
+            raise ValueError  # stop the forward pass here
+
+    layers[0] = Catcher(layers[0])
+    for window in windows:
+        try:
+            model(window.unsqueeze(0))
+        except ValueError:
+            pass
+    layers[0] = layers[0].block
+    return seen["inputs"], seen["kwargs"]
+
+
+def run_block(block, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.inference_mode()  # the loaded weights are inference tensors
+def reference_prune(model, windows: torch.Tensor, sparsity: float, wbits: int, SparseGPT, Quantizer) -> float:
+    """llama.py's `llama_sequential`: per block, the Hessians of all its linears from the block's inputs, each
+    linear pruned (and quantized) by fasterprune, then the block's outputs recomputed as the next inputs."""
+    started = time.perf_counter()
+    inputs, kwargs = block_inputs(model, windows)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values", "use_cache")}
+    for block in model.model.layers:
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        gpts = {}
+        for name, linear in linears.items():
+            gpts[name] = SparseGPT(linear)
+            gpts[name].quantizer = Quantizer()
+            gpts[name].quantizer.configure(wbits, perchannel=True, sym=False, mse=False)
+        hooks = [linears[n].register_forward_hook(lambda m, i, o, n=n: gpts[n].add_batch(i[0].data, o.data)) for n in linears]
+        for hidden in inputs:
+            run_block(block, hidden, kwargs)
+        for hook in hooks:
+            hook.remove()
+        for name in linears:
+            gpts[name].fasterprune(sparsity, prunen=0, prunem=0, percdamp=0.01, blocksize=128)
+            gpts[name].free()
+        inputs = [run_block(block, hidden, kwargs) for hidden in inputs]
+    return time.perf_counter() - started
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    SparseGPT, Quantizer = reference_classes(args.reference)
+    cache = Path(tempfile.mkdtemp(prefix="zprune-bench-fidelity-quant-"))
+    settings = Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
+    handle = ModelHandle(args.model, "cpu", "float32")
+    calibration = Calibration(args.data, args.nsamples, args.seqlen, 0)
+    result = calibrate(handle, calibration, gram=True, settings=settings)
+    windows = drawn_windows(handle, resolve_source(args.data, "train", DATA_DIR), calibration, ensure(None))
+    plan = EvalPlan(Evaluation(data="wikitext2", seqlen=512, max_windows=args.eval_windows), DATA_DIR)
+    snapshot, library, cells = DenseSnapshot(handle.model), library_state(), []
+    for cell in args.cells.split(","):
+        sparsity, wbits = float(cell.split(":")[0]), int(cell.split(":")[1])
+        for side in ("reference", "zprune"):
+            snapshot.restore()
+            if side == "reference":
+                seconds = reference_prune(handle.model, windows, sparsity, wbits, SparseGPT, Quantizer)
+            else:
+                recipe = PruneRecipe("sparsegpt", sparsity=sparsity, wbits=wbits, group_size=0, sym=False, propagate="pruned")
+                seconds = prune_in_memory(handle.model, result.entry, recipe).seconds
+            metrics = {m.name: m.value for m in measure(handle.model, handle.tokenizer, plan)}
+            row = {"cell": cell, "side": side, "ppl": round(metrics["ppl:wikitext2"], 4), "sparsity": metrics["sparsity"],
+                   "prune_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "library": library}
+            cells.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    return cells
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run(args)
+    print("\n| sparsity : bits | reference ppl | zprune ppl | zprune / reference |\n|---|---|---|---|")
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        ref, ours = (next(r["ppl"] for r in rows if r["cell"] == cell and r["side"] == s) for s in ("reference", "zprune"))
+        print(f"| {cell} | {ref:.2f} | {ours:.2f} | {ours / ref:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
