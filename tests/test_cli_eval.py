@@ -26,7 +26,7 @@ def test_eval_records_perplexity(tiny_dir, text_file, cache):
     assert ppl["protocol"]["n_windows"] == 3 and ppl["protocol"]["seqlen"] == 64
     assert math.isfinite(ppl["value"]) and ppl["value"] > 1
     rows = ResultsStore(results_path(cache)).query(metric="ppl:corpus.txt")
-    assert len(rows) == 1 and rows[0]["value"] == pytest.approx(ppl["value"]) and rows[0]["method"] == "dense"
+    assert len(rows) == 1 and rows[0].value == pytest.approx(ppl["value"]) and rows[0].method == "dense"
 
 
 def test_eval_table_shows_the_perplexity_interval_of_its_windows(tiny_dir, text_file, cache):
@@ -105,7 +105,7 @@ def test_eval_fills_the_model_card_from_the_results_store(tiny_dir, text_file, c
     assert "## Measured results" in card and f"{ppl:.4g}" in card and "n_windows 2" in card
     # the results belong to this recipe's cell: rows carry its digest
     rows = ResultsStore(results_path(cache)).query(metric="ppl:corpus.txt")
-    assert rows[-1]["recipe"] == json.loads((pruned / "zprune.json").read_text())["recipe_digest"]
+    assert rows[-1].recipe == json.loads((pruned / "zprune.json").read_text())["recipe_digest"]
 
 
 def test_baseline_is_found_from_another_folder(tiny_dir, text_file, cache, tmp_path, monkeypatch):

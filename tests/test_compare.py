@@ -55,7 +55,7 @@ def test_grid_calibrates_once_and_resumes(tiny_dir, text_file, cache, counters):
         assert row["seconds"]["evaluate"] > 0 and (row["seconds"]["prune"] > 0) == (row["method"] != "dense")
     assert sum(r["seconds"]["prune"] + r["seconds"]["evaluate"] for r in first.rows) < first.seconds
     stored = ResultsStore(results_path(cache)).query()  # the thread count a number depends on is on record
-    assert stored and {r["versions"]["torch_threads"] for r in stored} == {str(torch.get_num_threads())}
+    assert stored and {r.versions["torch_threads"] for r in stored} == {str(torch.get_num_threads())}
     second = run_grid(tiny_dir, text_file)
     assert counters == {"calibrations": 1, "prunes": 6}  # nothing recomputed
     assert second.computed == 0 and second.skipped == 7 and second.rows == first.rows

@@ -59,6 +59,6 @@ def test_a_row_keyed_by_a_protocol_is_found_by_its_old_dict(tmp_path):
     old, _ = OLD["perplexity"]
     with ResultsStore(tmp_path / "results.sqlite") as store:
         run_id = store.record(ResultRow(metric="ppl:wikitext2", value=20.0, fingerprint="f", protocol=Protocol.from_dict(old)))
-        assert store.find(metric="ppl:wikitext2", fingerprint="f", protocol=old)["run_id"] == run_id
-        assert store.find(metric="ppl:wikitext2", fingerprint="f", protocol=Protocol.from_dict(old))["run_id"] == run_id
-        assert store.query()[0]["protocol"] == old
+        assert store.find(metric="ppl:wikitext2", fingerprint="f", protocol=old).run_id == run_id
+        assert store.find(metric="ppl:wikitext2", fingerprint="f", protocol=Protocol.from_dict(old)).run_id == run_id
+        assert store.query()[0].protocol == old

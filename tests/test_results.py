@@ -41,12 +41,12 @@ def test_round_trip(store, tmp_path):
     rows = store.query(model="HuggingFaceTB/SmolLM2-135M")
     assert len(rows) == 1
     row = rows[0]
-    assert row["run_id"] == run_id
-    assert row["settings"] == settings and row["protocol"] == PROTOCOL
-    assert row["value"] == 23.5 and row["seconds"] == 12.0 and row["sparsity"] == 0.5
-    assert set(row["versions"]) == {"zprune", "torch", "transformers", "lm_eval"}
-    assert row["created"].startswith("20")
-    assert store.query(model="other") == []
+    assert row.run_id == run_id
+    assert row.settings == settings and row.protocol == PROTOCOL
+    assert row.value == 23.5 and row.seconds == 12.0 and row.sparsity == 0.5
+    assert set(row.versions) == {"zprune", "torch", "transformers", "lm_eval"}
+    assert row.created.startswith("20")
+    assert isinstance(row, ResultRow) and store.query(model="other") == []  # read back as the type it was written as
 
 
 def test_query_filters_and_metric_glob(store):
@@ -54,9 +54,9 @@ def test_query_filters_and_metric_glob(store):
     store.record(ResultRow(model="m", value=0.6, **{**CELL, "metric": "acc:arc_easy_local"}))
     store.record(ResultRow(model="m", value=0.4, **{**CELL, "metric": "acc:piqa_local"}))
     store.record(ResultRow(model="m", value=15.0, fingerprint="fp-1", metric="ppl:wikitext2", protocol=PROTOCOL))  # dense
-    assert [r["value"] for r in store.query(metric="acc:*")] == [0.6, 0.4]
+    assert [r.value for r in store.query(metric="acc:*")] == [0.6, 0.4]
     dense = store.query(fingerprint="fp-1", metric="ppl:wikitext2", sparsity=None)
-    assert [(r["method"], r["value"]) for r in dense] == [("dense", 15.0)]
+    assert [(r.method, r.value) for r in dense] == [("dense", 15.0)]
     assert len(store.query(method="wanda", sparsity=0.5)) == 3
     with pytest.raises(ZpruneUsageError, match="unknown results field"):
         store.query(colour="red")
@@ -67,7 +67,7 @@ def test_find_matches_the_identical_cell_only(store):
     first = store.record(ResultRow(value=20.0, **CELL))
     second = store.record(ResultRow(value=21.0, **CELL))
     found = store.find(**FIND)
-    assert found is not None and found["run_id"] == second != first
+    assert found is not None and found.run_id == second != first
     # protocol given as JSON text with other key order is the same cell
     as_text = '{"seqlen": 2048, "split": "test", "n_windows": 140, "dataset": "wikitext2"}'
     assert store.find(**{**FIND, "protocol": as_text})
@@ -88,7 +88,7 @@ def test_delete(store):
     store.record(ResultRow(value=3.0, **{**CELL, "metric": "acc:piqa_local"}))
     assert store.delete(run_id=a) == 1
     assert store.delete(metric="acc:piqa_local") == 1
-    assert [r["value"] for r in store.query()] == [2.0]
+    assert [r.value for r in store.query()] == [2.0]
     with pytest.raises(ZpruneUsageError):
         store.delete()
 
@@ -152,4 +152,4 @@ def test_a_cell_is_recorded_whole_or_not_at_all(store):
         store.record_many([first, clash])
     assert store.query() == []
     store.record_many([first, dataclasses.replace(clash, run_id="r2")])
-    assert {r["metric"] for r in store.query()} == {"ppl:wikitext2", "acc:piqa_local"}
+    assert {r.metric for r in store.query()} == {"ppl:wikitext2", "acc:piqa_local"}

@@ -322,8 +322,8 @@ def cached_metrics(store: ResultsStore, handle: ModelHandle, plan: EvalPlan, pro
         if row is None and name not in extra:
             return None
         if row is not None:
-            detail = (row.get("settings") or {}).get("detail") or {}
-            metrics.append(Metric(name, row["value"], Protocol.from_dict(row["protocol"]), row["seconds"] or 0.0, detail))
+            detail = (row.settings or {}).get("detail") or {}
+            metrics.append(Metric(name, row.value, Protocol.from_dict(row.protocol), row.seconds or 0.0, detail))
     return metrics
 
 
@@ -367,8 +367,8 @@ def stored_results(store: ResultsStore, provenance: Provenance) -> dict[str, dic
                        stats_key=provenance.stats_key)
     latest: dict[str, dict] = {}
     for row in rows:  # oldest first: later rows win
-        protocol = {k: v for k, v in (row["protocol"] or {}).items() if k not in ("source", "data_hash")}
-        latest[row["metric"]] = {"value": row["value"], "protocol": protocol, "created": row["created"]}
+        protocol = {k: v for k, v in (row.protocol or {}).items() if k not in ("source", "data_hash")}
+        latest[row.metric] = {"value": row.value, "protocol": protocol, "created": row.created}
     return latest
 
 

@@ -312,12 +312,13 @@ class ResultsStore:
         return (" AND ".join(clauses) or "1"), params
 
     @staticmethod
-    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    def _decode(row: sqlite3.Row) -> ResultRow:
+        """A stored row as a ResultRow, its JSON fields (settings, protocol, versions) decoded."""
         out = dict(row)
         for name in JSON_COLUMNS:
             if out.get(name) is not None:
                 out[name] = json.loads(out[name])
-        return out
+        return ResultRow(**out)
 
     def query(
         self,
@@ -325,7 +326,7 @@ class ResultsStore:
         fingerprint: str | None = None,
         metric: str | None = None,
         **filters: Any,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ResultRow]:
         """Rows matching every given filter, oldest first, JSON fields decoded.
 
         model, fingerprint and metric are skipped when None; metric may be a glob ("acc:*"). Every other
@@ -349,7 +350,7 @@ class ResultsStore:
         method: str = "dense",
         recipe: str | None = None,
         stats_key: str | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> ResultRow | None:
         """The latest row of the identical cell (all of CELL_COLUMNS equal, None matching None), or None.
 
         A dense row has method "dense" and no recipe; a pruned row is found by its recipe digest only."""

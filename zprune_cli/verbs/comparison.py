@@ -27,7 +27,7 @@ from zprune_cli.records.protocol import Protocol
 from zprune_cli.verbs.pruning import make_provenance
 from zprune_cli.records.ranking import add_intervals, mark_best
 from zprune_cli.engine.recipe import PruneRecipe, calibration_needs, needs_calibration
-from zprune_cli.records.results import ResultsStore, results_path
+from zprune_cli.records.results import ResultRow, ResultsStore, results_path
 from zprune_cli.base.settings import Calibration, Settings
 from zprune_cli.base.settings import resolve as resolve_settings
 
@@ -168,26 +168,26 @@ def leaderboard(store: ResultsStore, fingerprint: str | None = None, model: str 
         if not _kept(r, stats_key, protocols, metric):
             continue
         # rows of schema 1 carry no recipe digest: they keep their old identity (their own fields)
-        identity = r["recipe"] or (r["sparsity"], r["pattern"], r["scope"], r["allocation"], r["propagate"])
-        key = (r["fingerprint"], grid or _evaluation_of(r), r["model"], r["method"], identity, r["stats_key"])
+        identity = r.recipe or (r.sparsity, r.pattern, r.scope, r.allocation, r.propagate)
+        key = (r.fingerprint, grid or _evaluation_of(r), r.model, r.method, identity, r.stats_key)
         row, latest = cells.setdefault(key, _row(r)), seen.setdefault(key, {})
-        if r["created"] >= latest.get(r["metric"], ("", None))[0]:
-            row["metrics"][r["metric"]] = r["value"]
-            latest[r["metric"]] = (r["created"], r["protocol"])
+        if r.created >= latest.get(r.metric, ("", None))[0]:
+            row["metrics"][r.metric] = r.value
+            latest[r.metric] = (r.created, r.protocol)
             _keep_evidence(row, r)
-            row["seconds"] = (r.get("settings") or {}).get("seconds") or row["seconds"]  # the latest run's times
+            row["seconds"] = (r.settings or {}).get("seconds") or row["seconds"]  # the latest run's times
     if grid is not None:  # a cell whose only number here is its sparsity was measured under other protocols
         cells = {key: row for key, row in cells.items() if set(row["metrics"]) - {"sparsity"}}
     return _grouped(cells, {key: {m: p for m, (_, p) in latest.items()} for key, latest in seen.items()})
 
 
-def _kept(r: dict, stats_key: str | None, protocols: dict[str, Protocol] | None, metric: str | None) -> bool:
+def _kept(r: ResultRow, stats_key: str | None, protocols: dict[str, Protocol] | None, metric: str | None) -> bool:
     """Whether a stored row belongs in the leaderboard asked for (see `leaderboard`)."""
-    if r["method"] != "dense" and stats_key is not None and (r["stats_key"] or NO_STATISTICS) != stats_key:
+    if r.method != "dense" and stats_key is not None and (r.stats_key or NO_STATISTICS) != stats_key:
         return False
-    if protocols and r["metric"] != "sparsity" and _expected(protocols, r["metric"]) != Protocol.from_dict(r["protocol"]):
+    if protocols and r.metric != "sparsity" and _expected(protocols, r.metric) != Protocol.from_dict(r.protocol):
         return False
-    return metric is None or r["metric"] == metric or r["metric"].startswith(metric + ":") or r["metric"] == "sparsity"
+    return metric is None or r.metric == metric or r.metric.startswith(metric + ":") or r.metric == "sparsity"
 
 
 def _expected(protocols: dict[str, Protocol], metric: str) -> Protocol | None:
@@ -195,13 +195,13 @@ def _expected(protocols: dict[str, Protocol], metric: str) -> Protocol | None:
     return protocols.get(metric.replace("acc_norm:", "acc:", 1))
 
 
-def _evaluation_of(r: dict) -> str:
+def _evaluation_of(r: ResultRow) -> str:
     """The evaluation setup a row was measured under, as canonical text (batch size does not count)."""
-    settings = r.get("settings") or {}
+    settings = r.settings or {}
     evaluation = settings.get("evaluation")
     if isinstance(evaluation, dict):
         return json.dumps({k: v for k, v in evaluation.items() if k not in ("batch_size", "speed", "tasks_dir")}, sort_keys=True)
-    return json.dumps(r["protocol"] if r["metric"] != "sparsity" else None, sort_keys=True, default=str)
+    return json.dumps(r.protocol if r.metric != "sparsity" else None, sort_keys=True, default=str)
 
 
 def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) -> list[LeaderboardRow]:
@@ -232,14 +232,14 @@ def _grouped(cells: dict[tuple, dict], protocols: dict[tuple, dict[str, dict]]) 
     return out
 
 
-def _keep_evidence(row: dict, r: dict) -> None:
+def _keep_evidence(row: dict, r: ResultRow) -> None:
     """The stored row's per-window NLLs (perplexity) or standard error (accuracy), kept for the intervals and
     the paired tests (records/ranking.py); rows stored before windows were kept have none."""
-    detail = (r.get("settings") or {}).get("detail") or {}
+    detail = (r.settings or {}).get("detail") or {}
     if detail.get("window_nll"):
-        row["windows"][r["metric"]] = detail["window_nll"]
+        row["windows"][r.metric] = detail["window_nll"]
     if isinstance(detail.get("stderr"), (int, float)):
-        row["stderr"][r["metric"]] = detail["stderr"]
+        row["stderr"][r.metric] = detail["stderr"]
 
 
 def _by(rows: list[dict], key) -> dict:
@@ -267,19 +267,19 @@ def _describe(rows: list[dict], protocols: dict[str, dict]) -> str:
     return "; ".join(parts)
 
 
-def _row(r: dict) -> dict:
-    settings = r.get("settings") or {}
+def _row(r: ResultRow) -> dict:
+    settings = r.settings or {}
     recipe = settings.get("recipe")
     label = "dense"
     if isinstance(recipe, dict):
         try:
             label = PruneRecipe.from_dict(recipe).label()
         except ZpruneUsageError:  # a recipe of another zprune version: show its fields instead
-            label = r["method"]
-    elif r["method"] != "dense":
-        label = r["method"]
-    return {"model": r["model"], "method": r["method"], "label": label, "sparsity": r["sparsity"],
-            "pattern": r["pattern"] or "", "scope": r["scope"] or "", "allocation": r["allocation"] or "",
-            "propagate": r["propagate"] or "", "recipe": r["recipe"] or "", "stats_key": r["stats_key"] or "",
+            label = r.method
+    elif r.method != "dense":
+        label = r.method
+    return {"model": r.model, "method": r.method, "label": label, "sparsity": r.sparsity,
+            "pattern": r.pattern or "", "scope": r.scope or "", "allocation": r.allocation or "",
+            "propagate": r.propagate or "", "recipe": r.recipe or "", "stats_key": r.stats_key or "",
             "calibration": settings.get("calibration"), "seconds": settings.get("seconds"),  # prune / evaluate, per cell
             "metrics": {}, "windows": {}, "stderr": {}}
