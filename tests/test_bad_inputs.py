@@ -287,6 +287,29 @@ def test_damaged_zprune_json(pruned, tmp_path, content, needle):
     assert needle in one_line(invoke("export", copy, "--to", tmp_path / "e"), 1)
 
 
+@pytest.mark.parametrize("change, needle", [({"method": "wanda-renamed"}, "cannot be rebuilt by this zprune: unknown method"),
+                                             ({"sparsity": 0.25}, "does not match its recipe")], ids=["renamed-method", "digest"])
+def test_a_recipe_this_zprune_cannot_rebuild(world, pruned, tmp_path, change, needle, monkeypatch):
+    """zprune.json is read without the method registry (a folder of a renamed method stays readable); what needs
+    the recipe itself (eval's rows, export's checks) says in one line that it cannot be rebuilt, exit 1, before
+    anything is measured or written."""
+    import shutil
+
+    from zprune_cli.records.provenance import Provenance
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pruned, copy)
+    data = json.loads((copy / "zprune.json").read_text())
+    (copy / "zprune.json").write_text(json.dumps({**data, "recipe": {**data["recipe"], **change}}))
+    assert Provenance.read(copy).recipe.fields == {**data["recipe"], **change}  # read as stored
+    measured = []
+    monkeypatch.setattr("zprune_cli.evaluation.run._perplexity", lambda *a, **k: measured.append(a))
+    assert needle in one_line(invoke("eval", copy, "--eval", world["text"], "--eval-seqlen", "32"), 1)
+    assert measured == []  # said before any window was run
+    assert needle in one_line(invoke("export", copy, "--to", tmp_path / "e"), 1)
+    assert not (tmp_path / "e").exists()
+
+
 # --- compare ----------------------------------------------------------------------------------------------
 COMPARE_CASES = [
     (["--eval", ""], 2, "nothing to measure"),

@@ -407,6 +407,8 @@ def evaluate(
     if handle.offload == "disk":
         refuse_whole_model_work(evaluation)
     provenance = provenance_of(handle)
+    if provenance is not None:
+        recipe_of(provenance.recipe)  # its rows need the recipe: a record this zprune cannot rebuild is said before measuring
     if baseline and provenance is None:
         raise ZpruneUsageError(f"--baseline needs a zprune output folder (with {PROVENANCE_FILE}); {handle.source.spec} is not one")
     base = base_model_handle(provenance, Path(handle.source.location), settings, handle.offload) if baseline else None
