@@ -34,6 +34,7 @@ from zprune_cli.data.sources import resolve_source  # noqa: E402
 from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
 from zprune_cli.engine.recipe import PruneRecipe  # noqa: E402
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E402
+from zprune_cli.methods import quantize  # noqa: E402
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
 from zprune_cli.verbs.calibration import calibrate, drawn_windows  # noqa: E402
 from zprune_cli.base.progress import ensure  # noqa: E402
@@ -50,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cells", default="0.5:4,0:4", help="SPARSITY:BITS, comma-separated")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
+    p.add_argument("--sides", default="reference,zprune,zprune-f32", help="comma-separated: reference, zprune, "
+                   "zprune-f32 (zprune with the reference's float32 scales instead of its bfloat16-rounded ones)")
     return p.parse_args(argv)
 
 
@@ -114,25 +117,36 @@ def reference_prune(model, windows: torch.Tensor, sparsity: float, wbits: int, S
     return time.perf_counter() - started
 
 
+def zprune_prune(model, entry, sparsity: float, wbits: int, float32_scales: bool) -> float:
+    """zprune's SparseGPT with --wbits, per channel, asymmetric. Its grids' scales are rounded up to bfloat16 (what
+    compressed-tensors stores); `float32_scales` keeps them as the reference does, to tell that rounding apart."""
+    recipe = PruneRecipe("sparsegpt", sparsity=sparsity, wbits=wbits, group_size=0, sym=False, propagate="pruned")
+    shipped = quantize.bf16_ceil
+    quantize.bf16_ceil = (lambda x: x) if float32_scales else shipped
+    try:
+        return prune_in_memory(model, entry, recipe).seconds
+    finally:
+        quantize.bf16_ceil = shipped
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     SparseGPT, Quantizer = reference_classes(args.reference)
     cache = Path(tempfile.mkdtemp(prefix="zprune-bench-fidelity-quant-"))
-    settings = Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
     handle = ModelHandle(args.model, "cpu", "float32")
     calibration = Calibration(args.data, args.nsamples, args.seqlen, 0)
-    result = calibrate(handle, calibration, gram=True, settings=settings)
     windows = drawn_windows(handle, resolve_source(args.data, "train", DATA_DIR), calibration, ensure(None))
     plan = EvalPlan(Evaluation(data="wikitext2", seqlen=512, max_windows=args.eval_windows), DATA_DIR)
     snapshot, library, cells = DenseSnapshot(handle.model), library_state(), []
     for cell in args.cells.split(","):
         sparsity, wbits = float(cell.split(":")[0]), int(cell.split(":")[1])
-        for side in ("reference", "zprune"):
+        for side in args.sides.split(","):
             snapshot.restore()
             if side == "reference":
                 seconds = reference_prune(handle.model, windows, sparsity, wbits, SparseGPT, Quantizer)
-            else:
-                recipe = PruneRecipe("sparsegpt", sparsity=sparsity, wbits=wbits, group_size=0, sym=False, propagate="pruned")
-                seconds = prune_in_memory(handle.model, result.entry, recipe).seconds
+            else:  # each side its own cache: the propagated statistics depend on the grids, and are stored
+                entry = calibrate(handle, calibration, gram=True, settings=Settings(cache_dir=cache / f"{cell}-{side}",
+                                                                                    data_dir=DATA_DIR, device="cpu")).entry
+                seconds = zprune_prune(handle.model, entry, sparsity, wbits, float32_scales=side == "zprune-f32")
             metrics = {m.name: m.value for m in measure(handle.model, handle.tokenizer, plan)}
             row = {"cell": cell, "side": side, "ppl": round(metrics["ppl:wikitext2"], 4), "sparsity": metrics["sparsity"],
                    "prune_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "library": library}
@@ -149,11 +163,12 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args)
-    print("\n| sparsity : bits | reference ppl | zprune ppl | zprune / reference |\n|---|---|---|---|")
+    sides = list(dict.fromkeys(r["side"] for r in rows))
+    print(f"\n| sparsity : bits | {' | '.join(sides)} | / reference |\n|---|" + "---|" * (len(sides) + 1))
     for cell in dict.fromkeys(r["cell"] for r in rows):
-        ref, ours = (next(r["ppl"] for r in rows if r["cell"] == cell and r["side"] == s) for s in ("reference", "zprune"))
-        print(f"| {cell} | {ref:.2f} | {ours:.2f} | {ours / ref:.4f} |")
-
+        ppl = {r["side"]: r["ppl"] for r in rows if r["cell"] == cell}
+        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and "reference" in ppl)
+        print(f"| {cell} | {' | '.join(f'{ppl[s]:.2f}' for s in sides)} | {ratios or '-'} |")
 
 if __name__ == "__main__":
     main()
