@@ -299,7 +299,8 @@ def _compressed_tensors_checks(provenance: Provenance) -> list[str]:
 
 
 def _write_compressed_tensors(job: _Job) -> tuple[Sizes, list[str]]:
-    quant = recipe_of(job.provenance.recipe).quant
+    recipe = recipe_of(job.provenance.recipe)
+    quant = recipe.quant
     grids = read_grids(job.reader.folder)
     stored_dtype = parse_dtype(job.provenance.dtype) or torch.float32
 
@@ -317,7 +318,6 @@ def _write_compressed_tensors(job: _Job) -> tuple[Sizes, list[str]]:
     write_hf_index(job.folder, weight_map, writer.total_bytes)
     dense = {n.rpartition(".")[0] for n in job.reader.names
              if n.endswith(".weight") and n not in job.pruned and len(job.reader.stored_shape(n)) == 2}
-    recipe = recipe_of(job.provenance.recipe)
     config = hf.clean_config(read_config(job.reader.folder))
     config["quantization_config"] = compressed_tensors.quantization_config(
         quant.bits, quant.group_size, quant.sym, quant.act_order, sorted(dense | {"lm_head"}),
