@@ -1,5 +1,5 @@
-"""Code a child process runs to report its own peak resident memory, shared by the peak-memory tests
-and the benchmarks.
+"""Code a child process runs to report its own peak resident memory (or the modules it imported), shared by
+the tests and the benchmarks.
 
 The process writes its high-water mark (VmHWM, in KiB) to $HWM_FILE at exit. VmHWM is per address space,
 so it starts afresh at exec; getrusage's ru_maxrss would carry the forking parent's peak over exec (under
@@ -26,3 +26,11 @@ def _hwm():
 atexit.register(_hwm)
 """
 RUN_ZPRUNE = HWM + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"
+
+# The names of the modules a `zprune` process imported, as JSON in $MODULES_FILE at exit. (`python -X importtime`
+# misses a package imported through importlib, as base/lazy.py imports torch.)
+MODULES = """
+import atexit, json, os, sys
+atexit.register(lambda: open(os.environ['MODULES_FILE'], 'w').write(json.dumps(sorted(sys.modules))))
+"""
+RUN_ZPRUNE_MODULES = MODULES + "import runpy; sys.argv = ['zprune', *sys.argv[1:]]; runpy.run_module('zprune_cli', run_name='__main__')"

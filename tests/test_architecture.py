@@ -39,7 +39,7 @@ def imported_units(path: Path) -> set[str]:
     """Top-level zprune_cli units a module imports (at any depth of the file, lazy imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = []
+        names = list(lazily_bound(node))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "zprune_cli":
             names = [node.module] if node.module != "zprune_cli" else [f"zprune_cli.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
@@ -114,7 +114,16 @@ def imported_modules(path: Path) -> set[str]:
                 found.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).is_file() else node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("zprune_cli.")}
+        found |= lazily_bound(node)
     return found
+
+
+def lazily_bound(node: ast.AST) -> set[str]:
+    """`x = lazy("zprune_cli.a.b")` (base/lazy.py) imports zprune_cli.a.b as surely as an import statement."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "lazy" and node.args
+            and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("zprune_cli.")):
+        return {node.args[0].value}
+    return set()
 
 
 def module_name(path: Path) -> str:

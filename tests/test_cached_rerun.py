@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gguf.gguf_reader
 import pytest
@@ -51,6 +52,38 @@ def test_a_cached_compare_and_eval_read_no_gguf(tiny_gguf, text_file, cache, ggu
     measured = runner.invoke(app, evaluate)  # the dense cell of the grid: already measured
     assert measured.exit_code == 0, measured.output
     assert json.loads(measured.stdout)["reused"] is True and gguf_reads == []
+
+
+HEAVY = ("torch", "transformers", "gguf", "tokenizers", "safetensors.torch", "lm_eval", "datasets")
+
+
+def imported_by(command: list[str], tmp_path: Path) -> set[str]:
+    """The heavy libraries a fresh `zprune` process imports (this one has imported everything already)."""
+    import os
+    import subprocess
+    import sys
+
+    from peak_memory import RUN_ZPRUNE_MODULES
+
+    report = tmp_path / "modules.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "MODULES_FILE": str(report)}
+    result = subprocess.run([sys.executable, "-c", RUN_ZPRUNE_MODULES, *command], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(HEAVY) & set(json.loads(report.read_text()))
+
+
+def test_a_cached_rerun_imports_no_torch(tiny_gguf, text_file, cache, tmp_path):
+    """A fully cached `compare` of a GGUF model loads no library that reads tensors: `import torch` alone costs
+    more than the whole re-run (tests/benchmarks/bench_rerun.py). Nor do `--help` and the stored leaderboard."""
+    grid = ["compare", str(tiny_gguf), "--method", "magnitude,wanda,sparsegpt", "--sparsity", "0.5", "--data",
+            str(text_file), "-n", "2", "-l", "16", "--eval", str(text_file), "--eval-seqlen", "32", "--max-windows", "2",
+            "--device", "cpu", "-q"]
+    first = runner.invoke(app, grid)
+    assert first.exit_code == 0, first.output
+    assert imported_by(grid, tmp_path) == set()
+    assert imported_by(["--help"], tmp_path) == set()
+    assert imported_by(["compare", "--show"], tmp_path) == set()
+    assert "torch" in imported_by([*grid, "--force"], tmp_path)  # what computes does import it
 
 
 def test_changed_model_files_forget_the_protocol(tiny_dir, text_file, tmp_path, cache):

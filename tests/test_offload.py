@@ -268,11 +268,14 @@ def disk_full(flavour: str) -> Exception:
     return OSError(errno.ENOSPC, "No space left on device")
 
 
-def fill_disk_after(monkeypatch, module, n_files: int, flavour: str) -> list[str]:
-    """`module.save_file` writes n_files files, then leaves a partial file and fails as a full disk does."""
+def fill_disk_after(monkeypatch, module, n_files: int, flavour: str, prefix: str = "") -> list[str]:
+    """`module.save_file` writes n_files files named `prefix`..., then leaves a partial file and fails as a full
+    disk does (files named otherwise are written as usual)."""
     real, written = module.save_file, []
 
     def save_file(tensors, filename, *args, **kwargs):
+        if not Path(filename).name.startswith(prefix):
+            return real(tensors, filename, *args, **kwargs)
         written.append(str(filename))
         if len(written) > n_files:
             Path(filename).write_bytes(b"partial")
@@ -322,7 +325,7 @@ def test_disk_full_while_streaming_blocks(depths, method, flavour, previous, tmp
         out.mkdir(parents=True)
         (out / "config.json").write_text('{"earlier": true}')
     with monkeypatch.context() as full:
-        written = fill_disk_after(full, safetensors.torch, 1, flavour)  # block 0's shard, then full
+        written = fill_disk_after(full, safetensors.torch, 1, flavour, "model-")  # block 0's shard, then full
         result = prune_offloaded(depths[3], out, method, text_file, *(["--overwrite"] if previous else []))
     # the one line names the folder asked for, as the in-memory save does (staging.staged_folder)
     assert one_error_line(result).startswith(f"error: writing {out} failed: the disk is full; free space")
@@ -343,9 +346,9 @@ def test_disk_full_while_streaming_blocks(depths, method, flavour, previous, tmp
 
 @pytest.mark.parametrize("flavour", ["os", "safetensors"])
 def test_disk_full_while_calibrating_offloaded(depths, flavour, text_file, cache, monkeypatch):
-    import zprune_cli.stats.store as store
+    import safetensors.torch  # the statistics store's writer (bound lazily there)
 
-    written = fill_disk_after(monkeypatch, store, 2, flavour)  # inputs and block 0, then full at block 1
+    written = fill_disk_after(monkeypatch, safetensors.torch, 2, flavour)  # inputs and block 0, then full at block 1
     args = ["calibrate", str(depths[3]), "--offload", "disk", "--data", str(text_file), "-n", "2", "-l", "16"]
     assert one_error_line(CliRunner().invoke(app, args)).startswith(f"error: writing statistics to {cache} failed: the disk "
                                                                     "is full; free space")

@@ -15,7 +15,7 @@ from zprune_cli.verbs.comparison import grid_recipes
 from zprune_cli.base.masks import Pattern
 from zprune_cli.methods import get_method
 from zprune_cli.methods.permutation import find_permutation, heuristic_order, kept_score, lsa_refine
-from zprune_cli.methods.permuted import Permuter
+from zprune_cli.engine.permuted import Permuter
 from zprune_cli.models.blocks import find_blocks, find_linears, pruned_layers, weight_view
 from zprune_cli.models.handle import ModelHandle
 from zprune_cli.verbs.pruning import prune

@@ -14,9 +14,10 @@ import atexit
 import os
 from typing import Any, Sequence
 
-import torch
-
 from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
 
 
 def active() -> bool:

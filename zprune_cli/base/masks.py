@@ -11,10 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 
-import torch
-
 from zprune_cli.base.choices import SCOPES
 from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
 from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
+
 
 def nonzeros(tensor: torch.Tensor) -> int:
     """Entries that are not zero (-0.0 counts as zero). On the CPU numpy counts float32 ten times faster than

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from zprune_cli.base.lazy import inference_mode, lazy
+
+torch = lazy("torch")
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_windows(model, tokenizer, nsamples: int, seqlen: int, seed: int, batch_size: int = 8, progress_task=None):
     """LongTensor [nsamples, seqlen]: seeded top-k sampling from the BOS token (or EOS when none)."""
     device = next(model.parameters()).device

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.data.fit import HEAVY_REUSE, WindowFit, covered_tokens
 from zprune_cli.data.sources import Text
 from zprune_cli.base.errors import ZpruneUsageError
+
+torch = lazy("torch")
 
 MEASURE_DOCUMENTS = 10_000  # heavy overlap: tokenise up to this many more documents to name the sizes that fit
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.methods import owl_scorer
-from zprune_cli.methods.base import PRUNE_PRECISION
+from zprune_cli.methods.base import prune_precision
 from zprune_cli.models.blocks import weight_view
+
+torch = lazy("torch")
 
 
 def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
@@ -37,7 +38,7 @@ def outlier_fraction(scores: list[torch.Tensor], M: float = 5.0) -> float:
 def block_outlier_fraction(linears: dict, stats: dict, M: float) -> float:
     """outlier_fraction of one block from its projections {name: Linear or Conv1D} and statistics {name: LayerStats}."""
     score = owl_scorer().score  # the registry's: Wanda's |W_ij| * ||X_j||
-    scores = [score(weight_view(linear).to(PRUNE_PRECISION), stats[name]) for name, linear in linears.items()]
+    scores = [score(weight_view(linear).to(prune_precision()), stats[name]) for name, linear in linears.items()]
     return outlier_fraction(scores, M)
 
 

@@ -18,15 +18,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
 from zprune_cli.base import distributed
+from zprune_cli.base.lazy import inference_mode, lazy
 from zprune_cli.engine.allocation import block_outlier_fraction, owl_sparsities
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.base.masks import check_pattern_fits
-from zprune_cli.methods.base import PRUNE_PRECISION, Method, layer_error
-from zprune_cli.methods.permuted import Permuter
+from zprune_cli.methods.base import Method, layer_error, prune_precision
+from zprune_cli.engine.permuted import Permuter
 from zprune_cli.methods.obs import gptq
 from zprune_cli.methods.quantize import QuantGrid, check_group_size
 from zprune_cli.methods.reconstruction import finish_mask
@@ -42,6 +40,9 @@ from zprune_cli.base.sparsity import BlockwiseSparsity, LayerCount
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import PropagatedKey, StatsEntry
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 log = logging.getLogger("zprune")
 
@@ -141,7 +142,7 @@ class _Pruner:
                 new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
         if stats is not None and stats.gram is not None:
-            self.errors[name] = layer_error(weight.to(PRUNE_PRECISION) - new.to(PRUNE_PRECISION), weight, stats.gram)
+            self.errors[name] = layer_error(weight.to(prune_precision()) - new.to(prune_precision()), weight, stats.gram)
         weight_view(linear).copy_(new)
         if grid is not None:
             self.grids[name] = grid
@@ -176,7 +177,7 @@ def _require_finite(tensor: torch.Tensor, what: str) -> None:
                           "Check the model file, or calibrate in float32 (--dtype float32)")
 
 
-@torch.inference_mode()
+@inference_mode
 def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRecipe,
                     progress: Progress | None = None) -> PruneReport:
     """Prune `model`'s decoder-block Linear layers in place from the statistics in `entry` (None for a recipe
@@ -317,7 +318,7 @@ class DenseSnapshot:
         self._weights = {name: (linear, weight_view(linear).to("cpu", copy=True), _copy(bias_of(linear)))
                          for name, linear in layer_modules(pruned_layers(model)).items()}
 
-    @torch.inference_mode()
+    @inference_mode
     def restore(self) -> None:
         for linear, weight, bias in self._weights.values():
             weight_view(linear).copy_(weight.to(linear.weight.device))

@@ -15,8 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.estimation import work
 from zprune_cli.estimation.memory import IMPORTS_BYTES, RUNTIME_BYTES, Footprint
 from zprune_cli.estimation.shape import ModelShape
@@ -25,6 +24,8 @@ from zprune_cli.methods.base import Cost
 from zprune_cli.methods.reconstruction import finish_work_bytes
 from zprune_cli.engine.recipe import PruneRecipe, calibration_needs, needs_calibration
 from zprune_cli.base.settings import Calibration
+
+torch = lazy("torch")
 
 HOST_ONLY = ("loader's transient copies", "tensor being written", "dense snapshot", "block being read",
              "block in output dtype", "last shard in output dtype",  # these three: --offload disk

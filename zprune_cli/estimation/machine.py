@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.estimation.estimate import Estimate, Target
 from zprune_cli.estimation.throughput import Throughput
+
+torch = lazy("torch")
 
 OFFLOAD_ORDER = ("none", "cpu", "disk")  # each spares more memory than the one before
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.data.windows import windows_bytes
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.models.runner import block_inputs_bytes
 from zprune_cli.estimation.store_size import GRAM_BYTES, SUMSQ_BYTES, element_size
 from zprune_cli.base.settings import Calibration
+
+torch = lazy("torch")
 
 MiB = 1 << 20
 # Resident before the first tensor: Python with torch, transformers and zprune imported (247 MiB measured with

@@ -15,12 +15,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from zprune_cli.base.lazy import inference_mode, lazy
 from zprune_cli.models.blocks import find_blocks, find_linears, weight_view
 from zprune_cli.models.load import source_dtype
 from zprune_cli.models.resolve import WEIGHT_SUFFIXES, ModelSource
 from zprune_cli.stats.collect import BlockStatsCollector
+
+torch = lazy("torch")
 
 log = logging.getLogger("zprune")
 
@@ -108,7 +109,7 @@ def model_shape(config, source: ModelSource) -> ModelShape:
     )
 
 
-@torch.inference_mode()
+@inference_mode
 def _trace(model, blocks):
     """(hidden, vocab, groups per block) from one forward on meta tensors, or None if the model's code
     needs real values somewhere (remote code, data-dependent branches)."""

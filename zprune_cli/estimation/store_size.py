@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.estimation.shape import ModelShape
 from zprune_cli.base.settings import Calibration
 from zprune_cli.stats.store import FORMAT_VERSION
 
-_CODES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
-SUMSQ_BYTES = 8  # float64 (stats/collect.py SUMSQ_DTYPE)
-GRAM_BYTES = 4  # float32 (stats/collect.py GRAM_DTYPE)
+torch = lazy("torch")
+
+_CODES = {"float64": "F64", "float32": "F32", "bfloat16": "BF16", "float16": "F16", "int64": "I64"}  # by torch's name
+SUMSQ_BYTES = 8  # float64 (stats/collect.py sumsq_dtype)
+GRAM_BYTES = 4  # float32 (stats/collect.py gram_dtype)
 
 
 def element_size(dtype: torch.dtype) -> int:
@@ -31,7 +32,7 @@ def safetensors_bytes(tensors: list[tuple[str, torch.dtype, list[int]]]) -> int:
         nbytes = element_size(dtype)
         for dim in shape:
             nbytes *= dim
-        header[name] = {"dtype": _CODES.get(dtype, "F32"), "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": _CODES.get(str(dtype).removeprefix("torch."), "F32"), "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     text = len(json.dumps(header, separators=(",", ":")))
     return 8 + (text + 7) // 8 * 8 + offset

@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern, select_prune_mask
+
+torch = lazy("torch")
 
 TOKENS, MAX_WIDTH, HEAD = 128, 1024, 64
 LAYER = (256, 1024)  # [out, in] of the layer the pruning loop is timed on

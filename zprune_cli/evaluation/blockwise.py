@@ -19,7 +19,8 @@ from torch import nn
 from zprune_cli.base.errors import ZpruneError
 from zprune_cli.evaluation.perplexity import PerplexityResult, result_of, window_nll_sum
 from zprune_cli.models.blocks import counted_layers, find_blocks
-from zprune_cli.models.runner import BlockStandIn, capture_block_inputs, split_call
+from zprune_cli.models.runner import capture_block_inputs
+from zprune_cli.models.stand_in import BlockStandIn, split_call
 from zprune_cli.models.walk import run_windows, walk_blocks
 from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount
 

@@ -13,17 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.evaluation.perplexity import model_device
 from zprune_cli.models.blocks import block_linears, counted_layers, is_transposed, weight_view
-from zprune_cli.models.experts import ExpertSlice
 from zprune_cli.base.sparsity import SparsityCount, count_zeros, nm_violation
 
+torch = lazy("torch")
+nn = lazy("torch.nn")
+experts = lazy("zprune_cli.models.experts")
+
 # dtypes torch's semi-structured (2:4) sparse kernels accept for the weight
-_SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
+_SEMI_STRUCTURED_DTYPES = ("float16", "bfloat16")  # torch's names
 
 
 def measure_sparsity(model: nn.Module, layer_names: list[str] | None = None) -> SparsityCount:
@@ -138,12 +139,12 @@ def semi_structured_speedup(
     reasons = []
     if device.type != "cuda" or not torch.cuda.is_available():
         reasons.append(f"it needs a CUDA device (the model is on {device.type})")
-    dtypes = {m.weight.dtype for m in layers.values()}
+    dtypes = {str(m.weight.dtype).removeprefix("torch.") for m in layers.values()}
     if not dtypes <= set(_SEMI_STRUCTURED_DTYPES):
-        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        names = ", ".join(sorted(dtypes))
         reasons.append(f"it needs float16 or bfloat16 weights (the model has {names})")
     not_24 = [name for name, m in layers.items() if not is_2_4(weight_view(m))]
-    fused = [name for name, m in layers.items() if isinstance(m, ExpertSlice)]
+    fused = [name for name, m in layers.items() if isinstance(m, experts.ExpertSlice)]
     transposed = [name for name, m in layers.items() if is_transposed(m) and name not in fused]
     if fused:  # one tensor holds every expert, multiplied by the experts module's own kernels
         reasons.append(f"{len(fused)} layers are experts fused into one tensor (first: {fused[0]})")

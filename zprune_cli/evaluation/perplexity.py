@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 
-# Precision of the log-softmax over the vocabulary, whatever the model's dtype.
-NLL_PRECISION = torch.float32
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+
 # Upper bound on the fp32 logits materialised at once: about 256 MiB.
 _CHUNK_ELEMENTS = 1 << 26
 
@@ -78,7 +77,7 @@ def window_nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> float:
     for start in range(0, seqlen - 1, chunk):
         stop = min(start + chunk, seqlen - 1)
         # logits at position t predict token t + 1
-        piece = logits[start:stop].to(NLL_PRECISION)  # [chunk, V]
+        piece = logits[start:stop].to(torch.float32)  # [chunk, V]; the log-softmax in float32 whatever the model's dtype
         total += F.cross_entropy(piece, ids[start + 1 : stop + 1], reduction="sum").item()
     return total
 

@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.data.sources import TextSource, resolve_or_sample, resolve_source
 from zprune_cli.data.windows import encode_stream
 from zprune_cli.base.errors import ZpruneUsageError
-from zprune_cli.evaluation.blockwise import BlockwisePerplexity, blockwise_perplexity, blockwise_sparsity
 from zprune_cli.evaluation.efficiency import measure_sparsity, semi_structured_speedup, size_on_disk, throughput
 from zprune_cli.evaluation.perplexity import PerplexityResult, eval_windows, perplexity
 from zprune_cli.evaluation.protocol_cache import remembered
@@ -36,6 +34,9 @@ from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount
 from zprune_cli.base.staging import replace_atomically
 from zprune_cli.base.settings import resolve as resolve_settings
 from zprune_cli.engine.recipe import recipe_of
+
+torch = lazy("torch")
+blockwise = lazy("zprune_cli.evaluation.blockwise")
 
 log = logging.getLogger("zprune")
 
@@ -131,7 +132,6 @@ class EvalPlan:
             raise ZpruneUsageError(f"--eval-seqlen {seqlen} is beyond the model's maximum of {limit} tokens")
         return seqlen
 
-
     def windows(self, source: TextSource, tokenizer, seqlen: int) -> torch.Tensor:
         key = (source.identity, seqlen, id(tokenizer.__class__), tokenizer.vocab_size)
         if key not in self._windows:
@@ -180,7 +180,7 @@ def measure(model, tokenizer, plan: EvalPlan, progress: Progress | None = None,
     if counting is not None:
         metrics.append(sparsity_metric(counting.result()))
     else:
-        metrics.append(sparsity_metric((blockwise_sparsity if offloaded(model) else measure_sparsity)(model, layer_names)))
+        metrics.append(sparsity_metric((blockwise.blockwise_sparsity if offloaded(model) else measure_sparsity)(model, layer_names)))
     if e.speed:
         metrics += _speed(model, seqlen, e.batch_size)
     return metrics
@@ -193,7 +193,7 @@ def measure_while_pruning(model, tokenizer, plan: EvalPlan, prune: Callable[[], 
     refuse_whole_model_work(plan.evaluation)
     seqlen = plan.seqlen_for(model)
     with ensure(progress).task(f"Capturing the evaluation windows' inputs for {who}", None):
-        perplexities = {source: BlockwisePerplexity(model, plan.windows(source, tokenizer, seqlen)) for source in plan.sources}
+        perplexities = {source: blockwise.BlockwisePerplexity(model, plan.windows(source, tokenizer, seqlen)) for source in plan.sources}
     counting = BlockwiseSparsity(counted_layers(model))
     with contextlib.ExitStack() as listening:
         for listener in [*perplexities.values(), counting]:
@@ -224,8 +224,8 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
     """One dataset's perplexity; offloaded, block by block, with `also` fed each block (blockwise_perplexity)."""
     windows = plan.windows(source, tokenizer, seqlen)
     what = source.name if source.name != "file" else Path(source.where).name
-    blockwise = offloaded(model) is not None  # --offload disk: each block read once, not once per window
-    steps = len(windows) + (len(offloaded(model).blocks) if blockwise else 0)
+    by_block = offloaded(model) is not None  # --offload disk: each block read once, not once per window
+    steps = len(windows) + (len(offloaded(model).blocks) if by_block else 0)
     with progress.task(f"Perplexity of {who} on {what}" if who else f"Perplexity on {what}", steps) as task:
         done = [0]
 
@@ -233,8 +233,8 @@ def _perplexity(model, tokenizer, plan: EvalPlan, source: TextSource, seqlen: in
             task.advance(n_done - done[0])
             done[0] = n_done
 
-        if blockwise:
-            result = blockwise_perplexity(model, windows, progress=advance, also=also or ())
+        if by_block:
+            result = blockwise.blockwise_perplexity(model, windows, progress=advance, also=also or ())
         else:
             result = perplexity(model, windows, plan.evaluation.batch_size, progress=advance)
     protocol = perplexity_protocol(source, seqlen, result.n_windows)

@@ -18,11 +18,10 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import Callable, TypeAlias
 
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.formats import compressed_tensors, hf, masks, sparse, sparse24
 from zprune_cli.formats.grids import GRIDS_FILE, read_grids
 from zprune_cli.formats.bits import tensor_bytes
@@ -42,13 +41,15 @@ from zprune_cli.formats.masks import apply_masks
 from zprune_cli.formats.reader import SPARSE_MANIFEST, WeightReader, read_config
 from zprune_cli.rendering.model_card import model_card
 from zprune_cli.models.checkpoint_names import checkpoint_targets
-from zprune_cli.models.experts import fused_tensor_name
 from zprune_cli.models.load import parse_dtype
 from zprune_cli.models.pretrained import load_pretrained, load_tokenizer
 from zprune_cli.base.progress import Progress, ensure
 from zprune_cli.records.provenance import Provenance
 from zprune_cli.base.staging import staged_folder
 from zprune_cli.engine.recipe import recipe_of
+
+torch = lazy("torch")
+experts = lazy("zprune_cli.models.experts")
 
 __all__ = ["FORMATS", "ExportSummary", "export", "load_pretrained", "load_tokenizer", "apply_masks"]
 
@@ -154,15 +155,15 @@ def _pruned_weights(reader: "WeightReader | _LoadedTensors", provenance: Provena
     for module in provenance.pruned_layers:
         if f"{module}.weight" in reader:
             out[f"{module}.weight"] = module
-        elif module.rpartition(".")[2].isdigit() and fused_tensor_name(module) in reader:
-            out[fused_tensor_name(module)] = fused_tensor_name(module)
+        elif module.rpartition(".")[2].isdigit() and experts.fused_tensor_name(module) in reader:
+            out[experts.fused_tensor_name(module)] = experts.fused_tensor_name(module)
         else:
             foreign.append(module)
     if foreign:
         targets = checkpoint_targets(reader.folder, [n for n in reader.names if n not in out])
-        wanted = {f"{m}.weight" for m in foreign} | {fused_tensor_name(m) for m in foreign}
+        wanted = {f"{m}.weight" for m in foreign} | {experts.fused_tensor_name(m) for m in foreign}
         found = {stored: target for stored, target in targets.items() if target in wanted}
-        lost = [m for m in foreign if f"{m}.weight" not in found.values() and fused_tensor_name(m) not in found.values()]
+        lost = [m for m in foreign if f"{m}.weight" not in found.values() and experts.fused_tensor_name(m) not in found.values()]
         if lost:
             raise ZpruneError(f"zprune.json lists pruned layer {lost[0]}, but the weights hold no {lost[0]}.weight")
         out.update({stored: stored.removesuffix(".weight") for stored in found})
@@ -171,7 +172,7 @@ def _pruned_weights(reader: "WeightReader | _LoadedTensors", provenance: Provena
 
 def _stored_as_held(reader: WeightReader, provenance: Provenance) -> bool:
     """Whether every pruned layer's tensor is stored under the model's own name (not one tensor per expert)."""
-    return all(f"{m}.weight" in reader or fused_tensor_name(m) in reader for m in provenance.pruned_layers)
+    return all(f"{m}.weight" in reader or experts.fused_tensor_name(m) in reader for m in provenance.pruned_layers)
 
 
 class _LoadedTensors:
@@ -204,7 +205,7 @@ class _Job:
     dtype: torch.dtype | None = None  # cast floating-point tensors to this on the way through
 
 
-Encoder = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
+Encoder: TypeAlias = "Callable[[str, torch.Tensor], dict[str, torch.Tensor]]"
 
 
 def _write_tensors(job: _Job, writer: ShardWriter, encode_pruned: Encoder, encode_dense: Encoder | None) -> Sizes:

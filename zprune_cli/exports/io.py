@@ -8,14 +8,15 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.staging import readable_mode
 from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.formats.bits import tensor_bytes
 
 from zprune_cli.formats.reader import HF_INDEX, SPARSE_MANIFEST
+
+torch = lazy("torch")
+safetensors_torch = lazy("safetensors.torch")
 
 # Files of a source folder that an export writes itself instead of copying.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
@@ -69,7 +70,6 @@ def copy_side_files(source: Path, dest: Path) -> list[str]:
     return copied
 
 
-
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -107,7 +107,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         path = self.folder / f".shard-{len(self._written):05d}.safetensors"
-        save_file(self._pending, str(path), metadata=self.metadata)
+        safetensors_torch.save_file(self._pending, str(path), metadata=self.metadata)
         os.chmod(path, readable_mode())  # safetensors writes 0600; give shards the usual mode
         self._written.append((path, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0

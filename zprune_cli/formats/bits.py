@@ -6,13 +6,15 @@ element 8*j + k, so element 0 is the lowest bit of byte 0. compressed-tensors us
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from zprune_cli.base.lazy import lazy
+
+np = lazy("numpy")
+torch = lazy("torch")
 
 BIT_ORDER = "little"
 
 # Same-width integer views, to tell stored bits apart: -0.0 is "non-zero" to a bit test.
-_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_INT_VIEW = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}  # torch's names
 
 
 def pack(mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
@@ -42,7 +44,7 @@ def packed_bytes(numel: int) -> int:
 def stored_nonzero(weight: torch.Tensor) -> torch.Tensor:
     """True where the stored bits are not all zero (so -0.0 is kept and round-trips bit for bit)."""
     if weight.dtype.is_floating_point and weight.element_size() in _INT_VIEW:
-        return weight.view(_INT_VIEW[weight.element_size()]) != 0
+        return weight.view(getattr(torch, _INT_VIEW[weight.element_size()])) != 0
     return weight != 0
 
 

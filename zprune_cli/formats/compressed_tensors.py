@@ -27,9 +27,10 @@ only when an export is written.
 
 from __future__ import annotations
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
 
 FORMAT_NAME = "compressed-tensors"
 PACK_FORMAT = "pack-quantized"

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
+safetensors_torch = lazy("safetensors.torch")
 
 GRIDS_FILE = "zprune-quant.safetensors"
 
@@ -30,7 +32,7 @@ def write_grids(folder: Path, grids: dict[str, tuple[torch.Tensor, torch.Tensor]
     for module, (scale, zero) in grids.items():
         tensors[f"{module}.scale"] = scale.detach().to("cpu", torch.float32).contiguous()
         tensors[f"{module}.zero"] = zero.detach().to("cpu", torch.uint8).contiguous()
-    save_file(tensors, str(Path(folder) / GRIDS_FILE), metadata=metadata)
+    safetensors_torch.save_file(tensors, str(Path(folder) / GRIDS_FILE), metadata=metadata)
 
 
 def read_grids(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -40,7 +42,7 @@ def read_grids(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         raise ZpruneError(f"{folder} holds no quantization grids ({GRIDS_FILE}); it was not pruned with --wbits, "
                           "or it was copied without that file")
     try:
-        tensors = load_file(str(path))
+        tensors = safetensors_torch.load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ZpruneError(f"cannot read {path}: {exc} (the file is damaged or truncated)") from None
     modules = {name.rpartition(".")[0] for name in tensors}

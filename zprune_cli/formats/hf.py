@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
+
 
 FORMAT_NAME = "hf"
 PREFIX = "model"

@@ -18,11 +18,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.formats.bits import BIT_ORDER, pack, packed_bytes, unpack
+
+torch = lazy("torch")
 
 FORMAT_NAME = "zprune-masks"
 LAYOUT_VERSION = 1

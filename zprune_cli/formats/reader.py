@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.formats.masks import MANIFEST as MASKS_MANIFEST
+
+torch = lazy("torch")
 
 HF_INDEX = "model.safetensors.index.json"
 SPARSE_MANIFEST = "zprune-sparse.json"

@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.formats.bits import BIT_ORDER, pack, packed_bytes, stored_nonzero, unpack
+
+torch = lazy("torch")
 
 FORMAT_NAME = "zprune-sparse"
 LAYOUT_VERSION = 1

@@ -15,11 +15,12 @@ releases no longer load it; `zprune_cli.load_pretrained` does.
 
 from __future__ import annotations
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.sparsity import nm_violation
 from zprune_cli.base.errors import ZpruneError
 from zprune_cli.formats.bits import pack, packed_bytes, stored_nonzero, unpack
+
+torch = lazy("torch")
 
 FORMAT_NAME = "sparse-24-bitmask"
 SUFFIXES = (".shape", ".compressed", ".bitmask")

@@ -8,8 +8,7 @@ import inspect
 import pkgutil
 
 from zprune_cli.base.errors import ZpruneUsageError
-from zprune_cli.methods.base import METHODS, PRUNE_PRECISION, Method, PruneResult, register
-
+from zprune_cli.methods.base import METHODS, Method, PruneResult, prune_precision, register
 
 
 def discover(package: str = __name__, path: list[str] | None = None) -> list[str]:
@@ -22,7 +21,7 @@ def discover(package: str = __name__, path: list[str] | None = None) -> list[str
 
 discover()
 
-__all__ = ["METHODS", "PRUNE_PRECISION", "Method", "PruneResult", "get_method", "method_names", "register"]
+__all__ = ["METHODS", "prune_precision", "Method", "PruneResult", "get_method", "method_names", "register"]
 
 
 def method_names() -> list[str]:

@@ -24,13 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern, check_pattern_fits, prune_count, select_prune_mask
-from zprune_cli.methods.base import PRUNE_PRECISION, Cost, Method, PruneResult, option, register
+from zprune_cli.methods.base import Cost, Method, PruneResult, option, prune_precision, register
 from zprune_cli.methods.pcg import damped, pcg_solve
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
 
 MAX_RHO = 1e6
 
@@ -41,8 +42,8 @@ class _Scaled:
 
     d: torch.Tensor  # [in], sqrt(diag(H + ridge))
     H: torch.Tensor  # [in, in], unit diagonal
-    eigenvalues: torch.Tensor  # [in], PRUNE_PRECISION (computed in float64)
-    eigenvectors: torch.Tensor  # [in, in], PRUNE_PRECISION
+    eigenvalues: torch.Tensor  # [in], prune_precision() (computed in float64)
+    eigenvectors: torch.Tensor  # [in, in], prune_precision()
 
     def inverse(self, rho: float) -> torch.Tensor:
         """(H + rho I)^-1: eigenvalues >= the ridge, so single precision is enough, and twice as fast."""
@@ -98,7 +99,7 @@ class ALPS(Method):
             return Z.masked_fill(mask, 0), mask
 
         scaled = self._scaled(stats)
-        B0 = weight.to(device=scaled.H.device, dtype=PRUNE_PRECISION) * scaled.d  # [out, in]
+        B0 = weight.to(device=scaled.H.device, dtype=prune_precision()) * scaled.d  # [out, in]
         Y = B0 @ scaled.H
         B, _ = self._admm(B0, Y, scaled, project)
         B, mask = project(B)
@@ -146,10 +147,10 @@ class ALPS(Method):
         gram = stats.gram
         if self._cache and self._cache[0] is gram:
             return self._cache[1]
-        H = damped(gram.to(PRUNE_PRECISION), self.lambda2)
+        H = damped(gram.to(prune_precision()), self.lambda2)
         d = H.diagonal().sqrt() + 1e-8
         H = H / d.unsqueeze(1) / d.unsqueeze(0)
         eigenvalues, eigenvectors = torch.linalg.eigh(H.double())
-        scaled = _Scaled(d, H, eigenvalues.to(PRUNE_PRECISION), eigenvectors.to(PRUNE_PRECISION))
+        scaled = _Scaled(d, H, eigenvalues.to(prune_precision()), eigenvectors.to(prune_precision()))
         self._cache[:] = [gram, scaled]
         return scaled

@@ -14,15 +14,20 @@ from abc import ABC
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
-import torch
-
 from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern, select_prune_mask
 from zprune_cli.methods.quantize import QuantGrid
 from zprune_cli.stats.types import LayerStats
 
-# Scores and weight updates are always computed in this precision, whatever the weight's dtype.
-PRUNE_PRECISION = torch.float32
+torch = lazy("torch")
+
+
+def prune_precision() -> torch.dtype:
+    """The dtype every score and weight update is computed in, whatever the weight's dtype (a function, not a
+    constant, so that importing the method registry does not import torch)."""
+    return torch.float32
+
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -56,8 +61,8 @@ def layer_error(delta: torch.Tensor, weight: torch.Tensor, gram: torch.Tensor) -
     """The layer's reconstruction error relative to its output, ||W X - W' X||^2 / ||W X||^2, from the Gram
     H = sum x x^T alone: trace(D H D^T) / trace(W H W^T) with D = W - W' ([out, in] each; what SparseGPT's and
     llm-compressor's code report per layer). 0 for a layer whose output is zero."""
-    H = gram.to(device=weight.device, dtype=PRUNE_PRECISION)
-    D, W = delta.to(PRUNE_PRECISION), weight.to(PRUNE_PRECISION)
+    H = gram.to(device=weight.device, dtype=prune_precision())
+    D, W = delta.to(prune_precision()), weight.to(prune_precision())
     output = float(((W @ H) * W).sum(dtype=torch.float64))
     return float(((D @ H) * D).sum(dtype=torch.float64)) / output if output > 0 else 0.0
 
@@ -130,7 +135,7 @@ class Method(ABC):
         pattern: Pattern,
         scope: str | None = None,
     ) -> PruneResult:
-        """Score in PRUNE_PRECISION, select exactly the lowest entries, zero them."""
+        """Score in prune_precision(), select exactly the lowest entries, zero them."""
         prune_mask = self.prune_mask(weight, stats, sparsity, pattern, scope)
         return PruneResult(weight=weight.masked_fill(prune_mask, 0), prune_mask=prune_mask)
 
@@ -138,7 +143,7 @@ class Method(ABC):
                    scope: str | None = None) -> torch.Tensor:
         """A score method's mask (True = pruned) without the pruned copy of the weight: the engine zeroes
         the layer in place (`prune` is this and `weight.masked_fill`)."""
-        scores = self.score(weight.to(PRUNE_PRECISION), stats)
+        scores = self.score(weight.to(prune_precision()), stats)
         return select_prune_mask(scores, sparsity, scope or self.default_scope, pattern)
 
 
@@ -151,8 +156,8 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def input_norms(stats: LayerStats, like: torch.Tensor) -> torch.Tensor:
-    """||X_j||_2 as a [1, in] row in PRUNE_PRECISION on the weight's device, to broadcast over rows."""
-    return stats.norms.to(device=like.device, dtype=PRUNE_PRECISION).reshape(1, -1)
+    """||X_j||_2 as a [1, in] row in prune_precision() on the weight's device, to broadcast over rows."""
+    return stats.norms.to(device=like.device, dtype=prune_precision()).reshape(1, -1)
 
 
 def safe_divisor(x: torch.Tensor) -> torch.Tensor:

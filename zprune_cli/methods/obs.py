@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern, select_prune_mask
-from zprune_cli.methods.base import PRUNE_PRECISION
+from zprune_cli.methods.base import prune_precision
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantGrid, QuantSpec, act_order, walk_blocksize
+
+torch = lazy("torch")
 
 log = logging.getLogger("zprune")
 
@@ -30,7 +31,6 @@ log = logging.getLogger("zprune")
 MAX_DAMPING_TRIES = 6
 # A failed percdamp = 0 cannot be multiplied up; the retries start from this fraction instead.
 FIRST_RETRY_PERCDAMP = 1e-4
-
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,14 @@ def obs_walk(
     """The SparseGPT column walk. weight: [out, in], hessian: [in, in] (not changed); `quantizer` puts every
     kept weight on its grid as it is visited; `order` [in]: the columns in walk order (None: as they are).
 
-    Returns (W, prune_mask): W in PRUNE_PRECISION with masked entries exactly 0, prune_mask bool [out, in].
+    Returns (W, prune_mask): W in prune_precision() with masked entries exactly 0, prune_mask bool [out, in].
 
     Inside a block the columns are walked on its transpose [b, out], so that a column is a contiguous row:
     on [out, b] every column read, masked and written touched one cache line per row (the reference's
     layout), and at Llama-2-7B's widths the walk took 2.2x as long.
     """
-    W = weight.to(PRUNE_PRECISION).clone()  # [out, in]
-    H = hessian.to(device=W.device, dtype=PRUNE_PRECISION)  # [in, in]
+    W = weight.to(prune_precision()).clone()  # [out, in]
+    H = hessian.to(device=W.device, dtype=prune_precision())  # [in, in]
     rows, columns = W.shape
 
     dead = H.diagonal() == 0  # inputs that were always 0: no information, so prune-free and zeroed

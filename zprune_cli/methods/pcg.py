@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from zprune_cli.base.lazy import lazy
+from zprune_cli.methods.base import prune_precision, safe_divisor  # a converged row (zero residual) stays put
 
-from zprune_cli.methods.base import PRUNE_PRECISION, safe_divisor  # a converged row (zero residual) stays put
+torch = lazy("torch")
 
 PCG_TOL = 1e-4  # relative residual per row
 PCG_STALL = 1e-5  # stop once an iteration gains less than this fraction of the layer's error
@@ -39,9 +40,9 @@ class PCGInfo:
 
 
 def damped(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """H + percdamp * mean(diag H) * I in PRUNE_PRECISION; a dead input (H_jj = 0, still 0 after
+    """H + percdamp * mean(diag H) * I in prune_precision(); a dead input (H_jj = 0, still 0 after
     damping) gets H_jj = 1 so that it keeps its weight and nothing divides by zero."""
-    H = hessian.to(PRUNE_PRECISION).clone()
+    H = hessian.to(prune_precision()).clone()
     diagonal = H.diagonal()
     diagonal += percdamp * diagonal.mean()
     diagonal[diagonal == 0] = 1
@@ -55,16 +56,16 @@ def pcg_solve(H: torch.Tensor, origin: torch.Tensor, keep: torch.Tensor, start: 
     [out, in], True = free): (W H)_S = (origin H)_S row by row.
 
     H: [in, in] symmetric positive definite; origin: [out, in], the dense weights; start: [out, in],
-    zero off the support. Returns W [out, in] in PRUNE_PRECISION, exactly zero off the support.
+    zero off the support. Returns W [out, in] in prune_precision(), exactly zero off the support.
     """
-    keep = keep.to(PRUNE_PRECISION)
-    origin = origin.to(PRUNE_PRECISION)
+    keep = keep.to(prune_precision())
+    origin = origin.to(prune_precision())
     inverse_diagonal = 1.0 / H.diagonal()  # [in], the Jacobi preconditioner
-    W = start.to(PRUNE_PRECISION) * keep
+    W = start.to(prune_precision()) * keep
     full_residual = (origin - W) @ H
     error = float(((origin - W) * full_residual).sum())  # the objective at the start
     R = full_residual * keep  # [out, in], the residual on the support
-    goal = tol * ((origin @ H) * keep).norm(dim=1).clamp_min(torch.finfo(PRUNE_PRECISION).tiny)  # [out]
+    goal = tol * ((origin @ H) * keep).norm(dim=1).clamp_min(torch.finfo(prune_precision()).tiny)  # [out]
     Z = R * inverse_diagonal
     P = Z.clone()
     rz = (R * Z).sum(1)  # [out]
@@ -97,7 +98,7 @@ def reconstruct_pcg(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: tor
     entries are exactly 0."""
     if prune_mask.shape != weight.shape:
         raise ValueError(f"mask shape {tuple(prune_mask.shape)} differs from weight shape {tuple(weight.shape)}")
-    W0 = weight.to(PRUNE_PRECISION)
+    W0 = weight.to(prune_precision())
     H = damped(hessian.to(W0.device), percdamp)
     keep = ~prune_mask.to(device=W0.device, dtype=torch.bool)
     W, _ = pcg_solve(H, W0, keep, W0, tol, max_iter, stall)

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern
 from zprune_cli.methods.base import Cost
+
+torch = lazy("torch")
 
 PERMUTATIONS = ("none", "heuristic", "lsa")
 LSA_WORK = 2**28  # rows x groups^2 of one block's gain matrix: about 0.2 s on one CPU core
@@ -153,7 +154,6 @@ def max_sum(values: torch.Tensor, floors: torch.Tensor) -> torch.Tensor:
         torch.maximum(values[i : i + chunk, None, :], floors[i : i + chunk, :, None], out=part)  # [chunk, g, c]
         out += part.sum(dim=0)
     return out
-
 
 
 def lsa_block_groups(rows: int, groups: int, work: int = LSA_WORK) -> int:

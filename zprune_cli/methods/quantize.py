@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from zprune_cli.base.errors import ZpruneUsageError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
 
 NO_QUANTIZATION = 16  # wbits meaning "leave the weights in floating point"
 BITS = range(2, 9)
@@ -195,7 +196,6 @@ def walk_blocksize(blocksize: int, spec: QuantSpec | None, m: int = 0) -> int:
     group = spec.group_size if spec is not None and not spec.act_order else 0
     unit = math.lcm(group or 1, m or 1)
     return max(unit, blocksize - blocksize % unit)
-
 
 
 def quantization_work_bytes(spec: QuantSpec, out: int, width: int, joint: bool) -> int:

@@ -7,14 +7,15 @@ methods/pcg.py). Refinement: `rounds` of 1-swaps per row (methods/swaps.py).
 
 from __future__ import annotations
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern
 from zprune_cli.methods.base import Cost
 from zprune_cli.methods.obs import obs_flops
 from zprune_cli.methods.obs import reconstruct as reconstruct_obs
 from zprune_cli.methods.pcg import PCG_MAX_ITER, reconstruct_pcg
 from zprune_cli.methods.swaps import refine_swaps
+
+torch = lazy("torch")
 
 RECONSTRUCT = {"obs": reconstruct_obs, "pcg": reconstruct_pcg}
 
@@ -29,6 +30,7 @@ def finish_mask(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.T
     if reconstruct == "none":
         return weight.masked_fill(prune_mask.to(weight.device), 0), prune_mask
     return RECONSTRUCT[reconstruct](weight, hessian, prune_mask), prune_mask
+
 
 def finish_cost(out: int, width: int, swap_rounds: int, reconstruct: str) -> Cost:
     """The work `finish_mask` adds to one [out, width] weight, as upper bounds: every swap round runs

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.methods.base import Method, input_norms, option, register, safe_divisor
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
 
 
 @register

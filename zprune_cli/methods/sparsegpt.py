@@ -20,14 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern, check_pattern_fits, prune_count
 from zprune_cli.methods.base import Cost, Method, PruneResult, option, register
 from zprune_cli.methods.obs import MaskChoice, obs_flops, obs_walk
 from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, act_order, walk_blocksize
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
 
 
 @register
@@ -48,7 +49,6 @@ class SparseGPT(Method):
         """The float32 weight being walked and its mask, and [in, in] matrices: H = 2/N Gram, and at most two
         beside it while U, the Cholesky factor of its inverse, is made (obs.upper_cholesky_of_inverse)."""
         return weights * (4 + 1) + 3 * width * width * 4
-
 
     def cost(self, out: int, width: int) -> Cost:
         """The column walk (obs_flops); each block's mask is chosen once over its columns."""

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern
-from zprune_cli.methods.base import PRUNE_PRECISION
+from zprune_cli.methods.base import prune_precision
 from zprune_cli.methods.pcg import PCG_PERCDAMP, damped
+
+torch = lazy("torch")
 
 DEFAULT_ROUNDS = 100
 CANDIDATES = 16
@@ -41,8 +42,8 @@ class SwapInfo:
 
 def layer_error(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.Tensor) -> float:
     """sum_i r_i^T H r_i with r = the pruned weights (what dropping them costs, before any update)."""
-    R = weight.to(PRUNE_PRECISION) * prune_mask
-    return float((R @ hessian.to(PRUNE_PRECISION) * R).sum())
+    R = weight.to(prune_precision()) * prune_mask
+    return float((R @ hessian.to(prune_precision()) * R).sum())
 
 
 def refine_swaps(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.Tensor, pattern: Pattern,
@@ -54,7 +55,7 @@ def refine_swaps(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.
     searches only the rows the round before changed, and each row's error is kept up to date by the gains
     applied. C = (W * M) H, O(out in^2), is computed once: the final error used to be a second such product
     (at a Llama-2-7B down_proj, 4096 x 11008^2), and every round scored every row."""
-    W = weight.to(PRUNE_PRECISION)
+    W = weight.to(prune_precision())
     H = damped(hessian.to(W.device), percdamp)
     M = prune_mask.to(device=W.device, dtype=torch.bool).clone()
     C = (W * M) @ H  # [out, in], c = H r for every row
@@ -66,7 +67,7 @@ def refine_swaps(weight: torch.Tensor, hessian: torch.Tensor, prune_mask: torch.
     for done in range(1, rounds + 1):
         gain, p, u = find(*(x if active is None else x[active] for x in (W, M, C)), H)  # best delta per row, its columns
         rows = torch.arange(W.shape[0], device=W.device) if active is None else active
-        better = gain < -MIN_GAIN * error[rows].clamp_min(torch.finfo(PRUNE_PRECISION).tiny)
+        better = gain < -MIN_GAIN * error[rows].clamp_min(torch.finfo(prune_precision()).tiny)
         if not bool(better.any()):
             break
         r, p, u = rows[better], p[better], u[better]

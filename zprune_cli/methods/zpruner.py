@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.methods.base import Method, input_norms, register, safe_divisor
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
 
 
 def z_score(x: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.blocks import find_linears, weight_view
-from zprune_cli.models.experts import ExpertSlice
 from zprune_cli.models.runner import run_block
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
+experts = lazy("zprune_cli.models.experts")
 
 log = logging.getLogger("zprune")
 
@@ -79,7 +80,7 @@ class Absorption:
 
 def bias_of(module: nn.Module) -> torch.Tensor | None:
     """A projection's bias [out] (an expert's row of its module's '<param>_bias'), or None."""
-    if isinstance(module, ExpertSlice):
+    if isinstance(module, experts.ExpertSlice):
         bias = getattr(module.owner, f"{module.param}_bias", None)
         return bias.data[module.index] if isinstance(bias, torch.Tensor) and bias.dim() == 2 else None
     bias = getattr(module, "bias", None)

@@ -12,12 +12,14 @@ weight is stored transposed, and each expert of an MoE module that fuses its exp
 from __future__ import annotations
 
 import re
-
-import torch
-from torch import nn
+from typing import TypeAlias
 
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
-from zprune_cli.models.experts import ExpertSlice, expert_slices, is_fused_experts
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
+experts = lazy("zprune_cli.models.experts")  # defines nn.Module subclasses: imports torch
 
 
 def _conv1d_class() -> type | None:
@@ -30,7 +32,7 @@ def _conv1d_class() -> type | None:
 
 def is_transposed(module: nn.Module) -> bool:
     """True for a projection whose stored weight is [in, out] (transformers' Conv1D, transposed experts)."""
-    if isinstance(module, ExpertSlice):
+    if isinstance(module, experts.ExpertSlice):
         return module.transposed
     conv1d = _conv1d_class()
     return conv1d is not None and isinstance(module, conv1d)
@@ -116,7 +118,7 @@ def find_linears(block: nn.Module, ignore: list[str] | None = None, prefix: str 
     patterns = [re.compile(p) for p in ignore or []]
     found = {}
     for name, module in block.named_modules():
-        for inner, piece in expert_slices(module).items():
+        for inner, piece in experts.expert_slices(module).items():
             full = f"{prefix}{name}.{inner}" if name else f"{prefix}{inner}"
             if not any(p.search(full) for p in patterns):
                 found[full[len(prefix):]] = piece
@@ -133,7 +135,7 @@ def find_linears(block: nn.Module, ignore: list[str] | None = None, prefix: str 
 def fused_weights(block: nn.Module, prefix: str = "") -> dict[str, list[int]]:
     """{full name: shape} of the block's parameters with 3 or more dimensions that no projection or expert
     slice covers (fused experts of a module without transformers' layout flag): zprune leaves them dense."""
-    covered = {id(p) for m in block.modules() if is_fused_experts(m) for p in m.parameters(recurse=False)}
+    covered = {id(p) for m in block.modules() if experts.is_fused_experts(m) for p in m.parameters(recurse=False)}
     return {f"{prefix}{name}": list(p.shape) for name, p in block.named_parameters()
             if p.dim() >= 3 and id(p) not in covered}
 
@@ -144,7 +146,7 @@ def block_prefix(blocks_name: str, index: int) -> str:
 
 
 # (block index, block prefix 'model.layers.3.', {name inside the block: projection})
-BlockLayers = list[tuple[int, str, dict[str, nn.Module]]]
+BlockLayers: TypeAlias = "list[tuple[int, str, dict[str, nn.Module]]]"
 
 
 def pruned_layers(model: nn.Module, ignore: list[str] | tuple[str, ...] = ()) -> BlockLayers:
@@ -189,4 +191,4 @@ def named_layers(model: nn.Module, layer_names: list[str]) -> dict[str, nn.Modul
 def stored_tensor_name(name: str, layer: nn.Module) -> str:
     """The state-dict name of the tensor a pruned layer's weight lives in: '<name>.weight', or for an expert
     slice the fused tensor ('...experts.gate_up_proj' for '...experts.gate_up_proj.3')."""
-    return name.rpartition(".")[0] if isinstance(layer, ExpertSlice) else f"{name}.weight"
+    return name.rpartition(".")[0] if isinstance(layer, experts.ExpertSlice) else f"{name}.weight"

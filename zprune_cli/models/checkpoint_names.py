@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from torch import nn
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 log = logging.getLogger("zprune")
 

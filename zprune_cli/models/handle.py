@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.host_memory import check_host_memory
-from zprune_cli.models.load import (check_hub_reachable, load_config, load_model, load_tokenizer, resolve_device,
-                                    resolve_dtype)
+from zprune_cli.models.load import check_hub_reachable, load_config, load_model, load_tokenizer
+from zprune_cli.models.runtime import device_type, dtype_name, resolve_device, resolve_dtype
 from zprune_cli.models.offload import check_offload, offloaded, refuse_unreadable
 from zprune_cli.models.offload_load import load_offloaded
 from zprune_cli.base.progress import NullProgress
 from zprune_cli.models.resolve import ModelSource, resolve_model
 from zprune_cli.base.settings import Settings
 from zprune_cli.base.settings import resolve as resolve_settings
+
+torch = lazy("torch")
 
 
 class ModelHandle:
@@ -27,8 +28,11 @@ class ModelHandle:
         self.offload = check_offload(offload)  # "disk": blocks read from safetensors while they run; "cpu": from host memory
         if self.offload == "disk":
             refuse_unreadable(self.source, config_only)  # before any data is read or any work is done
-        self.device: torch.device = resolve_device(device)
-        self.dtype: torch.dtype = resolve_dtype(dtype, self.device)
+        self._asked = (device, dtype)  # resolved on first use: torch is imported then (base/lazy.py)
+        self.device_type = device_type(device)
+        if self.device_type != "cpu":  # an accelerator named: checked now, as the command's first step
+            self.device = resolve_device(device)
+        self.dtype_name = dtype_name(dtype, self.device_type)  # an unknown name is refused now
         self._loaded = None
         self.progress = None  # a verb's progress: loading shows a spinner with the model's name
 
@@ -78,6 +82,10 @@ class ModelHandle:
     def tokenizer(self):
         return self._loaded[1] if self._loaded is not None else load_tokenizer(self.source)
 
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+    @cached_property
+    def device(self) -> torch.device:
+        return resolve_device(self._asked[0])
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        return resolve_dtype(self._asked[1], self.device)

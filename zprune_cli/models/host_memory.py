@@ -14,10 +14,11 @@ import math
 import struct
 from pathlib import Path
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.resolve import ModelSource
+
+torch = lazy("torch")
 
 GiB = 2**30
 

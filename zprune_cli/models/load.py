@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
-from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, first_line
+from zprune_cli.base.errors import ZpruneError, first_line
 from zprune_cli.base.hub import check_reachable, in_cache, offline
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.host_memory import check_host_memory
 from zprune_cli.models.resolve import ModelSource
 from zprune_cli.models.gguf_metadata import gguf_metadata_once
-from zprune_cli.models.runtime import DTYPES, quiet_transformers, resolve_device, resolve_dtype  # noqa: F401  (importable from here)
+from zprune_cli.models.runtime import DTYPE_NAMES, dtype_name, quiet_transformers, resolve_device, resolve_dtype  # noqa: F401  (importable from here)
+
+torch = lazy("torch")
 
 
 def load_tokenizer(source: ModelSource):
@@ -95,16 +96,14 @@ def source_dtype(source: ModelSource) -> torch.dtype | None:
         except (OSError, ValueError):
             return None
     name = str(name).removeprefix("torch.") if name else None
-    return DTYPES.get(name) if name else None
+    return getattr(torch, DTYPE_NAMES[name]) if name in DTYPE_NAMES else None
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
     """'float32', 'bf16', ... -> torch.dtype; None or 'auto' -> None (decided by the caller)."""
     if name is None or name == "auto":
         return None
-    if name not in DTYPES:
-        raise ZpruneUsageError(f"unknown dtype '{name}' (use auto, float32, float16 or bfloat16)")
-    return DTYPES[name]
+    return getattr(torch, dtype_name(name, "cpu"))  # an unknown name is refused
 
 
 def check_hub_reachable(source: ModelSource) -> None:

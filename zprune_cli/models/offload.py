@@ -18,13 +18,14 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-import torch
-from torch import nn
-
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.blocks import block_prefix, find_blocks
 from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.resolve import ModelSource
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 OFFLOAD_MODES = ("none", "cpu", "disk")
 INDEX_FILE = "model.safetensors.index.json"

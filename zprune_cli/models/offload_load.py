@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, first_line
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.checkpoint_names import CheckpointLayout
 from zprune_cli.models.offload import OffloadedBlocks, read_tensors, refuse_unreadable, weight_map
 from zprune_cli.models.resolve import ModelSource
+
+torch = lazy("torch")
 
 
 def checkpoint_folder(source: ModelSource) -> Path:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.formats.reader import WeightReader
 from zprune_cli.base.errors import first_line
-from zprune_cli.models.runtime import DTYPES, quiet_transformers, resolve_device
+from zprune_cli.models.runtime import dtype_name, quiet_transformers, resolve_device
+
+torch = lazy("torch")
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
@@ -30,9 +30,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
         raise ZpruneError(f"{path} is not a folder")
     target_device = resolve_device(device)
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ZpruneUsageError(f"unknown dtype '{dtype}' (use float32, float16 or bfloat16)")
-        dtype = DTYPES[dtype]
+        dtype = getattr(torch, dtype_name(dtype, target_device.type))
     reader = WeightReader(folder)
     try:
         with quiet_transformers():

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.absorb import (Absorption, BlockProbe, Feed, absorb, bias_of, permute_columns,
                                       random_permutation)
 from zprune_cli.models.blocks import in_features, weight_view
-from zprune_cli.models.experts import ExpertSlice
+
+torch = lazy("torch")
+experts = lazy("zprune_cli.models.experts")
 
 
 def signature(probe: BlockProbe) -> tuple:
@@ -48,7 +49,7 @@ def _by_kind(probe: BlockProbe, items: list) -> dict[str, list]:
     kinds: dict[str, list] = {}
     for item in items:
         name = item.consumer if isinstance(item, Absorption) else item
-        key = name.rpartition(".")[0] if isinstance(probe.projections[name], ExpertSlice) else name
+        key = name.rpartition(".")[0] if isinstance(probe.projections[name], experts.ExpertSlice) else name
         kinds.setdefault(key, []).append(item)
     return kinds
 
@@ -108,8 +109,8 @@ def _candidates(probe: BlockProbe, name: str) -> Iterator[tuple[str, Feed, tuple
 
 def _same_scope(consumer, producer) -> bool:
     """An expert's slice is fed by its own expert's slices only; other layers by other layers."""
-    if isinstance(consumer, ExpertSlice) or isinstance(producer, ExpertSlice):
-        return (isinstance(consumer, ExpertSlice) and isinstance(producer, ExpertSlice)
+    if isinstance(consumer, experts.ExpertSlice) or isinstance(producer, experts.ExpertSlice):
+        return (isinstance(consumer, experts.ExpertSlice) and isinstance(producer, experts.ExpertSlice)
                 and consumer.owner is producer.owner and consumer.index == producer.index)
     return True
 

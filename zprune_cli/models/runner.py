@@ -19,14 +19,12 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
+from zprune_cli.base.lazy import inference_mode, lazy
 from zprune_cli.models.blocks import find_blocks
 
-
-class _StopAtBlock0(Exception):
-    """Raised by our own hook only, to end a forward pass once block 0's input is captured."""
+torch = lazy("torch")
+nn = lazy("torch.nn")
+stand_in = lazy("zprune_cli.models.stand_in")  # nn.Module subclasses: imports torch
 
 
 @dataclass
@@ -40,51 +38,7 @@ def block_inputs_bytes(nsamples: int, seqlen: int, hidden: int, dtype: torch.dty
     return nsamples * seqlen * hidden * dtype.itemsize
 
 
-def split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
-    kwargs = dict(kwargs)
-    if args:
-        hidden, rest = args[0], args[1:]
-        if rest:  # positional extras (older families): keep them by position under a private key
-            kwargs["__args__"] = rest
-    else:
-        hidden = kwargs.pop("hidden_states")
-    return hidden, kwargs
-
-
-class BlockStandIn(nn.Module):
-    """Takes a decoder block's place in the model's forward without running it; every attribute it lacks is
-    the real block's (some models read `decoder_layer.attention_type` to pick its mask)."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.__dict__["block"] = block  # not a submodule: its parameters stay out of the model's
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["block"], name)
-
-
-class _StandIn(BlockStandIn):
-    """Stands in for block `index` (>= 1) during the first window's forward: records the keyword arguments
-    the model hands it and passes the hidden states on, in the container block 0 returned, without reading
-    or running the real block."""
-
-    def __init__(self, block: nn.Module, index: int, state: dict):
-        super().__init__(block)
-        self.index, self.state = index, state
-
-    def forward(self, *args, **kwargs):
-        hidden, kw = split_call(args, kwargs)
-        self.state["kwargs"][self.index] = kw
-        if self.index == len(self.state["kwargs"]) - 1:
-            raise _StopAtBlock0  # every block's arguments are known: no final norm, no LM head
-        rest = self.state["rest"]
-        return hidden if rest is None else (hidden, *rest)
-
-
-@torch.inference_mode()
+@inference_mode
 def capture_block_inputs(model: nn.Module, windows: torch.Tensor, progress_task=None) -> BlockInputs:
     """windows: LongTensor [n_windows, seqlen] of token ids. Returns block 0's inputs for all windows."""
     _, blocks = find_blocks(model)
@@ -94,14 +48,14 @@ def capture_block_inputs(model: nn.Module, windows: torch.Tensor, progress_task=
     hidden: torch.Tensor | None = None
 
     def block0_inputs(module, args, kwargs):
-        h, kw = split_call(args, kwargs)
+        h, kw = stand_in.split_call(args, kwargs)
         nonlocal hidden
         if hidden is None:
             hidden = torch.empty((n, seqlen, h.shape[-1]), dtype=h.dtype, device=h.device)
             state["kwargs"][0] = kw
         hidden[state["window"]] = h[0]
         if state["window"] > 0:
-            raise _StopAtBlock0
+            raise stand_in.StopAtBlock0
         return None
 
     def block0_output(module, args, output):
@@ -117,7 +71,7 @@ def capture_block_inputs(model: nn.Module, windows: torch.Tensor, progress_task=
             with _stand_ins(blocks, state) if i == 0 else contextlib.nullcontext():
                 try:
                     model(windows[i : i + 1].to(device), use_cache=False)
-                except _StopAtBlock0:
+                except stand_in.StopAtBlock0:
                     pass
             if progress_task is not None:
                 progress_task.advance(1)
@@ -134,7 +88,7 @@ def _stand_ins(blocks: nn.ModuleList, state: dict):
     originals = list(blocks)
     try:
         for i in range(1, len(blocks)):
-            blocks[i] = _StandIn(originals[i], i, state)
+            blocks[i] = stand_in.RecordingStandIn(originals[i], i, state)
         yield
     finally:
         for i, block in enumerate(originals):

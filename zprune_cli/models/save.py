@@ -6,11 +6,12 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.staging import readable_mode
 from zprune_cli.base.errors import ZpruneError
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 
 def plain_model(model: nn.Module) -> nn.Module:

@@ -8,13 +8,14 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from zprune_cli.base.errors import ZpruneError
+from zprune_cli.base.lazy import lazy
 from zprune_cli.models.blocks import find_blocks
 from zprune_cli.models.save import _record_dtype
 from zprune_cli.base.staging import readable_mode
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 INDEX_FILE = "model.safetensors.index.json"
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
-import torch
-from torch import nn
-
+from zprune_cli.base.lazy import inference_mode, lazy
 from zprune_cli.models.blocks import block_prefix, find_blocks
 from zprune_cli.models.offload import held
 from zprune_cli.models.runner import call_block
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 
 class Collector(Protocol):
@@ -28,10 +29,10 @@ class Collector(Protocol):
 
 
 # visit(index, prefix, block, collector): after the windows ran through the block (the collector closed)
-Visit = Callable[[int, str, nn.Module, Any], None]
+Visit: TypeAlias = "Callable[[int, str, nn.Module, Any], None]"
 
 
-@torch.inference_mode()
+@inference_mode
 def run_windows(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any], out: torch.Tensor | None = None,
                 collector: Collector | None = None, advance: Callable[[int], Any] | None = None) -> bool:
     """Every window of `hidden` [n, seqlen, hidden] through `block`, its output written to `out` (None: not kept;

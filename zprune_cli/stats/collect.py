@@ -10,14 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-from torch import nn
-
 from zprune_cli.base import distributed
+from zprune_cli.base.lazy import lazy
 from zprune_cli.stats.types import LayerStats
 
-SUMSQ_DTYPE = torch.float64  # exact sums over many tokens; a vector, so cheap
-GRAM_DTYPE = torch.float32  # [in, in] matmuls; fp64 would be slow on accelerators
+torch = lazy("torch")
+nn = lazy("torch.nn")
+
+
+def sumsq_dtype() -> torch.dtype:
+    return torch.float64  # exact sums over many tokens; a vector, so cheap (a function: no torch at import)
+
+
+def gram_dtype() -> torch.dtype:
+    return torch.float32  # [in, in] matmuls; fp64 would be slow on accelerators
 
 
 @dataclass
@@ -71,8 +77,8 @@ class BlockStatsCollector:
         for name, module in self.linears.items():
             if name not in self._leader_of:
                 width, device = self.width_of(module), module.weight.device
-                gram = torch.zeros((width, width), dtype=GRAM_DTYPE, device=device) if self.with_gram else None
-                group = InputGroup(members=[name], sumsq=torch.zeros(width, dtype=SUMSQ_DTYPE, device=device), gram=gram)
+                gram = torch.zeros((width, width), dtype=gram_dtype(), device=device) if self.with_gram else None
+                group = InputGroup(members=[name], sumsq=torch.zeros(width, dtype=sumsq_dtype(), device=device), gram=gram)
                 self.groups.append(group)
                 self._leader_of[name] = group
 
@@ -87,8 +93,8 @@ class BlockStatsCollector:
             if group is None:  # a follower: its leader already counted this input
                 return None
             flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, in]
-            group.sumsq += flat.square().sum(0).to(SUMSQ_DTYPE)
-            group.sum += flat.sum(0).to(SUMSQ_DTYPE)
+            group.sumsq += flat.square().sum(0).to(sumsq_dtype())
+            group.sum += flat.sum(0).to(sumsq_dtype())
             if group.gram is not None:
                 group.gram.addmm_(flat.T, flat)
             group.n_tokens += flat.shape[0]
@@ -106,8 +112,8 @@ class BlockStatsCollector:
                 group.members.append(name)
                 self._leader_of[name] = group
                 return None
-        gram = torch.zeros((width, width), dtype=GRAM_DTYPE, device=x.device) if self.with_gram else None
-        group = InputGroup(members=[name], sumsq=torch.zeros(width, dtype=SUMSQ_DTYPE, device=x.device), gram=gram)
+        gram = torch.zeros((width, width), dtype=gram_dtype(), device=x.device) if self.with_gram else None
+        group = InputGroup(members=[name], sumsq=torch.zeros(width, dtype=sumsq_dtype(), device=x.device), gram=gram)
         self.groups.append(group)
         self._leader_of[name] = group
         self._seen.append((x, group))

@@ -25,18 +25,22 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from zprune_cli.base import distributed
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.staging import pid_alive
-from zprune_cli.stats.collect import InputGroup
 from zprune_cli.stats.manifest import BlockRecord, GroupRecord, StatsManifest
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
+safetensors_torch = lazy("safetensors.torch")  # imports torch
+
+if TYPE_CHECKING:
+    from zprune_cli.stats.collect import InputGroup
 
 # 2: a sha256 per file; 3: the first moment sum(x) per input group. Entries of an older format have
 # other key digests and fail the manifest check: they are recomputed, never misread.
@@ -129,7 +133,7 @@ class StatsEntry:
     def block_stats(self, index: int, device: torch.device | str = "cpu") -> dict[str, LayerStats]:
         """Statistics of block `index` keyed by Linear name relative to the block."""
         block = self.manifest.blocks[index]
-        tensors = load_file(self.path / block.file, device=str(device))
+        tensors = safetensors_torch.load_file(self.path / block.file, device=str(device))
         result: dict[str, LayerStats] = {}
         for group in block.groups:
             leader = group.members[0]
@@ -143,7 +147,7 @@ class StatsEntry:
         """(window token ids [n, seqlen], block 0's inputs [n, seqlen, hidden]); with `rows`, those windows
         only, read without loading the others (a torchrun rank's shard)."""
         if rows is None:
-            tensors = load_file(self.path / "inputs.safetensors", device=str(device))
+            tensors = safetensors_torch.load_file(self.path / "inputs.safetensors", device=str(device))
             return tensors["input_ids"], tensors["hidden"]
         with safe_open(self.path / "inputs.safetensors", framework="pt", device=str(device)) as f:
             return (f.get_slice("input_ids")[rows.start : rows.stop], f.get_slice("hidden")[rows.start : rows.stop])
@@ -537,7 +541,7 @@ class EntryWriter:
 
     def write_inputs(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
         with self._writing():
-            save_file({"input_ids": input_ids.contiguous().cpu(), "hidden": hidden.contiguous().cpu()},
+            safetensors_torch.save_file({"input_ids": input_ids.contiguous().cpu(), "hidden": hidden.contiguous().cpu()},
                       self.path / "inputs.safetensors")
 
     def write_block(self, index: int, groups: list[InputGroup]) -> None:
@@ -554,7 +558,7 @@ class EntryWriter:
                 tensors[f"{group.name}.gram"] = group.gram.contiguous().cpu()
         fname = f"block_{index:03d}.safetensors"
         with self._writing():
-            save_file(tensors, self.path / fname)
+            safetensors_torch.save_file(tensors, self.path / fname)
         self.blocks.append(BlockRecord(index, fname, [GroupRecord(g.members, g.n_tokens, g.n_sequences, int(g.sumsq.numel()))
                                                       for g in groups]))
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from zprune_cli.base.lazy import lazy
+
+torch = lazy("torch")
 
 
 @dataclass

@@ -8,11 +8,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from zprune_cli import __version__
 
 from zprune_cli.base import distributed
+from zprune_cli.base.lazy import inference_mode, lazy
 from zprune_cli.data.selfgen import generate_windows
 from zprune_cli.data.sources import SELF, TextSource, resolve_source
 from zprune_cli.data.windows import draw_windows, windows_bytes
@@ -29,6 +28,8 @@ from zprune_cli.base.settings import Calibration, Settings
 from zprune_cli.base.settings import resolve as resolve_settings
 from zprune_cli.stats.collect import BlockStatsCollector, reduce_groups
 from zprune_cli.stats.store import CorruptEntry, StatsEntry, StatsKey, StatsStore
+
+torch = lazy("torch")
 
 DEFAULT_DATA = Calibration.data
 DEFAULT_NSAMPLES = Calibration.nsamples
@@ -102,7 +103,8 @@ def calibrate(
     store = StatsStore(settings.cache_dir)
     if not _stored(store, key):  # a cache hit reads no config (a GGUF's header costs seconds); a miss is
         check_memory(handle, calibration)  # refused before the claim makes any folder
-    distributed.start(handle.device, calibration.nsamples)  # under torchrun only
+    if distributed.active():  # under torchrun only (reading the device imports torch, which a cache hit needs not)
+        distributed.start(handle.device, calibration.nsamples)
 
     # a damaged entry is removed and computed again
     with store.claimed(key, lambda: store.lookup(key, repair=True), progress) as entry:
@@ -203,7 +205,7 @@ def check_finite(groups, block: str) -> None:
                                   "nothing was stored. Check the model file, or calibrate in float32 (--dtype float32)")
 
 
-@torch.inference_mode()
+@inference_mode
 def _compute(handle: ModelHandle, text: TextSource, key: StatsKey, store: StatsStore, progress: Progress,
              settings: Settings | None = None) -> None:
     """Every rank tokenises the same windows and runs its shard of them; under torchrun the statistics are

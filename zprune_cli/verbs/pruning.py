@@ -8,10 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from torch import nn
-
 from zprune_cli.base import distributed
+from zprune_cli.base.lazy import lazy
 from zprune_cli.verbs.calibration import CalibrationResult, calibrate
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.rendering.model_card import model_card
@@ -34,6 +32,9 @@ from zprune_cli.base.settings import Calibration, Settings
 from zprune_cli.base.settings import resolve as resolve_settings
 from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
 from zprune_cli.base.staging import staged_folder
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
 
 
 @dataclass
@@ -302,7 +303,6 @@ def save_pruned(handle: ModelHandle, provenance: Provenance, out: Path, overwrit
         provenance.write(tmp)
         (tmp / "README.md").write_text(model_card(provenance, "hf", out.name))
     return provenance
-
 
 
 def write_quant_grids(folder: Path, grids: dict | None, provenance: Provenance) -> None:

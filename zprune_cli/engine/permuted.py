@@ -17,17 +17,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import torch
-from torch import nn
-
+from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern
-from zprune_cli.methods.base import PRUNE_PRECISION, Method
+from zprune_cli.methods.base import Method, prune_precision
 from zprune_cli.methods.permutation import find_permutation
 from zprune_cli.models.absorb import PROBE_TOKENS, Absorption, BlockProbe, absorb, attention_geometry
-from zprune_cli.models.experts import ExpertSlice
 from zprune_cli.models.producers import plan_block, signature
 from zprune_cli.models.runner import capture_block_inputs
 from zprune_cli.stats.types import LayerStats
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
+experts = lazy("zprune_cli.models.experts")
 
 log = logging.getLogger("zprune")
 
@@ -68,7 +69,7 @@ class Permuter:
         plan = self.plans.get(name[len(self.prefix):])
         if plan is not None and plan.kind == "head" and plan.head_dim % self.pattern.m:
             plan = None  # N:M groups would straddle two heads
-        scores = permutation_scores(self.method, weight.to(PRUNE_PRECISION), stats)
+        scores = permutation_scores(self.method, weight.to(prune_precision()), stats)
         perm = find_permutation(scores.cpu(), self.pattern, self.mode, plan.ties(weight.shape[1]) if plan else None)
         if bool((perm == torch.arange(len(perm))).all()):
             self.layout[name] = "native"
@@ -92,7 +93,7 @@ class Permuter:
 
 
 def _kind(name: str, probe: BlockProbe) -> str:
-    return name.rpartition(".")[0] if isinstance(probe.projections[name], ExpertSlice) else name
+    return name.rpartition(".")[0] if isinstance(probe.projections[name], experts.ExpertSlice) else name
 
 
 def permutation_scores(method: Method, weight_fp32: torch.Tensor, stats: LayerStats | None) -> torch.Tensor:
