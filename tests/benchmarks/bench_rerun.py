@@ -34,10 +34,11 @@ def grid(model: str) -> list[str]:
 
 
 def timed(command: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, CPU seconds of the child, its last stdout line)."""
+    """(wall seconds, CPU seconds of the child, its last stdout line). The child runs the zprune_cli of the
+    folder env["PYTHONPATH"] names (its working folder too: `python -m` looks there first)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=env["PYTHONPATH"])
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -49,10 +50,13 @@ def timed(command: list[str], env: dict) -> tuple[float, float, str]:
 def imported(command: list[str], env: dict) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         report = os.path.join(folder, "modules.json")
-        subprocess.run([command[0], "-c", RUN_ZPRUNE_MODULES, *command[3:]], env={**env, "MODULES_FILE": report},
-                       capture_output=True, check=True, cwd=REPO)
+        result = subprocess.run([command[0], "-c", RUN_ZPRUNE_MODULES, *command[3:]], env={**env, "MODULES_FILE": report},
+                                capture_output=True, text=True, cwd=env["PYTHONPATH"])
+        if result.returncode != 0 or not os.path.getsize(report):
+            raise SystemExit(f"exit {result.returncode}: {result.stderr[-2000:]}")
         with open(report) as names:
-            return [name for name in HEAVY if name in set(json.load(names))]
+            loaded = set(json.load(names))
+    return [name for name in HEAVY if name in loaded]
 
 
 @contextlib.contextmanager
