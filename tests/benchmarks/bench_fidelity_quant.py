@@ -51,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cells", default="0.5:4,0:4", help="SPARSITY:BITS, comma-separated")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
-    p.add_argument("--sides", default="reference,zprune,zprune-f32", help="comma-separated: reference, zprune, "
-                   "zprune-f32 (zprune with the reference's float32 scales instead of its bfloat16-rounded ones)")
+    p.add_argument("--sides", default="reference,zprune,zprune-f32", help="comma-separated: reference, reference-f64 "
+                   "(its Hessian summed in float64), zprune, zprune-f32 (zprune with the reference's float32 scales "
+                   "instead of its bfloat16-rounded ones)")
     return p.parse_args(argv)
 
 
@@ -92,9 +93,13 @@ def run_block(block, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
 
 
 @torch.inference_mode()  # the loaded weights are inference tensors
-def reference_prune(model, windows: torch.Tensor, sparsity: float, wbits: int, SparseGPT, Quantizer) -> float:
+def reference_prune(model, windows: torch.Tensor, sparsity: float, wbits: int, SparseGPT, Quantizer,
+                    hessian64: bool = False) -> float:
     """llama.py's `llama_sequential`: per block, the Hessians of all its linears from the block's inputs, each
-    linear pruned (and quantized) by fasterprune, then the block's outputs recomputed as the next inputs."""
+    linear pruned (and quantized) by fasterprune, then the block's outputs recomputed as the next inputs.
+    `hessian64`: the same Hessian, 2/N sum of x x^T over the N windows, summed in float64 here (the reference
+    keeps a running float32 average) and handed to fasterprune in float32: how far its own result moves with
+    the rounding of that sum."""
     started = time.perf_counter()
     inputs, kwargs = block_inputs(model, windows)
     kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values", "use_cache")}
@@ -105,16 +110,26 @@ def reference_prune(model, windows: torch.Tensor, sparsity: float, wbits: int, S
             gpts[name] = SparseGPT(linear)
             gpts[name].quantizer = Quantizer()
             gpts[name].quantizer.configure(wbits, perchannel=True, sym=False, mse=False)
-        hooks = [linears[n].register_forward_hook(lambda m, i, o, n=n: gpts[n].add_batch(i[0].data, o.data)) for n in linears]
+        sums = {n: 0.0 for n in linears}
+        add = (lambda n, x, o: sums.__setitem__(n, sums[n] + _outer64(x))) if hessian64 else (lambda n, x, o: gpts[n].add_batch(x, o))
+        hooks = [linears[n].register_forward_hook(lambda m, i, o, n=n: add(n, i[0].data, o.data)) for n in linears]
         for hidden in inputs:
             run_block(block, hidden, kwargs)
         for hook in hooks:
             hook.remove()
+        if hessian64:
+            for name in linears:
+                gpts[name].H, gpts[name].nsamples = (sums[name] * (2 / len(inputs))).float(), len(inputs)
         for name in linears:
             gpts[name].fasterprune(sparsity, prunen=0, prunem=0, percdamp=0.01, blocksize=128)
             gpts[name].free()
         inputs = [run_block(block, hidden, kwargs) for hidden in inputs]
     return time.perf_counter() - started
+
+
+def _outer64(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).double()
+    return flat.T @ flat
 
 
 def zprune_prune(model, entry, sparsity: float, wbits: int, float32_scales: bool) -> float:
@@ -141,8 +156,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         sparsity, wbits = float(cell.split(":")[0]), int(cell.split(":")[1])
         for side in args.sides.split(","):
             snapshot.restore()
-            if side == "reference":
-                seconds = reference_prune(handle.model, windows, sparsity, wbits, SparseGPT, Quantizer)
+            if side in ("reference", "reference-f64"):
+                seconds = reference_prune(handle.model, windows, sparsity, wbits, SparseGPT, Quantizer, side == "reference-f64")
             else:  # each side its own cache: the propagated statistics depend on the grids, and are stored
                 entry = calibrate(handle, calibration, gram=True, settings=Settings(cache_dir=cache / f"{cell}-{side}",
                                                                                     data_dir=DATA_DIR, device="cpu")).entry
