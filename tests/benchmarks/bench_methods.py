@@ -46,12 +46,12 @@ RECIPES = {
     "ria+lsa": dict(method="ria", permute="lsa"),
     "wanda+swaps+pcg+lsa": dict(method="wanda", refine="swaps", reconstruct="pcg", permute="lsa"),
     "alps+lsa": dict(method="alps", permute="lsa"),
-    # --wbits (issue 23): 4-bit groups of 128 and 8-bit, asymmetric; SparseGPT quantizes inside its own walk,
-    # the others after their mask by GPTQ
-    "sparsegpt+w4": dict(method="sparsegpt", wbits=4),
-    "alps+w4": dict(method="alps", wbits=4),
-    "wanda+swaps+pcg+w4": dict(method="wanda", refine="swaps", reconstruct="pcg", wbits=4),
-    "sparsegpt+w8": dict(method="sparsegpt", wbits=8),
+    # --wbits (issue 23): 4 and 8 bits, asymmetric, groups of 64 (SmolLM2's widths, 576 and 1536, are not
+    # multiples of the default 128); SparseGPT quantizes inside its own walk, the others after their mask by GPTQ
+    "sparsegpt+w4": dict(method="sparsegpt", wbits=4, group_size=64),
+    "alps+w4": dict(method="alps", wbits=4, group_size=64),
+    "wanda+swaps+pcg+w4": dict(method="wanda", refine="swaps", reconstruct="pcg", wbits=4, group_size=64),
+    "sparsegpt+w8": dict(method="sparsegpt", wbits=8, group_size=64),
 }
 COLUMNS = ["0.5", "0.6", "0.7", "2:4"]
 
