@@ -111,7 +111,13 @@ def reference_prune(model, windows: torch.Tensor, sparsity: float, wbits: int, S
             gpts[name].quantizer = Quantizer()
             gpts[name].quantizer.configure(wbits, perchannel=True, sym=False, mse=False)
         sums = {n: 0.0 for n in linears}
-        add = (lambda n, x, o: sums.__setitem__(n, sums[n] + _outer64(x))) if hessian64 else (lambda n, x, o: gpts[n].add_batch(x, o))
+
+        def add(n, x, o):
+            if hessian64:
+                sums[n] = sums[n] + _outer64(x)
+            else:
+                gpts[n].add_batch(x, o)
+
         hooks = [linears[n].register_forward_hook(lambda m, i, o, n=n: add(n, i[0].data, o.data)) for n in linears]
         for hidden in inputs:
             run_block(block, hidden, kwargs)
