@@ -310,7 +310,8 @@ def disk_plan(size: str, model: str, cal: list[str], work: Path, args) -> tuple[
     largest = 0
     for method in args.methods.split(","):
         for spec in args.patterns.split(","):
-            e = dry_run(["prune", model, "--method", method, *spec_args(spec), *cal, "--out", str(work / "out")], work)
+            plan = work / "plan" / "out"  # never made: the prune outputs' folder (work/out) exists after a size
+            e = dry_run(["prune", model, "--method", method, *spec_args(spec), *cal, "--out", str(plan)], work)
             largest = max(largest, e["output_bytes"])
     return estimate["store_bytes"] + largest, estimate
 
