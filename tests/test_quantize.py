@@ -14,7 +14,7 @@ from zprune_cli.cli.app import app
 from zprune_cli.exports import export
 from zprune_cli.methods import get_method
 from zprune_cli.methods.obs import gptq
-from zprune_cli.methods.quantize import QuantSpec, bf16_ceil, fit
+from zprune_cli.methods.quantize import ColumnQuantizer, QuantSpec, bf16_ceil, fit, quantize
 from zprune_cli.base.masks import Pattern
 from zprune_cli.engine.recipe import PruneRecipe
 from zprune_cli.stats.types import LayerStats
@@ -63,6 +63,26 @@ def test_fit_by_formula():
     scale, zero = fit(x, QuantSpec(bits=4, sym=True))
     # As GPTQ's reference: xmax = max(|xmin|, xmax), xmin = -xmax only where xmin < 0 (row 2 keeps [0, 0.6]).
     assert torch.equal(zero, torch.full((3,), 8.0)) and torch.equal(scale, bf16_ceil(torch.tensor([1.8, 0.6, 2.0]) / 15))
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 16), QuantSpec(2, 0), QuantSpec(3, 16, sym=True), QuantSpec(8, 0, sym=True)],
+                         ids=["w4g16", "w2-channel", "w3g16-sym", "w8-channel-sym"])
+def test_the_walk_s_column_step_equals_the_grid_formula(spec):
+    """ColumnQuantizer.column (round, clamp to [-zero, maxq - zero], times scale, in place) equals quantize()'s
+    clamp(round(w / scale) + zero, 0, maxq) - zero on every column, with grids fitted by fit() on the weights as
+    they are when the walk reaches each group (on W itself here). The columns quantized are stretched past their
+    grids' range, as the walk's error feedback moves them, so the clamp is exercised at both ends."""
+    W = 3 * torch.randn(24, 64, generator=torch.Generator().manual_seed(7))
+    W[:, 5] = 0  # a column of zeros and a group with 0 at its edge
+    quantizer = ColumnQuantizer(spec, *W.shape)
+    quantizer.start(W)
+    width = spec.group_size or 64
+    for c in range(64):
+        scale, zero = fit(W[:, c // width * width : (c // width + 1) * width], spec)
+        w = 1.6 * W[:, c] - 0.3
+        got = quantizer.column(W.T, c, c, w)
+        assert torch.equal(got, quantize(w, scale, zero, spec.maxq)), c
+    assert torch.equal(quantizer.grid().zero[:, 0].float(), fit(W[:, :width], spec)[1])
 
 
 def layer(seed: int = 1, rows: int = 16, columns: int = 64):

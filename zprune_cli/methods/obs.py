@@ -151,9 +151,10 @@ def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choice: MaskChoice, i1: int,
             group = slice(i, i + pattern.m)
             mask1[group] = select_prune_mask(W1.T[:, group].square() / d[group].square(), 0.0, "row", pattern).T
         w = W1[i]  # [out]
-        q = w.masked_fill(mask1[i], 0)
-        if quantizer is not None:  # 0 is a grid value: pruned weights stay exactly 0
-            q = quantizer.column(W1.T, i, i1 + i, q).masked_fill(mask1[i], 0)
+        if quantizer is None:
+            q = w.masked_fill(mask1[i], 0)
+        else:  # elementwise: the kept weights' values are those of quantizing the masked column
+            q = quantizer.column(W1, i, i1 + i, w).masked_fill_(mask1[i], 0)
         err = torch.sub(w, q, out=Err1[i]).div_(d[i])  # [out]
         W1[i + 1 :].addr_(U1[i, i + 1 :], err, alpha=-1)  # the later columns: [b - i - 1, out] -= U_i,j * e
         W1[i] = q  # exactly the pruned value

@@ -136,14 +136,16 @@ class ColumnQuantizer:
     """Quantizes one layer's columns in the order an OBS / GPTQ walk visits them, fitting grids as it goes.
 
     `order` [in] lists the original column of each walk position (None: the natural order). Call
-    `start(W)` once with the weights before the walk, then `column(W1, i, c, w)` for walk position c
-    (W1: the current block's weights, i: c's position in it); `grid()` at the end.
+    `start(W)` once with the weights before the walk, then `column(W1t, i, c, w)` for walk position c
+    (W1t: the current block's weights transposed, [b, out], i: c's position in it); `grid()` at the end.
 
     `column` runs once per column of every layer, so it does the least per call: grids are held transposed
     ([groups, out], a group's scales one contiguous row), each walk position's group is looked up in a Python
-    list made once, and the rounding is done in place on one buffer. The arithmetic is `quantize`'s, op for op,
-    so the values are bit for bit the same; at SmolLM2's widths (576 columns) this took the joint walk from
-    1.5x to about 1.2x SparseGPT's alone (tests/benchmarks/RESULTS.md).
+    list made once, and the rounding is done in place on one buffer, four operations: round(w / scale) clamped
+    to [-zero, maxq - zero] (bounds kept beside each grid), times scale. Every value there is a small integer,
+    exact in float32, so this equals `quantize`'s clamp(round(w / scale) + zero, 0, maxq) - zero to the bit
+    (up to the sign of a zero). At SmolLM2's widths (576 columns) the per-call work is what joint quantization
+    adds to SparseGPT's walk (tests/benchmarks/RESULTS.md).
     """
 
     def __init__(self, spec: QuantSpec, rows: int, columns: int, order: torch.Tensor | None = None):
@@ -152,6 +154,7 @@ class ColumnQuantizer:
         groups = spec.groups(columns)
         self.scale_t = torch.zeros(groups, rows)  # [groups, out]
         self.zero_t = torch.zeros(groups, rows)
+        self.low_t, self.high_t = torch.zeros(groups, rows), torch.zeros(groups, rows)  # -zero, maxq - zero
         self.static = spec.group_size == 0 or order is not None  # every grid fitted before the walk
         g = spec.group_size
         positions = range(columns) if order is None else order.tolist()
@@ -159,23 +162,30 @@ class ColumnQuantizer:
 
     def start(self, W: torch.Tensor) -> None:
         """Fit the grids that do not follow the walk, on W [out, in] in the original column order."""
-        self.scale_t, self.zero_t = self.scale_t.to(W.device), self.zero_t.to(W.device)
+        for name in ("scale_t", "zero_t", "low_t", "high_t"):
+            setattr(self, name, getattr(self, name).to(W.device))
+        # each grid's rows as views made once (fits write into them): no indexing per column
+        self.rows = list(zip(self.scale_t, self.low_t, self.high_t))
         if not self.static:
             return
         width = self.spec.group_size or W.shape[1]
         for g in range(self.scale_t.shape[0]):
-            self.scale_t[g], self.zero_t[g] = fit(W[:, g * width : (g + 1) * width], self.spec)
+            self._set(g, W[:, g * width : (g + 1) * width])
 
-    def column(self, W1: torch.Tensor, i: int, c: int, w: torch.Tensor) -> torch.Tensor:
-        """Walk position c (position i of the block W1 [out, b]) quantized: w [out] -> [out]."""
+    def _set(self, g: int, x: torch.Tensor) -> None:
+        """Fit grid row g on x [out, cols]."""
+        self.scale_t[g], self.zero_t[g] = fit(x, self.spec)
+        torch.neg(self.zero_t[g], out=self.low_t[g])
+        torch.add(self.low_t[g], self.spec.maxq, out=self.high_t[g])
+
+    def column(self, W1t: torch.Tensor, i: int, c: int, w: torch.Tensor) -> torch.Tensor:
+        """Walk position c (row i of the block's transpose W1t [b, out]) quantized: w [out] -> a new [out]."""
         g = self.spec.group_size
         if not self.static and c % g == 0:  # a group starts: fit it on its current (updated) weights
-            self.scale_t[c // g], self.zero_t[c // g] = fit(W1[:, i : i + g], self.spec)
-        group = self.group_of[c]
-        scale, zero = self.scale_t[group], self.zero_t[group]
+            self._set(c // g, W1t[i : i + g].T)
+        scale, low, high = self.rows[self.group_of[c]]
         q = torch.div(w, scale)  # quantize(w, scale, zero, maxq), in place on one buffer
-        q.round_().add_(zero).clamp_(0, self.spec.maxq).sub_(zero)
-        return q.mul_(scale)
+        return q.round_().clamp_(low, high).mul_(scale)
 
     def grid(self) -> QuantGrid:
         return QuantGrid(self.spec, self.scale_t.T.contiguous().cpu(), self.zero_t.T.cpu().to(torch.uint8))
