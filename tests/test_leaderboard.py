@@ -60,6 +60,19 @@ def test_perplexity_table_layout_and_best_per_column():
     assert sum("**" in line for line in lines) == 2
 
 
+def test_quantized_and_permuted_cells_get_rows_of_their_own():
+    """The joint-quantization and permutation recipes (issues 22, 23): bits beside the method, the permutation
+    as an extra, never sharing a row (and so overwriting a value) with the plain recipe."""
+    cells = [cell("sparsegpt", 0.5, 60.0, "pruned"), cell("sparsegpt", 0.5, 61.0, "pruned", label="sparsegpt 0.5 w4 g64"),
+             cell("alps", "2:4", 140.0, "pruned", label="alps 2:4 w4 g64 (swaps:100)"),
+             cell("ria", "2:4", 300.0), cell("ria", "2:4", 225.0, label="ria 2:4 (permute=lsa)")]
+    assert [publish.recipe_name(c) for c in cells] == ["sparsegpt", "sparsegpt w4 g64", "alps w4 g64 + swaps:100", "ria",
+                                                      "ria + permute=lsa"]
+    rows = {line.split("|")[1].strip(): line for line in publish.perplexity_table(cells)[2:]}
+    assert "61.00" in rows["sparsegpt w4 g64"] and "61.00" not in rows["sparsegpt"]
+    assert "225.00" in rows["ria + permute=lsa"] and "225.00" not in rows["ria"]
+
+
 def test_zeroshot_table_means_the_accuracies():
     metrics = {"acc:piqa_local": 0.6, "acc_norm:piqa_local": 0.62, "acc:boolq_local": 0.5}
     lines = publish.zeroshot_table([cell("dense", None, None, metrics=metrics)])

@@ -44,14 +44,17 @@ HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "leaderboard.json"
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
 THREADS = 1  # torch threads per compare process: one core each, no oversubscription, identical re-runs
-GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-gram", "leaderboard-best")
+GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-gram", "leaderboard-best",
+         "leaderboard-quant", "leaderboard-permute")
 # The default run, longest first: --jobs workers take the next model x grid as they finish (list scheduling).
 # Gemma-3-270M costs about twice SmolLM2's per cell: it runs the score grids (Wanda against Z-Pruner under
 # pruned propagation at 50% and 2:4 only), SmolLM2 every grid, within the time budget. SmolLM2's two
-# zero-shot grids share their dense row: the first computes it, the second (started later) reads it.
+# zero-shot grids share their dense row: the first computes it, the second (started later) reads it. The joint
+# quantization and permutation grids (SmolLM2 only: about an hour each by `compare --dry-run`) come last.
 SCHEDULE = (("gemma3-270m", "leaderboard-dense"), ("smollm2-135m", "leaderboard-gram"),
             ("smollm2-135m", "leaderboard-best"), ("gemma3-270m", "leaderboard-pruned-50"),
-            ("smollm2-135m", "leaderboard-pruned"), ("smollm2-135m", "leaderboard-dense"))
+            ("smollm2-135m", "leaderboard-pruned"), ("smollm2-135m", "leaderboard-dense"),
+            ("smollm2-135m", "leaderboard-quant"), ("smollm2-135m", "leaderboard-permute"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

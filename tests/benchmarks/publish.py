@@ -74,9 +74,13 @@ def column_of(cell: dict) -> str | None:
 
 
 def recipe_name(cell: dict) -> str:
-    """'zpruner + swaps:100 + pcg' from the label 'zpruner 0.5 (swaps:100, reconstruct=pcg)'."""
-    extras = [x.replace("reconstruct=", "") for x in cell["label"].partition(" (")[2].rstrip(")").split(", ") if x]
-    return " + ".join([cell["method"], *extras])
+    """'zpruner + swaps:100 + pcg' from the label 'zpruner 0.5 (swaps:100, reconstruct=pcg)'; the bits stay beside
+    the method ('sparsegpt w4 g64 + ...' from 'sparsegpt 0.5 w4 g64 (...)'), so a quantized cell never shares a
+    row with its unquantized recipe."""
+    head, _, tail = cell["label"].partition(" (")
+    extras = [x.replace("reconstruct=", "") for x in tail.rstrip(")").split(", ") if x]
+    bits = head.split()[2:]  # after the method and its sparsity or pattern: 'w4 g64', 'w8 per-channel'
+    return " + ".join([" ".join([cell["method"], *bits]), *extras])
 
 
 def perplexity_of(cell: dict) -> float | None:
