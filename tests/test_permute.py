@@ -21,7 +21,7 @@ from zprune_cli.models.handle import ModelHandle
 from zprune_cli.verbs.pruning import prune
 from zprune_cli.engine.recipe import PruneRecipe
 from zprune_cli.base.settings import Calibration
-from zprune_cli.base.sparsity import check_nm
+from zprune_cli.base.sparsity import check_nm, nm_violation
 
 runner = CliRunner()
 
@@ -78,7 +78,8 @@ def run_permuter(model, mode: str, pattern: str) -> Permuter:
             permuter.start_block(index, block, f"{index}.", list(linears))
             for name, linear in linears.items():
                 weight = weight_view(linear)
-                weight.copy_(permuter.prune(f"{index}.{name}", weight.clone(), None, lambda w, s: w))
+                keep = lambda w, s: (w, torch.zeros_like(w, dtype=torch.bool))  # noqa: E731
+                weight.copy_(permuter.prune(f"{index}.{name}", weight.clone(), None, keep).weight)
     return permuter
 
 
@@ -166,6 +167,35 @@ def test_nm_exact_in_the_permuted_order_and_native_where_recorded(method, tmp_pa
     assert any(not check_nm(weights[n] == 0, 2, 4) for n, how in layout.items() if how == "permuted")
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_permute_with_wbits_quantizes_in_the_stored_column_order(method, tmp_path, text_file, cache, monkeypatch):
+    """--permute with --wbits: every stored layer lies on its saved grids (groups of 16 contiguous stored columns,
+    one grid per row), the producers whose rows moved to absorb a consumer's permutation (v_proj, gate/up)
+    included; the pruned weights are exactly 0 and N:M as recorded; quantization changed the weights."""
+    seen: list[Permuter] = []
+    original = Permuter.log_summary
+    monkeypatch.setattr(Permuter, "log_summary", lambda self: (seen.append(self), original(self)))
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    recipe = PruneRecipe(method, pattern="2:4", permute="lsa", wbits=4, group_size=16)
+    [outcome] = prune(str(folder), recipe, calibration=cal(text_file), out=tmp_path / "out")
+    [plain] = prune(str(folder), PruneRecipe(method, pattern="2:4", permute="lsa"), calibration=cal(text_file),
+                    out=tmp_path / "plain")
+    layout, grids = outcome.report.nm_layout, outcome.report.grids
+    assert set(grids) == set(layout) and {"native", "permuted"} == set(layout.values())
+    assert seen[0].absorbed and not seen[0].row_moves  # every move was followed
+    from transformers import AutoModelForCausalLM
+
+    weights = stored_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "out"))
+    for name, how in layout.items():
+        w = weights[name].float()
+        assert torch.equal(grids[name].dequantize(grids[name].integers(w)), w), name
+        stored = w if how == "native" else w[:, seen[0].orders[name]]
+        assert nm_violation(stored, 2, 4) is None, name  # at least 2 zeros a group: a kept weight may round to 0
+    assert outcome.report.nm_layout == plain.report.nm_layout  # the same permutations and placement
+    unquantized = stored_weights(AutoModelForCausalLM.from_pretrained(tmp_path / "plain"))
+    assert all(not torch.equal(weights[n], unquantized[n]) for n in layout)
+
+
 def test_prune_reports_sparsity_and_layout(tmp_path, text_file, cache):
     """A permuted 2:4 prune removes exactly half of every pruned layer, and its --json summary carries the layout."""
     folder = save_tiny(tmp_path / "tiny", "llama")
@@ -191,7 +221,6 @@ def test_permute_none_leaves_the_recipe_record_as_before():
 @pytest.mark.parametrize("args, needle", [
     (["--permute", "lsa"], "--pattern unstructured"),
     (["--permute", "sorted", "-p", "2:4"], "permute"),
-    (["--permute", "lsa", "-p", "2:4", "--wbits", "4", "--group-size", "16"], "cannot be combined with --wbits"),
 ])
 def test_bad_permute_exits_2_with_one_line(args, needle, tiny_dir, text_file, cache):
     result = runner.invoke(app, ["prune", str(tiny_dir), "--data", str(text_file), "-n", "2", "-l", "16", "--no-save", *args])

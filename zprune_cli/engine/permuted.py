@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern
@@ -35,6 +36,18 @@ log = logging.getLogger("zprune")
 SALIENCY_DAMPING = 0.01  # x mean(diag H), as SparseGPT damps
 
 
+class Stored(NamedTuple):
+    """A layer pruned under a permutation, in the column order it is stored in."""
+
+    weight: torch.Tensor  # [out, in]
+    prune_mask: torch.Tensor  # [out, in], True = pruned
+    stats: LayerStats | None  # the layer's statistics in the stored column order (what GPTQ quantizes with)
+    order: torch.Tensor | None  # the stored columns' original indices when they are permuted (absorbed), else None
+
+
+Prune = Callable[[torch.Tensor, "LayerStats | None"], "tuple[torch.Tensor, torch.Tensor]"]
+
+
 class Permuter:
     """One prune run's permutations: each block's absorption plans, then each layer's search and placement."""
 
@@ -52,6 +65,7 @@ class Permuter:
         self.layout: dict[str, str] = {}  # full layer name -> "native" | "permuted"
         self.orders: dict[str, torch.Tensor] = {}  # "permuted" layers: the column order their N:M groups are in
         self.absorbed: dict[str, str] = {}  # what was found, for the log: consumer kind -> description
+        self.row_moves: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # producers' rows moved (absorb), not yet followed
 
     def start_block(self, index: int, block: nn.Module, prefix: str, consumers: list[str]) -> None:
         """Find (or check) which of `consumers` (names within the block) can hand their permutation on."""
@@ -63,9 +77,9 @@ class Permuter:
         for plan in self.plans.values():
             self.absorbed.setdefault(_kind(plan.consumer, probe), plan.describe())
 
-    def prune(self, name: str, weight: torch.Tensor, stats: LayerStats | None,
-              prune: Callable[[torch.Tensor, LayerStats | None], torch.Tensor]) -> torch.Tensor:
-        """The pruned weight [out, in] of layer `name` as it is to be stored (permuted when absorbed)."""
+    def prune(self, name: str, weight: torch.Tensor, stats: LayerStats | None, prune: Prune) -> Stored:
+        """Layer `name` pruned as it is to be stored (its columns permuted when its producers absorbed the
+        permutation). `prune(weight, stats)` returns (pruned weight, prune mask), both [out, in]."""
         plan = self.plans.get(name[len(self.prefix):])
         if plan is not None and plan.kind == "head" and plan.head_dim % self.pattern.m:
             plan = None  # N:M groups would straddle two heads
@@ -73,16 +87,18 @@ class Permuter:
         perm = find_permutation(scores.cpu(), self.pattern, self.mode, plan.ties(weight.shape[1]) if plan else None)
         if bool((perm == torch.arange(len(perm))).all()):
             self.layout[name] = "native"
-            return prune(weight, stats)
+            return Stored(*prune(weight, stats), stats, None)
         moved = perm.to(weight.device)
-        new = prune(weight[:, moved], stats.permuted(perm) if stats is not None else None)
+        permuted = stats.permuted(perm) if stats is not None else None
+        new, mask = prune(weight[:, moved], permuted)
         if plan is not None:
-            absorb(self.projections, plan, perm)
+            self.row_moves += [(self.prefix + name, rows, order) for name, rows, order in absorb(self.projections, plan, perm)]
             self.layout[name] = "native"
-            return new
+            return Stored(new, mask, permuted, moved)
         self.layout[name] = "permuted"
         self.orders[name] = perm
-        return new[:, torch.argsort(moved)]
+        back = torch.argsort(moved)
+        return Stored(new[:, back], mask[:, back], stats, None)
 
     def log_summary(self) -> None:
         """One line: which layer kinds handed their permutation on, and how many layers kept it to themselves."""

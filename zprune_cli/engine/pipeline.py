@@ -134,23 +134,29 @@ class _Pruner:
                 self.errors[name] = layer_error(weight.masked_fill(~mask, 0), weight, stats.gram)
             weight.masked_fill_(mask, 0)
             return
-        if self.permuter is not None:  # the recipe refuses --permute with --wbits
-            new, grid = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity)[0]), None
+        before = weight  # the layer's weight in the column order it is stored in
+        if self.permuter is not None and sparsity > 0:  # quantized after the mask, in the stored column order
+            new, mask, stats, order = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity)[:2])
+            before, grid = (weight if order is None else weight[:, order]), None
+            for producer, rows, moved in self.permuter.row_moves:  # a quantized producer's grids follow its rows
+                if producer in self.grids:
+                    self.grids[producer] = self.grids[producer].rows_moved(rows.cpu(), moved.cpu())
+            self.permuter.row_moves.clear()
         else:
             new, mask, grid = self._prune(weight, stats, sparsity) if sparsity > 0 else (weight, None, None)
-            if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
-                new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
+        if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
+            new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
         if stats is not None and stats.gram is not None:
-            self.errors[name] = layer_error(weight.to(prune_precision()) - new.to(prune_precision()), weight, stats.gram)
+            self.errors[name] = layer_error(before.to(prune_precision()) - new.to(prune_precision()), before, stats.gram)
         weight_view(linear).copy_(new)
         if grid is not None:
             self.grids[name] = grid
 
     def _prune(self, weight: torch.Tensor, stats: LayerStats, sparsity: float):
         """(pruned weight, prune mask, grids): the method's weight (refined and reconstructed when asked), its
-        mask, and its grids if it quantized while pruning (SparseGPT's joint walk), else None."""
-        joint = {"quant": self.quant} if self.quant is not None and type(self.method).joint_quantization else {}
+        mask, and its grids if it quantized while pruning (SparseGPT's joint walk: PruneRecipe.joint), else None."""
+        joint = {"quant": self.quant} if self.quant is not None and self.recipe.joint else {}
         result = self.method.prune(weight, stats, sparsity, self.pattern, self.recipe.scope, **joint)
         if not self.finishes:
             return result.weight, result.prune_mask, result.grid

@@ -22,8 +22,10 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
   "dense", since both give the same weights.
 - Method options are checked by the method and completed with its defaults (`ria` == `ria a=0.5`).
 - `permute` is "none", "heuristic" or "lsa" (N:M channel permutation, methods/permutation.py); with an
-  unstructured pattern anything but "none" is refused, and so is a permutation with `wbits` (not yet). "none" is left out of `as_dict()` and so of the
-  digest, which keeps every recipe written before the field existed at its digest.
+  unstructured pattern anything but "none" is refused. With `wbits`, the kept weights are quantized by GPTQ after
+  the permuted mask, in the column order the layer is stored in (SparseGPT's joint walk too: it walks the
+  permuted columns, which a layer whose mask is mapped back does not store contiguously). "none" is left out of
+  `as_dict()` and so of the digest, which keeps every recipe written before the field existed at its digest.
 - `ignore` regexes are sorted and de-duplicated (their order does not matter); `overrides` keep their
   order (the first matching regex wins).
 - `wbits` 2..8 quantizes the kept weights (methods/quantize.py), 16 (the default) leaves them in floating
@@ -152,8 +154,10 @@ class PruneRecipe:
 
     @property
     def joint(self) -> bool:
-        """Whether the method quantizes inside its own walk (SparseGPT with nothing after its mask)."""
-        return type(self.method_obj).joint_quantization and self.reconstruct == "none" and self.swap_rounds == 0
+        """Whether the method quantizes inside its own walk (SparseGPT with nothing after its mask, unpermuted: a
+        permuted walk's column order is not the stored one where the mask is mapped back)."""
+        return (type(self.method_obj).joint_quantization and self.reconstruct == "none" and self.swap_rounds == 0
+                and self.permute == "none")
 
     def extra_work_bytes(self, out: int, width: int) -> int:
         """Bytes the permutation and the quantization hold beside the method's own, at one [out, width] layer."""
@@ -268,8 +272,6 @@ def _normalise(r: PruneRecipe) -> dict[str, Any]:
             out[field] = "none"
     out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"] != "none" or quantized)
     out["permute"] = _permute(r.permute, pattern)
-    if quantized and out["permute"] != "none":  # the grids would be fitted in the permuted column order: not yet
-        raise ZpruneUsageError(f"--permute {out['permute']} cannot be combined with --wbits yet: prune with one of them")
     out["ignore"] = tuple(sorted({_regex(p, "--ignore") for p in _strings(r.ignore, "ignore")}))
     out["overrides"] = _overrides(r.overrides, pattern)
     return out

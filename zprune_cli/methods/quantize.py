@@ -78,6 +78,13 @@ class QuantGrid:
         q = torch.round(weight.float() / scale) + zero
         return q.clamp(0, self.spec.maxq).to(torch.int16)
 
+    def rows_moved(self, rows: torch.Tensor, order: torch.Tensor) -> QuantGrid:
+        """The grids of the weight once its row rows[j] took the old row rows[order[j]] (a producer's rows
+        permuted to absorb its consumer's channel permutation, models/absorb.py)."""
+        scale, zero = self.scale.clone(), self.zero.clone()
+        scale[rows], zero[rows] = self.scale[rows[order]], self.zero[rows[order]]
+        return QuantGrid(self.spec, scale, zero)
+
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         """scale * (q - zero), float32 [out, in] (exact: bfloat16 scale times an integer below 2^8)."""
         scale, zero = self.expand(q.shape[1])

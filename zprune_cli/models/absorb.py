@@ -97,11 +97,14 @@ def permute_rows(module: nn.Module, rows: torch.Tensor, order: torch.Tensor) -> 
         bias[target] = bias[source]
 
 
-def absorb(projections: dict[str, nn.Module], plan: Absorption, perm: torch.Tensor) -> None:
-    """Permute the producers' rows for a consumer whose columns are (or are about to be) permuted by perm."""
+def absorb(projections: dict[str, nn.Module], plan: Absorption, perm: torch.Tensor) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Permute the producers' rows for a consumer whose columns are (or are about to be) permuted by perm;
+    returns each producer's (name, rows, order) as permute_rows applied them (what else is kept per row, such
+    as quantization grids, follows the same move)."""
     order = plan.feed_order(perm)
     for feed in plan.feeds:
         permute_rows(projections[feed.producer], feed.rows, order)
+    return [(feed.producer, feed.rows, order) for feed in plan.feeds]
 
 
 def permute_columns(module: nn.Module, perm: torch.Tensor) -> None:
