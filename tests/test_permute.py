@@ -165,6 +165,8 @@ def test_nm_exact_in_the_permuted_order_and_native_where_recorded(method, tmp_pa
         else:
             assert check_nm(zeros[:, seen[0].orders[name]], 2, 4), name
     assert any(not check_nm(weights[n] == 0, 2, 4) for n, how in layout.items() if how == "permuted")
+    if method == "sparsegpt":  # the layer error compares weights in one column order (absorbed layers: 1.2-2.3, not 0.01-0.02)
+        assert outcome.report.errors and max(outcome.report.errors.values()) < 0.3
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
