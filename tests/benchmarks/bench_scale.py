@@ -14,7 +14,8 @@ seeded random bfloat16 weights from make_checkpoint.py), on this machine, one to
 - every command also runs with `--dry-run --json` first; its per-step estimates stand beside the measures.
 
 Each process measures itself, phase by phase (a phase is a top-level progress step: load, calibrate, prune,
-save, eval): wall seconds, peak resident memory (VmHWM, reset at each phase start through
+save, eval): wall seconds, CPU seconds (user + system: on a machine shared with other jobs, the work itself),
+peak resident memory (VmHWM, reset at each phase start through
 /proc/self/clear_refs), bytes read from and written to storage (/proc/self/io: read_bytes, write_bytes, so
 a read served by the page cache counts 0; the checkpoint's pages are dropped from the cache before each
 process, with posix_fadvise, so reads are real). The store's size is measured on disk.
@@ -89,14 +90,15 @@ def task(self, description, total):
         return
     DEPTH[0] += 1
     RECORD['between_peak'] = max(RECORD['between_peak'], _status('VmHWM'))
-    _reset(); io = _io(); started = time.perf_counter()
+    _reset(); io = _io(); started = time.perf_counter(); cpu = sum(os.times()[:2])
     try:
         with _task(self, description, total) as step:
             yield step
     finally:
         DEPTH[0] -= 1
     after = _io()
-    RECORD['phases'].append({'step': description, 'seconds': time.perf_counter() - started, 'peak': _status('VmHWM'),
+    RECORD['phases'].append({'step': description, 'seconds': time.perf_counter() - started, 'cpu': sum(os.times()[:2]) - cpu,
+                             'peak': _status('VmHWM'),
                              'read': after['read_bytes'] - io['read_bytes'], 'written': after['write_bytes'] - io['write_bytes'],
                              'device_peak': _device_peak()})
     _reset()
@@ -205,8 +207,9 @@ def by_phase(record: dict) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for step in record["phases"]:
         phase = next((p for prefix, p in PHASES if step["step"].startswith(prefix)), "other")
-        row = out.setdefault(phase, {"seconds": 0.0, "peak": 0, "read": 0, "written": 0})
+        row = out.setdefault(phase, {"seconds": 0.0, "cpu": 0.0, "peak": 0, "read": 0, "written": 0})
         row["seconds"] += step["seconds"]
+        row["cpu"] += step.get("cpu", 0.0)  # this process's user + system seconds: the work, whatever else ran
         row["peak"] = max(row["peak"], step["peak"])
         row["device_peak"] = max(row.get("device_peak", 0), step.get("device_peak", 0))
         row["read"] += step["read"]
@@ -439,8 +442,8 @@ def _available() -> int:
 # --- the table and the plot --------------------------------------------------------------------------------
 def table(rows: list[dict]) -> str:
     """One line per (size, command, phase): measured beside the dry run's estimate."""
-    lines = ["| size | params | offload | command | phase | wall | peak RSS (estimate) | read | written | store (estimate) | "
-             "output (estimate) | load avg |", "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| size | params | offload | command | phase | wall | CPU | peak RSS (estimate) | read | written | store (estimate) | "
+             "output (estimate) | load avg |", "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         est = r.get("phase_estimates", {})
         for i, (phase, p) in enumerate(r["phases"].items()):
@@ -450,10 +453,14 @@ def table(rows: list[dict]) -> str:
                       if first and r.get("output") else "")
             estimate = f" ({est[phase] / GiB:.2f})" if phase in est else ""
             lines.append(f"| {r['size'] if first else ''} | {_params(r) if first else ''} | {r.get('offload', '') if first else ''} "
-                         f"| {r['command'] if first else ''} | {phase} | {p['seconds']:.1f} s | {p['peak'] / GiB:.2f} GiB{estimate} "
+                         f"| {r['command'] if first else ''} | {phase} | {p['seconds']:.1f} s | {_cpu(p)} | {p['peak'] / GiB:.2f} GiB{estimate} "
                          f"| {p['read'] / 1e9:.2f} GB | {p['written'] / 1e9:.2f} GB | {store} | {output} | "
                          f"{r.get('load_before', '') if first else ''} |")
     return "\n".join(lines)
+
+
+def _cpu(phase: dict) -> str:
+    return f"{phase['cpu']:.1f} s" if phase.get("cpu") else "-"  # rows measured before CPU seconds were kept
 
 
 def _params(r: dict) -> str:
