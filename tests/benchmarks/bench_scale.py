@@ -494,13 +494,16 @@ def plot(rows: list[dict], path: Path, command: str = "prune wanda 0.5") -> None
     sizes = [r["size"] for r in rows if r["command"] == command]
     calib = {r["size"]: r for r in rows if r["command"] == "calibrate"}
     pts = sorted((r["params"], r["wall"] + calib[r["size"]]["wall"], r["peak"], r["peak_estimate"],
-                  max(r["peak"], calib[r["size"]]["peak"]), max(r["peak_estimate"], calib[r["size"]]["peak_estimate"]))
+                  max(r["peak"], calib[r["size"]]["peak"]), max(r["peak_estimate"], calib[r["size"]]["peak_estimate"]),
+                  cpu_seconds(r) + cpu_seconds(calib[r["size"]]))
                  for r in rows if r["command"] == command and r["size"] in calib)
     if not pts:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     p = [x[0] for x in pts]
-    a.loglog(p, [x[1] for x in pts], "o-", label=f"calibrate + {command}")
+    a.loglog(p, [x[1] for x in pts], "o-", label=f"calibrate + {command}, wall")
+    if all(x[6] for x in pts):
+        a.loglog(p, [x[6] for x in pts], "s--", label="the same, CPU seconds")
     a.set_xlabel("parameters"), a.set_ylabel("wall seconds"), a.legend(), a.grid(True, which="both", alpha=0.3)
     b.loglog(p, [x[4] / GiB for x in pts], "o-", label="measured peak RSS")
     b.loglog(p, [x[5] / GiB for x in pts], "s--", label="--dry-run estimate")
@@ -516,7 +519,8 @@ def exponents(rows: list[dict], command: str = "prune wanda 0.5") -> str:
 
     calib = {r["size"]: r for r in rows if r["command"] == "calibrate"}
     pts = [(math.log(r["params"]), math.log(r["wall"] + calib[r["size"]]["wall"]),
-            math.log(max(r["peak"], calib[r["size"]]["peak"]))) for r in rows if r["command"] == command and r["size"] in calib]
+            math.log(max(r["peak"], calib[r["size"]]["peak"])), math.log(max(cpu_seconds(r) + cpu_seconds(calib[r["size"]]), 1e-9)))
+           for r in rows if r["command"] == command and r["size"] in calib]
     if len(pts) < 2:
         return "fewer than two sizes: no exponent"
 
@@ -524,7 +528,14 @@ def exponents(rows: list[dict], command: str = "prune wanda 0.5") -> str:
         mx, my = sum(p[0] for p in pts) / len(pts), sum(p[i] for p in pts) / len(pts)
         return sum((p[0] - mx) * (p[i] - my) for p in pts) / sum((p[0] - mx) ** 2 for p in pts)
 
-    return f"{command} (with its calibration): time ~ params^{slope(1):.2f}, peak RSS ~ params^{slope(2):.2f} over {len(pts)} sizes"
+    cpu = all(cpu_seconds(r) for r in rows if r["command"] in (command, "calibrate"))
+    return (f"{command} (with its calibration): time ~ params^{slope(1):.2f}" + (f", CPU time ~ params^{slope(3):.2f}" if cpu else "")
+            + f", peak RSS ~ params^{slope(2):.2f} over {len(pts)} sizes")
+
+
+def cpu_seconds(row: dict) -> float:
+    """The process's CPU seconds over its phases (0 where a row was measured before they were kept)."""
+    return sum(p.get("cpu", 0.0) for p in row.get("phases", {}).values())
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,151 @@
+"""Benchmark: RIA 2:4 with channel permutation (--permute) against RIA's public reference code, on a whole model.
+
+Issue 22's fidelity goal: `ria --pattern 2:4 --permute heuristic` and `--permute lsa` within 2% of RIA's code
+(`--reallocation`, `--reallocation --lsa`) in wikitext-2 perplexity. The protocol of the other fidelity checks:
+SmolLM2-135M in float32, calibration C4 32 x 512 (seed 0, the shared C4 shard), pruned propagation, the first 40
+wikitext-2 test windows of 512 tokens. `none` (no permutation) is the baseline both sides share.
+
+Both sides see the same calibration windows (zprune draws them; the reference's loader is replaced by one that
+returns them) and are measured by the same perplexity code. The reference side is its own `prune_ria` (lib/prune.py
+of biomedical-cybernetics/Relative-importance-and-activation-pruning), loaded from a checkout given with
+--reference (read, never copied into this repository) with the shims a CPU and transformers 5 need:
+- its LSA device, hard-coded "cuda:7", is replaced by "cpu" in the source it is loaded from;
+- its model checks look for "llama" in the model's name: the name handed to it says llama;
+- its blocks are called without `position_embeddings` (transformers 5 needs them): each decoder layer's forward
+  computes them from the model's rotary embedding when missing.
+Its full LSA (no `--fast`) on SmolLM2 took about 80 minutes on this CPU (one core).
+
+    python tests/benchmarks/bench_fidelity_permute.py --reference <RIA checkout> --sides none,heuristic,lsa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+from _bench import C4, DATA_DIR, library_state  # noqa: E402  (sets offline env first)
+
+import torch  # noqa: E402
+
+from zprune_cli.base.progress import ensure  # noqa: E402
+from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
+from zprune_cli.data.sources import resolve_source  # noqa: E402
+from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
+from zprune_cli.engine.recipe import PruneRecipe  # noqa: E402
+from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E402
+from zprune_cli.models.handle import ModelHandle  # noqa: E402
+from zprune_cli.verbs.calibration import calibrate, drawn_windows  # noqa: E402
+
+FLAGS = {"none": (False, False), "heuristic": (True, False), "lsa": (True, True)}  # --reallocation, --lsa
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", type=Path, required=True, help="a checkout of RIA's code (lib/prune.py)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=str(C4))
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--pattern", default="2:4")
+    p.add_argument("--permute", default="none,heuristic", help="comma-separated: none, heuristic, lsa")
+    p.add_argument("--sides", default="reference,zprune", help="comma-separated: reference, zprune")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
+    return p.parse_args(argv)
+
+
+def reference_module(folder: Path):
+    """RIA's lib/prune.py, its LSA moved from "cuda:7" to the CPU (the only change to its source)."""
+    sys.path.insert(0, str(folder))
+    import lib  # noqa: F401  (its package: data, layerwrapper, sparsegpt, quant)
+
+    source = (folder / "lib" / "prune.py").read_text()
+    assert source.count('permutation_device = "cuda:7"') == 1, "not the reference revision this harness knows"
+    module = types.ModuleType("lib.prune")
+    module.__package__, module.__file__ = "lib", str(folder / "lib" / "prune.py")
+    sys.modules["lib.prune"] = module
+    exec(compile(source.replace('permutation_device = "cuda:7"', 'permutation_device = "cpu"'), module.__file__, "exec"),
+         module.__dict__)
+    return module
+
+
+def with_rotary(model) -> None:
+    """Decoder layers compute their position embeddings when called without them (as the reference calls them)."""
+    layer_class = type(model.model.layers[0])
+    forward, rotary = layer_class.forward, model.model.rotary_emb
+
+    def patched(self, hidden_states, *args, position_embeddings=None, position_ids=None, **kwargs):
+        if position_embeddings is None:
+            position_embeddings = rotary(hidden_states, position_ids)
+        return forward(self, hidden_states, *args, position_ids=position_ids, position_embeddings=position_embeddings, **kwargs)
+
+    layer_class.forward = patched
+
+
+def reference_prune(reference, model, windows: torch.Tensor, pattern: str, permute: str, nsamples: int, seqlen: int) -> float:
+    """RIA's prune_ria on `model`, calibrated on `windows` [nsamples, seqlen]."""
+    n, m = (int(v) for v in pattern.split(":"))
+    reallocation, lsa = FLAGS[permute]
+    args = argparse.Namespace(model="llama (SmolLM2)", calib_dataset="c4", nsamples=nsamples, seed=0, seqlen=seqlen,
+                              sparsity_ratio=n / m, sparsity_type=pattern, prune_method="ria", a=0.5, reconstruction=False,
+                              reallocation=reallocation, lsa=lsa, fast=False, importance_score="sum", gptq=False,
+                              per_outneuron=False, semi_sparse_acc=False)
+    reference.get_loaders = lambda *a, **k: ([(w.unsqueeze(0), None) for w in windows], None)
+    model.seqlen, model.hf_device_map = seqlen, {}
+    started = time.perf_counter()
+    with torch.inference_mode():  # the loaded weights are inference tensors
+        reference.prune_ria(args, model, None, torch.device("cpu"), prune_n=n, prune_m=m)
+    return time.perf_counter() - started
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    reference = reference_module(args.reference) if "reference" in args.sides else None
+    cache = Path(tempfile.mkdtemp(prefix="zprune-bench-fidelity-permute-"))
+    handle = ModelHandle(args.model, "cpu", "float32")
+    with_rotary(handle.model)
+    calibration = Calibration(args.data, args.nsamples, args.seqlen, 0)
+    windows = drawn_windows(handle, resolve_source(args.data, "train", DATA_DIR), calibration, ensure(None))
+    plan = EvalPlan(Evaluation(data="wikitext2", seqlen=512, max_windows=args.eval_windows), DATA_DIR)
+    snapshot, library, cells = DenseSnapshot(handle.model), library_state(), []
+    settings = Settings(cache_dir=cache, data_dir=DATA_DIR, device="cpu")
+    for permute in args.permute.split(","):
+        for side in args.sides.split(","):
+            snapshot.restore()
+            if side == "reference":
+                seconds = reference_prune(reference, handle.model, windows, args.pattern, permute, args.nsamples, args.seqlen)
+            else:
+                entry = calibrate(handle, calibration, gram=False, settings=settings).entry
+                recipe = PruneRecipe("ria", pattern=args.pattern, permute=permute, propagate="pruned")
+                seconds = prune_in_memory(handle.model, entry, recipe).seconds
+            metrics = {m.name: m.value for m in measure(handle.model, handle.tokenizer, plan)}
+            row = {"pattern": args.pattern, "permute": permute, "side": side, "ppl": round(metrics["ppl:wikitext2"], 4),
+                   "sparsity": metrics["sparsity"], "prune_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+                   "library": library}
+            cells.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    return cells
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = run(args)
+    print("\n| permute | reference | zprune | zprune / reference |\n|---|---:|---:|---:|")
+    for permute in dict.fromkeys(r["permute"] for r in rows):
+        ppl = {r["side"]: r["ppl"] for r in rows if r["permute"] == permute}
+        ratio = f"{ppl['zprune'] / ppl['reference']:.4f}" if {"zprune", "reference"} <= set(ppl) else "-"
+        print(f"| {permute} | {ppl.get('reference', '-')} | {ppl.get('zprune', '-')} | {ratio} |")
+    print(f"at the end: {library_state()}")
+
+
+if __name__ == "__main__":
+    main()
