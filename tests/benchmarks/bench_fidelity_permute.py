@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--permute", default="none,heuristic", help="comma-separated: none, heuristic, lsa")
-    p.add_argument("--sides", default="reference,zprune", help="comma-separated: reference, zprune")
+    p.add_argument("--sides", default="reference,zprune", help="comma-separated: reference, reference-f64 (its "
+                   "activation norms summed in float64 by the harness, not its float32 running mean), zprune")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
     return p.parse_args(argv)
@@ -88,8 +89,23 @@ def with_rotary(model) -> None:
     layer_class.forward = patched
 
 
-def reference_prune(reference, model, windows: torch.Tensor, pattern: str, permute: str, nsamples: int, seqlen: int) -> float:
-    """RIA's prune_ria on `model`, calibrated on `windows` [nsamples, seqlen]."""
+def float64_norms(reference) -> type:
+    """The reference's WrappedGPT with each input's squared norms summed in float64 (its own code keeps a float32
+    running mean): handed to prune_ria in its place, to measure how far the rounding of that sum alone moves its
+    result. The heuristic's global sort of column sums turns such rounding into different permutations."""
+    class Float64Norms(reference.WrappedGPT):
+        def add_batch(self, inp, out):
+            x = inp.reshape(-1, inp.shape[-1]).double()  # [tokens, in]
+            self.sum64 = getattr(self, "sum64", 0) + x.square().sum(0)
+            self.count64 = getattr(self, "count64", 0) + (inp.shape[0] if inp.dim() == 3 else 1)
+            self.scaler_row = (self.sum64 / self.count64).float()
+
+    return Float64Norms
+
+
+def reference_prune(reference, model, windows: torch.Tensor, pattern: str, permute: str, nsamples: int, seqlen: int,
+                    norms64: bool = False) -> float:
+    """RIA's prune_ria on `model`, calibrated on `windows` [nsamples, seqlen] (`norms64`: see float64_norms)."""
     n, m = (int(v) for v in pattern.split(":"))
     reallocation, lsa = FLAGS[permute]
     args = argparse.Namespace(model="llama (SmolLM2)", calib_dataset="c4", nsamples=nsamples, seed=0, seqlen=seqlen,
@@ -97,15 +113,20 @@ def reference_prune(reference, model, windows: torch.Tensor, pattern: str, permu
                               reallocation=reallocation, lsa=lsa, fast=False, importance_score="sum", gptq=False,
                               per_outneuron=False, semi_sparse_acc=False)
     reference.get_loaders = lambda *a, **k: ([(w.unsqueeze(0), None) for w in windows], None)
+    shipped = reference.WrappedGPT
+    reference.WrappedGPT = float64_norms(reference) if norms64 else shipped
     model.seqlen, model.hf_device_map = seqlen, {}
     started = time.perf_counter()
-    with torch.inference_mode():  # the loaded weights are inference tensors
-        reference.prune_ria(args, model, None, torch.device("cpu"), prune_n=n, prune_m=m)
+    try:
+        with torch.inference_mode():  # the loaded weights are inference tensors
+            reference.prune_ria(args, model, None, torch.device("cpu"), prune_n=n, prune_m=m)
+    finally:
+        reference.WrappedGPT = shipped
     return time.perf_counter() - started
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    reference = reference_module(args.reference) if "reference" in args.sides else None
+    reference = reference_module(args.reference) if "reference" in args.sides else None  # also for reference-f64
     cache = Path(tempfile.mkdtemp(prefix="zprune-bench-fidelity-permute-"))
     handle = ModelHandle(args.model, "cpu", "float32")
     with_rotary(handle.model)
@@ -117,8 +138,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     for permute in args.permute.split(","):
         for side in args.sides.split(","):
             snapshot.restore()
-            if side == "reference":
-                seconds = reference_prune(reference, handle.model, windows, args.pattern, permute, args.nsamples, args.seqlen)
+            if side in ("reference", "reference-f64"):
+                seconds = reference_prune(reference, handle.model, windows, args.pattern, permute, args.nsamples, args.seqlen,
+                                          norms64=side == "reference-f64")
             else:
                 entry = calibrate(handle, calibration, gram=False, settings=settings).entry
                 recipe = PruneRecipe("ria", pattern=args.pattern, permute=permute, propagate="pruned")
@@ -139,11 +161,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = run(args)
-    print("\n| permute | reference | zprune | zprune / reference |\n|---|---:|---:|---:|")
+    sides = list(dict.fromkeys(r["side"] for r in rows))
+    print(f"\n| permute | {' | '.join(sides)} | / reference |\n|---|" + "---:|" * (len(sides) + 1))
     for permute in dict.fromkeys(r["permute"] for r in rows):
         ppl = {r["side"]: r["ppl"] for r in rows if r["permute"] == permute}
-        ratio = f"{ppl['zprune'] / ppl['reference']:.4f}" if {"zprune", "reference"} <= set(ppl) else "-"
-        print(f"| {permute} | {ppl.get('reference', '-')} | {ppl.get('zprune', '-')} | {ratio} |")
+        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and "reference" in ppl)
+        print(f"| {permute} | {' | '.join(str(ppl.get(s, '-')) for s in sides)} | {ratios or '-'} |")
     print(f"at the end: {library_state()}")
 
 
