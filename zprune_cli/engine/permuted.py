@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern
@@ -45,7 +45,8 @@ class Stored(NamedTuple):
     order: torch.Tensor | None  # the stored columns' original indices when they are permuted (absorbed), else None
 
 
-Prune = Callable[[torch.Tensor, "LayerStats | None"], "tuple[torch.Tensor, torch.Tensor]"]
+# (weight, statistics) -> (pruned weight, prune mask); a string, so that importing this module reads no torch name
+Prune: TypeAlias = "Callable[[torch.Tensor, LayerStats | None], tuple[torch.Tensor, torch.Tensor]]"
 
 
 class Permuter:
