@@ -495,7 +495,7 @@ def plot(rows: list[dict], path: Path, command: str = "prune wanda 0.5") -> None
     calib = {r["size"]: r for r in rows if r["command"] == "calibrate"}
     pts = sorted((r["params"], r["wall"] + calib[r["size"]]["wall"], r["peak"], r["peak_estimate"],
                   max(r["peak"], calib[r["size"]]["peak"]), max(r["peak_estimate"], calib[r["size"]]["peak_estimate"]),
-                  cpu_seconds(r) + cpu_seconds(calib[r["size"]]))
+                  cpu_seconds(r) + cpu_seconds(calib[r["size"]]), r.get("offload", ""))
                  for r in rows if r["command"] == command and r["size"] in calib)
     if not pts:
         return
@@ -504,8 +504,10 @@ def plot(rows: list[dict], path: Path, command: str = "prune wanda 0.5") -> None
     a.loglog(p, [x[1] for x in pts], "o-", label=f"calibrate + {command}, wall")
     if all(x[6] for x in pts):
         a.loglog(p, [x[6] for x in pts], "s--", label="the same, CPU seconds")
-    a.set_xlabel("parameters"), a.set_ylabel("wall seconds"), a.legend(), a.grid(True, which="both", alpha=0.3)
+    a.set_xlabel("parameters"), a.set_ylabel("seconds"), a.legend(), a.grid(True, which="both", alpha=0.3)
     b.loglog(p, [x[4] / GiB for x in pts], "o-", label="measured peak RSS")
+    for x in pts:  # the model whole in memory, or one block at a time (--offload disk)
+        b.annotate(f"--offload {x[7]}", (x[0], x[4] / GiB), textcoords="offset points", xytext=(6, -12), fontsize=8)
     b.loglog(p, [x[5] / GiB for x in pts], "s--", label="--dry-run estimate")
     b.set_xlabel("parameters"), b.set_ylabel("GiB"), b.legend(), b.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"zprune at real shapes ({', '.join(sizes)}), one thread")
