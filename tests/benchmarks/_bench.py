@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,36 @@ def library_state() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "zprune_cli (not a git checkout)"
     return f"zprune_cli at {head}{' + local changes' if dirty else ''}"
+
+
+def fidelity_arguments(p, reference_help: str) -> None:
+    """The fidelity protocol's arguments (SmolLM2, C4 32 x 512, 40 wikitext-2 windows) and the reference checkout."""
+    p.add_argument("--reference", type=Path, required=True, help=reference_help)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default=str(C4))
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
+
+
+def record(row: dict, out: Path | None) -> None:
+    """A finished fidelity cell: printed as JSON, and appended to `out` (JSON lines) when given."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def sides_table(rows: list[dict], key: str, heading: str) -> str:
+    """Perplexity per cell (`key`) and side, each side's ratio to the "reference" side."""
+    sides = list(dict.fromkeys(r["side"] for r in rows))
+    lines = [f"| {heading} | {' | '.join(sides)} | / reference |", "|---|" + "---:|" * (len(sides) + 1)]
+    for cell in dict.fromkeys(r[key] for r in rows):
+        ppl = {r["side"]: r["ppl"] for r in rows if r[key] == cell}
+        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and "reference" in ppl)
+        lines.append(f"| {cell} | {' | '.join(f'{ppl[s]:.2f}' if s in ppl else '-' for s in sides)} | {ratios or '-'} |")
+    return "\n".join(lines)
 
 
 sys.path.insert(0, str(REPO / "tests"))

@@ -21,14 +21,13 @@ Its full LSA (no `--fast`) on SmolLM2 took about 80 minutes on this CPU (one cor
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 
-from _bench import C4, DATA_DIR, library_state  # noqa: E402  (sets offline env first)
+from _bench import DATA_DIR, fidelity_arguments, library_state, record, sides_table  # noqa: E402  (sets offline env first)
 
 import torch  # noqa: E402
 
@@ -46,18 +45,12 @@ FLAGS = {"none": (False, False), "heuristic": (True, False), "lsa": (True, True)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reference", type=Path, required=True, help="a checkout of RIA's code (lib/prune.py)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", default=str(C4))
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=40)
+    fidelity_arguments(p, "a checkout of RIA's code (lib/prune.py)")
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--permute", default="none,heuristic", help="comma-separated: none, heuristic, lsa")
     p.add_argument("--sides", default="reference,zprune", help="comma-separated: reference, reference-f64 (its "
                    "activation norms summed in float64 by the harness, not its float32 running mean), zprune")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
     return p.parse_args(argv)
 
 
@@ -150,10 +143,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                    "sparsity": metrics["sparsity"], "prune_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
                    "library": library}
             cells.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            record(row, args.out)
     return cells
 
 
@@ -161,12 +151,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = run(args)
-    sides = list(dict.fromkeys(r["side"] for r in rows))
-    print(f"\n| permute | {' | '.join(sides)} | / reference |\n|---|" + "---:|" * (len(sides) + 1))
-    for permute in dict.fromkeys(r["permute"] for r in rows):
-        ppl = {r["side"]: r["ppl"] for r in rows if r["permute"] == permute}
-        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and "reference" in ppl)
-        print(f"| {permute} | {' | '.join(str(ppl.get(s, '-')) for s in sides)} | {ratios or '-'} |")
+    print("\n" + sides_table(rows, "permute", "permute"))
     print(f"at the end: {library_state()}")
 
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench import C4, DATA_DIR, library_state  # noqa: E402,F401  (sets offline env first)
+from _bench import DATA_DIR, fidelity_arguments, library_state, record, sides_table  # noqa: E402,F401  (sets offline env first)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -42,15 +41,9 @@ from zprune_cli.base.progress import ensure  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reference", type=Path, required=True, help="a checkout of IST-DASLab/sparsegpt (sparsegpt.py, quant.py)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", default=str(C4))
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--eval-windows", type=int, default=40)
+    fidelity_arguments(p, "a checkout of IST-DASLab/sparsegpt (sparsegpt.py, quant.py)")
     p.add_argument("--cells", default="0.5:4,0:4", help="SPARSITY:BITS, comma-separated")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
-    p.add_argument("--out", type=Path, default=None, help="JSON-lines file of finished cells")
     p.add_argument("--sides", default="reference,zprune,zprune-f32", help="comma-separated: reference, reference-f64 "
                    "(its Hessian summed in float64), zprune, zprune-f32 (zprune with the reference's float32 scales "
                    "instead of its bfloat16-rounded ones)")
@@ -172,10 +165,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             row = {"cell": cell, "side": side, "ppl": round(metrics["ppl:wikitext2"], 4), "sparsity": metrics["sparsity"],
                    "prune_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "library": library}
             cells.append(row)
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            record(row, args.out)
     return cells
 
 
@@ -184,12 +174,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args)
-    sides = list(dict.fromkeys(r["side"] for r in rows))
-    print(f"\n| sparsity : bits | {' | '.join(sides)} | / reference |\n|---|" + "---|" * (len(sides) + 1))
-    for cell in dict.fromkeys(r["cell"] for r in rows):
-        ppl = {r["side"]: r["ppl"] for r in rows if r["cell"] == cell}
-        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and "reference" in ppl)
-        print(f"| {cell} | {' | '.join(f'{ppl[s]:.2f}' for s in sides)} | {ratios or '-'} |")
+    print("\n" + sides_table(rows, "cell", "sparsity : bits"))
+
 
 if __name__ == "__main__":
     main()
