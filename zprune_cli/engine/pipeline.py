@@ -134,10 +134,10 @@ class _Pruner:
                 self.errors[name] = layer_error(weight.masked_fill(~mask, 0), weight, stats.gram)
             weight.masked_fill_(mask, 0)
             return
-        before = weight  # the layer's weight in the column order it is stored in
+        order = None  # the stored columns' original indices, where the producers absorbed a permutation
         if self.permuter is not None and sparsity > 0:  # quantized after the mask, in the stored column order
             new, mask, stats, order = self.permuter.prune(name, weight, stats, lambda w, s: self._prune(w, s, sparsity)[:2])
-            before, grid = (weight if order is None else weight[:, order]), None
+            grid = None
             for producer, rows, moved in self.permuter.row_moves:  # a quantized producer's grids follow its rows
                 if producer in self.grids:
                     self.grids[producer] = self.grids[producer].rows_moved(rows.cpu(), moved.cpu())
@@ -147,7 +147,8 @@ class _Pruner:
         if self.quant is not None and grid is None:  # the mask fixed, the kept weights quantized by GPTQ
             new, grid = gptq(new, stats.hessian().to(weight.device), mask, self.quant)
         _require_finite(new, f"the pruned weight of layer {name}")
-        if stats is not None and stats.gram is not None:
+        if stats is not None and stats.gram is not None:  # in the stored column order (a copy only when permuted)
+            before = weight if order is None else weight[:, order]
             self.errors[name] = layer_error(before.to(prune_precision()) - new.to(prune_precision()), before, stats.gram)
         weight_view(linear).copy_(new)
         if grid is not None:
