@@ -13,7 +13,8 @@ of biomedical-cybernetics/Relative-importance-and-activation-pruning), loaded fr
 - its model checks look for "llama" in the model's name: the name handed to it says llama;
 - its blocks are called without `position_embeddings` (transformers 5 needs them): each decoder layer's forward
   computes them from the model's rotary embedding when missing.
-Its full LSA (no `--fast`) on SmolLM2 took about 80 minutes on this CPU (one core).
+Its full LSA (no `--fast`) is estimated at about 80 minutes on this CPU, one core (one SmolLM2-shaped
+block took 167 s).
 
     python tests/benchmarks/bench_fidelity_permute.py --reference <RIA checkout> --sides none,heuristic,lsa
 """
