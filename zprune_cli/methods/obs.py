@@ -15,6 +15,7 @@ that order (GPTQ's act-order); the mask is then chosen on the columns in walk or
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
@@ -51,26 +52,25 @@ def obs_flops(out: int, width: int, blocksize: int) -> float:
     return 4 / 3 * width**3 + out * width**2 + out * width * blocksize
 
 
-def upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """U with U^T U = (H + damp I)^-1, damp = percdamp * mean(diag H). H: [in, in] -> U: [in, in] (H is not changed).
+def upper_cholesky_of_inverse(fresh: Callable[[], torch.Tensor], percdamp: float) -> torch.Tensor:
+    """U with U^T U = (H + damp I)^-1, damp = percdamp * mean(diag H), H [in, in] from `fresh()`: a matrix of the
+    caller's own, which this overwrites (U is returned in its memory on a CPU). If a factorisation fails, the
+    damping grows tenfold and the step is retried on a new `fresh()` (with a warning).
 
-    If a factorisation fails, the damping grows tenfold and the step is retried (with a warning). At most two
-    [in, in] matrices beside H at any time (each 485 MB at Llama-2-7B's 11008-wide input): each step's input
-    is freed as its output is made.
+    On a CPU the three steps run in H's own memory, with no [in, in] matrix beside it: H is symmetric, so its
+    transpose view is the same matrix in the column-major order LAPACK works in, and torch then factorises,
+    inverts and factorises again in place (bit-identical to the out-of-place steps). Out of place, each step
+    made its output beside its input: two matrices beside H at the peak, 970 MB at Llama-2-7B's 11008-wide
+    down_proj, which put SparseGPT's peak over 4.5 GiB at 7B. Other devices take the out-of-place steps.
     """
-    mean_diagonal = H.diagonal().mean()
     for attempt in range(1, MAX_DAMPING_TRIES + 1):
-        damped = H.clone()
-        damped.diagonal().add_(percdamp * mean_diagonal)
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped
-        if info.item() == 0:
-            inverse = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if info.item() == 0 and bool(torch.isfinite(U.sum())):  # a finite sum: no NaN or inf in U
-                return U
+        H = fresh()
+        H.diagonal().add_(percdamp * H.diagonal().mean())
+        U, ok = _factorise_in_place(H) if H.device.type == "cpu" else _factorise(H)
+        del H
+        if ok and bool(torch.isfinite(U.sum())):  # a finite sum: no NaN or inf in U
+            return U
+        del U
         if attempt == MAX_DAMPING_TRIES:
             break
         retry = percdamp * 10 if percdamp > 0 else FIRST_RETRY_PERCDAMP
@@ -86,16 +86,56 @@ def upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     )
 
 
+def _factorise_in_place(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(U, whether both factorisations succeeded), in H's memory (H damped, contiguous)."""
+    _symmetric_from_lower(H)  # what the out-of-place steps read: its lower triangle
+    A = H.mT  # the same symmetric matrix, column-major
+    info = torch.zeros((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(A, out=(A, info))
+    if info.item() != 0:
+        return A, False
+    torch.cholesky_inverse(A, out=A)
+    torch.linalg.cholesky_ex(A, upper=True, out=(A, info))
+    return A, info.item() == 0
+
+
+def _symmetric_from_lower(H: torch.Tensor, rows: int = 256) -> None:
+    """H's upper triangle set to its lower one's mirror, in place, a band of `rows` rows at a time. A Gram
+    summed by matrix products is symmetric only up to rounding; the factorisation reads the triangle that is
+    the lower one in row-major order."""
+    n = H.shape[0]
+    for i in range(0, n, rows):
+        j = min(i + rows, n)
+        block = H[i:j, i:j]
+        upper = torch.triu_indices(j - i, j - i, 1)
+        block[upper[0], upper[1]] = block[upper[1], upper[0]]
+        H[i:j, j:] = H[j:, i:j].T
+
+
+def _factorise(H: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(U, whether both factorisations succeeded), each step's input freed as its output is made."""
+    L, info = torch.linalg.cholesky_ex(H)
+    del H
+    if info.item() != 0:
+        return L, False
+    inverse = torch.cholesky_inverse(L)
+    del L
+    U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+    return U, info.item() == 0
+
+
 def obs_walk(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | Callable[[], torch.Tensor],
     choice: MaskChoice,
     blocksize: int,
     percdamp: float,
     quantizer: ColumnQuantizer | None = None,
     order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SparseGPT column walk. weight: [out, in], hessian: [in, in] (not changed); `quantizer` puts every
+    """The SparseGPT column walk. weight: [out, in], hessian: [in, in] (not changed), or a function returning a
+    new one on each call (LayerStats.hessian: the walk then factorises that matrix itself, with no copy, and
+    calls it again only to retry a failed factorisation); `quantizer` puts every
     kept weight on its grid as it is visited; `order` [in]: the columns in walk order (None: as they are).
 
     Returns (W, prune_mask): W in prune_precision() with masked entries exactly 0, prune_mask bool [out, in].
@@ -105,25 +145,35 @@ def obs_walk(
     layout), and at Llama-2-7B's widths the walk took 2.2x as long.
     """
     W = weight.to(prune_precision()).clone()  # [out, in]
-    H = hessian.to(device=W.device, dtype=prune_precision())  # [in, in]
     rows, columns = W.shape
+    first = _own_hessian(hessian, W)  # [in, in]
 
-    dead = H.diagonal() == 0  # inputs that were always 0: no information, so prune-free and zeroed
+    dead = first.diagonal() == 0  # inputs that were always 0: no information, so prune-free and zeroed
     if bool(dead.any()):
-        H = H.clone()  # the caller's matrix stays as it was
-        H[dead, dead] = 1
         W[:, dead] = 0
     if quantizer is not None:
         quantizer.start(W)
     if order is not None:
-        W, H = W[:, order], H[order][:, order]
-    U = upper_cholesky_of_inverse(H, percdamp)  # [in, in]
-    del H
+        W = W[:, order]
+
+    def fresh() -> torch.Tensor:
+        """The walk's H, its own to overwrite: dead inputs 1 on the diagonal, columns in walk order."""
+        nonlocal first
+        H, first = (first if first is not None else _own_hessian(hessian, W)), None
+        if bool(dead.any()):
+            H[dead, dead] = 1
+        if order is not None:  # two steps, so that at most one copy is beside H
+            H = H[order]
+            H = H[:, order]
+        return H
+
+    U = upper_cholesky_of_inverse(fresh, percdamp)  # [in, in]
 
     prune_mask = torch.zeros(rows, columns, dtype=torch.bool, device=W.device)
     for i1 in range(0, columns, blocksize):
         i2 = min(i1 + blocksize, columns)
-        W1, mask1, Err1 = _walk_block(W[:, i1:i2].T.contiguous(), U[i1:i2, i1:i2], choice, i1, quantizer)  # each [b, out]
+        U1 = U[i1:i2, i1:i2].contiguous()  # [b, b], row-major: its rows are read one by one (U may be column-major)
+        W1, mask1, Err1 = _walk_block(W[:, i1:i2].T.contiguous(), U1, choice, i1, quantizer)  # each [b, out]
         W[:, i1:i2] = W1.T
         prune_mask[:, i1:i2] = mask1.T
         W[:, i2:].addmm_(Err1.T, U[i1:i2, i2:], alpha=-1)  # [out, b] @ [b, in - i2]: the block's error, onward
@@ -131,6 +181,13 @@ def obs_walk(
         back = torch.argsort(order)
         W, prune_mask = W[:, back], prune_mask[:, back]
     return W, prune_mask
+
+
+def _own_hessian(hessian: torch.Tensor | Callable[[], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """A [in, in] matrix the walk may overwrite, on `like`'s device and in its dtype."""
+    if callable(hessian):
+        return hessian().to(device=like.device, dtype=like.dtype)
+    return hessian.to(device=like.device, dtype=like.dtype, copy=True)
 
 
 def _walk_block(W1: torch.Tensor, U1: torch.Tensor, choice: MaskChoice, i1: int, quantizer: ColumnQuantizer | None = None):
@@ -197,7 +254,7 @@ def gptq(
     rows, columns = weight.shape
     mask = torch.zeros(rows, columns, dtype=torch.bool, device=weight.device) if prune_mask is None else \
         prune_mask.to(device=weight.device, dtype=torch.bool)
-    order = act_order(hessian).to(weight.device) if spec.act_order else None
+    order = act_order(hessian.diagonal()).to(weight.device) if spec.act_order else None
     quantizer = ColumnQuantizer(spec, rows, columns, order)
     walk_mask = mask if order is None else mask[:, order]
     W, _ = obs_walk(weight, hessian, MaskChoice(fixed=walk_mask), walk_blocksize(blocksize, spec), percdamp, quantizer, order)

@@ -198,10 +198,10 @@ class ColumnQuantizer:
         return QuantGrid(self.spec, self.scale_t.T.contiguous().cpu(), self.zero_t.T.cpu().to(torch.uint8))
 
 
-def act_order(hessian: torch.Tensor) -> torch.Tensor:
-    """GPTQ's activation order: columns by decreasing diag(H) (dead inputs count as 1, as the walk sets
-    them), ties in column order."""
-    diagonal = hessian.diagonal().clone()
+def act_order(hessian_diagonal: torch.Tensor) -> torch.Tensor:
+    """GPTQ's activation order from diag(H) [in]: columns by decreasing diag(H) (dead inputs count as 1, as the
+    walk sets them), ties in column order."""
+    diagonal = hessian_diagonal.clone()
     diagonal[diagonal == 0] = 1
     return torch.argsort(diagonal, descending=True, stable=True)
 
@@ -218,7 +218,8 @@ def walk_blocksize(blocksize: int, spec: QuantSpec | None, m: int = 0) -> int:
 def quantization_work_bytes(spec: QuantSpec, out: int, width: int, joint: bool) -> int:
     """Bytes quantizing one [out, width] layer holds beside what its method holds, for --dry-run: the grids
     (float32 scales and zero points), and for GPTQ after a fixed mask a whole OBS walk of its own (the float32
-    weight walked and its mask, H and at most two [in, in] matrices beside it, methods/obs.py). SparseGPT's
-    joint walk quantizes inside the walk it makes anyway: the grids alone."""
-    grids = 2 * 4 * out * spec.groups(width)
-    return grids if joint else grids + out * width * (4 + 1) + 3 * width * width * 4
+    weight walked and its mask, H and the walk's own copy of it, methods/obs.py). SparseGPT's joint walk
+    quantizes inside the walk it makes anyway: the grids alone. Act-order reorders the walk's H: one more
+    [in, in] matrix while it is copied."""
+    grids = 2 * 4 * out * spec.groups(width) + (width * width * 4 if spec.act_order else 0)
+    return grids if joint else grids + out * width * (4 + 1) + 2 * width * width * 4

@@ -47,13 +47,13 @@ def finish_cost(out: int, width: int, swap_rounds: int, reconstruct: str) -> Cos
 
 def finish_work_bytes(weights: int, width: int, reconstruct: str, swap_rounds: int) -> int:
     """Bytes finish_mask holds beside the weight, for the dry run: the float32 H = 2/N Gram, then OBS's walked
-    weight, mask and two more [in, in] matrices (methods/obs.py), or PCG's damped H and about six float32
+    weight, mask and its own copy of H, factorised in place (methods/obs.py), or PCG's damped H and about six float32
     [out, in] iterates (methods/pcg.py); swaps, a float32 copy of the weight and the mask."""
     work = width * width * 4 if reconstruct != "none" or swap_rounds > 0 else 0
     if swap_rounds > 0:
         work += weights * (4 + 1)
     if reconstruct == "obs":
-        work += weights * (4 + 1) + 2 * width * width * 4
+        work += weights * (4 + 1) + width * width * 4
     elif reconstruct == "pcg":
         work += weights * 6 * 4 + width * width * 4
     return work

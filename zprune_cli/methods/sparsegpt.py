@@ -46,9 +46,9 @@ class SparseGPT(Method):
 
     @classmethod
     def work_bytes(cls, weights: int, width: int) -> int:
-        """The float32 weight being walked and its mask, and [in, in] matrices: H = 2/N Gram, and at most two
-        beside it while U, the Cholesky factor of its inverse, is made (obs.upper_cholesky_of_inverse)."""
-        return weights * (4 + 1) + 3 * width * width * 4
+        """The float32 weight being walked and its mask, and one [in, in] matrix: H = 2/N Gram, in whose memory
+        U, the Cholesky factor of its inverse, is made on a CPU (obs.upper_cholesky_of_inverse)."""
+        return weights * (4 + 1) + width * width * 4
 
     def cost(self, out: int, width: int) -> Cost:
         """The column walk (obs_flops); each block's mask is chosen once over its columns."""
@@ -76,13 +76,12 @@ class SparseGPT(Method):
             choice = MaskChoice(sparsity=sparsity)
         # N:M groups (and grids fitted during the walk) must not straddle two blocks
         blocksize = walk_blocksize(self.blocksize, quant, pattern.m)
-        hessian = stats.hessian()
         quantizer = order = None
         if quant is not None:
             if quant.act_order and pattern.is_nm:
                 raise ZpruneError("sparsegpt cannot walk an N:M pattern in act-order")
-            order = act_order(hessian).to(weight.device) if quant.act_order else None
+            order = act_order(stats.hessian_diagonal()).to(weight.device) if quant.act_order else None
             quantizer = ColumnQuantizer(quant, *weight.shape, order)
-        W, prune_mask = obs_walk(weight, hessian, choice, blocksize, self.percdamp, quantizer, order)
+        W, prune_mask = obs_walk(weight, stats.hessian, choice, blocksize, self.percdamp, quantizer, order)
         grid = quantizer.grid() if quantizer is not None else None
         return PruneResult(weight=W.to(weight.dtype), prune_mask=prune_mask, grid=grid)

@@ -53,3 +53,9 @@ class LayerStats:
         if self.gram is None:
             raise ValueError("this statistic has no Gram matrix; calibrate with gram=True")
         return self.gram.to(torch.float32) * (2.0 / max(self.n_tokens, 1))
+
+    def hessian_diagonal(self) -> torch.Tensor:
+        """diag(hessian()) without the [in, in] copy (the same values, elementwise), float32, shape [in]."""
+        if self.gram is None:
+            raise ValueError("this statistic has no Gram matrix; calibrate with gram=True")
+        return self.gram.diagonal().to(torch.float32) * (2.0 / max(self.n_tokens, 1))
