@@ -198,6 +198,26 @@ def test_permute_with_wbits_quantizes_in_the_stored_column_order(method, tmp_pat
     assert all(not torch.equal(weights[n], unquantized[n]) for n in layout)
 
 
+def test_free_layout_maps_o_proj_back_and_keeps_down_proj_native(tmp_path, text_file, cache):
+    """--permute-layout free: no permutation is restricted so that a producer can take it. o_proj's is searched
+    over all its columns and its mask mapped back; down_proj's (any permutation of it is absorbed by gate/up)
+    stays native; the recipe records the layout. The default restricts o_proj's to each key-value head."""
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    layouts = {}
+    for layout in ("native", "free"):
+        out = tmp_path / layout
+        result = runner.invoke(app, ["prune", str(folder), "-m", "wanda", "-p", "2:4", "--permute", "lsa", "--permute-layout",
+                                     layout, "--data", str(text_file), "-n", "2", "-l", "16", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "zprune.json").read_text())
+        assert record["recipe"].get("permute_layout", "native") == layout
+        layouts[layout] = record["nm_layout"]
+    kinds = {layout: {name.rpartition(".")[2]: how for name, how in found.items()} for layout, found in layouts.items()}
+    assert kinds["native"]["o_proj"] == "native" and kinds["free"]["o_proj"] == "permuted"
+    assert kinds["native"]["down_proj"] == kinds["free"]["down_proj"] == "native"
+    assert all(kinds["native"][k] == kinds["free"][k] == "permuted" for k in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+
+
 def test_prune_reports_sparsity_and_layout(tmp_path, text_file, cache):
     """A permuted 2:4 prune removes exactly half of every pruned layer, and its --json summary carries the layout."""
     folder = save_tiny(tmp_path / "tiny", "llama")

@@ -46,8 +46,10 @@ NM_VARIANTS = {"permute": NM.replace(permute="lsa")}
 QUANT = PruneRecipe("ria", 0.5, wbits=4, group_size=32)
 QUANT_VARIANTS = {"wbits": QUANT.replace(wbits=8), "group_size": QUANT.replace(group_size=0), "sym": QUANT.replace(sym=True),
                   "act_order": QUANT.replace(act_order=True)}
+PERMUTED = NM.replace(permute="lsa")  # --permute-layout takes effect with --permute only
+PERMUTED_VARIANTS = {"permute_layout": PERMUTED.replace(permute_layout="free")}
 SECOND = {**{f: (OWL, v) for f, v in OWL_VARIANTS.items()}, **{f: (NM, v) for f, v in NM_VARIANTS.items()},
-          **{f: (QUANT, v) for f, v in QUANT_VARIANTS.items()}}
+          **{f: (QUANT, v) for f, v in QUANT_VARIANTS.items()}, **{f: (PERMUTED, v) for f, v in PERMUTED_VARIANTS.items()}}
 
 
 def test_every_field_is_covered():
@@ -65,7 +67,8 @@ def test_one_field_changes_the_digest(field):
 
 
 def test_all_digests_differ():
-    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), *NM_VARIANTS.values(), QUANT, *QUANT_VARIANTS.values()]  # VARIANTS["allocation"] is OWL, VARIANTS["pattern"] is NM
+    recipes = [BASE, *VARIANTS.values(), *OWL_VARIANTS.values(), *NM_VARIANTS.values(), QUANT, *QUANT_VARIANTS.values(),
+               *PERMUTED_VARIANTS.values()]  # VARIANTS["allocation"] is OWL, VARIANTS["pattern"] is NM
     assert len({r.digest for r in recipes}) == len(recipes) == len(set(recipes))
 
 
@@ -96,6 +99,8 @@ def test_same_weights_same_digest():
         (dict(method="zpruner", reconstruct=True), "propagate", "pruned", None),
         (dict(method="sparsegpt"), "propagate", "pruned", None),
         (dict(method="wanda", allocation="owl"), "owl_m", 5.0, None),
+        (dict(method="wanda", pattern="2:4", permute_layout="free"), "permute_layout", "native", "--permute-layout free has no effect"),
+        (dict(method="wanda", pattern="2:4", permute="lsa", permute_layout="free"), "permute_layout", "free", None),
     ],
 )
 def test_normalised_to_what_takes_effect(kwargs, field, expected, warned, caplog):

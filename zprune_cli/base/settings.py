@@ -200,6 +200,7 @@ GRID_SCALARS: dict[str, type] = {
     "data": str, "nsamples": int, "seqlen": int, "seed": int, "eval_seqlen": int, "max_windows": int, "limit": int,
     "batch_size": int,  # evaluation batch (perplexity windows, lm-eval requests); not part of a protocol
     "group_size": int, "sym": bool, "act_order": bool,  # quantization, shared by the cells of every bit width
+    "permute_layout": str,  # shared by the cells of every --permute
 }
 
 

@@ -37,7 +37,7 @@ def compare_command(
     owl_lambda: opt.OwlLambda = None,
     reconstruct: opt.ReconstructAxis = None,
     refine: opt.RefineAxis = None,
-    propagate: opt.Propagate = None, permute: opt.PermuteAxis = None,
+    propagate: opt.Propagate = None, permute: opt.PermuteAxis = None, permute_layout: opt.PermuteLayout = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
     wbits: opt.WBitsAxis = None, group_size: opt.GroupSize = None, sym: opt.Sym = None, act_order: opt.ActOrder = None,

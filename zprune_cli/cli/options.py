@@ -41,6 +41,7 @@ Refine = Annotated[Optional[str], typer.Option("--refine", help="Refine the mask
 ReconstructAxis = Annotated[Optional[str], typer.Option("--reconstruct", help=f"Comma-separated: {', '.join(RECONSTRUCTIONS)} (each cell with each; --reconstruct alone: obs).")]
 RefineAxis = Annotated[Optional[str], typer.Option("--refine", help=f"Comma-separated: {', '.join(REFINEMENTS)}[:ROUNDS] (each cell with each).")]
 Permute = Annotated[Optional[str], typer.Option("--permute", help="N:M patterns only: none (default), heuristic or lsa: reorder each layer's input channels before the N:M groups are formed (RIA's channel permutation).")]
+PermuteLayout = Annotated[Optional[str], typer.Option("--permute-layout", help="With --permute: native (default): o_proj's permutation kept within each key-value head, so that v_proj absorbs it and o_proj is stored natively N:M; free: every layer's permutation searched over all its columns (better perplexity, as RIA's code), those down_proj's producers cannot take kept N:M only after permutation.")]
 PermuteAxis = Annotated[Optional[str], typer.Option("--permute", help="Comma-separated: none, heuristic, lsa (each N:M cell with each; unstructured cells: none).")]
 Propagate = Annotated[Optional[str], typer.Option("--propagate", help="auto, dense (stored statistics only) or pruned (papers' protocol).")]
 Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="Regex of layer names to leave dense (repeatable).")]

@@ -49,7 +49,7 @@ def prune_command(
     owl_m: opt.OwlM = None, owl_lambda: opt.OwlLambda = None,
     reconstruct: opt.Reconstruct = None,
     refine: opt.Refine = None,
-    propagate: opt.Propagate = None, permute: opt.Permute = None,
+    propagate: opt.Propagate = None, permute: opt.Permute = None, permute_layout: opt.PermuteLayout = None,
     ignore: opt.Ignore = None,
     option: opt.MethodOption = None,
     wbits: opt.WBits = None, group_size: opt.GroupSize = None, sym: opt.Sym = None, act_order: opt.ActOrder = None,
@@ -90,7 +90,7 @@ def prune_command(
     if masks is not None:
         return _apply_masks(c, handle, masks, out, overwrite)
     shared = recipe_fields(c, scope, allocation, owl_m, owl_lambda, reconstruct, refine, propagate, ignore, option)
-    shared["permute"] = permute or "none"
+    shared["permute"], shared["permute_layout"] = permute or "none", permute_layout or "native"
     shared |= opt.quant_fields(wbits, group_size, sym, act_order)
     recipes = [PruneRecipe(method=name, sparsity=sparsity, pattern=pattern, **shared) for name in parse_method_list(method)]
     if dry_run:

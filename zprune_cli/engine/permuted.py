@@ -52,8 +52,9 @@ Prune: TypeAlias = "Callable[[torch.Tensor, LayerStats | None], tuple[torch.Tens
 class Permuter:
     """One prune run's permutations: each block's absorption plans, then each layer's search and placement."""
 
-    def __init__(self, model: nn.Module, mode: str, pattern: Pattern, method: Method):
+    def __init__(self, model: nn.Module, mode: str, pattern: Pattern, method: Method, layout: str = "native"):
         self.mode, self.pattern, self.method = mode, pattern, method
+        self.restrict = layout == "native"  # "free": no plan that restricts the search (PruneRecipe.permute_layout)
         self.geometry = attention_geometry(model.config)
         vocab = model.get_input_embeddings().weight.shape[0]
         ids = (torch.arange(PROBE_TOKENS).reshape(1, -1) * 31 + 7) % vocab
@@ -74,6 +75,8 @@ class Permuter:
         key = signature(probe)
         self.plans = plan_block(probe, consumers, self.known.get(key))
         self.known[key] = list(self.plans.values())
+        if not self.restrict:
+            self.plans = {name: plan for name, plan in self.plans.items() if plan.unrestricted}
         self.projections, self.prefix = probe.projections, prefix
         for plan in self.plans.values():
             self.absorbed.setdefault(_kind(plan.consumer, probe), plan.describe())

@@ -109,7 +109,8 @@ class _Pruner:
         self.quant = recipe.quant
         self.grids: dict[str, QuantGrid] = {}
         self.errors: dict[str, float] = {}  # the layer error, where the statistics hold a Gram (never computed for it)
-        self.permuter = Permuter(model, recipe.permute, self.pattern, self.method) if recipe.permute != "none" else None
+        self.permuter = (Permuter(model, recipe.permute, self.pattern, self.method, recipe.permute_layout)
+                         if recipe.permute != "none" else None)
         # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
         self.in_place = (type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
                          and self.quant is None)

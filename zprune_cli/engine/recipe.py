@@ -26,6 +26,11 @@ user set; refusals raise ZpruneUsageError, exit 2, naming both fields):
   the permuted mask, in the column order the layer is stored in (SparseGPT's joint walk too: it walks the
   permuted columns, which a layer whose mask is mapped back does not store contiguously). "none" is left out of
   `as_dict()` and so of the digest, which keeps every recipe written before the field existed at its digest.
+- `permute_layout` is "native" (the default: a layer whose producers can absorb its permutation only when it
+  is restricted, o_proj's to within each key-value head, gets the restricted search and is stored natively
+  N:M) or "free" (every layer's permutation searched over all its columns; only layers whose producers absorb
+  any permutation, down_proj's, are stored natively N:M, the others keep their mask mapped back, as RIA's
+  code). Without `permute` it is "native"; "native" is left out of `as_dict()` and the digest.
 - `ignore` regexes are sorted and de-duplicated (their order does not matter); `overrides` keep their
   order (the first matching regex wins).
 - `wbits` 2..8 quantizes the kept weights (methods/quantize.py), 16 (the default) leaves them in floating
@@ -53,7 +58,7 @@ from zprune_cli.base.masks import Pattern
 from zprune_cli.methods import get_method, method_options
 from zprune_cli.methods.base import Cost, Method
 from zprune_cli.methods.obs import obs_flops
-from zprune_cli.methods.permutation import PERMUTATIONS, permutation_cost, permutation_work_bytes
+from zprune_cli.methods.permutation import PERMUTATIONS, PERMUTE_LAYOUTS, permutation_cost, permutation_work_bytes
 from zprune_cli.methods.quantize import BITS, DEFAULT_GROUP_SIZE, NO_QUANTIZATION, QuantSpec, quantization_work_bytes
 from zprune_cli.methods.reconstruction import finish_cost
 from zprune_cli.records.provenance import RecipeRecord
@@ -84,6 +89,7 @@ class PruneRecipe:
     refine: str = "none"  # "none" | "swaps:ROUNDS": Gram-based 1-swaps on the mask before any reconstruction
     propagate: str = "auto"
     permute: str = "none"  # "none" | "heuristic" | "lsa": reorder input channels before N:M groups are formed
+    permute_layout: str = "native"  # "native" | "free": restrict a permutation where that keeps a layer natively N:M
     ignore: tuple[str, ...] = ()  # regexes of layer names left dense
     overrides: tuple[tuple[str, float], ...] = ()  # (regex, sparsity), the first match wins
     method_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("a", 0.5),) for ria
@@ -178,6 +184,8 @@ class PruneRecipe:
         out["method_options"] = dict(self.method_options)
         if self.permute == "none":
             del out["permute"]  # as before the field existed: the digests of earlier recipes stay as they were
+        if self.permute_layout == "native":
+            del out["permute_layout"]  # likewise
         if self.quant is None:  # absent, so recipes without quantization keep the digests they always had
             for name in QUANT_FIELDS:
                 del out[name]
@@ -221,6 +229,7 @@ class PruneRecipe:
         extras = [f"{k}={v}" for k, v in self.method_options if method_options(self.method).get(k) != v]
         extras += ["owl"] if self.allocation == "owl" else []
         extras += [f"permute={self.permute}"] if self.permute != "none" else []
+        extras += ["layout=free"] if self.permute_layout == "free" else []
         extras += [f"swaps:{self.swap_rounds}"] if self.swap_rounds else []
         extras += [{"obs": "reconstruct", "pcg": "reconstruct=pcg"}[self.reconstruct]] if self.reconstruct != "none" else []
         extras += [f"ignore={','.join(self.ignore)}"] if self.ignore else []
@@ -272,6 +281,7 @@ def _normalise(r: PruneRecipe) -> dict[str, Any]:
             out[field] = "none"
     out["propagate"] = _propagate(r.propagate, cls, out["reconstruct"] != "none" or quantized)
     out["permute"] = _permute(r.permute, pattern)
+    out["permute_layout"] = _permute_layout(r.permute_layout, out["permute"])
     out["ignore"] = tuple(sorted({_regex(p, "--ignore") for p in _strings(r.ignore, "ignore")}))
     out["overrides"] = _overrides(r.overrides, pattern)
     return out
@@ -389,6 +399,14 @@ def _permute(value: Any, pattern: Pattern) -> str:
     if value != "none" and not pattern.is_nm:
         raise ZpruneUsageError(f"--permute {value} reorders the input channels of N:M groups; it cannot take effect "
                                "with --pattern unstructured (use --pattern 2:4 or 4:8, or --permute none)")
+    return value
+
+
+def _permute_layout(value: Any, permute: str) -> str:
+    value = _choice("native" if value is None else value, PERMUTE_LAYOUTS, "permute-layout")
+    if value != "native" and permute == "none":
+        log.warning("--permute-layout %s has no effect without --permute; recorded as native", value)
+        return "native"
     return value
 
 

@@ -38,6 +38,10 @@ from zprune_cli.methods.base import Cost
 torch = lazy("torch")
 
 PERMUTATIONS = ("none", "heuristic", "lsa")
+# Where a permutation may be restricted so that a producer can absorb it (o_proj's, to within each key-value
+# head): "native" restricts it and stores the layer natively N:M; "free" searches every column and maps the
+# mask back (engine/permuted.py).
+PERMUTE_LAYOUTS = ("native", "free")
 LSA_WORK = 2**28  # rows x groups^2 of one block's gain matrix: about 0.2 s on one CPU core
 _CHUNK_BYTES = 2**22  # working memory of one slice of the gain matrix's sum
 

@@ -57,6 +57,11 @@ class Absorption:
     head_dim: int = 0  # "head": channels per head
     group: int = 1  # "head": query heads per key-value head
 
+    @property
+    def unrestricted(self) -> bool:
+        """Whether the producers absorb any permutation of the consumer's columns (no ties): "channel"."""
+        return self.kind == "channel"
+
     def ties(self, width: int) -> list[torch.Tensor] | None:
         """The column ties a permutation must respect (methods.permutation): None (free) for "channel"; for
         "head", per key-value head the [group, head_dim] columns of its query heads."""

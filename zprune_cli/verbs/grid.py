@@ -22,7 +22,7 @@ from zprune_cli.base.settings import GRID_LISTS, GRID_SCALARS, Calibration, Sett
 
 GRID_KEYS = (*GRID_LISTS, *GRID_SCALARS)
 FLAGS = "flags"  # the origin of the command's flags: their errors name the flag itself ("--sparsity takes numbers")
-SHARED_KEYS = ("scope", "allocation", "owl_m", "owl_lambda", "propagate", "group_size", "sym", "act_order")
+SHARED_KEYS = ("scope", "allocation", "owl_m", "owl_lambda", "propagate", "group_size", "sym", "act_order", "permute_layout")
 
 
 @dataclass(frozen=True)
