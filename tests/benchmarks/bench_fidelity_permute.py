@@ -22,6 +22,7 @@ block took 167 s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ import torch  # noqa: E402
 from zprune_cli.base.progress import ensure  # noqa: E402
 from zprune_cli.base.settings import Calibration, Settings  # noqa: E402
 from zprune_cli.data.sources import resolve_source  # noqa: E402
+from zprune_cli.engine import permuted  # noqa: E402
 from zprune_cli.engine.pipeline import DenseSnapshot, prune_in_memory  # noqa: E402
 from zprune_cli.engine.recipe import PruneRecipe  # noqa: E402
 from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E402
@@ -50,7 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--permute", default="none,heuristic", help="comma-separated: none, heuristic, lsa")
     p.add_argument("--sides", default="reference,zprune", help="comma-separated: reference, reference-f64 (its "
-                   "activation norms summed in float64 by the harness, not its float32 running mean), zprune")
+                   "activation norms summed in float64 by the harness, not its float32 running mean), zprune, "
+                   "zprune-mapped (no layer's permutation absorbed: every mask mapped back, as RIA's code does)")
+    p.add_argument("--seed", type=int, default=0, help="calibration seed (which C4 windows are drawn)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p.parse_args(argv)
 
@@ -119,12 +123,26 @@ def reference_prune(reference, model, windows: torch.Tensor, pattern: str, permu
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def absorption(allowed: bool):
+    """zprune as shipped (`allowed`), or with no block's plan found, so that every permuted layer keeps its mask
+    mapped back to the original column order, as RIA's code does (its o_proj then searched over all its columns,
+    not only within each key-value head)."""
+    shipped = permuted.plan_block
+    if not allowed:
+        permuted.plan_block = lambda *args, **kwargs: {}
+    try:
+        yield
+    finally:
+        permuted.plan_block = shipped
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     reference = reference_module(args.reference) if "reference" in args.sides else None  # also for reference-f64
     cache = Path(tempfile.mkdtemp(prefix="zprune-bench-fidelity-permute-"))
     handle = ModelHandle(args.model, "cpu", "float32")
     with_rotary(handle.model)
-    calibration = Calibration(args.data, args.nsamples, args.seqlen, 0)
+    calibration = Calibration(args.data, args.nsamples, args.seqlen, args.seed)
     windows = drawn_windows(handle, resolve_source(args.data, "train", DATA_DIR), calibration, ensure(None))
     plan = EvalPlan(Evaluation(data="wikitext2", seqlen=512, max_windows=args.eval_windows), DATA_DIR)
     snapshot, library, cells = DenseSnapshot(handle.model), library_state(), []
@@ -138,9 +156,10 @@ def run(args: argparse.Namespace) -> list[dict]:
             else:
                 entry = calibrate(handle, calibration, gram=False, settings=settings).entry
                 recipe = PruneRecipe("ria", pattern=args.pattern, permute=permute, propagate="pruned")
-                seconds = prune_in_memory(handle.model, entry, recipe).seconds
+                with absorption(side != "zprune-mapped"):
+                    seconds = prune_in_memory(handle.model, entry, recipe).seconds
             metrics = {m.name: m.value for m in measure(handle.model, handle.tokenizer, plan)}
-            row = {"pattern": args.pattern, "permute": permute, "side": side, "ppl": round(metrics["ppl:wikitext2"], 4),
+            row = {"pattern": args.pattern, "permute": permute, "side": side, "seed": args.seed, "ppl": round(metrics["ppl:wikitext2"], 4),
                    "sparsity": metrics["sparsity"], "prune_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
                    "library": library}
             cells.append(row)

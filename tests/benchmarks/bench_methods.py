@@ -46,6 +46,8 @@ RECIPES = {
     "ria+lsa": dict(method="ria", permute="lsa"),
     "wanda+swaps+pcg+lsa": dict(method="wanda", refine="swaps", reconstruct="pcg", permute="lsa"),
     "alps+lsa": dict(method="alps", permute="lsa"),
+    "wanda+swaps+pcg+lsa-free": dict(method="wanda", refine="swaps", reconstruct="pcg", permute="lsa", permute_layout="free"),
+    "alps+lsa-free": dict(method="alps", permute="lsa", permute_layout="free"),
     # --wbits (issue 23): 4 and 8 bits, asymmetric, groups of 64 (SmolLM2's widths, 576 and 1536, are not
     # multiples of the default 128); SparseGPT quantizes inside its own walk, the others after their mask by GPTQ
     "sparsegpt+w4": dict(method="sparsegpt", wbits=4, group_size=64),
