@@ -127,6 +127,10 @@ def random_permutation(plan: Absorption, width: int, generator: torch.Generator)
     return perm
 
 
+class _Read(Exception):
+    """Raised by BlockProbe.read's hook to stop the block once the consumer's input is seen."""
+
+
 class BlockProbe:
     """One block, a short random input and what it computes: the ground truth every plan is checked on."""
 
@@ -154,6 +158,28 @@ class BlockProbe:
             for handle in handles:
                 handle.remove()
         return out, {name: torch.cat(parts) if parts else None for name, parts in seen.items()}
+
+    def read(self, name: str) -> torch.Tensor | None:
+        """What projection `name` reads (as run()'s inputs[name]), the block stopped once the projection has been
+        called: a candidate's row probe needs no more (not the MLP after o_proj, nor down_proj after gate/up).
+        An expert's slice, which may be called more than once, runs the whole block. A plan is accepted only
+        after verify() has run the whole block."""
+        if isinstance(self.projections[name], experts.ExpertSlice):
+            return self.run([name])[1][name]
+        seen: list[torch.Tensor] = []
+
+        def record(module, args):
+            seen.append(args[0].detach().float().reshape(-1, args[0].shape[-1]).clone())
+            raise _Read
+
+        handle = self.projections[name].register_forward_pre_hook(record)
+        try:
+            run_block(self.block, self.hidden, self.kwargs)
+        except _Read:
+            pass
+        finally:
+            handle.remove()
+        return seen[0] if seen else None
 
     def tolerance(self) -> float:
         """Relative error a pure reordering of sums may leave in the block's output (float32: 1e-4)."""

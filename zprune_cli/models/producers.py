@@ -32,10 +32,13 @@ def plan_block(probe: BlockProbe, consumers: list[str], known: list[Absorption] 
         plans = [p for p in known if p.consumer in consumers]
         if all(verify(probe, group) for group in _by_kind(probe, plans).values()):
             return {p.consumer: p for p in plans}
-    plans = {}
+    plans, decided = {}, []
     for names in _by_kind(probe, consumers).values():
         reached = next((n for n in names if probe.inputs.get(n) is not None), None)
-        plan = _decide(probe, reached) if reached is not None else None
+        if reached is None or any(torch.equal(probe.inputs[reached], seen) for seen in decided):
+            continue  # a consumer reading what an earlier one read: the same rows would feed it, claimed or none
+        decided.append(probe.inputs[reached])
+        plan = _decide(probe, reached)
         if plan is None:
             continue
         group = [_rebind(plan, name, probe) for name in names]
@@ -149,10 +152,10 @@ def _reaches(probe: BlockProbe, name: str, producer: str) -> bool:
     noise = torch.randn(saved.shape, generator=torch.Generator().manual_seed(0)).to(saved)
     weight.copy_(-2 * saved + noise * (saved.abs().mean() + 1e-3))
     try:
-        _, seen = probe.run([name])
+        now = probe.read(name)
     finally:
         weight.copy_(saved)
-    base, now = probe.inputs[name], seen[name]
+    base = probe.inputs[name]
     if now is None or now.shape != base.shape:
         return True  # not comparable: leave the decision to the row probes
     return bool(((now - base).abs() > 1e-6 * float(base.abs().max())).any())
@@ -166,10 +169,10 @@ def _changes_only(probe: BlockProbe, name: str, feed: Feed, j: int, kind: str, l
     noise = torch.randn(saved.shape, generator=torch.Generator().manual_seed(row)).to(saved)
     weight[row] = -2 * saved + noise * (saved.abs().mean() + 1e-3)
     try:
-        _, seen = probe.run([name])
+        now = probe.read(name)
     finally:
         weight[row] = saved
-    base, now = probe.inputs[name], seen[name]
+    base = probe.inputs[name]
     if now is None or now.shape != base.shape:
         return False
     changed = (now - base).abs().amax(dim=0) > 1e-6 * float(base.abs().max())  # [in]
