@@ -150,3 +150,25 @@ def test_check_nm_detects_violations() -> None:
     uneven[0, [0, 1, 2, 4]] = True
     assert int(uneven.sum()) == 4 and not check_nm(uneven, 2, 4)
     assert not check_nm(torch.zeros(1, 6, dtype=torch.bool), 2, 4)  # width not a multiple of m
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4)])
+def test_nm_in_bands_of_rows_is_the_whole_matrix_s_mask(n, m, monkeypatch) -> None:
+    """lowest_n_of_m works in bands of rows that stay in cache: the same mask as topk's over the whole matrix, with
+    ties at a cut in some bands (those take topk) and none in others; kept_score in bands is the direct sum."""
+    from zprune_cli.base import masks
+    from zprune_cli.methods.permutation import kept_score
+
+    g = torch.Generator().manual_seed(n * 10 + m)
+    scores = torch.rand(37, 64 * m, generator=g)
+    scores[5:9] = torch.randint(0, 3, (4, 64 * m), generator=g).float()  # quantized: ties at the cuts in these rows
+    groups = scores.reshape(37, 64, m)
+    want = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, dim=-1, largest=False).indices, True)
+    monkeypatch.setattr(masks, "BAND_BYTES", 4 * 64 * m * 6)  # bands of 6 rows: 7 bands, the last of 1
+    banded = masks.lowest_n_of_m(scores, n, m)
+    assert torch.equal(banded, want.reshape(37, 64 * m))
+    monkeypatch.setattr(masks, "BAND_BYTES", 2**30)
+    assert torch.equal(masks.lowest_n_of_m(scores, n, m), banded)
+    direct = float(groups.topk(m - n, dim=-1).values.double().sum())
+    monkeypatch.setattr("zprune_cli.methods.permutation.BAND_BYTES", 4 * 64 * m * 6)
+    assert kept_score(scores, Pattern(n, m)) == pytest.approx(direct, rel=1e-12)

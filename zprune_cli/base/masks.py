@@ -97,6 +97,7 @@ def select_prune_mask(scores: torch.Tensor, sparsity: float, scope: str, pattern
 # one group a row at a time, where one topk call costs less than m - 1 comparisons).
 MAX_COMPARED_M = 16
 MIN_COMPARED_GROUPS = 64
+BAND_BYTES = 2**20  # scores per band of rows in lowest_n_of_m and kept_score: held in cache between passes
 
 
 def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -105,13 +106,29 @@ def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     of [r, c/m] slices: at 2:4 on a Llama-2-7B MLP matrix 0.5 s, one thread, where topk's int64 indices
     and the scatter took 1.2 s. A single group a row, m > 16, or equal scores on both sides of a group's cut
     (magnitude on quantized weights, where ties abound): topk, whose own order among ties every mask zprune
-    published was made with, so those results reproduce."""
+    published was made with, so those results reproduce.
+
+    In bands of rows of about 1 MiB of scores: each of the comparisons reads its slices again, and a band
+    stays in the CPU's cache where a whole 7B matrix (180 MB) is read from memory each time. A band with a
+    tie at a cut takes topk; the other groups have one answer either way, so the mask is the same."""
     rows, cols = scores.shape
-    groups = scores.reshape(rows, cols // m, m)  # [out, in/m, m]
-    if bool(torch.isnan(groups.sum())) and bool(torch.isnan(scores).any()):
+    if bool(torch.isnan(scores.sum())) and bool(torch.isnan(scores).any()):
         raise ValueError("scores contain NaN; a method must guard its divisions")
     if m > MAX_COMPARED_M or cols // m < MIN_COMPARED_GROUPS:
-        return _topk_n_of_m(groups, n).reshape(rows, cols)
+        return _topk_n_of_m(scores.reshape(rows, cols // m, m), n).reshape(rows, cols)
+    band = max(1, BAND_BYTES // (scores.element_size() * cols))
+    if band >= rows:
+        return _compared_n_of_m(scores, n, m)
+    mask = torch.empty(rows, cols, dtype=torch.bool, device=scores.device)
+    for first in range(0, rows, band):
+        mask[first : first + band] = _compared_n_of_m(scores[first : first + band], n, m)
+    return mask
+
+
+def _compared_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """lowest_n_of_m by comparisons (topk where a group ties at its cut), scores [r, c] without NaN."""
+    rows, cols = scores.shape
+    groups = scores.reshape(rows, cols // m, m)  # [out, in/m, m]
     mask = torch.empty(groups.shape, dtype=torch.bool, device=scores.device)
     for j in range(m):
         rank = torch.zeros(groups.shape[:2], dtype=torch.uint8, device=scores.device)  # members before j
