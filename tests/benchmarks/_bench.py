@@ -67,7 +67,7 @@ def sides_table(rows: list[dict], key: str, heading: str) -> str:
     lines = [f"| {heading} | {' | '.join(sides)} | / reference |", "|---|" + "---:|" * (len(sides) + 1)]
     for cell in dict.fromkeys(r[key] for r in rows):
         ppl = {r["side"]: r["ppl"] for r in rows if r[key] == cell}
-        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and "reference" in ppl)
+        ratios = ", ".join(f"{s} {ppl[s] / ppl['reference']:.4f}" for s in sides if s != "reference" and s in ppl and "reference" in ppl)
         lines.append(f"| {cell} | {' | '.join(f'{ppl[s]:.2f}' if s in ppl else '-' for s in sides)} | {ratios or '-'} |")
     return "\n".join(lines)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import sys
 import tempfile
 import time
@@ -43,6 +45,7 @@ from zprune_cli.evaluation.run import EvalPlan, Evaluation, measure  # noqa: E40
 from zprune_cli.models.handle import ModelHandle  # noqa: E402
 from zprune_cli.verbs.calibration import calibrate, drawn_windows  # noqa: E402
 
+SIDES = ("reference", "reference-f64", "zprune", "zprune-free", "zprune-mapped")
 FLAGS = {"none": (False, False), "heuristic": (True, False), "lsa": (True, True)}  # --reallocation, --lsa
 
 
@@ -53,9 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--permute", default="none,heuristic", help="comma-separated: none, heuristic, lsa")
     p.add_argument("--sides", default="reference,zprune", help="comma-separated: reference, reference-f64 (its "
                    "activation norms summed in float64 by the harness, not its float32 running mean), zprune, "
-                   "zprune-mapped (no layer's permutation absorbed: every mask mapped back, as RIA's code does)")
+                   "zprune-free (--permute-layout free), zprune-mapped (no layer's permutation absorbed: every mask "
+                   "mapped back, as RIA's code does)")
     p.add_argument("--seed", type=int, default=0, help="calibration seed (which C4 windows are drawn)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--table", type=Path, nargs="+", default=None, metavar="JSONL",
+                   help="print the table of finished cells (--out files of several runs: seeds side by side) and exit")
     return p.parse_args(argv)
 
 
@@ -138,6 +144,9 @@ def absorption(allowed: bool):
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    unknown = [side for side in args.sides.split(",") if side not in SIDES]
+    if unknown:
+        raise SystemExit(f"unknown side(s) {', '.join(unknown)} (known: {', '.join(SIDES)})")
     reference = reference_module(args.reference) if "reference" in args.sides else None  # also for reference-f64
     cache = Path(tempfile.mkdtemp(prefix="zprune-bench-fidelity-permute-"))
     handle = ModelHandle(args.model, "cpu", "float32")
@@ -155,7 +164,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                                           norms64=side == "reference-f64")
             else:
                 entry = calibrate(handle, calibration, gram=False, settings=settings).entry
-                recipe = PruneRecipe("ria", pattern=args.pattern, permute=permute, propagate="pruned")
+                layout = "free" if side == "zprune-free" else "native"
+                recipe = PruneRecipe("ria", pattern=args.pattern, permute=permute, propagate="pruned", permute_layout=layout)
                 with absorption(side != "zprune-mapped"):
                     seconds = prune_in_memory(handle.model, entry, recipe).seconds
             metrics = {m.name: m.value for m in measure(handle.model, handle.tokenizer, plan)}
@@ -167,8 +177,33 @@ def run(args: argparse.Namespace) -> list[dict]:
     return cells
 
 
+def seeds_table(rows: list[dict]) -> str:
+    """The cells of several seeds: one line per (permute, seed), then per permute each side's geometric mean
+    ratio to the reference (and to reference-f64) over the seeds that measured both."""
+    for row in rows:
+        row["cell"] = f"{row['permute']} seed {row.get('seed', 0)}"
+    lines = [sides_table(rows, "cell", "permute, calibration seed"), ""]
+    for permute in dict.fromkeys(r["permute"] for r in rows):
+        by_seed: dict[int, dict[str, float]] = {}
+        for r in rows:
+            if r["permute"] == permute:
+                by_seed.setdefault(r.get("seed", 0), {})[r["side"]] = r["ppl"]
+        sides = list(dict.fromkeys(r["side"] for r in rows if r["permute"] == permute))
+        for base in ("reference", "reference-f64"):
+            for side in (s for s in sides if s != base and not (base == "reference-f64" and s == "reference")):
+                ratios = [p[side] / p[base] for p in by_seed.values() if side in p and base in p]
+                if ratios:
+                    mean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+                    lines.append(f"{permute}: {side} / {base}, geometric mean over {len(ratios)} seed(s): {mean:.4f} "
+                                 f"(from {min(ratios):.4f} to {max(ratios):.4f})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.table:
+        print(seeds_table([json.loads(line) for f in args.table for line in f.read_text().splitlines() if line.strip()]))
+        return
     torch.set_num_threads(args.threads)
     rows = run(args)
     print("\n" + sides_table(rows, "permute", "permute"))
