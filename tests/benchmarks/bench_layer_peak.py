@@ -1,0 +1,56 @@
+"""Benchmark: peak memory of SparseGPT's prune of one Llama-2-7B-shaped down_proj (4096 x 11008, its Gram 11008^2).
+
+Run once per library checkout, each in its own process (VmHWM is per process), to compare two versions of the
+code at the same shape, one thread:
+
+    python tests/benchmarks/bench_layer_peak.py [--library DIR] [--rows 4096] [--width 11008]
+
+Prints the peak resident memory the prune adds over the layer's weight and Gram, in MiB and in [in, in] float32
+matrices (each 462 MiB at 11008 inputs), and the prune's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def high_water_mark() -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM"))) * 1024
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--library", type=Path, default=Path(__file__).resolve().parents[2],
+                   help="a checkout whose zprune_cli is measured (default: this one)")
+    p.add_argument("--rows", type=int, default=4096)
+    p.add_argument("--width", type=int, default=11008)
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(args.library))
+    import torch
+
+    from zprune_cli.base.masks import Pattern
+    from zprune_cli.methods import get_method
+    from zprune_cli.stats.types import LayerStats
+
+    torch.set_num_threads(1)
+    n = args.width
+    X = torch.randn(n, 256, generator=torch.Generator().manual_seed(0))
+    gram = torch.empty(n, n)
+    torch.mm(X, X.T, out=gram)  # no [n, n] temporary
+    gram.diagonal().add_(1.0)
+    del X
+    W = torch.randn(args.rows, n, generator=torch.Generator().manual_seed(1)) * 0.02
+    stats = LayerStats(gram.diagonal().clone(), 256, gram)
+    before, started = high_water_mark(), time.perf_counter()
+    get_method("sparsegpt").prune(W, stats, 0.5, Pattern(), None)
+    extra = high_water_mark() - before
+    print(f"{args.library}: sparsegpt 50% of [{args.rows}, {n}]: peak +{extra / 2**20:.0f} MiB over the weight and Gram "
+          f"({extra / (n * n * 4):.2f} [in, in] matrices), {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
