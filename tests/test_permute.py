@@ -228,10 +228,13 @@ def test_prune_reports_sparsity_and_layout(tmp_path, text_file, cache):
     assert outcome.summary()["nm_layout"] == outcome.report.nm_layout
 
 
-def test_grid_permute_axis_applies_to_nm_cells_only():
+def test_grid_permute_axis_applies_to_nm_cells_only(caplog):
     recipes = grid_recipes("ria", "0.5", "unstructured,2:4", permute="none,heuristic,lsa")
     assert [(r.pattern, r.permute) for r in recipes] == [
         ("unstructured", "none"), ("2:4", "none"), ("2:4", "heuristic"), ("2:4", "lsa")]
+    with caplog.at_level("WARNING", logger="zprune"):
+        free = grid_recipes("ria", "0.5", "unstructured,2:4", permute="none,lsa", permute_layout="free")
+    assert [r.permute_layout for r in free] == ["native", "native", "free"] and not caplog.text
 
 
 def test_permute_none_leaves_the_recipe_record_as_before():

@@ -82,7 +82,8 @@ def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float]
     recipe fields (scope, allocation, propagate, ignore, overrides, group_size, sym, act_order, ...).
 
     A combination that normalises to a cell already in the grid (sparsegpt with --reconstruct pcg is
-    plain sparsegpt) is listed once; sparsity 0 without quantization is the dense row, always there."""
+    plain sparsegpt) is listed once; sparsity 0 without quantization is the dense row, always there. A shared
+    permute_layout applies to the permuted cells (the others take none, without a warning for each)."""
     methods = [m.lower() for m in split_list(methods, str, "--method")]  # any case; repeats are refused below
     ratios = split_list(sparsities, float, "--sparsity")
     patterns = [str(Pattern.parse(p)) for p in split_list(patterns, str, "--pattern")]
@@ -100,8 +101,9 @@ def grid_recipes(methods: str | Sequence[str], sparsities: str | Sequence[float]
         for ratio, order in ([(None, o) for o in orders] if pattern != "unstructured" else [(r, "none") for r in ratios]):
             if ratio == 0 and bits == NO_QUANTIZATION:
                 continue
+            cell = shared if order != "none" else {k: v for k, v in shared.items() if k != "permute_layout"}
             recipes[PruneRecipe(method=method, sparsity=ratio, pattern=pattern, refine=refine_one,
-                                reconstruct=reconstruct_one, permute=order, wbits=bits, **shared)] = None
+                                reconstruct=reconstruct_one, permute=order, wbits=bits, **cell)] = None
     if not recipes:
         raise ZpruneUsageError("the grid is empty: sparsity 0 without --wbits is the dense model, which every grid has")
     return list(recipes)
