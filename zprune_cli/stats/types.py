@@ -50,12 +50,16 @@ class LayerStats:
 
     def hessian(self) -> torch.Tensor:
         """SparseGPT's H = (2/N) * sum x x^T, float32, shape [in, in]."""
-        if self.gram is None:
-            raise ValueError("this statistic has no Gram matrix; calibrate with gram=True")
-        return self.gram.to(torch.float32) * (2.0 / max(self.n_tokens, 1))
+        return self._hessian_of(self._gram())
 
     def hessian_diagonal(self) -> torch.Tensor:
         """diag(hessian()) without the [in, in] copy (the same values, elementwise), float32, shape [in]."""
+        return self._hessian_of(self._gram().diagonal())
+
+    def _gram(self) -> torch.Tensor:
         if self.gram is None:
             raise ValueError("this statistic has no Gram matrix; calibrate with gram=True")
-        return self.gram.diagonal().to(torch.float32) * (2.0 / max(self.n_tokens, 1))
+        return self.gram
+
+    def _hessian_of(self, gram_part: torch.Tensor) -> torch.Tensor:
+        return gram_part.to(torch.float32) * (2.0 / max(self.n_tokens, 1))
