@@ -152,7 +152,7 @@ def test_check_nm_detects_violations() -> None:
     assert not check_nm(torch.zeros(1, 6, dtype=torch.bool), 2, 4)  # width not a multiple of m
 
 
-@pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4)])
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4), (3, 4), (1, 8), (7, 8), (5, 16)])
 def test_nm_in_bands_of_rows_is_the_whole_matrix_s_mask(n, m, monkeypatch) -> None:
     """lowest_n_of_m works in bands of rows that stay in cache: the same mask as topk's over the whole matrix, with
     ties at a cut in some bands (those take topk) and none in others; kept_score in bands is the direct sum."""

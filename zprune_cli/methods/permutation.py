@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 from zprune_cli.base.lazy import lazy
-from zprune_cli.base.masks import BAND_BYTES, Pattern
+from zprune_cli.base.masks import BAND_BYTES, Pattern, sorted_in_groups
 from zprune_cli.methods.base import Cost
 
 torch = lazy("torch")
@@ -56,16 +56,8 @@ def kept_score(scores: torch.Tensor, pattern: Pattern) -> float:
 
 def _kept_score(scores: torch.Tensor, pattern: Pattern) -> float:
     rows, cols = scores.shape
-    columns = list(scores.reshape(rows, cols // pattern.m, pattern.m).unbind(-1))  # m of [out, in/m]
-    # Sorted within each group by a network of m rounds of compare-exchanges (odd-even transposition), elementwise
-    # over all groups at once: topk along a last dimension of 4 or 8 took 7x as long (a search calls this
-    # twice a layer, or more).
-    m = pattern.m
-    for r in range(m):
-        for i in range(r % 2, m - 1, 2):
-            low, high = columns[i], columns[i + 1]
-            columns[i], columns[i + 1] = torch.minimum(low, high), torch.maximum(low, high)
-    return sum(float(c.sum(dtype=torch.float64)) for c in columns[pattern.n :])  # the m - n largest
+    ordered = sorted_in_groups(scores.reshape(rows, cols // pattern.m, pattern.m))  # a search calls this twice a layer
+    return sum(float(c.sum(dtype=torch.float64)) for c in ordered[pattern.n :])  # the m - n largest
 
 
 def find_permutation(scores: torch.Tensor, pattern: Pattern, mode: str,
