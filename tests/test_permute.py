@@ -169,6 +169,40 @@ def test_nm_exact_in_the_permuted_order_and_native_where_recorded(method, tmp_pa
         assert outcome.report.errors and max(outcome.report.errors.values()) < 0.3
 
 
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_score_method_selects_once_on_the_permuted_scores(method, tmp_path, text_file, cache, monkeypatch):
+    """A score method's permuted prune selects its mask on the permuted columns of the scores its search ran on
+    (Permuter.select): the saved model equals, weight for weight, the general path's, which scores the
+    permuted copy of the weight again and prunes that copy; and it never takes the general path."""
+    from zprune_cli.engine import pipeline
+
+    folder = save_tiny(tmp_path / "tiny", "llama")
+    recipe = PruneRecipe(method, pattern="2:4", permute="lsa")
+    calls = []
+    original_select = Permuter.select
+    monkeypatch.setattr(Permuter, "prune", lambda *a, **k: pytest.fail("a score method took the general path"))
+    monkeypatch.setattr(Permuter, "select", lambda self, *a: (calls.append(a[0]), original_select(self, *a))[1])
+    [fast] = prune(str(folder), recipe, calibration=cal(text_file), out=tmp_path / "fast")
+    monkeypatch.undo()
+    original_init = pipeline._Pruner.__init__
+
+    def general(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.scores_alone = False
+
+    monkeypatch.setattr(pipeline._Pruner, "__init__", general)
+    monkeypatch.setattr(Permuter, "select", lambda *a, **k: pytest.fail("the general path selected"))
+    [slow] = prune(str(folder), recipe, calibration=cal(text_file), out=tmp_path / "slow")
+    assert sorted(calls) == sorted(fast.report.nm_layout)
+    assert fast.report.nm_layout == slow.report.nm_layout and {"native", "permuted"} == set(fast.report.nm_layout.values())
+    from transformers import AutoModelForCausalLM
+
+    a, b = (stored_weights(AutoModelForCausalLM.from_pretrained(tmp_path / d)) for d in ("fast", "slow"))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert all(torch.equal(x, y) for x, y in zip(AutoModelForCausalLM.from_pretrained(tmp_path / "fast").state_dict().values(),
+                                                 AutoModelForCausalLM.from_pretrained(tmp_path / "slow").state_dict().values()))
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_permute_with_wbits_quantizes_in_the_stored_column_order(method, tmp_path, text_file, cache, monkeypatch):
     """--permute with --wbits: every stored layer lies on its saved grids (groups of 16 contiguous stored columns,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeAlias
 
 from zprune_cli.base.lazy import lazy
-from zprune_cli.base.masks import Pattern
+from zprune_cli.base.masks import Pattern, select_prune_mask
 from zprune_cli.methods.base import Method, prune_precision
 from zprune_cli.methods.permutation import find_permutation
 from zprune_cli.models.absorb import PROBE_TOKENS, Absorption, BlockProbe, absorb, attention_geometry
@@ -84,6 +84,35 @@ class Permuter:
     def prune(self, name: str, weight: torch.Tensor, stats: LayerStats | None, prune: Prune) -> Stored:
         """Layer `name` pruned as it is to be stored (its columns permuted when its producers absorbed the
         permutation). `prune(weight, stats)` returns (pruned weight, prune mask), both [out, in]."""
+        plan, _, perm = self._search(name, weight, stats)
+        if perm is None:
+            return Stored(*prune(weight, stats), stats, None)
+        moved = perm.to(weight.device)
+        permuted = stats.permuted(perm) if stats is not None else None
+        new, mask = prune(weight[:, moved], permuted)
+        if self._place(name, plan, perm):
+            return Stored(new, mask, permuted, moved)
+        back = torch.argsort(moved)
+        return Stored(new[:, back], mask[:, back], stats, None)
+
+    def select(self, name: str, weight: torch.Tensor, stats: LayerStats | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A score method's prune, for a recipe where the mask is its scores' N:M selection and nothing more:
+        (prune mask [out, in] in the column order the layer is to be stored in, that order as the original
+        columns' indices when the producers absorbed the permutation, else None). The scores the search ran
+        on are selected on their permuted columns: no second scoring and no permuted copy of the weight to
+        prune (a column permutation leaves every score method's score of each weight as it was)."""
+        plan, scores, perm = self._search(name, weight, stats)
+        if perm is None:
+            return select_prune_mask(scores, 0.0, "row", self.pattern), None
+        moved = perm.to(scores.device)
+        mask = select_prune_mask(scores.index_select(1, moved), 0.0, "row", self.pattern)
+        if self._place(name, plan, perm):
+            return mask, moved.to(weight.device)
+        return mask.index_select(1, torch.argsort(moved)).to(weight.device), None
+
+    def _search(self, name: str, weight: torch.Tensor, stats: LayerStats | None):
+        """(the layer's absorption plan or None, its permutation scores, the permutation found, or None for the
+        identity); an identity is recorded as stored natively."""
         plan = self.plans.get(name[len(self.prefix):])
         if plan is not None and plan.kind == "head" and plan.head_dim % self.pattern.m:
             plan = None  # N:M groups would straddle two heads
@@ -91,18 +120,20 @@ class Permuter:
         perm = find_permutation(scores.cpu(), self.pattern, self.mode, plan.ties(weight.shape[1]) if plan else None)
         if bool((perm == torch.arange(len(perm))).all()):
             self.layout[name] = "native"
-            return Stored(*prune(weight, stats), stats, None)
-        moved = perm.to(weight.device)
-        permuted = stats.permuted(perm) if stats is not None else None
-        new, mask = prune(weight[:, moved], permuted)
+            return plan, scores, None
+        return plan, scores, perm
+
+    def _place(self, name: str, plan: Absorption | None, perm: torch.Tensor) -> bool:
+        """Record where layer `name`'s permutation goes: absorbed by its producers (their rows moved now;
+        True), or kept by the layer with its mask mapped back to the original column order (False)."""
         if plan is not None:
-            self.row_moves += [(self.prefix + name, rows, order) for name, rows, order in absorb(self.projections, plan, perm)]
+            self.row_moves += [(self.prefix + producer, rows, order)
+                               for producer, rows, order in absorb(self.projections, plan, perm)]
             self.layout[name] = "native"
-            return Stored(new, mask, permuted, moved)
+            return True
         self.layout[name] = "permuted"
         self.orders[name] = perm
-        back = torch.argsort(moved)
-        return Stored(new[:, back], mask[:, back], stats, None)
+        return False
 
     def log_summary(self) -> None:
         """One line: which layer kinds handed their permutation on, and how many layers kept it to themselves."""

@@ -111,9 +111,9 @@ class _Pruner:
         self.errors: dict[str, float] = {}  # the layer error, where the statistics hold a Gram (never computed for it)
         self.permuter = (Permuter(model, recipe.permute, self.pattern, self.method, recipe.permute_layout)
                          if recipe.permute != "none" else None)
-        # a score method's mask is applied to the layer in place: no pruned copy of it, no copy back
-        self.in_place = (type(self.method).prune is Method.prune and not self.finishes and self.permuter is None
-                         and self.quant is None)
+        # the mask is the method's scores' selection and nothing more: it is applied to the layer in place (no
+        # pruned copy of it, no copy back), with --permute selected on the permuted scores (Permuter.select)
+        self.scores_alone = type(self.method).prune is Method.prune and not self.finishes and self.quant is None
 
     def start_block(self, index: int, block: nn.Module, prefix: str, linears: dict, targets: dict[str, float]) -> None:
         """Before a block's layers: with --permute, find which of them can hand a permutation to their producers."""
@@ -129,8 +129,11 @@ class _Pruner:
             _require_finite(stats.sumsq, f"the activation statistics of layer {name}")
             if stats.gram is not None and (self.recipe.needs_gram):
                 _require_finite(stats.gram, f"the Gram matrix of layer {name}")
-        if self.in_place:  # zeros are finite: the weight was checked above
-            mask = self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope)
+        if self.scores_alone:  # zeros are finite: the weight was checked above
+            if self.permuter is None:
+                mask = self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope)
+            else:
+                mask, stats, weight = self._select_permuted(name, linear, stats)
             if stats is not None and stats.gram is not None:  # W - W' is W on the mask
                 self.errors[name] = layer_error(weight.masked_fill(~mask, 0), weight, stats.gram)
             weight.masked_fill_(mask, 0)
@@ -154,6 +157,17 @@ class _Pruner:
         weight_view(linear).copy_(new)
         if grid is not None:
             self.grids[name] = grid
+
+    def _select_permuted(self, name: str, linear: nn.Module, stats: LayerStats | None):
+        """(mask, statistics, weight view) of a score method's layer under --permute, in the column order the
+        layer is stored in: the weight moved to it in place when its producers absorbed the permutation."""
+        weight = weight_view(linear)
+        mask, order = self.permuter.select(name, weight, stats)
+        self.permuter.row_moves.clear()  # no quantization grids to follow the producers' rows
+        if order is None:
+            return mask, stats, weight
+        weight.copy_(weight.index_select(1, order))
+        return mask, stats.permuted(order) if stats is not None else None, weight
 
     def _prune(self, weight: torch.Tensor, stats: LayerStats, sparsity: float):
         """(pruned weight, prune mask, grids): the method's weight (refined and reconstructed when asked), its
