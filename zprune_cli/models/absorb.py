@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 
 from zprune_cli.base.lazy import lazy
+from zprune_cli.models import replay
 from zprune_cli.models.blocks import find_linears, weight_view
 from zprune_cli.models.runner import run_block
 
@@ -93,9 +94,10 @@ def bias_of(module: nn.Module) -> torch.Tensor | None:
 
 
 def permute_rows(module: nn.Module, rows: torch.Tensor, order: torch.Tensor) -> None:
-    """Row rows[j] of the weight (and bias) takes the old row rows[order[j]], in place."""
+    """Row rows[j] of the weight (and bias) takes the old row rows[order[j]], in place (the rows that move)."""
     weight = weight_view(module)
-    target, source = rows.to(weight.device), rows[order].to(weight.device)
+    moving = order != torch.arange(len(order), device=order.device)
+    target, source = rows[moving].to(weight.device), rows[order[moving]].to(weight.device)
     weight[target] = weight[source]
     bias = bias_of(module)
     if bias is not None:
@@ -113,16 +115,27 @@ def absorb(projections: dict[str, nn.Module], plan: Absorption, perm: torch.Tens
 
 
 def permute_columns(module: nn.Module, perm: torch.Tensor) -> None:
+    """Column j of the weight takes the old column perm[j], in place (the columns that move)."""
     weight = weight_view(module)
-    weight.copy_(weight[:, perm.to(weight.device)])
+    moving = (perm != torch.arange(len(perm), device=perm.device)).nonzero().squeeze(1)
+    if 2 * len(moving) > len(perm):
+        weight.copy_(weight.index_select(1, perm.to(weight.device)))
+    else:
+        weight[:, moving.to(weight.device)] = weight.index_select(1, perm[moving].to(weight.device))
 
 
-def random_permutation(plan: Absorption, width: int, generator: torch.Generator) -> torch.Tensor:
-    """A random permutation of `width` channels that `plan` can carry (within heads, tied, for "head")."""
-    if plan.kind == "channel":
-        return torch.randperm(width, generator=generator)
+def random_permutation(plan: Absorption, width: int, generator: torch.Generator, moves: int | None = None) -> torch.Tensor:
+    """A random permutation of `width` channels that `plan` can carry (within heads, tied, for "head"): of
+    all of them, or of about `moves` chosen at random (for "head", of the heads of enough key-value heads)."""
     perm = torch.arange(width)
-    for index in plan.ties(width):
+    if plan.kind == "channel":
+        chosen = torch.randperm(width, generator=generator)[: moves or width]
+        perm[chosen] = chosen[torch.randperm(len(chosen), generator=generator)]
+        return perm
+    ties = plan.ties(width)
+    if moves is not None:
+        ties = [ties[int(i)] for i in torch.randperm(len(ties), generator=generator)[: max(1, moves // ties[0].numel())]]
+    for index in ties:
         perm[index] = index[:, torch.randperm(index.shape[1], generator=generator)]
     return perm
 
@@ -140,7 +153,9 @@ class BlockProbe:
         parameter = next(block.parameters())
         generator = torch.Generator().manual_seed(0)
         self.hidden = torch.randn(1, PROBE_TOKENS, hidden_size, generator=generator).to(parameter.device, parameter.dtype)
-        self.out, self.inputs = self.run(list(self.projections))
+        with replay.recording(self.projections) as self.calls:
+            self.out, self.inputs = self.run(list(self.projections))
+        self.whole_changes: dict[str, dict[str, torch.Tensor | None]] = {}  # models.producers._reaches, per producer
 
     def run(self, watch: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         """The block's output [1, T, hidden] and what each watched projection read (rows: every call's tokens)."""
@@ -159,11 +174,22 @@ class BlockProbe:
                 handle.remove()
         return out, {name: torch.cat(parts) if parts else None for name, parts in seen.items()}
 
-    def read(self, name: str) -> torch.Tensor | None:
-        """What projection `name` reads (as run()'s inputs[name]), the block stopped once the projection has been
-        called: a candidate's row probe needs no more (not the MLP after o_proj, nor down_proj after gate/up).
-        An expert's slice, which may be called more than once, runs the whole block. A plan is accepted only
-        after verify() has run the whole block."""
+    def read(self, name: str, changed: str, row: int | None = None) -> torch.Tensor | None:
+        """What projection `name` reads (as run()'s inputs[name]) once the weight of projection `changed` (its
+        row `row`, or all of it) was altered, the block stopped once `name` has been called: a candidate's
+        row probe needs no more (not the MLP after o_proj, nor down_proj after gate/up). The projections the
+        change does not reach replay their recorded outputs (models.replay). An expert's slice, which may be
+        called more than once, runs the whole block. A plan is accepted only after verify() has run the whole
+        block."""
+        with replay.reusing(self.projections, self.calls, changed, row):
+            return self._read(name)
+
+    def read_all(self, changed: str) -> dict[str, torch.Tensor | None]:
+        """What every projection reads once the whole weight of projection `changed` was altered (read())."""
+        with replay.reusing(self.projections, self.calls, changed, None):
+            return self.run(list(self.projections))[1]
+
+    def _read(self, name: str) -> torch.Tensor | None:
         if isinstance(self.projections[name], experts.ExpertSlice):
             return self.run([name])[1][name]
         seen: list[torch.Tensor] = []
