@@ -48,40 +48,40 @@ def one_shape(rows: int, cols: int, pattern: Pattern) -> None:
           flush=True)
 
 
-def _weight_and_mask(result) -> tuple[torch.Tensor, torch.Tensor]:
-    return result.weight, result.prune_mask
-
-
-def whole_blocks(shape_name: str, pattern: Pattern) -> None:
-    """What --permute heuristic adds to a score method's prune of whole blocks of a named shape
-    (make_checkpoint.SHAPES; random weights, two blocks): finding and verifying which producers absorb which
-    consumer (Permuter.start_block: the first block searches, each later one verifies the known plans), and
-    each layer's search and permuted prune, against wanda's plain prune of the same seven layers."""
+def whole_blocks(shape_name: str, pattern: Pattern, mode: str = "heuristic") -> None:
+    """What --permute adds to a score method's prune of whole blocks of a named shape (make_checkpoint.SHAPES;
+    random weights, two blocks), each through the pipeline's own layer pruner (engine.pipeline._Pruner):
+    wanda's plain N:M prune of the block's seven layers, then, on the same weights, --permute's: finding
+    (first block) or verifying (later blocks) which producers absorb which consumer, then each layer's
+    search, selection and placement."""
     from make_checkpoint import SHAPES
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from zprune_cli.engine.permuted import Permuter
+    from zprune_cli.engine.pipeline import _Pruner
+    from zprune_cli.engine.recipe import PruneRecipe
     from zprune_cli.models.blocks import find_blocks, find_linears
 
     config = AutoConfig.for_model(**{**SHAPES[shape_name].config(), "num_hidden_layers": 2})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    wanda, g = get_method("wanda"), torch.Generator().manual_seed(0)
-    permuter = Permuter(model, "heuristic", pattern, wanda)
+    g = torch.Generator().manual_seed(0)
+    plain = _Pruner(PruneRecipe("wanda", pattern=str(pattern)))
+    permuted = _Pruner(PruneRecipe("wanda", pattern=str(pattern), permute=mode), model)
     name, blocks = find_blocks(model)
     for index, block in enumerate(blocks):
-        linears = find_linears(block)
+        linears, prefix = find_linears(block), f"{name}.{index}."
         stats = {n: LayerStats((torch.randn(lin.in_features, generator=g) * 1.5).exp().square() * 100, 100)
                  for n, lin in linears.items()}
-        with torch.no_grad():
-            _, plan_s = timed(lambda: permuter.start_block(index, block, f"{name}.{index}.", list(linears)))
-            plain_s = sum(timed(lambda: wanda.prune(lin.weight, stats[n], 0.5, pattern, "row"))[1] for n, lin in linears.items())
-            permuted_s = sum(timed(lambda: permuter.prune(f"{name}.{index}.{n}", lin.weight, stats[n],
-                                                          lambda w, s: _weight_and_mask(wanda.prune(w, s, 0.5, pattern, "row"))))[1]
-                             for n, lin in linears.items())
-        print(f"{shape_name} block {index} {pattern}: wanda prune {plain_s:.2f} s; with --permute heuristic "
-              f"{plan_s + permuted_s:.2f} s ({(plan_s + permuted_s) / plain_s:.2f}x): producers found/verified "
-              f"{plan_s:.2f} s, search and permuted prune {permuted_s:.2f} s", flush=True)
+        targets = {prefix + n: 0.5 for n in linears}
+        dense = {k: v.clone() for k, v in block.state_dict().items()}
+        with torch.inference_mode():
+            plain_s = sum(timed(lambda: plain(prefix + n, lin, stats[n], 0.5))[1] for n, lin in linears.items())
+            block.load_state_dict(dense)
+            _, plan_s = timed(lambda: permuted.start_block(index, block, prefix, linears, targets))
+            layers_s = sum(timed(lambda: permuted(prefix + n, lin, stats[n], 0.5))[1] for n, lin in linears.items())
+        total = plan_s + layers_s
+        print(f"{shape_name} block {index} {pattern}: wanda prune {plain_s:.2f} s; with --permute {mode} {total:.2f} s "
+              f"({total / plain_s:.2f}x): producers found/verified {plan_s:.2f} s, layers {layers_s:.2f} s", flush=True)
 
 
 def main() -> None:
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shapes", default="4096x4096,4096x11008,11008x4096")
     parser.add_argument("--pattern", default="2:4")
+    parser.add_argument("--mode", default="heuristic", choices=("heuristic", "lsa"), help="with --blocks")
     parser.add_argument("--blocks", default=None, metavar="SHAPE", help="instead: two whole blocks of a make_checkpoint "
                         "shape (e.g. llama-2-7b), the producers' probing and verification included")
     args = parser.parse_args()
@@ -96,7 +97,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(library_state(), f"threads {torch.get_num_threads()}, LSA_WORK {LSA_WORK}", flush=True)
     if args.blocks:
-        whole_blocks(args.blocks, Pattern.parse(args.pattern))
+        whole_blocks(args.blocks, Pattern.parse(args.pattern), args.mode)
     for shape in [] if args.blocks else args.shapes.split(","):
         rows, cols = (int(v) for v in shape.split("x"))
         one_shape(rows, cols, Pattern.parse(args.pattern))

@@ -21,7 +21,7 @@ from typing import NamedTuple, TypeAlias
 from zprune_cli.base.lazy import lazy
 from zprune_cli.base.masks import Pattern, select_prune_mask
 from zprune_cli.methods.base import Method, prune_precision
-from zprune_cli.methods.permutation import find_permutation
+from zprune_cli.methods.permutation import permutation_and_scores
 from zprune_cli.models.absorb import PROBE_TOKENS, Absorption, BlockProbe, absorb, attention_geometry
 from zprune_cli.models.producers import plan_block, signature
 from zprune_cli.models.runner import capture_block_inputs
@@ -105,23 +105,24 @@ class Permuter:
         if perm is None:
             return select_prune_mask(scores, 0.0, "row", self.pattern), None
         moved = perm.to(scores.device)
-        mask = select_prune_mask(scores.index_select(1, moved), 0.0, "row", self.pattern)
+        mask = select_prune_mask(scores, 0.0, "row", self.pattern)  # scores: the permuted columns, from the search
         if self._place(name, plan, perm):
             return mask, moved.to(weight.device)
         return mask.index_select(1, torch.argsort(moved)).to(weight.device), None
 
     def _search(self, name: str, weight: torch.Tensor, stats: LayerStats | None):
-        """(the layer's absorption plan or None, its permutation scores, the permutation found, or None for the
-        identity); an identity is recorded as stored natively."""
+        """(the layer's absorption plan or None, its permutation scores, in the permutation's column order, the
+        permutation found, or None for the identity); an identity is recorded as stored natively."""
         plan = self.plans.get(name[len(self.prefix):])
         if plan is not None and plan.kind == "head" and plan.head_dim % self.pattern.m:
             plan = None  # N:M groups would straddle two heads
         scores = permutation_scores(self.method, weight.to(prune_precision()), stats)
-        perm = find_permutation(scores.cpu(), self.pattern, self.mode, plan.ties(weight.shape[1]) if plan else None)
-        if bool((perm == torch.arange(len(perm))).all()):
+        perm, moved = permutation_and_scores(scores.cpu(), self.pattern, self.mode,
+                                             plan.ties(weight.shape[1]) if plan else None)
+        if moved is None:
             self.layout[name] = "native"
             return plan, scores, None
-        return plan, scores, perm
+        return plan, moved.to(scores.device), perm
 
     def _place(self, name: str, plan: Absorption | None, perm: torch.Tensor) -> bool:
         """Record where layer `name`'s permutation goes: absorbed by its producers (their rows moved now;

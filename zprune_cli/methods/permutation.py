@@ -63,33 +63,50 @@ def _kept_score(scores: torch.Tensor, pattern: Pattern) -> float:
 def find_permutation(scores: torch.Tensor, pattern: Pattern, mode: str,
                      ties: list[torch.Tensor] | None = None) -> torch.Tensor:
     """perm [in] (int64): column j of the permuted layer is column perm[j] of the original. scores [out, in]."""
+    return permutation_and_scores(scores, pattern, mode, ties)[0]
+
+
+def permutation_and_scores(scores: torch.Tensor, pattern: Pattern, mode: str,
+                           ties: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(find_permutation's perm, the scores' columns in its order, or None when perm is the identity): the
+    permuted scores the search compared anyway, for a score method's mask (engine.permuted.Permuter.select)."""
     rows, cols = scores.shape
     perm = torch.arange(cols)
     if mode == "none":
-        return perm
+        return perm, None
     if ties is None:
-        return search(scores, pattern, mode)  # every column free: no copy of the scores to stack
+        return searched(scores, pattern, mode)  # every column free: no copy of the scores to stack
     for index in ties:
         r, s = index.shape
         stacked = scores[:, index.reshape(-1)].reshape(rows, r, s).transpose(0, 1).reshape(r * rows, s)  # [r*out, s]
         order = search(stacked, pattern, mode)
         perm[index] = index[:, order]
-    return perm
+    return perm, None if bool((perm == torch.arange(cols)).all()) else scores.index_select(1, perm)
 
 
 def search(scores: torch.Tensor, pattern: Pattern, mode: str) -> torch.Tensor:
     """The column order [in] of the best permutation found: the heuristic's (or the identity, when the
     heuristic would keep less), refined by the LSA for mode "lsa"."""
+    return searched(scores, pattern, mode)[0]
+
+
+def searched(scores: torch.Tensor, pattern: Pattern, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(search's order, the scores' columns in that order, or None for the identity)."""
     identity = torch.arange(scores.shape[1])
-    before = kept_score(scores, pattern)
+    kept = kept_score(scores, pattern)
     order = heuristic_order(scores, pattern.m)
-    if kept_score(scores[:, order], pattern) <= before:
-        order = identity  # RIA would keep the heuristic's order even then; it never does better here
+    moved = scores.index_select(1, order)  # index_select: twice as fast as scores[:, order]
+    after = kept_score(moved, pattern)
+    if after <= kept:
+        order, moved = identity, None  # RIA would keep the heuristic's order even then; it never does better here
+    else:
+        kept = after
     if mode == "lsa":
         refined = lsa_refine(scores, order, pattern)
-        if kept_score(scores[:, refined], pattern) > kept_score(scores[:, order], pattern):
-            order = refined
-    return order
+        refined_scores = scores.index_select(1, refined)
+        if kept_score(refined_scores, pattern) > kept:
+            order, moved = refined, refined_scores
+    return order, moved
 
 
 def heuristic_order(scores: torch.Tensor, m: int) -> torch.Tensor:
