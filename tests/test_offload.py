@@ -19,7 +19,9 @@ from zprune_cli.engine.recipe import PruneRecipe
 from zprune_cli.base.settings import Calibration, Settings
 
 RECIPES = {"wanda": PruneRecipe(method="wanda", sparsity=0.5),  # dense propagation: statistics from the store
-           "sparsegpt": PruneRecipe(method="sparsegpt", sparsity=0.5, propagate="pruned")}
+           "sparsegpt": PruneRecipe(method="sparsegpt", sparsity=0.5, propagate="pruned"),
+           # the producers' probes replay projections of a block that is read from disk only while it runs
+           "wanda-permuted": PruneRecipe(method="wanda", pattern="2:4", permute="lsa")}
 
 
 def save_llama(folder, n_blocks: int):

@@ -77,16 +77,20 @@ def _replay(module: nn.Module, calls: list[Call], row: int, changed_whole: bool)
     compute = module.forward  # the module's own (or its hook's) forward, for calls that must multiply
     count = itertools.count()
 
-    def forward(x, *args, **kwargs):
+    def forward(*args, **kwargs):
         k = next(count)
-        if changed_whole or args or kwargs or k >= len(calls) or not torch.equal(x, calls[k].input):
-            return compute(x, *args, **kwargs)
-        out = calls[k].output.clone()
+        if changed_whole or len(args) != 1 or kwargs or k >= len(calls) or not _same(args[0], calls[k].input):
+            return compute(*args, **kwargs)
+        x, out = args[0], calls[k].output.clone()
         if row >= 0:
             out[..., row] = _row_output(module, x, row).to(out.dtype)
         return out
 
     return forward
+
+
+def _same(x, recorded: torch.Tensor) -> bool:
+    return isinstance(x, torch.Tensor) and x.shape == recorded.shape and x.dtype == recorded.dtype and torch.equal(x, recorded)
 
 
 def _row_output(module: nn.Module, x: torch.Tensor, row: int) -> torch.Tensor:
