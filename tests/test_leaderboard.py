@@ -329,3 +329,26 @@ def test_zeroshot_table_shows_the_95_percent_half_width_where_the_standard_error
     scored = {**cell("wanda", 0.5, 60.0, metrics={"acc:piqa_local": 0.62, "acc_norm:piqa_local": 0.6}),
               "stderr": {"acc:piqa_local": 0.05}}
     assert publish.zeroshot_table([scored])[2] == "| wanda (dense) | 50% | 62.0 ±9.8 / 60.0 | 62.0 |"  # 1.96 x 5 points
+
+
+def test_the_complete_protocol_s_grids_exist_and_its_seed_grids_differ_only_in_the_seed():
+    """Every grid the default run schedules is a grid of the repository's zprune.toml; the other calibration
+    seeds of the best recipes are their grid at seeds 1 and 2 with nothing else changed but the zero-shot
+    tasks (asked once, at seed 0); the run asks its windows and questions of every grid."""
+    import tomllib
+
+    import leaderboard
+
+    grids = tomllib.loads((BENCHMARKS.parents[1] / "zprune.toml").read_text())["grids"]
+    assert {grid for _, grid in leaderboard.SCHEDULE} <= set(leaderboard.GRIDS) <= set(grids)
+    assert {model for model, _ in leaderboard.SCHEDULE} == set(leaderboard.MODELS)
+    for seed in (1, 2):
+        for base, other in (("leaderboard-best", f"leaderboard-best-seed{seed}"), ("leaderboard-gram", f"leaderboard-alps-seed{seed}")):
+            assert grids[other]["seed"] == seed and grids[base]["seed"] == 0
+            same = {k: v for k, v in grids[base].items() if k not in ("seed", "tasks", "limit", "batch_size", "methods")}
+            assert same == {k: v for k, v in grids[other].items() if k not in ("seed", "methods")}, other
+            assert set(grids[other]["methods"]) <= set(grids[base]["methods"])
+    protocol = leaderboard.protocol(64, 200)
+    assert "the first 64" in protocol["perplexity"] and protocol["zero-shot questions"] == 200
+    assert "the first 200 questions" in protocol["zero-shot"]
+    assert leaderboard.protocol(None)["zero-shot questions"] == leaderboard.QUESTIONS == 50

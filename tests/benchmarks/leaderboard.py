@@ -12,6 +12,8 @@ leaderboard.json next to this file.
 
     python tests/benchmarks/leaderboard.py --check --sample 0.2 --seed 0   # >= 20% of the cells, every kind
     python tests/benchmarks/leaderboard.py --windows 64 --results new.json  # a run at 64 windows per cell
+    python tests/benchmarks/leaderboard.py --windows 64 --limit 200 --jobs 1 --results run.json --cache DIR
+                                                            # the complete protocol (issue 21): about 25 core-hours
 
 `--check` recomputes the chosen cells in a fresh cache and compares every perplexity and accuracy with the
 committed leaderboard.json to 4 significant digits (exit 1 on a difference).
@@ -44,17 +46,20 @@ HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "leaderboard.json"
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
 THREADS = 1  # torch threads per compare process: one core each, no oversubscription, identical re-runs
-GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-gram", "leaderboard-best",
-         "leaderboard-quant", "leaderboard-permute")
-# The default run, longest first: --jobs workers take the next model x grid as they finish (list scheduling).
-# Gemma-3-270M costs about twice SmolLM2's per cell: it runs the score grids (Wanda against Z-Pruner under
-# pruned propagation at 50% and 2:4 only), SmolLM2 every grid, within the time budget. SmolLM2's two
-# zero-shot grids share their dense row: the first computes it, the second (started later) reads it. The joint
-# quantization and permutation grids (SmolLM2 only: about an hour each by `compare --dry-run`) come last.
-SCHEDULE = (("gemma3-270m", "leaderboard-dense"), ("smollm2-135m", "leaderboard-gram"),
-            ("smollm2-135m", "leaderboard-best"), ("gemma3-270m", "leaderboard-pruned-50"),
-            ("smollm2-135m", "leaderboard-pruned"), ("smollm2-135m", "leaderboard-dense"),
-            ("smollm2-135m", "leaderboard-quant"), ("smollm2-135m", "leaderboard-permute"))
+GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-owl", "leaderboard-gram",
+         "leaderboard-best", "leaderboard-best-seed1", "leaderboard-best-seed2", "leaderboard-alps-seed1",
+         "leaderboard-alps-seed2", "leaderboard-quant", "leaderboard-permute")
+# The default run: every grid of the complete protocol (issue 21) on both models, the tables every reader looks
+# at first, so that a run stopped part way has published the most: the dense, pruned and OWL rows, then the
+# weight-updating methods and the best recipes with zero-shot, their other calibration seeds, then SmolLM2's
+# joint quantization and permutation grids. --jobs workers take the next model x grid as they finish (list
+# scheduling). A model's zero-shot grids share their dense row: the first computes it, the others read it.
+# (leaderboard-pruned-50, Gemma's former share of the pruned grid, is a subset of leaderboard-pruned.)
+SCHEDULE = tuple((model, grid) for grid in ("leaderboard-dense", "leaderboard-pruned", "leaderboard-owl", "leaderboard-gram",
+                                            "leaderboard-best", "leaderboard-best-seed1", "leaderboard-best-seed2",
+                                            "leaderboard-alps-seed1", "leaderboard-alps-seed2")
+                 for model in ("smollm2-135m", "gemma3-270m")) + (
+    ("smollm2-135m", "leaderboard-quant"), ("smollm2-135m", "leaderboard-permute"), ("gemma3-270m", "leaderboard-permute"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="grids run side by side (one compare process each)")
     p.add_argument("--windows", type=int, default=None,
                    help=f"perplexity windows of 512 tokens per cell (default: the grids', {WINDOWS}; 64 or more to rank)")
+    p.add_argument("--limit", type=int, default=None,
+                   help=f"zero-shot questions per task (default: the grids', {QUESTIONS}; the complete protocol: 200)")
     p.add_argument("--check", action="store_true", help="recompute in a fresh cache and compare to --results")
     p.add_argument("--sample", type=float, default=None,
                    help="with --check: re-run a seeded random sample of at least this fraction of the committed cells, "
@@ -81,13 +88,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --- running the grids --------------------------------------------------------------------------------------
 
 
-def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int | None = None) -> dict:
+def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int | None = None,
+             limit: int | None = None) -> dict:
     """One `zprune compare --grid` process (`narrow`: flags choosing part of the grid): its JSON outcome plus
     its wall time."""
     command = [sys.executable, "-m", "zprune_cli", "compare", model, "--grid", grid, "--data", str(C4),
                "--data-dir", str(DATA_DIR), "--cache-dir", str(cache), "--json", *narrow]
     if windows:
         command += ["--max-windows", str(windows)]
+    if limit:  # only the zero-shot grids ask questions
+        command += ["--limit", str(limit)]
     state = tree_state(REPO)  # the commit this process measures (checked against the table's in Board.merge)
     library = library_state()  # the code this process imports (HEAD may move during a long leaderboard)
     started = time.perf_counter()
@@ -168,7 +178,7 @@ def run_all(args: argparse.Namespace, cache: Path, board: Board, jobs: list[tupl
             if job is None:
                 return
             model, grid, flags = job
-            run = board.merge(model, grid, run_grid(model, grid, cache, flags, args.windows))
+            run = board.merge(model, grid, run_grid(model, grid, cache, flags, args.windows, args.limit))
             print(summary_line(run), flush=True)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -211,9 +221,15 @@ def order(cell: dict):
 WINDOWS = 16  # max_windows of the leaderboard grids in zprune.toml; --windows replaces it
 
 
-def protocol(windows: int | None) -> dict:
+QUESTIONS = 50  # limit of the leaderboard's zero-shot grids in zprune.toml; --limit replaces it
+
+
+def protocol(windows: int | None, limit: int | None = None) -> dict:
     return {**PROTOCOL, "perplexity": f"wikitext-2 test, windows of 512 tokens, the first {windows or WINDOWS}"
-            + ("" if windows else " (max_windows in zprune.toml)")}
+            + ("" if windows else " (max_windows in zprune.toml)"),
+            "zero-shot": f"the first {limit or QUESTIONS} questions of each of six sets"
+            + ("" if limit else " (limit in zprune.toml)") + ", lm-eval acc and acc_norm, 0-shot",
+            "zero-shot questions": limit or QUESTIONS}
 
 
 PROTOCOL = {"calibration": f"C4 ({C4.name}), 32 windows x 512 tokens, seed 0",
@@ -272,7 +288,7 @@ def main(argv=None) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     board = Board(existing, args.results, environment(state.commit, THREADS))
-    board.protocol = protocol(args.windows)
+    board.protocol = protocol(args.windows, args.limit)
     started = time.perf_counter()
     try:
         board = run_all(args, args.cache, board)
