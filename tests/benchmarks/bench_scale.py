@@ -384,7 +384,7 @@ def measure(size: str, model: str, command: list[str], label: str, work: Path, r
     row = {"size": size, "params": estimate["params"], "command": label, "offload": estimate["offload"],
            "tokens": args.nsamples * args.seqlen, "wall": record["wall"], "load_before": load, "load_after": load_average(),
            "peak": max([p["peak"] for p in phases.values()] + [record["between_peak"]]),
-           "peak_estimate": estimate["host_peak_bytes"], "device_peak": max(p.get("device_peak", 0) for p in phases.values()),
+           "peak_estimate": estimate["host_peak_bytes"], "device_peak": max((p.get("device_peak", 0) for p in phases.values()), default=0),
            "device_peak_estimate": estimate["device_peak_bytes"], "store": folder_bytes(store) - store_before,
            "store_estimate": estimate["store_bytes"], "output": folder_bytes(out) if out else 0,
            "output_estimate": estimate["output_bytes"], "phases": phases, "phase_estimates": est,
