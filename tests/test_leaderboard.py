@@ -352,3 +352,25 @@ def test_the_complete_protocol_s_grids_exist_and_its_seed_grids_differ_only_in_t
     assert "the first 64" in protocol["perplexity"] and protocol["zero-shot questions"] == 200
     assert "the first 200 questions" in protocol["zero-shot"]
     assert leaderboard.protocol(None)["zero-shot questions"] == leaderboard.QUESTIONS == 50
+
+
+def test_other_calibration_seeds_show_as_a_spread_and_stay_out_of_the_tables():
+    """A recipe measured at seeds 0, 1 and 2: the perplexity table, the plot's lines and the analysis read the seed-0
+    cell only; the seeds table shows each seed, the mean and the spread (max - min, % of the mean), computed here."""
+    import analysis
+
+    def seeded(ppl, seed):
+        c = cell("wanda", 0.5, ppl, propagate="pruned", label="wanda 0.5 (swaps:100, reconstruct=pcg)")
+        return {**c, "protocol": f"m; calibration c4.jsonl 32x512 seed {seed}; statistics x"}
+
+    cells = [cell("dense", None, 20.0), seeded(40.0, 0), seeded(44.0, 1), seeded(42.0, 2), cell("magnitude", 0.5, 90.0)]
+    assert [publish.seed_of(c) for c in cells] == [0, 0, 1, 2, 0]
+    table = publish.perplexity_table(publish.at_seed_0(cells))
+    assert any("40.00" in line for line in table) and not any("44.00" in line or "42.00" in line for line in table)
+    seeds = publish.seeds_table(cells)
+    assert len(seeds) == 3 and seeds[0].count("seed ") == 3
+    assert seeds[2] == "| wanda + swaps:100 + pcg | pruned | 50% | 40.00 | 44.00 | 42.00 | 42.00 | 9.5% |"
+    board = {"cells": cells, "protocol": {"calibration": "c", "perplexity": "p"}, "library": "x", "runs": []}
+    assert "calibration draws" in publish.readme_section(board)
+    assert publish.plot_lines(board, "m")["wanda + swaps:100 + pcg (pruned)"] == ([0.5], [40.0])
+    assert "44.00" not in analysis.analysis_section(board) and "42.00" not in analysis.analysis_section(board)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from publish import COLUMNS, column_of, perplexity_of, recipe_name
+from publish import COLUMNS, at_seed_0, column_of, perplexity_of, recipe_name
 from zprune_cli.records.intervals import paired_difference
 
 START, END = "<!-- analysis:start -->", "<!-- analysis:end -->"
@@ -75,11 +75,12 @@ def analysis_section(board: dict) -> str:
            f"What ran: {len(cells)} cells on {len(models)} models in {len(runs)} runs whose wall times sum to "
            f"{core:.1f} core-minutes (a sum of runs, not the wall time of one).", "",
            "Each column's lowest perplexity against the runner-up:", ""]
+    protocol = at_seed_0(cells)  # another seed's cell is the same recipe drawn again, not a competitor
     for model in models:
-        out += column_sentences(cells, model)
+        out += column_sentences(protocol, model)
     out += ["", "Pruned propagation (each block's statistics from the pruned model) against dense statistics:", ""]
     for model in models:
-        out += propagation_sentences(cells, model)
+        out += propagation_sentences(protocol, model)
     return "\n".join([*out, "", END])
 
 
@@ -87,7 +88,7 @@ def readme_summary(board: dict) -> str:
     """The README's sentence on what the leaderboard holds, exactly: per model, the recipes measured."""
     out = [README_START]
     for model in dict.fromkeys(c["model"] for c in board["cells"]):
-        mine = [c for c in board["cells"] if c["model"] == model and c["method"] != "dense"]
+        mine = [c for c in at_seed_0(board["cells"]) if c["model"] == model and c["method"] != "dense"]
         recipes = sorted({f"{recipe_name(c)} ({c['propagate']})" for c in mine})
         columns = [col for col in COLUMNS if any(column_of(c) == col for c in mine)]
         out.append(f"- {model}: {len(mine)} pruned cells and the dense row; columns {', '.join(columns)}; "

@@ -67,6 +67,43 @@ def _float(value) -> float:
     return math.nan if value is None else float(value)  # the store keeps a non-finite value as null
 
 
+_SEED = re.compile(r"\bseed (\d+)")
+
+
+def seed_of(cell: dict) -> int:
+    """The calibration seed a cell was measured with, as its protocol names it (0 when it names none)."""
+    match = _SEED.search(cell.get("protocol") or "")
+    return int(match.group(1)) if match else 0
+
+
+def at_seed_0(cells: list[dict]) -> list[dict]:
+    """The cells of the protocol's calibration draw (seed 0): the tables, the plot and the analysis read these;
+    the other seeds are shown as the best recipes' spread (seeds_table)."""
+    return [c for c in cells if seed_of(c) == 0]
+
+
+def seeds_table(cells: list[dict]) -> list[str]:
+    """Per recipe x propagation x column measured at more than one calibration seed: each seed's perplexity,
+    their mean and their spread (largest minus smallest, % of the mean)."""
+    groups: dict[tuple[str, str, str], dict[int, float]] = {}
+    for cell in cells:
+        value = perplexity_of(cell)
+        if cell["method"] != "dense" and value is not None:
+            groups.setdefault((recipe_name(cell), cell["propagate"], column_of(cell)), {})[seed_of(cell)] = value
+    several = {key: values for key, values in groups.items() if len(values) > 1}
+    if not several:
+        return []
+    seeds = sorted({seed for values in several.values() for seed in values})
+    lines = ["| method | propagation | column | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | spread |",
+             "|---|---|---|" + "---:|" * (len(seeds) + 2)]
+    for (name, propagate, column), values in sorted(several.items(), key=lambda kv: (COLUMNS.index(kv[0][2]), kv[0])):
+        mean = sum(values.values()) / len(values)
+        shown = [f"{values[s]:.2f}" if s in values else "-" for s in seeds]
+        lines.append(f"| {name} | {propagate or '-'} | {column} | " + " | ".join(shown)
+                     + f" | {mean:.2f} | {100 * (max(values.values()) - min(values.values())) / mean:.1f}% |")
+    return lines
+
+
 def column_of(cell: dict) -> str | None:
     if cell["method"] == "dense":
         return None
@@ -178,8 +215,12 @@ def readme_section(board: dict) -> str:
            "Lower is better; the best pruned value per column is bold. Every cell, its time and the "
            "analysis are in [tests/benchmarks/RESULTS.md](tests/benchmarks/RESULTS.md).", ""]
     for model in dict.fromkeys(c["model"] for c in board["cells"]):
-        cells = [c for c in board["cells"] if c["model"] == model]
+        every = [c for c in board["cells"] if c["model"] == model]
+        cells = at_seed_0(every)
         out += [f"**{model}: wikitext-2 perplexity**", "", *perplexity_table(cells), ""]
+        seeds = seeds_table(every)
+        if seeds:
+            out += [f"**{model}: the best recipes over calibration draws (C4 seeds)**", "", *seeds, ""]
         zeroshot = zeroshot_table(cells)
         if zeroshot:
             out += [f"**{model}: zero-shot accuracy, % (acc / acc_norm)**", "", *zeroshot, "",
@@ -279,7 +320,7 @@ def plot_lines(board: dict, model: str) -> dict[str, tuple[list[float], list[flo
     perplexity at every sparsity some other recipe of the model was measured at and this one was not: the
     line breaks there instead of passing through a value nobody measured."""
     series: dict[str, dict[float, float]] = {}
-    for cell in board["cells"]:
+    for cell in at_seed_0(board["cells"]):
         value = perplexity_of(cell)
         if cell["model"] == model and value is not None and cell["method"] != "dense" and cell["pattern"] == "unstructured":
             series.setdefault(f"{recipe_name(cell)} ({cell['propagate']})", {})[cell["sparsity"]] = value
