@@ -105,13 +105,14 @@ def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     (sorted_in_groups) gives each group's n-th and (n+1)-th lowest score, and the n lowest are those at or
     below the n-th: on a Llama-2-7B MLP matrix at 2:4, one thread, 0.13 s, where counting each entry's rank
     by m - 1 comparisons took 0.56 s and topk's int64 indices and scatter 1.2 s. A single group a row,
-    m > 16, or equal scores on both sides of a group's cut (magnitude on quantized weights, where ties
-    abound): topk, whose own order among ties every mask zprune published was made with, so those results
-    reproduce.
+    m > 16, or a group with equal scores on both sides of its cut (magnitude on bfloat16 or quantized weights,
+    where ties abound): topk, whose own order among ties every mask zprune published was made with, so those
+    results reproduce; topk runs on those groups alone (a band of a bfloat16 7B matrix has some in nearly
+    every band, and topk on the whole band made magnitude's 2:4 prune of a 7B shape 1.7x wanda's).
 
     In bands of rows of about 1 MiB of scores: each of the comparisons reads its slices again, and a band
-    stays in the CPU's cache where a whole 7B matrix (180 MB) is read from memory each time. A band with a
-    tie at a cut takes topk; the other groups have one answer either way, so the mask is the same."""
+    stays in the CPU's cache where a whole 7B matrix (180 MB) is read from memory each time. Banding changes
+    no group's answer, so the mask is the same."""
     rows, cols = scores.shape
     if bool(torch.isnan(scores.sum())) and bool(torch.isnan(scores).any()):
         raise ValueError("scores contain NaN; a method must guard its divisions")
@@ -127,14 +128,17 @@ def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def _compared_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """lowest_n_of_m by a sorting network (topk where a group ties at its cut), scores [r, c] without NaN."""
+    """lowest_n_of_m by a sorting network (topk for the groups that tie at their cut), scores [r, c] without NaN."""
     rows, cols = scores.shape
     groups = scores.reshape(rows, cols // m, m)  # [out, in/m, m]
     ordered = sorted_in_groups(groups)
     cut = ordered[n - 1]  # [out, in/m]: the largest pruned score of each group
-    if bool((cut == ordered[n]).any()):  # the smallest kept one equals it: the tie rule decides
-        return _topk_n_of_m(groups, n).reshape(rows, cols)
-    return (groups <= cut.unsqueeze(-1)).reshape(rows, cols)
+    mask = groups <= cut.unsqueeze(-1)
+    tied = cut == ordered[n]  # the smallest kept score equals it: the tie rule decides
+    if bool(tied.any()):  # topk chooses each group alone, so those groups get the mask topk gives them anyway
+        where = tied.nonzero(as_tuple=True)
+        mask[where] = _topk_n_of_m(groups[where], n)
+    return mask.reshape(rows, cols)
 
 
 def sorted_in_groups(groups: torch.Tensor) -> list[torch.Tensor]:
