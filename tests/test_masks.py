@@ -172,3 +172,22 @@ def test_nm_in_bands_of_rows_is_the_whole_matrix_s_mask(n, m, monkeypatch) -> No
     direct = float(groups.topk(m - n, dim=-1).values.double().sum())
     monkeypatch.setattr("zprune_cli.methods.permutation.BAND_BYTES", 4 * 64 * m * 6)
     assert kept_score(scores, Pattern(n, m)) == pytest.approx(direct, rel=1e-12)
+
+
+def test_nm_ties_take_topk_for_their_own_groups_only(monkeypatch) -> None:
+    """Magnitude on bfloat16 weights ties at some group's cut in nearly every band of rows: topk then sees those
+    groups alone (a few in a thousand), not whole bands, and the mask is still topk's over the whole matrix."""
+    from zprune_cli.base import masks
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 4096, generator=g).bfloat16().float().abs()  # |W| of bfloat16 weights
+    groups = scores.reshape(64, -1, 4)
+    want = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1, largest=False).indices, True)
+    ordered = groups.sort(dim=-1).values
+    tied = int((ordered[..., 1] == ordered[..., 2]).sum())
+    seen = []
+    topk = masks._topk_n_of_m
+    monkeypatch.setattr(masks, "_topk_n_of_m", lambda grouped, n: (seen.append(grouped.shape[:-1].numel()), topk(grouped, n))[1])
+    monkeypatch.setattr(masks, "BAND_BYTES", 4 * 4096 * 4)  # bands of 4 rows: 16 bands, each with tied groups
+    assert torch.equal(masks.lowest_n_of_m(scores, 2, 4), want.reshape(64, 4096))
+    assert len(seen) == 16 and 0 < sum(seen) == tied < groups.shape[0] * groups.shape[1] / 100
