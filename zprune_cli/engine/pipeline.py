@@ -28,8 +28,7 @@ from zprune_cli.engine.permuted import Permuter
 from zprune_cli.methods.obs import gptq
 from zprune_cli.methods.quantize import QuantGrid, check_group_size
 from zprune_cli.methods.reconstruction import finish_mask
-from zprune_cli.models.absorb import bias_of
-from zprune_cli.models.blocks import (BlockLayers, dense_fused_weights, in_features, layer_modules,
+from zprune_cli.models.blocks import (BlockLayers, bias_of, dense_fused_weights, in_features, layer_modules,
                                       pruned_layers, weight_view)
 from zprune_cli.models.offload import held
 from zprune_cli.models.runner import capture_block_inputs

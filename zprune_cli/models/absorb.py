@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from zprune_cli.base.lazy import lazy
 from zprune_cli.models import replay
-from zprune_cli.models.blocks import find_linears, weight_view
+from zprune_cli.models.blocks import bias_of, find_linears, weight_view
 from zprune_cli.models.runner import run_block
 
 torch = lazy("torch")
@@ -82,15 +82,6 @@ class Absorption:
 
     def describe(self) -> str:
         return f"{self.consumer} <- {', '.join(dict.fromkeys(f.producer for f in self.feeds))} ({self.kind})"
-
-
-def bias_of(module: nn.Module) -> torch.Tensor | None:
-    """A projection's bias [out] (an expert's row of its module's '<param>_bias'), or None."""
-    if isinstance(module, experts.ExpertSlice):
-        bias = getattr(module.owner, f"{module.param}_bias", None)
-        return bias.data[module.index] if isinstance(bias, torch.Tensor) and bias.dim() == 2 else None
-    bias = getattr(module, "bias", None)
-    return bias.data if isinstance(bias, torch.Tensor) else None
 
 
 def permute_rows(module: nn.Module, rows: torch.Tensor, order: torch.Tensor) -> None:

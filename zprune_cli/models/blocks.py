@@ -50,6 +50,15 @@ def weight_view(module: nn.Module) -> torch.Tensor:
     return weight.t() if is_transposed(module) else weight
 
 
+def bias_of(module: nn.Module) -> torch.Tensor | None:
+    """A projection's bias [out] (an expert's row of its module's '<param>_bias'), or None."""
+    if isinstance(module, experts.ExpertSlice):
+        bias = getattr(module.owner, f"{module.param}_bias", None)
+        return bias.data[module.index] if isinstance(bias, torch.Tensor) and bias.dim() == 2 else None
+    bias = getattr(module, "bias", None)
+    return bias.data if isinstance(bias, torch.Tensor) else None
+
+
 def in_features(module: nn.Module) -> int:
     """Input width of a projection (the `in` of [out, in])."""
     return weight_view(module).shape[1]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from zprune_cli.base.lazy import lazy
-from zprune_cli.models.absorb import (Absorption, BlockProbe, Feed, absorb, bias_of, permute_columns,
+from zprune_cli.models.absorb import (Absorption, BlockProbe, Feed, absorb, permute_columns,
                                       random_permutation)
-from zprune_cli.models.blocks import in_features, weight_view
+from zprune_cli.models.blocks import bias_of, in_features, weight_view
 
 torch = lazy("torch")
 experts = lazy("zprune_cli.models.experts")

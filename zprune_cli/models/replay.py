@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from zprune_cli.base.lazy import lazy
-from zprune_cli.models.blocks import weight_view
+from zprune_cli.models.blocks import bias_of, weight_view
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
@@ -95,8 +95,6 @@ def _same(x, recorded: torch.Tensor) -> bool:
 
 def _row_output(module: nn.Module, x: torch.Tensor, row: int) -> torch.Tensor:
     """Output channel `row` of a projection for input x [..., in]: x . w_row (+ b_row)."""
-    from zprune_cli.models.absorb import bias_of
-
     value = x @ weight_view(module)[row].to(x.dtype)
     bias = bias_of(module)
     return value if bias is None else value + bias[row].to(x.dtype)
