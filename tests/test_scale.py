@@ -71,7 +71,7 @@ def test_score_methods_zero_the_layer_in_place():
         for pattern in ("unstructured", "2:4"):
             recipe = PruneRecipe(method=method, sparsity=0.5, pattern=pattern)
             pruner = _Pruner(recipe)
-            assert pruner.in_place
+            assert pruner.scores_alone and pruner.permuter is None
             want = METHODS[method]().prune(dense, stats, 0.5, Pattern.parse(pattern), recipe.scope).weight
             with torch.no_grad():
                 linear.weight.copy_(dense)
@@ -79,8 +79,8 @@ def test_score_methods_zero_the_layer_in_place():
             pruner("layer", linear, stats, 0.5)
             assert linear.weight.data_ptr() == storage and torch.equal(linear.weight, want)
             assert int((linear.weight == 0).sum()) == 344 * 64
-    assert not _Pruner(PruneRecipe(method="sparsegpt", sparsity=0.5)).in_place
-    assert not _Pruner(PruneRecipe(method="wanda", sparsity=0.5, reconstruct="obs")).in_place
+    assert not _Pruner(PruneRecipe(method="sparsegpt", sparsity=0.5)).scores_alone
+    assert not _Pruner(PruneRecipe(method="wanda", sparsity=0.5, reconstruct="obs")).scores_alone
 
 
 def test_a_model_larger_than_memory_is_refused_naming_offload_disk(tiny_dir, text_file, cache, tmp_path, monkeypatch):
