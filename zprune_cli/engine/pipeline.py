@@ -132,7 +132,7 @@ class _Pruner:
             if self.permuter is None:
                 mask = self.method.prune_mask(weight, stats, sparsity, self.pattern, self.recipe.scope)
             else:
-                mask, stats, weight = self._select_permuted(name, linear, stats)
+                mask, stats = self._select_permuted(name, weight, stats)
             if stats is not None and stats.gram is not None:  # W - W' is W on the mask
                 self.errors[name] = layer_error(weight.masked_fill(~mask, 0), weight, stats.gram)
             weight.masked_fill_(mask, 0)
@@ -157,16 +157,15 @@ class _Pruner:
         if grid is not None:
             self.grids[name] = grid
 
-    def _select_permuted(self, name: str, linear: nn.Module, stats: LayerStats | None):
-        """(mask, statistics, weight view) of a score method's layer under --permute, in the column order the
-        layer is stored in: the weight moved to it in place when its producers absorbed the permutation."""
-        weight = weight_view(linear)
+    def _select_permuted(self, name: str, weight: torch.Tensor, stats: LayerStats | None):
+        """(mask, statistics) of a score method's layer under --permute, in the column order the layer is stored
+        in: `weight` (the layer's view) is moved to it in place when its producers absorbed the permutation."""
         mask, order = self.permuter.select(name, weight, stats)
         self.permuter.row_moves.clear()  # no quantization grids to follow the producers' rows
         if order is None:
-            return mask, stats, weight
+            return mask, stats
         weight.copy_(weight.index_select(1, order))
-        return mask, stats.permuted(order) if stats is not None else None, weight
+        return mask, stats.permuted(order) if stats is not None else None
 
     def _prune(self, weight: torch.Tensor, stats: LayerStats, sparsity: float):
         """(pruned weight, prune mask, grids): the method's weight (refined and reconstructed when asked), its
