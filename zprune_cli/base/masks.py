@@ -103,7 +103,7 @@ BAND_BYTES = 2**20  # scores per band of rows in lowest_n_of_m and kept_score: h
 def lowest_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """In every group of m consecutive columns of scores [r, c], the n lowest as True. A sorting network
     (sorted_in_groups) gives each group's n-th and (n+1)-th lowest score, and the n lowest are those at or
-    below the n-th: on a Llama-2-7B MLP matrix at 2:4, one thread, 0.13 s, where counting each entry's rank
+    below the n-th: on a Llama-2-7B MLP matrix at 2:4, one thread, 0.15 s, where counting each entry's rank
     by m - 1 comparisons took 0.56 s and topk's int64 indices and scatter 1.2 s. A single group a row,
     m > 16, or a group with equal scores on both sides of its cut (magnitude on bfloat16 or quantized weights,
     where ties abound): topk, whose own order among ties every mask zprune published was made with, so those
