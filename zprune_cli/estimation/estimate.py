@@ -208,6 +208,8 @@ def estimate_prune(t: Target, cal: Calibration, recipes: Sequence[PruneRecipe], 
     costs = {"calibrating": work.calibration(t.shape, cal, dense_calls, gram)} if calibrates else {}
     pruning, propagated, passes, calls = _pruning_steps(t, cal, recipes, several, costs)
     steps.update(pruning)
+    if t.offload == "disk":  # pruning and writing hold no file copy: the step that reads each block does
+        steps["reading a block"] = f.reading_block(any(r.needs_gram for r in recipes))
     host = _host_steps(t, cal, out_dtype)
     if several:
         host["dense snapshot"] = {"dense snapshot": t.shape.block_linear_params * f.d}

@@ -59,10 +59,11 @@ class Footprint:
         head = self.shape.vocab * self.shape.hidden
         return head if self.outside_params >= 2 * head else 0
 
-    def weights(self) -> dict[str, int]:
+    def weights(self, reading: bool = True) -> dict[str, int]:
         """The weights held while the blocks run: the whole model; with --offload disk the weights outside the
         blocks (read at load and kept: models/offload_load.py) and the one block that runs (the largest), with
-        the file's copy of it while it is read and converted."""
+        the file's copy of it while it is read and converted (`reading`: a step that reads blocks as it goes;
+        the copy is freed once the block is built, before it is pruned or written)."""
         if self.offload == "cpu":  # the blocks stay in host memory, the one that runs is copied to the device
             return {"weights outside the blocks": self.outside_params * self.d,
                     "one decoder block": self.shape.largest_block_params * self.d,
@@ -71,7 +72,7 @@ class Footprint:
             return {"model": self.model}
         return {"weights outside the blocks": self.outside_params * self.d,
                 "one decoder block": self.shape.largest_block_params * self.d,
-                "block being read": self.converting(self.shape.largest_block_params)}
+                "block being read": self.converting(self.shape.largest_block_params) if reading else 0}
 
     def loading(self) -> dict[str, int]:
         """On the host, while the model is built: every weight, or with --offload disk those outside the blocks
@@ -158,7 +159,13 @@ class Footprint:
     def pruning(self, gram: bool, work: int) -> dict[str, int]:
         """One layer at a time: the block's statistics and what the method holds beside the largest layer
         (`work`: Method.work_bytes, from the method's own account of its temporaries)."""
-        return {**self.weights(), "activations, statistics": self.block_stats(gram), "method's working memory": work}
+        return {**self.weights(reading=False), "activations, statistics": self.block_stats(gram),
+                "method's working memory": work}
+
+    def reading_block(self, gram: bool) -> dict[str, int]:
+        """--offload disk, as the next block to prune is read: the block, the file's copy being converted and
+        its statistics (the previous block is written and dropped before)."""
+        return {**self.weights(), "activations, statistics": self.block_stats(gram)}
 
     def saving(self, out_dtype: torch.dtype) -> dict[str, int]:
         """save_pretrained: a GGUF-loaded model is rebuilt from its config (a second copy), the state is cast
@@ -185,7 +192,7 @@ class Footprint:
         and the block's statistics."""
         out = element_size(out_dtype)
         cast = self.shape.largest_block_params * out if out_dtype != self.dtype else 0
-        return {**self.weights(), "activations, statistics": self.block_stats(gram), "block in output dtype": cast,
+        return {**self.weights(reading=False), "activations, statistics": self.block_stats(gram), "block in output dtype": cast,
                 "tensor being written": self.shape.largest_linear * out}
 
     def offload_host(self, out_dtype: torch.dtype | None) -> dict[str, dict[str, int]]:
