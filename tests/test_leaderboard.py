@@ -374,3 +374,28 @@ def test_other_calibration_seeds_show_as_a_spread_and_stay_out_of_the_tables():
     assert "calibration draws" in publish.readme_section(board)
     assert publish.plot_lines(board, "m")["wanda + swaps:100 + pcg (pruned)"] == ([0.5], [40.0])
     assert "44.00" not in analysis.analysis_section(board) and "42.00" not in analysis.analysis_section(board)
+
+
+def test_a_cache_filled_at_one_commit_is_refused_at_another(tmp_path, monkeypatch, capsys):
+    """compare reuses the cells it finds in the cache's results store: a run resumed at a new commit would stamp
+    the old commit's cells with its own, so the cache is bound to the commit that first filled it."""
+    import leaderboard
+    import one_run
+
+    cache, first, second = tmp_path / "cache", one_run.TreeState("abc1234", ()), one_run.TreeState("def5678", ())
+    assert one_run.cache_refusal(cache, first) is None  # a new folder
+    one_run.bind_cache(cache, first)
+    (cache / "results.sqlite").write_bytes(b"")
+    assert one_run.cache_refusal(cache, first) is None  # the same commit resumes
+    assert one_run.cache_refusal(cache, second) == (f"the cache {cache} holds cells measured at commit abc1234, "
+                                                    "this tree is at def5678: give --cache a new folder")
+    (cache / one_run.CACHE_COMMIT).unlink()  # a store filled before caches were bound
+    assert one_run.cache_refusal(cache, first).endswith("holds cells of an unrecorded commit: give --cache a new folder")
+
+    one_run.bind_cache(cache, first)
+    monkeypatch.setattr(leaderboard, "tree_state", lambda repo: second)
+    monkeypatch.setattr(leaderboard, "run_all", lambda *a: pytest.fail("resumed from another commit's cache"))
+    args = ["--results", str(tmp_path / "board.json"), "--models", "m", "--grids", "g", "--cache", str(cache)]
+    assert leaderboard.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds cells measured at commit abc1234" in err

@@ -19,7 +19,8 @@ leaderboard.json next to this file.
 committed leaderboard.json to 4 significant digits (exit 1 on a difference).
 
 One table, one run at one commit (one_run.py): a run refuses (exit 2) a tree with local changes to the
-measured code, or a table that already holds cells of another commit; every cell records its commit, the
+measured code, a table that already holds cells of another commit, or a --cache whose results store another
+commit filled (a resumed run reuses the cells it finds there); every cell records its commit, the
 thread count and the library versions, and its per-window NLLs, from which the tables' intervals and the
 rendered analysis's paired tests come. Nothing in leaderboard.json is edited by hand.
 """
@@ -38,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
-from one_run import environment, refusal, tree_state
+from one_run import bind_cache, cache_refusal, environment, refusal, tree_state
 from publish import cell_key, differences
 from sampling import KINDS, cell_flags, kinds_of, sample_cells
 
@@ -283,10 +284,11 @@ def main(argv=None) -> int:
         return 0
     existing = json.loads(args.results.read_text()) if args.results.exists() else {}
     state = tree_state(REPO)
-    refused = refusal(existing, sorted({model for model, _ in schedule(args)}), state)
+    refused = refusal(existing, sorted({model for model, _ in schedule(args)}), state) or cache_refusal(args.cache, state)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    bind_cache(args.cache, state)
     board = Board(existing, args.results, environment(state.commit, THREADS))
     board.protocol = protocol(args.windows, args.limit)
     started = time.perf_counter()

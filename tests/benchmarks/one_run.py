@@ -90,3 +90,26 @@ def refusal(board: dict, models: list[str], state: TreeState) -> str | None:
         if others:
             return f"the {model} table holds cells from commit {', '.join(others)}, this tree is at {state.commit}: {NEW_RUN}"
     return None
+
+
+CACHE_COMMIT = "leaderboard-commit"  # in the cache folder: the commit whose cells its results store holds
+
+
+def cache_refusal(cache: Path, state: TreeState) -> str | None:
+    """Why this tree may not resume from `cache` (None: it may). compare reuses a cell found in the results store
+    without asking which code computed it, so a cache filled at another commit would hand its cells to this run,
+    stamped with this commit."""
+    marker = cache / CACHE_COMMIT
+    held = marker.read_text().strip() if marker.exists() else None
+    if held is None and (cache / "results.sqlite").exists():
+        return f"the cache {cache} holds cells of an unrecorded commit: give --cache a new folder"
+    if held not in (None, state.commit):
+        return f"the cache {cache} holds cells measured at commit {held}, this tree is at {state.commit}: give --cache a new folder"
+    return None
+
+
+def bind_cache(cache: Path, state: TreeState) -> None:
+    """Record the commit whose cells `cache` will hold (after cache_refusal said None)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / CACHE_COMMIT).write_text(f"{state.commit}\n")
+
