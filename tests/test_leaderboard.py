@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,8 @@ def test_leaderboard_refuses_a_dirty_tree_and_a_second_commit_in_one_table(tmp_p
     assert clean == one_run.TreeState(head, ())
     (tmp_path / "notes.md").write_text("edited: still clean for the leaderboard\n")
     assert one_run.tree_state(tmp_path).changed == ()
+    _git(tmp_path, "commit", "-qam", "notes only")  # not the measured code: the run's commit stays
+    assert one_run.tree_state(tmp_path) == clean
     (tmp_path / "zprune_cli" / "a.py").write_text("x = 2\n")
     (tmp_path / "zprune_cli" / "b.py").write_text("y = 1\n")
     dirty = one_run.tree_state(tmp_path)
@@ -399,3 +402,35 @@ def test_a_cache_filled_at_one_commit_is_refused_at_another(tmp_path, monkeypatc
     assert leaderboard.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds cells measured at commit abc1234" in err
+
+
+def test_each_sitting_of_a_resumed_run_records_its_measured_wall_time(tmp_path, monkeypatch):
+    """A run resumed over several invocations states the machine time it took: each sitting's wall time is
+    measured and kept in the results file, also when the sitting is interrupted."""
+    import leaderboard
+    import one_run
+
+    monkeypatch.setattr(leaderboard, "tree_state", lambda repo: one_run.TreeState("abc1234", ()))
+    results = tmp_path / "board.json"
+    args = ["--results", str(results), "--models", "m", "--grids", "g", "--cache", str(tmp_path / "cache"), "--jobs", "2"]
+
+    def interrupted(*a):
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(leaderboard, "run_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        leaderboard.main(args)
+    (first,) = json.loads(results.read_text())["sittings"]
+    assert first["jobs"] == 2 and first["finished"] is False and first["wall_seconds"] >= 0.05
+
+    monkeypatch.setattr(leaderboard, "run_all", lambda *a: time.sleep(0.05))
+    assert leaderboard.main(args) == 0
+    sittings = json.loads(results.read_text())["sittings"]
+    assert [s["finished"] for s in sittings] == [False, True] and sittings[0] == first
+
+    board = {"sittings": [{"jobs": 2, "wall_seconds": 5400.0}, {"jobs": 1, "wall_seconds": 1800.0}], "runs": []}
+    assert publish.wall_time_sentence(board) == (
+        "One run in 2 sittings of `leaderboard.py` (`--jobs 1/2`, one core a job): 2.00 h of wall time in all, "
+        "measured by each sitting (one killed outright misses at most its last minute), 3.50 core-hours at most "
+        "(wall x jobs).")

@@ -23,6 +23,10 @@ measured code, a table that already holds cells of another commit, or a --cache 
 commit filled (a resumed run reuses the cells it finds there); every cell records its commit, the
 thread count and the library versions, and its per-window NLLs, from which the tables' intervals and the
 rendered analysis's paired tests come. Nothing in leaderboard.json is edited by hand.
+
+A run stopped part way resumes with the same command from its --cache (finished cells are in its results store;
+a killed grid loses only the cell it was computing). Each invocation is a sitting whose measured wall time the
+results file keeps (updated every minute), so the published run states the machine time it took in all.
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ class Board:
         self.lock = threading.Lock()
         self.protocol = board.get("protocol", PROTOCOL)
         self.recorded = recorded  # environment(): the commit, threads and versions every new cell records
+        self.sittings = list(board.get("sittings", []))  # each leaderboard.py invocation: its measured wall time
 
     def merge(self, model: str, grid: str, outcome: dict) -> dict:
         """Takes one compare outcome; returns its run (fresh cells: new, or with new times)."""
@@ -154,15 +159,24 @@ class Board:
             run = describe_run(model, grid, outcome, fresh)
             if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in self.runs):
                 self.runs = [r for r in self.runs if (r["model"], r["grid"]) != (model, grid)] + [run]
-            if self.path:
-                self.path.write_text(json.dumps(self.data(), indent=1) + "\n")
+            self._save()
             return run
+
+    def _save(self) -> None:
+        if self.path:
+            self.path.write_text(json.dumps(self.data(), indent=1) + "\n")
+
+    def clock(self, sitting: dict, started: float, finished: bool = False) -> None:
+        """Record `sitting`'s wall time so far (a sitting killed outright loses only the time since)."""
+        with self.lock:
+            sitting.update(wall_seconds=round(time.perf_counter() - started, 1), finished=finished)
+            self._save()
 
     def data(self) -> dict:
         runs = sorted(self.runs, key=lambda r: (r["model"], GRIDS.index(r["grid"]) if r["grid"] in GRIDS else 99))
         libraries = sorted({r.get("library", "unknown") for r in runs})
         return {"library": ", ".join(libraries), "protocol": self.protocol, "schedule": [list(job) for job in SCHEDULE], "runs": runs,
-                "cells": sorted(self.cells.values(), key=order)}
+                **({"sittings": self.sittings} if self.sittings else {}), "cells": sorted(self.cells.values(), key=order)}
 
 
 def run_all(args: argparse.Namespace, cache: Path, board: Board, jobs: list[tuple[str, str, list[str]]] | None = None) -> dict:
@@ -269,6 +283,29 @@ def check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def run_in_sitting(args: argparse.Namespace, board: Board) -> float:
+    """run_all as one sitting of the leaderboard: its measured wall time recorded in the board every minute and at
+    the end, so a run resumed over several sittings states the machine time it took. Returns the wall time."""
+    started = time.perf_counter()
+    sitting = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": args.jobs, "wall_seconds": 0.0}
+    board.sittings.append(sitting)
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(60):
+            board.clock(sitting, started)
+
+    threading.Thread(target=tick, daemon=True).start()
+    try:
+        run_all(args, args.cache, board)
+        board.clock(sitting, started, finished=True)
+    finally:
+        stop.set()
+        if not sitting.get("finished"):
+            board.clock(sitting, started)
+    return time.perf_counter() - started
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.check:
@@ -291,13 +328,12 @@ def main(argv=None) -> int:
     bind_cache(args.cache, state)
     board = Board(existing, args.results, environment(state.commit, THREADS))
     board.protocol = protocol(args.windows, args.limit)
-    started = time.perf_counter()
     try:
-        board = run_all(args, args.cache, board)
+        wall = run_in_sitting(args, board)
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    wall = time.perf_counter() - started
+    board = board.data()
     if not existing.get("cells"):  # a fresh file filled by this one invocation: its wall time is the leaderboard's
         board["wall_seconds"] = round(wall, 1)
         args.results.write_text(json.dumps(board, indent=1) + "\n")

@@ -1,7 +1,8 @@
 """One published table, one run at one commit: what leaderboard.py and publish.py check before writing.
 
-A cell records the commit of the code that measured it (`commit`), the torch thread count and the library
-versions. A table (one model's cells) whose cells come from two commits mixes two versions of the code, so
+A cell records the commit of the code that measured it (`commit`: the last commit that changed the measured
+files, so a commit of results or benchmark prose during a run does not split it), the torch thread count and
+the library versions. A table (one model's cells) whose cells come from two commits mixes two versions of the code, so
 leaderboard.py refuses to add cells of another commit (or of a tree with local changes to the measured code)
 to it, and publish.py refuses to render it. Cells written before cells recorded their commit take it from
 their run's record ("zprune_cli at 991b747"). No zprune or torch import: tests load this module cheaply.
@@ -23,14 +24,14 @@ NEW_RUN = ("a new commit starts a new run: give --results a new file (or move le
 
 @dataclass(frozen=True)
 class TreeState:
-    commit: str | None  # short HEAD; None outside a git checkout
+    commit: str | None  # the last commit changing the measured files (short); None outside a git checkout
     changed: tuple[str, ...]  # measured files with local changes (untracked ones included)
 
 
 def tree_state(repo: Path) -> TreeState:
-    """HEAD and the measured files that differ from it."""
+    """The commit of the measured code and the measured files that differ from it."""
     try:
-        head = _git(repo, "rev-parse", "--short", "HEAD").strip()
+        head = _git(repo, "log", "-1", "--format=%h", "--", *MEASURED).strip() or _git(repo, "rev-parse", "--short", "HEAD").strip()
         status = _git(repo, "status", "--porcelain", "--", *MEASURED)
     except (OSError, subprocess.CalledProcessError):
         return TreeState(None, ())

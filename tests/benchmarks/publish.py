@@ -258,6 +258,14 @@ def wall_time_sentence(board: dict) -> str:
     makespan the runs' wall times would give, said to be computed."""
     if board.get("wall_seconds") is not None:
         return f"One `leaderboard.py` run computed every cell in {board['wall_seconds'] / 60:.1f} min, measured."
+    if board.get("sittings"):  # one run resumed over several invocations (cells kept in its cache)
+        sittings = board["sittings"]
+        wall = sum(s["wall_seconds"] for s in sittings)
+        cores = sum(s["wall_seconds"] * s["jobs"] for s in sittings)
+        jobs = "/".join(str(j) for j in sorted({s["jobs"] for s in sittings}))
+        return (f"One run in {len(sittings)} sittings of `leaderboard.py` (`--jobs {jobs}`, one core a job): "
+                f"{wall / 3600:.2f} h of wall time in all, measured by each sitting (one killed outright misses at "
+                f"most its last minute), {cores / 3600:.2f} core-hours at most (wall x jobs).")
     return (f"The runs were not one sitting: {makespan(board, 2) / 60:.1f} min is the makespan their wall times would "
             "give two at a time in the script's schedule (`--jobs 2`, one core each), computed, not measured.")
 
