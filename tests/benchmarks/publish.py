@@ -242,7 +242,10 @@ def results_section(board: dict) -> str:
         out.append(f"| {run['model']} | {run['grid']} | {run['computed']} | {run['wall_seconds']:.0f} | "
                    f"{run['cells_seconds']:.0f} | {overhead} |")
     core_minutes = sum(r["wall_seconds"] for r in board["runs"]) / 60
-    out += ["", f"All runs: {core_minutes:.1f} core-minutes. {wall_time_sentence(board)}", "",
+    # resumed over sittings, a grid's row is the sitting that finished it; the sittings hold the whole time
+    runs = (f"The grids' rows are the sittings that finished them ({core_minutes:.1f} core-minutes)." if board.get("sittings")
+            else f"All runs: {core_minutes:.1f} core-minutes.")
+    out += ["", f"{runs} {wall_time_sentence(board)}", "",
             "| model | recipe | column | propagation | ppl | prune s | eval s |", "|---|---|---|---|---:|---:|---:|"]
     for cell in board["cells"]:
         seconds = cell.get("seconds") or {}
