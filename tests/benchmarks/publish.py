@@ -266,7 +266,7 @@ def wall_time_sentence(board: dict) -> str:
         wall = sum(s["wall_seconds"] for s in sittings)
         cores = sum(s["wall_seconds"] * s["jobs"] for s in sittings)
         jobs = "/".join(str(j) for j in sorted({s["jobs"] for s in sittings}))
-        return (f"One run in {len(sittings)} sittings of `leaderboard.py` (`--jobs {jobs}`, one core a job): "
+        return (f"One run in {len(sittings)} sitting{'s' if len(sittings) > 1 else ''} of `leaderboard.py` (`--jobs {jobs}`, one core a job): "
                 f"{wall / 3600:.2f} h of wall time in all, measured by each sitting (one killed outright misses at "
                 f"most its last minute), {cores / 3600:.2f} core-hours at most (wall x jobs).")
     return (f"The runs were not one sitting: {makespan(board, 2) / 60:.1f} min is the makespan their wall times would "
