@@ -163,8 +163,11 @@ class Board:
             return run
 
     def _save(self) -> None:
+        """Write the file whole or not at all (it is rewritten every minute: a kill mid-write must not cost it)."""
         if self.path:
-            self.path.write_text(json.dumps(self.data(), indent=1) + "\n")
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(json.dumps(self.data(), indent=1) + "\n")
+            os.replace(partial, self.path)
 
     def clock(self, sitting: dict, started: float, finished: bool = False) -> None:
         """Record `sitting`'s wall time so far (a sitting killed outright loses only the time since)."""
