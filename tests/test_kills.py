@@ -284,3 +284,28 @@ def test_kill_during_a_compare_cell(reference, compare_reference, tmp_path, seed
     code, out, err = finish(zprune(COMPARE, cache, model))
     assert code == 0, err
     assert json.loads(out)["computed"] == 10 - len(per_cell) and leaderboard_values(out) == compare_reference
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sigkill_during_an_offloaded_prune_resumes_to_the_same_output(wide_model, tmp_path, seed):
+    """The case resuming is for: a process killed outright (no cleanup ran) in the middle of a long offloaded
+    prune. The same command resumes from its last recorded block and writes what an uninterrupted run writes."""
+    from zprune_cli.verbs.partial import RECORD, partial_folder
+
+    cache, out, whole = tmp_path / "cache", tmp_path / "runs" / "pruned", tmp_path / "whole"
+    prune = ["prune", "{model}", "-m", "wanda", "--propagate", "pruned", "--offload", "disk", "--data", C4,
+             "-n", "2", "-l", "64", "--out"]
+    code, _, err = finish(zprune([*prune, str(whole)], tmp_path / "cache-whole", wide_model))
+    assert code == 0, err
+    record = partial_folder(out) / RECORD
+    proc = zprune([*prune, str(out)], cache, wide_model)
+    assert wait_for(lambda: record.is_file() or proc.poll() is not None, 300) and record.is_file(), proc.communicate()
+    time.sleep(random.Random(seed).uniform(0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and json.loads(record.read_text())["blocks"] >= 1
+    code, _, err = finish(zprune([*prune, str(out)], cache, wide_model))
+    assert code == 0, err
+    assert "resuming the prune left in" in err and [p.name for p in out.parent.iterdir()] == ["pruned"]
+    a, b = export_tensors(whole), export_tensors(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -15,6 +15,7 @@ from conftest import byte_tokenizer, tiny_config
 from zprune_cli import calibrate, prune
 from zprune_cli.cli.app import app
 from zprune_cli.models.offload import TRACKER
+from zprune_cli.verbs.partial import partial_folder
 from zprune_cli.engine.recipe import PruneRecipe
 from zprune_cli.base.settings import Calibration, Settings
 
@@ -329,21 +330,29 @@ def test_disk_full_while_streaming_blocks(depths, method, flavour, previous, tmp
     with monkeypatch.context() as full:
         written = fill_disk_after(full, safetensors.torch, 1, flavour, "model-")  # block 0's shard, then full
         result = prune_offloaded(depths[3], out, method, text_file, *(["--overwrite"] if previous else []))
-    # the one line names the folder asked for, as the in-memory save does (staging.staged_folder)
-    assert one_error_line(result).startswith(f"error: writing {out} failed: the disk is full; free space")
+    # the one line names the folder asked for, as the in-memory save does (staging.staged_folder), and where the
+    # finished block is kept for the same command to resume from
+    partial = partial_folder(out)
+    assert one_error_line(result) == (f"error: writing {out} failed: the disk is full; free space or point --cache-dir "
+                                      f"/ --out elsewhere; 1 of 3 blocks finished are kept in {partial}, and the same "
+                                      "command resumes from block 1 (remove that folder to start over)")
     assert [Path(f).name for f in written] == ["model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors"]
     if previous:
         assert [p.name for p in out.iterdir()] == ["config.json"] and "earlier" in (out / "config.json").read_text()
     else:
         assert not out.exists()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted([partial.name, *(["pruned"] if previous else [])])
     assert not staging_left(tmp_path / "outputs") and not staging_left(cache)
     before = complete_entries(cache)  # the calibration entry, complete; a propagated one never appears
     assert len(before) == 1
 
-    # room again: the same command completes (no lock or staging folder is left in its way)
-    assert prune_offloaded(depths[3], out, method, text_file, "--overwrite").exit_code == 0
-    assert (out / "model.safetensors.index.json").is_file()
-    assert len(complete_entries(cache)) == len(before) + (method == "sparsegpt")  # now with its propagated entry
+    # room again: the same command resumes from block 1 and completes (no lock or staging folder in its way)
+    again = prune_offloaded(depths[3], out, method, text_file, "--overwrite")
+    assert again.exit_code == 0 and "resuming the prune left in" in again.stderr
+    assert (out / "model.safetensors.index.json").is_file() and not partial.exists()
+    assert sorted(p.name for p in (out.parent).iterdir()) == ["pruned"]
+    # a resumed propagating run keeps no statistics: they were collected partly by the process that stopped
+    assert len(complete_entries(cache)) == len(before)
 
 
 @pytest.mark.parametrize("flavour", ["os", "safetensors"])

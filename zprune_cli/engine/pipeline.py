@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.base.masks import check_pattern_fits
 from zprune_cli.methods.base import Method, layer_error, prune_precision
 from zprune_cli.engine.permuted import Permuter
+from zprune_cli.engine.resume import ResumePoint
 from zprune_cli.methods.obs import gptq
 from zprune_cli.methods.quantize import QuantGrid, check_group_size
 from zprune_cli.methods.reconstruction import finish_mask
@@ -199,10 +201,12 @@ def _require_finite(tensor: torch.Tensor, what: str) -> None:
 
 @inference_mode
 def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRecipe,
-                    progress: Progress | None = None) -> PruneReport:
+                    progress: Progress | None = None, resume: ResumePoint | None = None,
+                    on_block: Callable[[ResumePoint], None] | None = None) -> PruneReport:
     """Prune `model`'s decoder-block Linear layers in place from the statistics in `entry` (None for a recipe
-    that reads no calibration data)."""
-    started = time.perf_counter()
+    that reads no calibration data). resume: go on from a point an earlier process recorded (its finished blocks
+    are not walked again); on_block(point): called after each finished block (verbs.partial records it)."""
+    started = time.perf_counter() - (resume.seconds if resume else 0.0)
     progress = ensure(progress)
     if entry is not None:
         entry = _usable(entry, recipe, next(model.parameters()).device)
@@ -214,6 +218,10 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
     targets = layer_sparsities(recipe, layers, entry, model)
     prune_layer = _Pruner(recipe, model)
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
+    walk = _Walk(resume or ResumePoint(), on_block, started)
+    if recipe.propagate == "pruned" and walk.resume.hidden is not None:  # resumed: propagate on, keep no statistics
+        found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, None, walk)
+        return _report(recipe, started, *found, prune_layer)
     if recipe.propagate == "pruned":
         run_key = PropagatedKey(entry.key, {"recipe": recipe.digest, "weights": weights_digest(layers, model)})
         store = entry.store
@@ -222,25 +230,63 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
                 settings = {**entry.manifest.settings, "gram": recipe.needs_gram, "block_statistics": True,
                             "propagated": {"recipe": recipe.as_dict(), **run_key.run}}
                 with store.writer(run_key, settings, optional=True) if distributed.is_main() else nullcontext() as writer:
-                    found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, writer)
+                    found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, writer, walk)
                 return _report(recipe, started, *found, prune_layer)
         entry = stored.readable()
-    found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label)
+    found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, walk=walk)
     return _report(recipe, started, *found, prune_layer)
 
 
 _STORED = object()  # _prune_blocks' writer when the statistics are read from the store, not collected
 
 
+@dataclass
+class _Walk:
+    """Where the walk starts (a resumed run's point) and whom it tells after each finished block."""
+
+    resume: ResumePoint
+    on_block: Callable[[ResumePoint], None] | None
+    started: float  # perf_counter() at the start of the pruning, the sittings before included
+
+    def after_block(self, index: int, hidden, counting: BlockwiseSparsity, pruner: _Pruner, unrouted: list[str]):
+        if self.on_block is None:
+            return
+        permuter = pruner.permuter
+        self.on_block(ResumePoint(
+            blocks=index + 1, hidden=hidden, counts=dict(counting.layers), errors=dict(pruner.errors),
+            grids={name: (grid.scale, grid.zero) for name, grid in pruner.grids.items()},
+            layout=dict(permuter.layout) if permuter else {}, absorbed=dict(permuter.absorbed) if permuter else {},
+            unrouted=list(unrouted), seconds=time.perf_counter() - self.started))
+
+    def restore(self, counting: BlockwiseSparsity, pruner: _Pruner, unrouted: list[str]) -> None:
+        """The report's findings of the finished blocks, as the earlier process left them."""
+        point = self.resume
+        counting.layers.update(point.counts)
+        pruner.errors.update(point.errors)
+        pruner.grids.update({name: QuantGrid(pruner.quant, scale, zero) for name, (scale, zero) in point.grids.items()})
+        if pruner.permuter is not None:
+            pruner.permuter.layout.update(point.layout)
+            pruner.permuter.absorbed.update(point.absorbed)
+        unrouted.extend(point.unrouted)
+
+
 def _prune_blocks(model: nn.Module, entry: StatsEntry | None, layers: BlockLayers, prune_layer: _Pruner,
-                  targets: dict[str, float], progress: Progress, label: str, writer=_STORED):
+                  targets: dict[str, float], progress: Progress, label: str, writer=_STORED, walk: _Walk | None = None):
     """The one loop: each block's statistics (the store's; or, propagating, collected on the outputs of the pruned
-    blocks below and kept by `writer`), its layers pruned, its sparsity measured while it is in memory."""
+    blocks below and kept by `writer`), its layers pruned, its sparsity measured while it is in memory. `walk`:
+    from a resumed run's point (its findings restored, its next block's inputs), telling its listener."""
     device = next(model.parameters()).device
+    walk = walk or _Walk(ResumePoint(), None, time.perf_counter())
     propagating = writer is not _STORED
     unrouted: list[str] = []
     counting = BlockwiseSparsity(layer_modules(layers))
+    walk.restore(counting, prune_layer, unrouted)
     hidden, block_kwargs = _propagation_inputs(model, entry) if propagating else (None, None)
+    if propagating and walk.resume.blocks:
+        if walk.resume.hidden is None:  # it read them from the store, where they no longer are
+            raise ZpruneError("this prune cannot resume: the statistics its finished blocks read were removed from "
+                              "the store; remove its partial output (the hidden .zprune-partial folder) to start over")
+        hidden = walk.resume.hidden.to(device=device, dtype=hidden.dtype)
 
     def collector(index: int, block: nn.Module) -> BlockStatsCollector:  # the dense block on the pruned inputs
         return BlockStatsCollector(layers[index][2], with_gram=prune_layer.recipe.needs_gram, width_of=in_features)
@@ -261,8 +307,11 @@ def _prune_blocks(model: nn.Module, entry: StatsEntry | None, layers: BlockLayer
         counting(index, prefix, block)
 
     with progress.task(label, len(layers)) as task:  # --offload disk: read, prune, measure, hand to the save, release
+        task.advance(walk.resume.blocks)
         walk_blocks(model, prune_block, hidden, block_kwargs, collector=collector if propagating else None,
-                    changes=True, done=True, per_block=task.advance)
+                    changes=True, done=True, per_block=task.advance, start=walk.resume.blocks,
+                    after_block=lambda index, out: walk.after_block(index, out if propagating else None, counting,
+                                                                   prune_layer, unrouted))
     return unrouted, counting.layers
 
 

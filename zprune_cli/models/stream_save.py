@@ -34,12 +34,17 @@ def _as_saved(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, tor
 class StreamingSave:
     """Listener for models.offload.on_done: writes a block's tensors when the engine finishes with it."""
 
-    def __init__(self, model: nn.Module, folder: Path, dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, folder: Path, dtype: torch.dtype | None = None, saved: dict | None = None):
+        """saved: `state()` of an earlier process that wrote the first blocks' shards into `folder` (a resumed prune)."""
         self.model, self.folder, self.dtype = model, Path(folder), dtype
         self.blocks_name, blocks = find_blocks(model)
         self.n_shards = len(blocks) + 1  # one per block, then the weights outside the blocks
-        self.weight_map: dict[str, str] = {}
-        self.total_size = 0
+        self.weight_map: dict[str, str] = dict((saved or {}).get("weight_map", {}))
+        self.total_size = int((saved or {}).get("total_size", 0))
+
+    def state(self) -> dict:
+        """What the shards written so far hold, for the index the last process writes."""
+        return {"weight_map": dict(self.weight_map), "total_size": self.total_size}
 
     def __call__(self, index: int, prefix: str, block: nn.Module) -> None:
         self._write(index, block.state_dict(prefix=prefix))

@@ -55,7 +55,8 @@ def walk_blocks(model: nn.Module, visit: Visit, hidden: torch.Tensor | None = No
                 block_kwargs: list[dict[str, Any]] | None = None, *,
                 collector: Callable[[int, nn.Module], Collector] | None = None, changes: bool = False,
                 done: bool = False, per_window: Callable[[int], Any] | None = None,
-                per_block: Callable[[int], Any] | None = None) -> torch.Tensor | None:
+                per_block: Callable[[int], Any] | None = None, start: int = 0,
+                after_block: Callable[[int, torch.Tensor | None], Any] | None = None) -> torch.Tensor | None:
     """Walk the decoder blocks; returns the last block's outputs (None without windows).
 
     hidden: block 0's inputs [n, seqlen, hidden] (None: hold each block and visit it, no forward pass);
@@ -63,12 +64,16 @@ def walk_blocks(model: nn.Module, visit: Visit, hidden: torch.Tensor | None = No
     changes: `visit` changes the block (prunes it), so the next block's inputs are its outputs after the
     visit (a second pass); otherwise the collecting pass gives them. done: the block is finished when
     released (`offload.on_done` listeners, the streaming save). per_window / per_block: progress steps.
+    start: the first block walked (a resumed prune: `hidden` holds that block's inputs); after_block(index,
+    hidden): once block `index` is finished and released, with the next block's inputs.
     The callers run it under torch.inference_mode (calibration, pruning, evaluation)."""
     blocks_name, blocks = find_blocks(model)
     # outputs go to a second tensor, then the two swap: from block 1 on `hidden` itself is overwritten (callers
     # pass inputs they own: read from the store, or captured for this run)
     buffer = None if hidden is None else torch.empty_like(hidden)
     for index, block in enumerate(blocks):
+        if index < start:
+            continue
         with held(model, index, done=done):
             attached = collector(index, block) if collector is not None and hidden is not None else None
             if hidden is not None:
@@ -81,4 +86,6 @@ def walk_blocks(model: nn.Module, visit: Visit, hidden: torch.Tensor | None = No
             hidden, buffer = buffer, hidden
         if per_block is not None:
             per_block(1)
+        if after_block is not None:
+            after_block(index, hidden)
     return hidden

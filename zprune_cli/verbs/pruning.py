@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -11,7 +12,7 @@ from typing import Sequence
 from zprune_cli.base import distributed
 from zprune_cli.base.lazy import lazy
 from zprune_cli.verbs.calibration import CalibrationResult, calibrate
-from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.errors import ZpruneError, ZpruneUsageError, os_error_of, translate
 from zprune_cli.rendering.model_card import model_card
 from zprune_cli.formats.grids import write_grids
 from zprune_cli.formats.masks import checked_masks, zero_masked
@@ -32,9 +33,13 @@ from zprune_cli.base.settings import Calibration, Settings
 from zprune_cli.base.settings import resolve as resolve_settings
 from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
 from zprune_cli.base.staging import staged_folder
+from zprune_cli.engine.resume import ResumePoint
+from zprune_cli.verbs.partial import PartialOutput
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
+
+log = logging.getLogger("zprune")
 
 
 @dataclass
@@ -119,12 +124,58 @@ def prune(
 
 def prune_streaming(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult | None, out: Path | None,
                     overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
-    """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished.
+    """Prune an offloaded model; with `out`, each block goes to the output folder as it is finished, and a
+    stopped run's finished blocks are kept for the same command to resume from (`verbs.partial`).
     The pruned weights live only there: the handle's blocks are read from the dense checkpoint again."""
+    if out is not None and not distributed.active():  # under torchrun every rank would have to resume alike
+        return _prune_resumable(handle, recipe, result, out, overwrite, progress, dtype)
     with _streamed(handle, out, overwrite, progress, dtype) as stream:
         report = prune_in_memory(handle.model, result and result.entry, recipe, progress)
         stream.provenance, stream.grids = make_provenance(handle, report, result), report.grids
     return PruneOutcome(report, result, out, stream.provenance)
+
+
+def _prune_resumable(handle: ModelHandle, recipe: PruneRecipe, result: CalibrationResult | None, out: Path,
+                     overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
+    """prune_streaming into a partial output that outlives the process: each finished block recorded, a
+    recorded run of the same job resumed, the folder renamed to `out` when complete."""
+    job = {"model": handle.source.fingerprint, "recipe": recipe.digest, "stats": result.key if result else None,
+           "dtype": str(dtype), "blocks": len(find_blocks(handle.model)[1])}
+    partial = PartialOutput(out, job)
+    point = partial.open()
+    total = job["blocks"]
+    if point.blocks:
+        log.info(f"resuming the prune left in {partial.folder}: {point.blocks} of {total} blocks were finished")
+    done = [point.blocks]
+    try:
+        saver = StreamingSave(handle.model, partial.folder, dtype, point.saved)
+
+        def record(reached: ResumePoint) -> None:
+            partial.record(replace(reached, saved=saver.state()))
+            done[0] = reached.blocks
+
+        with on_done(handle.model, saver):
+            report = prune_in_memory(handle.model, result and result.entry, recipe, progress, point, record)
+        provenance = make_provenance(handle, report, result)
+        with progress.task(f"Saving to {out}", None):
+            saver.finish(handle.tokenizer)
+        provenance = replace(provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
+        write_quant_grids(partial.folder, report.grids, provenance)
+        provenance.write(partial.folder)
+        (partial.folder / "README.md").write_text(model_card(provenance, "hf", out.name))
+        partial.publish(overwrite)
+    except BaseException as exc:
+        io_error = os_error_of(exc)  # safetensors reports a full disk as its own error, not an OSError
+        kept = done[0] > 0 and (isinstance(exc, KeyboardInterrupt) or io_error is not None)
+        partial.release(kept)
+        resumable = (f"{done[0]} of {total} blocks finished are kept in {partial.folder}, and the same command "
+                     f"resumes from block {done[0]} (remove that folder to start over)")
+        if io_error is None:
+            if kept:
+                log.warning(f"the prune stopped: {resumable}")
+            raise
+        raise ZpruneError(f"writing {out} failed: {translate(io_error)}{'; ' + resumable if kept else ''}") from None
+    return PruneOutcome(report, result, out, provenance)
 
 
 @dataclass
