@@ -426,3 +426,32 @@ def test_layer_scope_kth_by_radix_is_the_sorts():
         want = torch.zeros(n, dtype=torch.bool)
         want[order.indices[: n // 2]] = True
         assert torch.equal(lowest_k(row, n // 2)[0], want), name
+
+
+def test_bench_scale_sums_the_sittings_of_a_resumed_prune():
+    """bench_scale --sittings: a prune killed twice (as at the end of a session) and finished by a third process
+    is one row: each phase's seconds, CPU and bytes summed over the sittings (a killed sitting's phase under way
+    counted as far as its last record), the peak the largest."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    from bench_scale import by_phase, combined
+
+    def step(name, seconds, peak, read):
+        return {"step": name, "seconds": seconds, "cpu": seconds / 2, "peak": peak, "read": read, "written": 2 * read}
+
+    killed = [{"phases": [step("Loading model", 5, 10, 1)], "open": step("Pruning with sparsegpt", 100, 40, 7),
+               "between_peak": 3, "io": {"read_bytes": 8, "write_bytes": 16}, "wall": 110},
+              {"phases": [step("Loading model", 6, 12, 1)], "open": step("Pruning with sparsegpt", 50, 45, 3),
+               "between_peak": 4, "io": {"read_bytes": 4, "write_bytes": 8}, "wall": 60}]
+    last = {"phases": [step("Loading model", 4, 11, 1), step("Pruning with sparsegpt", 20, 42, 2),
+                       step("Saving to out", 1, 30, 0)], "open": None, "between_peak": 5,
+            "io": {"read_bytes": 3, "write_bytes": 6}, "wall": 30, "stdout": "{}"}
+    whole = combined([*killed, last])
+    phases = by_phase(whole)
+    assert whole["wall"] == 200 and whole["io"] == {"read_bytes": 15, "write_bytes": 30} and whole["sittings"] == 3
+    assert whole["between_peak"] == 5 and whole["stdout"] == "{}"
+    assert phases["load"] == {"seconds": 15, "cpu": 7.5, "peak": 12, "device_peak": 0, "read": 3, "written": 6}
+    assert phases["prune"] == {"seconds": 170, "cpu": 85, "peak": 45, "device_peak": 0, "read": 12, "written": 24}
+    assert phases["save"]["seconds"] == 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,13 +66,31 @@ def _io():
 def _reset():
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
+import threading
 RECORD = {'phases': [], 'between_peak': 0, 'started': time.time()}
+OPEN = {}  # the top-level step under way: its start, so that a killed sitting's last record holds it so far
+LOCK = threading.Lock()
+def _snapshot(start, peak):
+    io = _io()
+    return {'step': start['step'], 'seconds': time.perf_counter() - start['at'], 'cpu': sum(os.times()[:2]) - start['cpu'],
+            'peak': peak, 'read': io['read_bytes'] - start['io']['read_bytes'],
+            'written': io['write_bytes'] - start['io']['write_bytes'], 'device_peak': 0}
 def _write():
-    RECORD['between_peak'] = max(RECORD['between_peak'], _status('VmHWM'))
-    RECORD['io'] = _io()
-    with open(os.environ['PHASES_FILE'], 'w') as f:
-        json.dump(RECORD, f)
+    with LOCK:
+        RECORD['between_peak'] = max(RECORD['between_peak'], _status('VmHWM')) if not OPEN else RECORD['between_peak']
+        RECORD['io'] = _io()
+        RECORD['wall'] = time.time() - RECORD['started']
+        RECORD['open'] = _snapshot(OPEN, _status('VmHWM')) if OPEN else None
+        tmp = os.environ['PHASES_FILE'] + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(RECORD, f)
+        os.replace(tmp, os.environ['PHASES_FILE'])
+def _every_minute():  # a sitting killed mid-phase (a prune of hours) loses at most this much of its record
+    while True:
+        time.sleep(30)
+        _write()
 atexit.register(_write)
+threading.Thread(target=_every_minute, daemon=True).start()
 try:
     from zprune_cli.cli.progress import LineProgress
 except ImportError:  # before the progress classes had their own module
@@ -90,17 +109,17 @@ def task(self, description, total):
         return
     DEPTH[0] += 1
     RECORD['between_peak'] = max(RECORD['between_peak'], _status('VmHWM'))
-    _reset(); io = _io(); started = time.perf_counter(); cpu = sum(os.times()[:2])
+    _reset()
+    with LOCK:
+        OPEN.update(step=description, at=time.perf_counter(), cpu=sum(os.times()[:2]), io=_io())
     try:
         with _task(self, description, total) as step:
             yield step
     finally:
         DEPTH[0] -= 1
-    after = _io()
-    RECORD['phases'].append({'step': description, 'seconds': time.perf_counter() - started, 'cpu': sum(os.times()[:2]) - cpu,
-                             'peak': _status('VmHWM'),
-                             'read': after['read_bytes'] - io['read_bytes'], 'written': after['write_bytes'] - io['write_bytes'],
-                             'device_peak': _device_peak()})
+    with LOCK:
+        RECORD['phases'].append({**_snapshot(OPEN, _status('VmHWM')), 'device_peak': _device_peak()})
+        OPEN.clear()
     _reset()
 def _device_peak():
     import torch
@@ -146,6 +165,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE, a method option (repeatable)")
     p.add_argument("--keep-free", type=float, default=10.0, help="GiB the disk keeps free whatever runs (default 10)")
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--sittings", action="store_true",
+                   help="a killed run of this benchmark resumes: each prune process is a sitting whose record is kept "
+                        "under WORK/sittings (with a fixed --work), and the offloaded prune itself resumes from its "
+                        "last finished block; the row sums the sittings")
     p.add_argument("--json", type=Path, default=None, help="append each measured row to this JSON-lines file")
     p.add_argument("--floor", action="store_true", help="measure the disk and the CPU and print the floor, then stop")
     p.add_argument("--table", type=Path, default=None, help="print the table of a --json file, then stop")
@@ -179,9 +202,10 @@ def drop_cache(folder: Path | str) -> None:
                 os.close(fd)
 
 
-def zprune(args: list[str], work: Path) -> dict:
-    """One zprune process, measured phase by phase; raises SystemExit with its stderr on failure."""
-    phases = work / "phases.json"
+def zprune(args: list[str], work: Path, phases: Path | None = None) -> dict:
+    """One zprune process, measured phase by phase (its record in `phases`); raises SystemExit with its stderr
+    on failure."""
+    phases = phases or work / "phases.json"
     phases.unlink(missing_ok=True)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, env=env_for(work, phases),
@@ -336,6 +360,7 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
     offload = ["--offload", mode] if size not in REAL or args.offload != "auto" else []
     cal = ["--data", args.data, "-n", str(args.nsamples), "-l", str(args.seqlen), *offload, "--device", args.device]
     need, _ = disk_plan(size, model, cal, work, args)
+    need -= sum(folder_bytes(f) for f in (work / "out").glob(".*.zprune-partial"))  # a resumed output: on disk already
     free = shutil.disk_usage(work).free
     if free - need < args.keep_free * GiB:
         print(f"SKIPPED {size}: its store and largest output need {need / GiB:.1f} GiB, the disk has {free / GiB:.1f} "
@@ -346,8 +371,12 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
     speed = matmul_flops()  # this machine's speed now, for the floor of this size (the load changes it)
     print(f"{size}: float32 matmul, one thread: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in speed.items()),
           flush=True)
-    calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args,
-                         extra={"matmul_flops": speed})
+    if args.sittings and any(sitting_files(work, f"{sitting_slug(size, '')}*")):  # a resumed benchmark: calibrated
+        print(f"{size}: resuming; its calibration is in the cache already, not measured again", flush=True)
+        calibrated = 0
+    else:
+        calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args,
+                             extra={"matmul_flops": speed})
     first = True
     for method in args.methods.split(","):
         for spec in args.patterns.split(","):
@@ -378,7 +407,7 @@ def measure(size: str, model: str, command: list[str], label: str, work: Path, r
     store_before = folder_bytes(store)
     drop_cache(model)
     load = load_average()
-    record = zprune(command, work)
+    record = zprune(command, work) if not args.sittings else in_sittings(command, work, sitting_slug(size, label))
     phases = by_phase(record)
     est = estimated_phase_peaks(estimate)
     row = {"size": size, "params": estimate["params"], "command": label, "offload": estimate["offload"],
@@ -402,6 +431,42 @@ def measure(size: str, model: str, command: list[str], label: str, work: Path, r
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")
     return estimate["store_bytes"]
+
+
+def sitting_slug(size: str, label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{size}-{label}")
+
+
+def sitting_files(work: Path, slug: str) -> list[Path]:
+    """The records of a command's earlier sittings (processes killed before it finished), in order."""
+    return sorted((work / "sittings").glob(f"{slug}-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+
+
+def in_sittings(command: list[str], work: Path, slug: str) -> dict:
+    """--sittings: one more process of a command that resumes (an offloaded prune: verbs/partial.py), its record
+    kept where the next invocation finds it if this one is killed; once it finishes, every sitting's record
+    combined and removed."""
+    earlier = sitting_files(work, slug)
+    (work / "sittings").mkdir(parents=True, exist_ok=True)
+    if earlier:
+        print(f"resuming after {len(earlier)} sitting(s) of {sum(json.loads(f.read_text()).get('wall', 0) for f in earlier):.0f} s",
+              flush=True)
+    mine = work / "sittings" / f"{slug}-{len(earlier)}.json"
+    record = zprune(command, work, mine)
+    whole = combined([json.loads(f.read_text()) for f in earlier] + [record])
+    for f in [*earlier, mine]:
+        f.unlink(missing_ok=True)
+    return whole
+
+
+def combined(records: list[dict]) -> dict:
+    """One command's record from its sittings: the phases of each (a killed sitting's phase under way as far as
+    its last record), bytes and wall time summed, the peak the largest; by_phase sums each phase over them."""
+    phases = [step for r in records for step in r["phases"] + ([r["open"]] if r.get("open") else [])]
+    io = {key: sum(r["io"][key] for r in records) for key in ("read_bytes", "write_bytes")}
+    last = records[-1]
+    return {**last, "phases": phases, "io": io, "between_peak": max(r["between_peak"] for r in records),
+            "wall": sum(r["wall"] for r in records), "sittings": len(records)}
 
 
 def end_to_end(size: str, out: Path, work: Path, rows: list[dict], args, offload: list[str]) -> None:
