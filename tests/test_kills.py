@@ -307,5 +307,6 @@ def test_sigkill_during_an_offloaded_prune_resumes_to_the_same_output(wide_model
     code, _, err = finish(zprune([*prune, str(out)], cache, wide_model))
     assert code == 0, err
     assert "resuming the prune left in" in err and [p.name for p in out.parent.iterdir()] == ["pruned"]
+    assert not [p for p in (cache / "stats").iterdir() if p.name.startswith(".tmp-")]  # the killed writer's statistics
     a, b = export_tensors(whole), export_tensors(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -220,6 +220,7 @@ def prune_in_memory(model: nn.Module, entry: StatsEntry | None, recipe: PruneRec
     label = f"Pruning with {recipe.method} ({recipe.propagate} inputs)"
     walk = _Walk(resume or ResumePoint(), on_block, started)
     if recipe.propagate == "pruned" and walk.resume.hidden is not None:  # resumed: propagate on, keep no statistics
+        entry.store.sweep_dead_writers()  # the statistics a killed sitting was writing (GBs of Grams at 13B)
         found = _prune_blocks(model, entry, layers, prune_layer, targets, progress, label, None, walk)
         return _report(recipe, started, *found, prune_layer)
     if recipe.propagate == "pruned":

@@ -335,6 +335,12 @@ class StatsStore:
         log.warning("%s; computing it again", why.split("; zprune cache rm")[0])
         self.remove(path)
 
+    def sweep_dead_writers(self) -> None:
+        """Remove the temporary folders of writers that were killed (no one will finish them)."""
+        for path in self.root.iterdir() if self.root.is_dir() else []:
+            if path.name.startswith(TMP_PREFIX) and not _writer_alive(path):
+                shutil.rmtree(path, ignore_errors=True)
+
     def garbage(self) -> list[Path]:
         """Temporary folders left by killed writers, corrupt entries and lock files nobody holds."""
         if not self.root.is_dir():
