@@ -179,3 +179,26 @@ def test_a_plot_on_a_full_disk_leaves_no_empty_image(small_disk, tmp_path):
         plot_leaderboard(rows, "ppl:x", disk / "ppl.png")
     assert str(err.value) == f"cannot write plot {disk / 'ppl.png'}: No space left on device"
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # before: an empty ppl.png
+
+
+def test_a_resumed_offloaded_prune_needs_only_the_rest_of_its_output(tmp_path, text_file, small_disk, monkeypatch):
+    """The space check before any work counts what a stopped run's finished blocks hold already: a disk that
+    has room for the rest of the output, not all of it, resumes instead of refusing."""
+    from test_offload import save_llama
+    from test_resume import walked
+    from zprune_cli.verbs.partial import partial_folder, staged_bytes
+
+    model = save_llama(tmp_path / "llama4", 4)
+    disk = small_disk("2m")
+    out = disk / "pruned"
+    args = ["prune", model, "-m", "magnitude", "--offload", "disk", "--out", out]
+    walked(monkeypatch, stop_at=2)
+    assert invoke(*args).exit_code == 130
+    staged = staged_bytes(out)
+    whole = sum(f.stat().st_size for f in model.glob("*.safetensors"))  # the output: the same tensors, float32
+    assert 0.3 * whole < staged < 0.7 * whole
+    fill(disk, leave=whole - staged + 64 * 1024)  # room for the rest and the small files, not the whole output
+    walked(monkeypatch)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors.index.json").is_file() and not partial_folder(out).exists()

@@ -39,6 +39,12 @@ def partial_folder(out: Path) -> Path:
     return out.parent / f".{out.name}{MARK}"
 
 
+def staged_bytes(out: Path) -> int:
+    """What a stopped run's partial output beside `out` holds on the disk (0 when there is none)."""
+    folder = partial_folder(Path(out).expanduser())
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+
+
 def code_digest() -> str:
     """zprune's own source: a partial output from other code would not equal this code's whole run."""
     root = Path(__file__).resolve().parents[1]

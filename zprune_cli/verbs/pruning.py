@@ -34,7 +34,7 @@ from zprune_cli.base.settings import resolve as resolve_settings
 from zprune_cli.base.sparsity import BlockwiseSparsity, SparsityCount, count_zeros
 from zprune_cli.base.staging import staged_folder
 from zprune_cli.engine.resume import ResumePoint
-from zprune_cli.verbs.partial import PartialOutput
+from zprune_cli.verbs.partial import PartialOutput, staged_bytes
 
 torch = lazy("torch")
 nn = lazy("torch.nn")
@@ -213,7 +213,8 @@ def check_output_space(handle: ModelHandle, outs: list[Path], dtype: torch.dtype
         return
     need = params * torch.empty((), dtype=dtype or handle.dtype).element_size()
     for parent in {_existing_parent(out) for out in outs}:
-        wanted = need * sum(_existing_parent(out) == parent for out in outs)
+        # a stopped run's finished blocks are on the disk already (resumed, or freed if another job's)
+        wanted = sum(max(0, need - staged_bytes(out)) for out in outs if _existing_parent(out) == parent)
         free = shutil.disk_usage(parent).free
         if wanted > free:
             raise ZpruneError(f"the pruned model needs {human_bytes(wanted)} in {parent} and it has "
