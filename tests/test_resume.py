@@ -149,3 +149,16 @@ def test_cli_says_how_to_resume(four_blocks, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "resuming the prune left in" in result.stderr and (out / "config.json").is_file()
+
+
+def test_a_partial_output_missing_a_shard_starts_over(four_blocks, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    recipe = PruneRecipe(method="magnitude", sparsity=0.5)
+    walked(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        prune(str(four_blocks), recipe, out=out, settings=settings(tmp_path))
+    next(partial_folder(out).glob("model-00001-*.safetensors")).unlink()  # a user's clean-up, a failing disk
+    seen = walked(monkeypatch)
+    prune(str(four_blocks), recipe, out=out, settings=settings(tmp_path))
+    assert seen == list(range(BLOCKS)) and "lacks model-00001-of-00005.safetensors; starting over" in caplog.text
+    assert len(list(out.glob("model-*.safetensors"))) == BLOCKS + 1

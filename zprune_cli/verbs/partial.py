@@ -109,14 +109,25 @@ class PartialOutput:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def _lock(self) -> None:
+        """Create the lock file with this pid, exclusively; a dead writer's lock is taken over."""
         lock = self.folder / LOCK
-        try:
-            owner = int(lock.read_text())
-        except (OSError, ValueError):
-            owner = None
-        if owner is not None and owner != os.getpid() and pid_alive(owner):
-            raise ZpruneUsageError(f"another zprune (pid {owner}) is writing {self.out}; wait for it or stop it")
-        lock.write_text(str(os.getpid()))
+        for _attempt in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = int(lock.read_text())
+                except (OSError, ValueError):
+                    owner = None  # being written, or torn by a kill: a live writer rewrites it at once
+                if owner is not None and owner != os.getpid() and pid_alive(owner):
+                    break
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return
+        owner = lock.read_text().strip() if lock.is_file() else "?"
+        raise ZpruneUsageError(f"another zprune (pid {owner}) is writing {self.out}; wait for it or stop it")
 
     def _recorded(self) -> ResumePoint | None:
         """This job's recorded point, or None (no record, another job's, or one that cannot be read)."""
@@ -128,7 +139,13 @@ class PartialOutput:
                 log.warning(f"an unfinished prune of another job was left at {self.folder}; starting over")
                 return None
             tensors = load_file(str(self.folder / TENSORS)) if (self.folder / TENSORS).is_file() else {}
-            return ResumePoint.of(record, tensors)
+            point = ResumePoint.of(record, tensors)
+            missing = sorted({shard for shard in point.saved.get("weight_map", {}).values()
+                              if not (self.folder / shard).is_file()})
+            if missing:
+                log.warning(f"the unfinished prune left at {self.folder} lacks {', '.join(missing[:3])}; starting over")
+                return None
+            return point
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
