@@ -479,3 +479,31 @@ def test_alps_peak_at_the_7b_ratio_and_its_estimate():
     extra, matrices, estimate = int(found[1]), float(found[2]), int(found[3])
     assert matrices < 8.9, done.stdout
     assert abs(estimate - extra) <= 0.12 * extra, done.stdout
+
+
+def test_the_per_row_selection_holds_no_copy_of_the_layer():
+    """lowest_k at a Llama-2-7B MLP's ratio (1536 x 4128), in a child process with a fixed mmap threshold: it
+    holds under 3 bytes an entry over its scores (its bool mask, and a chunk of rows partitioned at a time).
+    Before, it held 5: np.partition copied the whole matrix (4 bytes an entry), and then torch's sum of the mask
+    cast all of it to int32 (4 more, after the copy was freed) to count each row."""
+    import subprocess
+    import sys
+
+    child = """
+import torch
+from zprune_cli.base.masks import lowest_k
+torch.set_num_threads(1)
+def hwm():
+    return int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))) * 1024
+s = torch.rand(1536, 4128, generator=torch.Generator().manual_seed(0))
+lowest_k(s[:2], 5)
+before = hwm()
+mask = lowest_k(s, 2064)
+held = (hwm() - before) / s.numel()
+assert int(mask.sum()) == 1536 * 2064  # torch's sum casts the mask to int64: after the peak is read
+print(held)
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          env={"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 3, done.stdout
