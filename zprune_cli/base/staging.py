@@ -32,7 +32,7 @@ def staged_folder(dest: Path, overwrite: bool) -> Iterator[Path]:
         raise ZpruneError(f"cannot write to {parent}: {exc.strerror or exc}") from None
     try:
         yield tmp
-        _publish(tmp, dest, overwrite)
+        publish_folder(tmp, dest, overwrite)
     except BaseException as exc:
         _remove(tmp)
         io_error = os_error_of(exc)  # safetensors reports a full disk as its own error, not an OSError
@@ -75,7 +75,8 @@ def _temporary_name(dest: Path) -> Path:
     return dest.parent / f".{dest.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+def publish_folder(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Rename the complete folder `tmp` to `dest`; an existing `dest` is replaced only with `overwrite`."""
     if not (dest.exists() or dest.is_symlink()):
         os.replace(tmp, dest)
         return

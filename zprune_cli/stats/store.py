@@ -335,17 +335,20 @@ class StatsStore:
         log.warning("%s; computing it again", why.split("; zprune cache rm")[0])
         self.remove(path)
 
+    def dead_writers(self) -> list[Path]:
+        """Temporary folders of writers that were killed (no one will finish them)."""
+        folders = self.root.iterdir() if self.root.is_dir() else []
+        return [p for p in folders if p.name.startswith(TMP_PREFIX) and not _writer_alive(p)]
+
     def sweep_dead_writers(self) -> None:
-        """Remove the temporary folders of writers that were killed (no one will finish them)."""
-        for path in self.root.iterdir() if self.root.is_dir() else []:
-            if path.name.startswith(TMP_PREFIX) and not _writer_alive(path):
-                shutil.rmtree(path, ignore_errors=True)
+        for path in self.dead_writers():
+            shutil.rmtree(path, ignore_errors=True)
 
     def garbage(self) -> list[Path]:
         """Temporary folders left by killed writers, corrupt entries and lock files nobody holds."""
         if not self.root.is_dir():
             return []
-        junk = [p for p in self.root.iterdir() if p.name.startswith(TMP_PREFIX) and not _writer_alive(p)]
+        junk = self.dead_writers()
         junk += [path for path, entry, problem in self.entries() if entry is None]
         junk += [p for p in self.root.glob("*.lock") if not _lock_held(p)]
         return sorted(junk)

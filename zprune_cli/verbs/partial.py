@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
 from zprune_cli.base.lazy import lazy
-from zprune_cli.base.staging import pid_alive, replace_atomically
+from zprune_cli.base.staging import pid_alive, publish_folder, replace_atomically
 from zprune_cli.engine.resume import ResumePoint
 
 torch = lazy("torch")
@@ -91,15 +91,7 @@ class PartialOutput:
         """The finished output becomes `out` (an existing one replaced only with `overwrite`)."""
         for name in (RECORD, TENSORS, f"{TENSORS}.new", LOCK):  # .new: a record a full disk stopped
             (self.folder / name).unlink(missing_ok=True)
-        if self.out.exists() or self.out.is_symlink():
-            if not overwrite:
-                raise ZpruneUsageError(f"destination {self.out} exists; pass --overwrite to replace it")
-            old = self.out.parent / f".{self.out.name}.zprune-replaced-{os.getpid()}"
-            os.replace(self.out, old)
-            os.replace(self.folder, self.out)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-        else:
-            os.replace(self.folder, self.out)
+        publish_folder(self.folder, self.out, overwrite)
 
     def release(self, kept: bool) -> None:
         """After a failure: keep the finished blocks for the next run of the same command, or remove them all."""

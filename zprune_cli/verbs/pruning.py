@@ -156,13 +156,8 @@ def _prune_resumable(handle: ModelHandle, recipe: PruneRecipe, result: Calibrati
 
         with on_done(handle.model, saver):
             report = prune_in_memory(handle.model, result and result.entry, recipe, progress, point, record)
-        provenance = make_provenance(handle, report, result)
-        with progress.task(f"Saving to {out}", None):
-            saver.finish(handle.tokenizer)
-        provenance = replace(provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
-        write_quant_grids(partial.folder, report.grids, provenance)
-        provenance.write(partial.folder)
-        (partial.folder / "README.md").write_text(model_card(provenance, "hf", out.name))
+        provenance = _finish_streamed(handle, saver, partial.folder, out, make_provenance(handle, report, result),
+                                      report.grids, progress, dtype)
         partial.publish(overwrite)
     except BaseException as exc:
         io_error = os_error_of(exc)  # safetensors reports a full disk as its own error, not an OSError
@@ -196,12 +191,20 @@ def _streamed(handle: ModelHandle, out: Path | None, overwrite: bool, progress: 
         saver = StreamingSave(handle.model, tmp, dtype)
         with on_done(handle.model, saver):
             yield stream
-        with progress.task(f"Saving to {out}", None):
-            saver.finish(handle.tokenizer)
-        stream.provenance = replace(stream.provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
-        write_quant_grids(tmp, stream.grids, stream.provenance)
-        stream.provenance.write(tmp)
-        (tmp / "README.md").write_text(model_card(stream.provenance, "hf", out.name))
+        stream.provenance = _finish_streamed(handle, saver, tmp, out, stream.provenance, stream.grids, progress, dtype)
+
+
+def _finish_streamed(handle: ModelHandle, saver: StreamingSave, folder: Path, out: Path, provenance: Provenance,
+                     grids: dict | None, progress: Progress, dtype: torch.dtype | None) -> Provenance:
+    """After the last block: the rest of the model, config and tokenizer, the quantization grids, the record (its
+    dtype the saved one) and the card, into `folder` (to become `out`); returns the record written."""
+    with progress.task(f"Saving to {out}", None):
+        saver.finish(handle.tokenizer)
+    provenance = replace(provenance, dtype=str(dtype or handle.dtype).removeprefix("torch."))
+    write_quant_grids(folder, grids, provenance)
+    provenance.write(folder)
+    (folder / "README.md").write_text(model_card(provenance, "hf", out.name))
+    return provenance
 
 
 def check_output_space(handle: ModelHandle, outs: list[Path], dtype: torch.dtype | None) -> None:
