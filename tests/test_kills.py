@@ -298,11 +298,14 @@ def test_sigkill_during_an_offloaded_prune_resumes_to_the_same_output(wide_model
     code, _, err = finish(zprune([*prune, str(whole)], tmp_path / "cache-whole", wide_model))
     assert code == 0, err
     record = partial_folder(out) / RECORD
-    proc = zprune([*prune, str(out)], cache, wide_model)
-    assert wait_for(lambda: record.is_file() or proc.poll() is not None, 300) and record.is_file(), proc.communicate()
-    time.sleep(random.Random(seed).uniform(0, 0.5))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    for _attempt in range(3):  # a run that finishes between the first record and the kill is no kill point
+        proc = zprune([*prune, str(out)], cache, wide_model)
+        assert wait_for(lambda: record.is_file() or proc.poll() is not None, 300), proc.communicate()
+        time.sleep(random.Random(seed).uniform(0, 0.1))
+        proc.send_signal(signal.SIGKILL)
+        if proc.wait() == -signal.SIGKILL and not out.exists():
+            break
+        shutil.rmtree(out, ignore_errors=True)
     assert not out.exists() and json.loads(record.read_text())["blocks"] >= 1
     code, _, err = finish(zprune([*prune, str(out)], cache, wide_model))
     assert code == 0, err
