@@ -457,6 +457,27 @@ def test_bench_scale_sums_the_sittings_of_a_resumed_prune():
     assert phases["save"]["seconds"] == 1
 
 
+def test_bench_scale_resumed_skips_only_the_rows_of_that_size_in_its_json(tmp_path):
+    """bench_scale --sittings --json: a benchmark stopped after some rows goes on without measuring them again
+    (a 13B row takes an hour); other sizes' rows, and any row without --sittings, are measured."""
+    import json
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    from bench_scale import measured_before
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in [
+        {"size": "llama-2-13b", "command": "calibrate"}, {"size": "llama-2-13b", "command": "prune zpruner 0.5"},
+        {"size": "llama-2-7b", "command": "prune wanda 0.5"}]) + "\n\n")
+    assert measured_before(Namespace(sittings=True, json=rows), "llama-2-13b") == {"calibrate", "prune zpruner 0.5"}
+    assert measured_before(Namespace(sittings=True, json=rows), "llama-2-70b") == set()
+    assert measured_before(Namespace(sittings=False, json=rows), "llama-2-13b") == set()
+    assert measured_before(Namespace(sittings=True, json=tmp_path / "none.jsonl"), "llama-2-13b") == set()
+
+
 def test_alps_peak_at_the_7b_ratio_and_its_estimate():
     """ALPS's largest layer at Llama-2-7B's down_proj ratio (768 x 2064 here, 4096 x 11008 there), three ADMM
     iterations (every iterate is allocated by then), in a child process: the prune holds fewer than 8.9 [in, in]

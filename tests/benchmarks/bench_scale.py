@@ -168,7 +168,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sittings", action="store_true",
                    help="a killed run of this benchmark resumes: each prune process is a sitting whose record is kept "
                         "under WORK/sittings (with a fixed --work), and the offloaded prune itself resumes from its "
-                        "last finished block; the row sums the sittings")
+                        "last finished block; the row sums the sittings. Rows of this size already in --json are not "
+                        "measured again, so a benchmark that spans sessions goes on where it stopped")
     p.add_argument("--json", type=Path, default=None, help="append each measured row to this JSON-lines file")
     p.add_argument("--floor", action="store_true", help="measure the disk and the CPU and print the floor, then stop")
     p.add_argument("--table", type=Path, default=None, help="print the table of a --json file, then stop")
@@ -371,20 +372,25 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
     speed = matmul_flops()  # this machine's speed now, for the floor of this size (the load changes it)
     print(f"{size}: float32 matmul, one thread: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in speed.items()),
           flush=True)
-    if args.sittings and any(sitting_files(work, f"{sitting_slug(size, '')}*")):  # a resumed benchmark: calibrated
+    done = measured_before(args, size)
+    if args.sittings and (any(sitting_files(work, f"{sitting_slug(size, '')}*")) or "calibrate" in done):
         print(f"{size}: resuming; its calibration is in the cache already, not measured again", flush=True)
         calibrated = 0
     else:
         calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args,
                              extra={"matmul_flops": speed})
-    first = True
+    first = not any(c.startswith(("from_pretrained", "eval")) for c in done)
     for method in args.methods.split(","):
         for spec in args.patterns.split(","):
+            options = [a for o in args.option if o.startswith(f"{method}:") for a in ("--option", o.split(":", 1)[1])]
+            label = " ".join([f"prune {method} {spec}", *options[1::2]])
+            if label in done:
+                print(f"{size}: {label} is in {args.json} already, not measured again", flush=True)
+                continue
             out = work / "out" / f"{size}-{method}-{spec.replace(':', 'of')}"
             stats_before = set((work / "cache" / "stats").iterdir())
-            options = [a for o in args.option if o.startswith(f"{method}:") for a in ("--option", o.split(":", 1)[1])]
             measure(size, model, ["prune", model, "--method", method, *spec_args(spec), *options, *cal, "--out", str(out),
-                                  "--overwrite"], " ".join([f"prune {method} {spec}", *options[1::2]]), work, rows, args, out, calibrated)
+                                  "--overwrite"], label, work, rows, args, out, calibrated)
             if first:
                 end_to_end(size, out, work, rows, args, offload)
                 first = False
@@ -431,6 +437,14 @@ def measure(size: str, model: str, command: list[str], label: str, work: Path, r
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")
     return estimate["store_bytes"]
+
+
+def measured_before(args, size: str) -> set[str]:
+    """--sittings: the commands of this size whose rows an earlier invocation appended to --json."""
+    if not (args.sittings and args.json and args.json.exists()):
+        return set()
+    rows = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
+    return {r["command"] for r in rows if r.get("size") == size}
 
 
 def sitting_slug(size: str, label: str) -> str:
