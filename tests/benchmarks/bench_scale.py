@@ -375,7 +375,7 @@ def run_size(size: str, args, work: Path, rows: list[dict]) -> None:
     done = measured_before(args, size)
     if args.sittings and (any(sitting_files(work, f"{sitting_slug(size, '')}*")) or "calibrate" in done):
         print(f"{size}: resuming; its calibration is in the cache already, not measured again", flush=True)
-        calibrated = 0
+        calibrated = dry_run(["calibrate", model, *cal], work)["store_bytes"]  # what each prune's estimate leaves out
     else:
         calibrated = measure(size, model, ["calibrate", model, *cal], "calibrate", work, rows, args,
                              extra={"matmul_flops": speed})
