@@ -16,7 +16,7 @@ from test_offload import save_llama
 from zprune_cli import prune
 from zprune_cli.base.errors import ZpruneUsageError
 from zprune_cli.base.settings import Calibration, Settings
-from zprune_cli.cli import Interrupted
+from zprune_cli.cli import Interrupted, Terminated
 from zprune_cli.cli.app import app
 from zprune_cli.engine import pipeline
 from zprune_cli.engine.recipe import PruneRecipe
@@ -41,14 +41,15 @@ def settings(tmp_path) -> Settings:
     return Settings(cache_dir=tmp_path / "cache", device="cpu", dtype="float32", offload="disk")
 
 
-def walked(monkeypatch, stop_at: int | None = None) -> list[int]:
-    """The blocks a prune starts (a list filled as it runs); with stop_at, Ctrl-C arrives as that block starts."""
+def walked(monkeypatch, stop_at: int | None = None, stop=Interrupted) -> list[int]:
+    """The blocks a prune starts (a list filled as it runs); with stop_at, Ctrl-C (or `stop`: the CLI's SIGTERM)
+    arrives as that block starts."""
     seen, start_block = [], START_BLOCK
 
     def spy(self, index, *args):
         seen.append(index)
         if index == stop_at:
-            raise Interrupted()
+            raise stop()
         return start_block(self, index, *args)
 
     monkeypatch.setattr(pipeline._Pruner, "start_block", spy)
@@ -135,13 +136,16 @@ def test_a_live_writer_is_not_joined(four_blocks, tmp_path):
     assert (out / "zprune.json").is_file() and not partial_folder(out).exists()  # a dead writer's lock is taken over
 
 
-def test_cli_says_how_to_resume(four_blocks, tmp_path, monkeypatch):
-    walked(monkeypatch, stop_at=3)
+@pytest.mark.parametrize("stop,code", [(Interrupted, 130), (Terminated, 143)], ids=["SIGINT", "SIGTERM"])
+def test_cli_says_how_to_resume(four_blocks, tmp_path, monkeypatch, stop, code):
+    """Ctrl-C and a scheduler's SIGTERM both keep the finished blocks (SIGTERM's exception is not a
+    KeyboardInterrupt: it once removed 16 finished blocks of a 13B SparseGPT prune)."""
+    walked(monkeypatch, stop_at=3, stop=stop)
     out = tmp_path / "out"
     args = ["prune", str(four_blocks), "-m", "magnitude", "--offload", "disk", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache")]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == code, result.output
     assert "the prune stopped: 3 of 4 blocks finished are kept in" in result.stderr
     assert "the same command resumes from block 3" in result.stderr
     assert "Traceback" not in result.output

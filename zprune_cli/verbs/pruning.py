@@ -161,7 +161,8 @@ def _prune_resumable(handle: ModelHandle, recipe: PruneRecipe, result: Calibrati
         partial.publish(overwrite)
     except BaseException as exc:
         io_error = os_error_of(exc)  # safetensors reports a full disk as its own error, not an OSError
-        kept = done[0] > 0 and (isinstance(exc, KeyboardInterrupt) or io_error is not None)
+        # a stop (Ctrl-C, the CLI's SIGTERM: BaseExceptions that are not errors) or a write error keeps the blocks
+        kept = done[0] > 0 and (not isinstance(exc, Exception) or io_error is not None)
         partial.release(kept)
         resumable = (f"{done[0]} of {total} blocks finished are kept in {partial.folder}, and the same command "
                      f"resumes from block {done[0]} (remove that folder to start over)")
