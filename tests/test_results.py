@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import sqlite3
 import threading
 
@@ -153,3 +154,29 @@ def test_a_cell_is_recorded_whole_or_not_at_all(store):
     assert store.query() == []
     store.record_many([first, dataclasses.replace(clash, run_id="r2")])
     assert {r.metric for r in store.query()} == {"ppl:wikitext2", "acc:piqa_local"}
+
+
+def _open_at_once(path: str, start, failures) -> None:
+    start.wait()
+    try:
+        ResultsStore(path).close()
+    except ZpruneError as e:
+        failures.put(str(e))
+
+
+def test_processes_that_open_a_new_database_at_once(tmp_path):
+    """Two `compare` runs started together on a fresh cache both switch the new file to WAL: SQLite refuses one
+    of them at once ("database is locked", without its busy wait), which failed `leaderboard.py --check --jobs 2`.
+    Processes, not threads: connections in one process do not race this way."""
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for trial in range(30):
+        start = context.Barrier(4)
+        path = str(tmp_path / f"{trial}.sqlite")
+        openers = [context.Process(target=_open_at_once, args=(path, start, failures)) for _ in range(4)]
+        for p in openers:
+            p.start()
+        for p in openers:
+            p.join(timeout=120)
+        assert [p.exitcode for p in openers] == [0, 0, 0, 0]
+    assert failures.empty(), failures.get()

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from datetime import datetime, timezone
 from importlib import metadata
@@ -155,7 +156,7 @@ class ResultsStore:
             raise ZpruneError(f"cannot open results database {self.path}: {getattr(e, 'strerror', None) or e}") from None
         self._conn.row_factory = sqlite3.Row
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal()
             self._init_schema()
             check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -174,6 +175,20 @@ class ResultsStore:
             raise
 
     # ------------------------------------------------------------------------------------------ schema
+    def _enable_wal(self) -> None:
+        """Switch to write-ahead logging (a no-op once the file is in WAL mode). On a new file opened by two
+        processes at once both hold a shared lock and want the exclusive one: SQLite answers one of them "database
+        is locked" at once, without its busy timeout, so the switch is retried here until that timeout passes."""
+        deadline = time.monotonic() + _busy_timeout()
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _init_schema(self) -> None:
         with self._transaction():
             self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
