@@ -434,3 +434,27 @@ def test_each_sitting_of_a_resumed_run_records_its_measured_wall_time(tmp_path, 
         "One run in 2 sittings of `leaderboard.py` (`--jobs 1/2`, one core a job): 2.00 h of wall time in all, "
         "measured by each sitting (one killed outright misses at most its last minute), 3.50 core-hours at most "
         "(wall x jobs).")
+
+
+def test_progress_carried_to_a_new_cache_gives_compare_the_same_rows(tmp_path):
+    """A session's machine may come with an empty cache: the rows saved by --progress come back into a new cache's
+    results store whole, and a file of another commit is refused."""
+    from carry import restore_progress, save_progress
+    from zprune_cli.records.results import ResultRow, ResultsStore, results_path
+
+    old, new, saved = tmp_path / "old", tmp_path / "new", tmp_path / "progress.json.gz"
+    assert save_progress(old, saved, "abc1234") == 0 and not saved.exists()
+    with ResultsStore(results_path(old)) as store:
+        for i in range(3):
+            store.record(ResultRow(metric="ppl:wikitext2", value=10.0 + i, fingerprint=f"f{i}", method="wanda",
+                                   sparsity=0.5, settings={"windows": [1.5, 2.5]}, protocol={"max_windows": 64}))
+        before = store.query()
+    assert save_progress(old, saved, "abc1234") == 3
+    with pytest.raises(ValueError, match="commit abc1234, this tree is at def5678"):
+        restore_progress(saved, new, "def5678")
+    assert restore_progress(saved, new, "abc1234") == 3
+    with ResultsStore(results_path(new)) as store:
+        assert store.query() == before
+    assert restore_progress(saved, new, "abc1234") == 3  # again: nothing is added twice
+    with ResultsStore(results_path(new)) as store:
+        assert store.query() == before

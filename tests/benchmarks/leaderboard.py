@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
+from carry import restore_progress, save_progress
 from one_run import bind_cache, cache_refusal, environment, refusal, tree_state
 from publish import cell_key, differences
 from sampling import KINDS, cell_flags, kinds_of, sample_cells
@@ -75,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "zprune-leaderboard",
                    help="cache folder holding the results store (the run resumes from it)")
     p.add_argument("--results", type=Path, default=RESULTS_JSON, help="the leaderboard's JSON file")
+    p.add_argument("--progress", type=Path, default=None,
+                   help="keep the cache's results rows in this file (every minute) and restore them into a new cache, "
+                        "so a run resumes on another machine (carry.py)")
     p.add_argument("--jobs", type=int, default=2, help="grids run side by side (one compare process each)")
     p.add_argument("--windows", type=int, default=None,
                    help=f"perplexity windows of 512 tokens per cell (default: the grids', {WINDOWS}; 64 or more to rank)")
@@ -294,9 +298,14 @@ def run_in_sitting(args: argparse.Namespace, board: Board) -> float:
     board.sittings.append(sitting)
     stop = threading.Event()
 
+    def keep() -> None:
+        if args.progress:
+            save_progress(args.cache, args.progress, board.recorded["commit"])
+
     def tick() -> None:
         while not stop.wait(60):
             board.clock(sitting, started)
+            keep()
 
     threading.Thread(target=tick, daemon=True).start()
     try:
@@ -306,6 +315,7 @@ def run_in_sitting(args: argparse.Namespace, board: Board) -> float:
         stop.set()
         if not sitting.get("finished"):
             board.clock(sitting, started)
+        keep()
     return time.perf_counter() - started
 
 
@@ -329,6 +339,13 @@ def main(argv=None) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     bind_cache(args.cache, state)
+    try:
+        restored = restore_progress(args.progress, args.cache, state.commit) if args.progress else 0
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if restored:
+        print(f"restored {restored} results rows from {args.progress}", flush=True)
     board = Board(existing, args.results, environment(state.commit, THREADS))
     board.protocol = protocol(args.windows, args.limit)
     try:
