@@ -13,12 +13,12 @@ safetensors shards only while the block is needed, then released back to meta. T
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 from pathlib import Path
 from typing import Callable, Iterator
 
 from zprune_cli.base.errors import ZpruneError, ZpruneUsageError
+from zprune_cli.base.heap import fix_mmap_threshold, return_freed_heap
 from zprune_cli.base.lazy import lazy
 from zprune_cli.models.blocks import block_prefix, find_blocks
 from zprune_cli.models.checkpoint_names import CheckpointLayout
@@ -106,6 +106,7 @@ class BlockResidency:
         self.listeners: list[Callable[[int, str, nn.Module], None]] = []
 
     def attach(self, model: nn.Module) -> None:
+        fix_mmap_threshold()  # blocks allocate alike one after another: keep their large temporaries off the heap
         for i, block in enumerate(self.blocks):
             block.register_forward_pre_hook(self._pre_hook(i))
             block.register_forward_hook(self._post_hook(i))
@@ -196,25 +197,7 @@ class OffloadedBlocks(BlockResidency):
             if not param.is_meta:
                 TRACKER.add(-param.numel() * param.element_size())
                 _set_parameter(self.blocks[index], name, torch.empty_like(param, device="meta"))
-        _return_freed_heap()
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc; absent on macOS and musl
-    except (AttributeError, OSError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def _return_freed_heap() -> None:
-    """Give the heap freed with a block back to the system. glibc does not reuse what the temporaries of one
-    block leave between blocks read from disk, so without this the resident memory of an offloaded prune grew
-    with depth (a 512-wide Llama, 12 MiB blocks: 343 MiB with 8 blocks, 415 MiB with 24; trimmed: 291 and 292)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+        return_freed_heap()
 
 
 def _set_parameter(block: nn.Module, name: str, tensor: torch.Tensor) -> None:
