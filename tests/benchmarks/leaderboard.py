@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -300,7 +301,10 @@ def run_in_sitting(args: argparse.Namespace, board: Board) -> float:
 
     def keep() -> None:
         if args.progress:
-            save_progress(args.cache, args.progress, board.recorded["commit"])
+            try:
+                save_progress(args.cache, args.progress, board.recorded["commit"])
+            except (OSError, sqlite3.Error) as exc:  # a busy or full disk must not stop the sitting's clock
+                print(f"warning: progress not saved to {args.progress}: {exc}", file=sys.stderr, flush=True)
 
     def tick() -> None:
         while not stop.wait(60):
