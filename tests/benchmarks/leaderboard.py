@@ -12,8 +12,8 @@ leaderboard.json next to this file.
 
     python tests/benchmarks/leaderboard.py --check --sample 0.2 --seed 0   # >= 20% of the cells, every kind
     python tests/benchmarks/leaderboard.py --windows 64 --results new.json  # a run at 64 windows per cell
-    python tests/benchmarks/leaderboard.py --windows 64 --limit 200 --jobs 1 --results run.json --cache DIR
-                                                            # the complete protocol (issue 21): about 25 core-hours
+    python tests/benchmarks/leaderboard.py --windows 64 --limit 200 --jobs 1 --results run.json --cache DIR \
+        --progress progress.json.gz                         # the complete protocol (issue 21): about 25 core-hours
 
 `--check` recomputes the chosen cells in a fresh cache and compares every perplexity and accuracy with the
 committed leaderboard.json to 4 significant digits (exit 1 on a difference).
@@ -27,6 +27,8 @@ rendered analysis's paired tests come. Nothing in leaderboard.json is edited by 
 A run stopped part way resumes with the same command from its --cache (finished cells are in its results store;
 a killed grid loses only the cell it was computing). Each invocation is a sitting whose measured wall time the
 results file keeps (updated every minute), so the published run states the machine time it took in all.
+On another machine, --progress carries the results rows (carry.py; the run in progress is kept in
+leaderboard-progress/, whose README says how to resume it).
 """
 
 from __future__ import annotations
