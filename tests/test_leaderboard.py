@@ -458,3 +458,35 @@ def test_progress_carried_to_a_new_cache_gives_compare_the_same_rows(tmp_path):
     assert restore_progress(saved, new, "abc1234") == 3  # again: nothing is added twice
     with ResultsStore(results_path(new)) as store:
         assert store.query() == before
+
+
+def test_a_reinstalled_model_file_gets_the_runs_modification_time_back(tmp_path):
+    """The model fingerprint trusts a weights file's modification time: a new machine's reinstall of the same
+    bytes gets the recorded time back (so the carried rows match), while a file with other bytes is left alone."""
+    import os
+
+    from carry import file_records, restore_file_times, save_progress
+    from zprune_cli.records.results import ResultRow, ResultsStore, results_path
+
+    same, other, gone = tmp_path / "same.gguf", tmp_path / "other.gguf", tmp_path / "gone.gguf"
+    for path in (same, other, gone):
+        path.write_bytes(b"weights" * 1000)
+    records = file_records([same, other, gone])
+    assert records[0]["size"] == 7000 and records[0]["sha256"] == records[1]["sha256"]
+    with ResultsStore(results_path(tmp_path / "cache")) as store:
+        store.record(ResultRow(metric="ppl:wikitext2", value=10.0, fingerprint="f", method="dense"))
+    saved = tmp_path / "progress.json.gz"
+    assert save_progress(tmp_path / "cache", saved, "abc1234", records) == 1
+    # the new machine: the same bytes installed later, one file changed in place, one missing
+    other.write_bytes(b"WEIGHTS" * 1000)
+    gone.unlink()
+    for path in (same, other):
+        os.utime(path, ns=(10**18, 10**18 + 123))
+    said = restore_file_times(saved)
+    assert same.stat().st_mtime_ns == records[0]["mtime_ns"]
+    assert other.stat().st_mtime_ns == 10**18 + 123
+    assert said == [f"{same}: the same bytes as the run's model file, its recorded modification time restored",
+                    f"warning: {other} differs from the run's model file: its cells are computed again",
+                    f"warning: {gone} is not the run's model file (missing or resized): its cells are computed again"]
+    assert restore_file_times(saved) == said[1:]  # a second time: nothing more to restore
+    assert restore_file_times(tmp_path / "none.json.gz") == []

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
-from carry import restore_progress, save_progress
+from carry import file_records, restore_file_times, restore_progress, save_progress
 from one_run import bind_cache, cache_refusal, environment, refusal, tree_state
 from publish import cell_key, differences
 from sampling import KINDS, cell_flags, kinds_of, sample_cells
@@ -120,6 +120,15 @@ def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {done.returncode}")
     return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library, "state": state}
+
+
+def model_files(models: list[str]) -> list[Path]:
+    """The models' weights files as the measured code resolves them (in a subprocess in REPO, like compare: this
+    script imports no zprune)."""
+    code = ("import json, sys; from pathlib import Path; from zprune_cli.models.resolve import resolve_model; "
+            "print(json.dumps([str(Path(s.location) / f[0]) for s in map(resolve_model, sys.argv[1:]) for f in s.weight_files]))")
+    done = subprocess.run([sys.executable, "-c", code, *models], cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)
+    return [Path(p) for p in json.loads(done.stdout)]
 
 
 def slim(row: dict, model: str, grid: str) -> dict:
@@ -293,9 +302,10 @@ def check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def run_in_sitting(args: argparse.Namespace, board: Board) -> float:
+def run_in_sitting(args: argparse.Namespace, board: Board, files: list[dict] | None = None) -> float:
     """run_all as one sitting of the leaderboard: its measured wall time recorded in the board every minute and at
-    the end, so a run resumed over several sittings states the machine time it took. Returns the wall time."""
+    the end, so a run resumed over several sittings states the machine time it took; --progress keeps the results
+    rows and `files` (the model files' records). Returns the wall time."""
     started = time.perf_counter()
     sitting = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": args.jobs, "wall_seconds": 0.0}
     board.sittings.append(sitting)
@@ -304,7 +314,7 @@ def run_in_sitting(args: argparse.Namespace, board: Board) -> float:
     def keep() -> None:
         if args.progress:
             try:
-                save_progress(args.cache, args.progress, board.recorded["commit"])
+                save_progress(args.cache, args.progress, board.recorded["commit"], files)
             except (OSError, sqlite3.Error) as exc:  # a busy or full disk must not stop the sitting's clock
                 print(f"warning: progress not saved to {args.progress}: {exc}", file=sys.stderr, flush=True)
 
@@ -352,10 +362,15 @@ def main(argv=None) -> int:
         return 2
     if restored:
         print(f"restored {restored} results rows from {args.progress}", flush=True)
+    files = None
+    if args.progress:
+        for line in restore_file_times(args.progress):
+            print(line, flush=True)
+        files = file_records(model_files(sorted({model for model, _ in schedule(args)})))
     board = Board(existing, args.results, environment(state.commit, THREADS))
     board.protocol = protocol(args.windows, args.limit)
     try:
-        wall = run_in_sitting(args, board)
+        wall = run_in_sitting(args, board, files)
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
