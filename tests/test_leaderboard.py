@@ -490,3 +490,18 @@ def test_a_reinstalled_model_file_gets_the_runs_modification_time_back(tmp_path)
                     f"warning: {gone} is not the run's model file (missing or resized): its cells are computed again"]
     assert restore_file_times(saved) == said[1:]  # a second time: nothing more to restore
     assert restore_file_times(tmp_path / "none.json.gz") == []
+
+
+def test_the_published_tables_name_the_cells_commit_not_the_runs_head():
+    """A run pinned to one commit of the measured code goes on while HEAD moves on by commits of results and
+    prose: the tables name the commit the cells record, once, whatever HEAD each sitting started at."""
+    import publish
+
+    cells = [{**cell("dense", None, 20.0), "commit": "708b3f7"}, {**cell("wanda", 0.5, 40.0), "commit": "708b3f7"}]
+    board = {"cells": cells, "protocol": {"calibration": "c", "perplexity": "p"},
+             "library": "zprune_cli at 1bab942, zprune_cli at 3eaca04", "runs": []}
+    assert publish.measured_code(board) == "zprune_cli at 708b3f7"
+    assert "(zprune_cli at 708b3f7, CPU, float32)" in publish.readme_section(board)
+    assert "Library: zprune_cli at 708b3f7." in publish.results_section(board)
+    legacy = {"cells": [cell("dense", None, 20.0)], "runs": [{"model": "m", "grid": "g", "library": "zprune_cli at 0485b5d"}]}
+    assert publish.measured_code(legacy) == "zprune_cli at 0485b5d"

@@ -9,7 +9,7 @@ import math
 import re
 from pathlib import Path
 
-from one_run import NEW_RUN, mixed_tables
+from one_run import NEW_RUN, cell_commit, mixed_tables
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parents[1] / "README.md"
@@ -208,9 +208,16 @@ def zeroshot_caveat(protocol: dict) -> str:
             f"±{per_set:.0f} points (±{mean:.0f} on the mean of the six): differences smaller than that are noise.")
 
 
+def measured_code(board: dict) -> str:
+    """The code the cells record measuring them ("zprune_cli at 708b3f7"), not the HEAD each run started at
+    (board["library"]): a run pinned to one commit of the measured code outlives commits of results and prose."""
+    commits = sorted({cell_commit(c, board.get("runs", [])) or "an unrecorded commit" for c in board["cells"]})
+    return ", ".join(f"zprune_cli at {c}" for c in commits)
+
+
 def readme_section(board: dict) -> str:
     """The README's Results: per model, the perplexity table and the zero-shot table, labelled."""
-    out = [START, "", f"Measured with `python tests/benchmarks/leaderboard.py` ({board['library']}, CPU, float32). "
+    out = [START, "", f"Measured with `python tests/benchmarks/leaderboard.py` ({measured_code(board)}, CPU, float32). "
            f"Calibration: {board['protocol']['calibration']}. Perplexity: {board['protocol']['perplexity']}. "
            "Lower is better; the best pruned value per column is bold. Every cell, its time and the "
            "analysis are in [tests/benchmarks/RESULTS.md](tests/benchmarks/RESULTS.md).", ""]
@@ -233,7 +240,7 @@ def readme_section(board: dict) -> str:
 
 def results_section(board: dict) -> str:
     """RESULTS.md: the commands, each run's wall time against its cells' own times, and every cell's times."""
-    out = [START, "", "## Leaderboard (`tests/benchmarks/leaderboard.py`)", "", f"Library: {board['library']}.", "",
+    out = [START, "", "## Leaderboard (`tests/benchmarks/leaderboard.py`)", "", f"Library: {measured_code(board)}.", "",
            "    python tests/benchmarks/leaderboard.py            # runs (resumes) every model x grid", 
            "    python tests/benchmarks/leaderboard.py --publish  # this section, the README's Results, the PNG", "",
            "| model | grid | cells computed | wall s | cells' prune + eval s | overhead |", "|---|---|---:|---:|---:|---:|"]
