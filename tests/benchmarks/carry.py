@@ -5,7 +5,8 @@ an empty cache. compare skips a cell only when it finds the cell in the cache's 
 alone cannot resume a grid half done. `--progress FILE` keeps every results row in FILE (gzip-compressed JSON,
 rewritten every minute and after each grid) and, on a new machine, hands them back to the store through its
 pending folder (the rows a busy database kept aside), which the store adds the next time it opens. Only rows of
-the same measured commit come back: a cell computed by other code is not this run's. No zprune import.
+the same measured commit come back: a cell computed by other code is not this run's. No zprune import but
+the store's file hash.
 
 The rows are keyed by the model's fingerprint, which trusts each weights file's path, size and modification time
 (a cheap staleness check). A new machine installs the same model file with a new time, and every cell would be
@@ -16,7 +17,6 @@ and a file found again with the same bytes gets its recorded time back.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import sqlite3
@@ -93,8 +93,6 @@ def restore_file_times(path: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from zprune_cli.stats.store import sha256_of  # imported only here: the rest of this module needs no zprune
+
+    return sha256_of(path)
