@@ -46,6 +46,10 @@ def test_differences_name_each_changed_perplexity_only():
     assert publish.differences(elsewhere, {"cells": [{**cell("wanda", 0.5, 60.0), "protocol": "p; statistics 9f8e7d6c"}]}) == []
     accuracy_only = {"cells": [cell("wanda", 0.5, None, metrics={"acc:piqa_local": 0.1})]}
     assert publish.differences(accuracy_only, committed) == []  # an accuracy the committed cell lacks: nothing to compare
+    on_amd = {"cells": [{**cell("wanda", 0.5, 60.00), "cpu": "AMD EPYC (avx2)"}]}
+    assert publish.differences(changed, on_amd, "Xeon (avx512f)")[0] == (
+        "m wanda ppl:wikitext2: 60.01 now, 60.0 committed (measured on AMD EPYC (avx2), now on Xeon (avx512f))")
+    assert publish.differences(changed, on_amd, "AMD EPYC (avx2)")[0].endswith("60.0 committed")
 
 
 def test_perplexity_table_layout_and_best_per_column():
@@ -214,13 +218,13 @@ def test_new_cells_record_their_commit_threads_and_versions_and_head_may_not_mov
     import one_run
 
     recorded = one_run.environment("abc1234", 1)
-    assert set(recorded["versions"]) == {"torch", "transformers", "lm_eval"} and recorded["threads"] == 1
+    assert set(recorded["versions"]) == {"torch", "transformers", "lm_eval"} and recorded["threads"] == 1 and recorded["cpu"]
     board = leaderboard.Board({}, None, recorded)
     row = cell("wanda", 0.5, 60.0)
     outcome = {"rows": [row], "computed": 1, "skipped": 0, "wall_seconds": 3.0, "library": "x",
                "state": one_run.TreeState("abc1234", ())}
     board.merge("m", "g", outcome)
-    assert [{k: c[k] for k in ("commit", "threads", "versions")} for c in board.data()["cells"]] == [recorded]
+    assert [{k: c[k] for k in ("commit", "threads", "versions", "cpu")} for c in board.data()["cells"]] == [recorded]
     with pytest.raises(leaderboard.Refused, match="HEAD moved during the run"):
         board.merge("m", "g", {**outcome, "state": one_run.TreeState("def5678", ())})
 
@@ -505,3 +509,32 @@ def test_the_published_tables_name_the_cells_commit_not_the_runs_head():
     assert "Library: zprune_cli at 708b3f7." in publish.results_section(board)
     legacy = {"cells": [cell("dense", None, 20.0)], "runs": [{"model": "m", "grid": "g", "library": "zprune_cli at 0485b5d"}]}
     assert publish.measured_code(legacy) == "zprune_cli at 0485b5d"
+
+
+def test_a_sitting_on_another_machine_keeps_each_cells_record_and_refuses_other_library_versions(tmp_path):
+    """A run resumed over sittings on different machines: a cell found stored keeps the processor and libraries
+    of the sitting that measured it, a fresh cell records this sitting's, and a venv with other library versions
+    may not add cells to the table."""
+    import leaderboard
+    import one_run
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert one_run.cpu_kind(info) == "AMD EPYC 7B13 (avx2)"
+    assert one_run.cpu_kind(tmp_path / "none") is None
+    first = {"commit": "abc1234", "threads": 1, "versions": {"torch": "2.13.0", "transformers": "5.25.0"}, "cpu": "A (avx2)"}
+    second = {**first, "cpu": "B (avx512f)"}
+    state = one_run.TreeState("abc1234", ())
+    board = leaderboard.Board({}, None, first)
+    stored, new = cell("wanda", 0.5, 60.0), cell("ria", 0.5, 61.0)
+    board.merge("m", "g", {"rows": [stored], "computed": 1, "skipped": 0, "wall_seconds": 3.0, "state": state})
+    board = leaderboard.Board(board.data(), None, second)
+    board.merge("m", "g", {"rows": [stored, new], "computed": 1, "skipped": 1, "wall_seconds": 3.0, "state": state})
+    assert {c["method"]: c["cpu"] for c in board.data()["cells"]} == {"wanda": "A (avx2)", "ria": "B (avx512f)"}
+
+    data = board.data()
+    assert one_run.version_refusal(data, ["m"], first["versions"]) is None
+    assert one_run.version_refusal(data, ["n"], {"torch": "2.14.1"}) is None  # another table
+    assert one_run.version_refusal(data, ["m"], {"torch": "2.13.0", "transformers": "5.26.0"}) == (
+        "the m table was measured with other library versions (transformers==5.25.0): "
+        "install them (pip install transformers==5.25.0) or start a new run")

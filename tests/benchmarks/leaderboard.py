@@ -47,7 +47,7 @@ from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
 from carry import file_records, restore_file_times, restore_progress, save_progress
-from one_run import bind_cache, cache_refusal, environment, refusal, tree_state
+from one_run import bind_cache, cache_refusal, cpu_kind, environment, refusal, tree_state, version_refusal
 from publish import cell_key, differences
 from sampling import KINDS, cell_flags, kinds_of, sample_cells
 
@@ -171,7 +171,8 @@ class Board:
                 old = self.cells.get(key)
                 if old is None or (old.get("seconds") or {}) != (row.get("seconds") or {}):
                     fresh.append(row)
-                self.cells[key] = {**slim(row, model, old["grid"] if old else grid), **(self.recorded or {})}
+                    self.cells[key] = {**slim(row, model, old["grid"] if old else grid), **(self.recorded or {})}
+                # a cell found stored keeps the record of the sitting (and machine) that measured it
             run = describe_run(model, grid, outcome, fresh)
             if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in self.runs):
                 self.runs = [r for r in self.runs if (r["model"], r["grid"]) != (model, grid)] + [run]
@@ -293,7 +294,7 @@ def check(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="zprune-leaderboard-check-") as cache:
         fresh = run_all(args, Path(cache), Board({}, None), jobs)
     measured = {cell_key(c) for c in fresh["cells"]}
-    bad = differences(fresh, committed) + [f"{c['model']} {c['label']}: sampled but not measured again"
+    bad = differences(fresh, committed, cpu_kind()) + [f"{c['model']} {c['label']}: sampled but not measured again"
                                            for c in chosen if cell_key(c) not in measured]
     compared = sum(1 for c in fresh["cells"] for m in c["metrics"] if m.startswith(("ppl:", "acc:", "acc_norm:")))
     for line in bad:
@@ -307,7 +308,8 @@ def run_in_sitting(args: argparse.Namespace, board: Board, files: list[dict] | N
     the end, so a run resumed over several sittings states the machine time it took; --progress keeps the results
     rows and `files` (the model files' records). Returns the wall time."""
     started = time.perf_counter()
-    sitting = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": args.jobs, "wall_seconds": 0.0}
+    sitting = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": args.jobs, "wall_seconds": 0.0,
+               "cpu": (board.recorded or {}).get("cpu")}
     board.sittings.append(sitting)
     stop = threading.Event()
 
@@ -350,7 +352,10 @@ def main(argv=None) -> int:
         return 0
     existing = json.loads(args.results.read_text()) if args.results.exists() else {}
     state = tree_state(REPO)
-    refused = refusal(existing, sorted({model for model, _ in schedule(args)}), state) or cache_refusal(args.cache, state)
+    models = sorted({model for model, _ in schedule(args)})
+    recorded = environment(state.commit, THREADS)
+    refused = (refusal(existing, models, state) or version_refusal(existing, models, recorded["versions"])
+               or cache_refusal(args.cache, state))
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
@@ -366,8 +371,8 @@ def main(argv=None) -> int:
     if args.progress:
         for line in restore_file_times(args.progress):
             print(line, flush=True)
-        files = file_records(model_files(sorted({model for model, _ in schedule(args)})))
-    board = Board(existing, args.results, environment(state.commit, THREADS))
+        files = file_records(model_files(models))
+    board = Board(existing, args.results, recorded)
     board.protocol = protocol(args.windows, args.limit)
     try:
         wall = run_in_sitting(args, board, files)

@@ -43,14 +43,39 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def environment(commit: str | None, threads: int) -> dict:
-    """What a cell records of the run that measured it."""
+    """What a cell records of the run that measured it: the code, the threads, the libraries and the processor
+    (float sums differ in their last digits between processors: the machines of a run's sittings may differ)."""
     versions = {}
     for name in ("torch", "transformers", "lm_eval"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"commit": commit, "threads": threads, "versions": versions}
+    return {"commit": commit, "threads": threads, "versions": versions, "cpu": cpu_kind()}
+
+
+def cpu_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The processor's model name and widest vector extension, which choose the math libraries' kernels."""
+    try:
+        fields = dict(line.split(":", 1) for line in cpuinfo.read_text().splitlines() if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "no avx")
+    return f"{fields.get('model name', 'unknown processor')} ({vector})"
+
+
+def version_refusal(board: dict, models: list[str], versions: dict) -> str | None:
+    """Why cells of `models` measured with `versions` may not join `board` (None: they may): a table is measured
+    with one set of libraries, and a new machine's venv may have installed newer ones."""
+    for cell in board.get("cells", []):
+        theirs = cell.get("versions")
+        if cell["model"] in models and theirs and theirs != versions:
+            wanted = " ".join(f"{name}=={v}" for name, v in sorted(theirs.items()) if v and v != versions.get(name))
+            return (f"the {cell['model']} table was measured with other library versions ({wanted}): "
+                    f"install them (pip install {wanted}) or start a new run")
+    return None
 
 
 def cell_commit(cell: dict, runs: list[dict]) -> str | None:

@@ -45,8 +45,9 @@ def same_to_4_significant(a: float, b: float) -> bool:
     return abs(a - b) <= unit / 2 * (1 + 1e-9)  # the half-unit itself passes, whatever the float rounding
 
 
-def differences(fresh: dict, committed: dict) -> list[str]:
-    """Every perplexity and accuracy of `fresh` that differs from its committed cell (a subset may be re-run)."""
+def differences(fresh: dict, committed: dict, cpu: str | None = None) -> list[str]:
+    """Every perplexity and accuracy of `fresh` (measured on processor `cpu`) that differs from its committed cell
+    (a subset may be re-run), naming the committed cell's processor where it was another."""
     known = {cell_key(c): c for c in committed["cells"]}
     out = []
     for cell in fresh["cells"]:
@@ -59,7 +60,8 @@ def differences(fresh: dict, committed: dict) -> list[str]:
             if metric.startswith(("acc:", "acc_norm:")) and metric not in old["metrics"]:
                 continue  # measured now, not then: nothing to compare with
             if metric.startswith(("ppl:", "acc:", "acc_norm:")) and not same_to_4_significant(_float(value), _float(before)):
-                out.append(f"{cell['model']} {cell['label']} {metric}: {value} now, {before} committed")
+                where = f" (measured on {old['cpu']}, now on {cpu})" if old.get("cpu") and cpu and old["cpu"] != cpu else ""
+                out.append(f"{cell['model']} {cell['label']} {metric}: {value} now, {before} committed{where}")
     return out
 
 
