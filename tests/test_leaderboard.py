@@ -538,3 +538,32 @@ def test_a_sitting_on_another_machine_keeps_each_cells_record_and_refuses_other_
     assert one_run.version_refusal(data, ["m"], {"torch": "2.13.0", "transformers": "5.26.0"}) == (
         "the m table was measured with other library versions (transformers==5.25.0): "
         "install them (pip install transformers==5.25.0) or start a new run")
+
+
+def test_only_the_cells_a_process_computed_count_as_its_own(tmp_path):
+    """A grid resumed after a kill finds cells the killed process left in the store: they are not the new
+    process's work (its overhead would come out below 1x) and their machine is unknown, while the cells it
+    computed carry its sitting's record."""
+    import time
+
+    import leaderboard
+    from zprune_cli.records.results import ResultRow, ResultsStore, results_path
+
+    with ResultsStore(results_path(tmp_path)) as store:
+        store.record(ResultRow(metric="ppl:wikitext2", value=60.0, model="m", method="wanda", recipe="left"))
+        time.sleep(0.01)
+        since = leaderboard.datetime.now(leaderboard.timezone.utc).isoformat(timespec="milliseconds")
+        time.sleep(0.01)
+        store.record(ResultRow(metric="ppl:wikitext2", value=61.0, model="m", method="ria", recipe="mine"))
+        store.record(ResultRow(metric="ppl:wikitext2", value=20.0, model="m", method="dense"))
+        store.record(ResultRow(metric="ppl:wikitext2", value=21.0, model="other", method="ria", recipe="theirs"))
+    assert leaderboard.computed_since(tmp_path, "m", since) == ["", "mine"]
+    assert leaderboard.computed_since(tmp_path / "none", "m", since) == []
+
+    recorded = {"commit": "abc1234", "threads": 1, "versions": {}, "cpu": "B (avx512f)"}
+    board = leaderboard.Board({}, None, recorded)
+    left, mine = {**cell("wanda", 0.5, 60.0), "recipe": "left"}, {**cell("ria", 0.5, 61.0), "recipe": "mine"}
+    run = board.merge("m", "g", {"rows": [left, mine], "computed": 1, "skipped": 1, "wall_seconds": 4.0,
+                                 "computed_here": ["mine"]})
+    assert run["cells_seconds"] == 3.0 and run["overhead"] == pytest.approx(4.0 / 3.0, abs=1e-3)
+    assert {c["recipe"]: c["cpu"] for c in board.data()["cells"]} == {"left": None, "mine": "B (avx512f)"}

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 from _bench import C4, DATA_DIR, REPO, library_state
@@ -112,6 +113,7 @@ def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int
         command += ["--limit", str(limit)]
     state = tree_state(REPO)  # the commit this process measures (checked against the table's in Board.merge)
     library = library_state()  # the code this process imports (HEAD may move during a long leaderboard)
+    since = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # the results store's time format
     started = time.perf_counter()
     # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
     env = {**os.environ, "ZPRUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
@@ -119,7 +121,20 @@ def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {done.returncode}")
-    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library, "state": state}
+    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library, "state": state,
+            "computed_here": computed_since(cache, model, since)}
+
+
+def computed_since(cache: Path, model: str, since: str) -> list[str]:
+    """The recipes ("" for the dense row) whose rows for `model` reached the results store since `since`: the cells
+    a compare process computed, told apart from those an earlier, killed process left there (whose times are not
+    this process's, and whose machine may have been another)."""
+    database = cache / "results.sqlite"
+    if not database.exists():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=60) as conn:
+        rows = conn.execute("SELECT DISTINCT recipe FROM runs WHERE model = ? AND created >= ?", (model, since))
+        return sorted({recipe or "" for (recipe,) in rows})
 
 
 def model_files(models: list[str]) -> list[Path]:
@@ -166,13 +181,19 @@ class Board:
             # the outcome's rows are its whole protocol group: another grid's cells (run beside it) stay theirs
             mine = outcome.get("recipes")  # absent from the JSON of a zprune older than this field: all rows
             own = [r for r in outcome["rows"] if mine is None or r["method"] == "dense" or r["recipe"] in mine]
+            here = outcome.get("computed_here")  # absent: told by the times changing
             for row in own:
                 key = cell_key({**row, "model": model})
                 old = self.cells.get(key)
-                if old is None or (old.get("seconds") or {}) != (row.get("seconds") or {}):
+                changed = old is None or (old.get("seconds") or {}) != (row.get("seconds") or {})
+                if (row.get("recipe") or "") in here if here is not None else changed:
                     fresh.append(row)
                     self.cells[key] = {**slim(row, model, old["grid"] if old else grid), **(self.recorded or {})}
-                # a cell found stored keeps the record of the sitting (and machine) that measured it
+                elif old is None:  # left in the store by an earlier sitting's killed process: its machine unknown
+                    self.cells[key] = {**slim(row, model, grid), **(self.recorded or {})}
+                    if self.recorded:
+                        self.cells[key]["cpu"] = None
+                # a cell found in the board keeps the record of the sitting (and machine) that measured it
             run = describe_run(model, grid, outcome, fresh)
             if run["computed"] or not any((r["model"], r["grid"]) == (model, grid) for r in self.runs):
                 self.runs = [r for r in self.runs if (r["model"], r["grid"]) != (model, grid)] + [run]
