@@ -480,12 +480,13 @@ def test_bench_scale_resumed_skips_only_the_rows_of_that_size_in_its_json(tmp_pa
 
 def test_alps_peak_at_the_7b_ratio_and_its_estimate():
     """ALPS's largest layer at Llama-2-7B's down_proj ratio (768 x 2064 here, 4096 x 11008 there), three ADMM
-    iterations (every iterate is allocated by then), in a child process: the prune holds fewer than 8.9 [in, in]
-    float32 matrices over its weight and Gram (9.39 when the float32 H stayed beside the eigendecomposition's
-    float64 copy and workspace; 8.40 since), and `ALPS.work_bytes`, which the dry run counts, is within 12% of
-    it (the sum of the eigendecomposition's and the ADMM's memory, the estimate before, said +33% here, +44% at
-    7B). A fixed mmap threshold makes glibc return every freed matrix: its dynamic threshold otherwise keeps some
-    of these 17 MB matrices on the heap, and the same run peaked 139-200 MiB (7B's matrices are all mmapped)."""
+    iterations (every iterate is allocated by then), in a child process: the prune holds fewer than 8.2 [in, in]
+    float32 matrices of its own memory over its weight and Gram (8.75 when the float32 H stayed beside the
+    eigendecomposition's float64 copy and workspace, before 4c569e0; 7.74 since; the code pages it maps are not
+    counted: with them, one run under load read 8.90 where the limit was 8.9), and `ALPS.work_bytes`, which the
+    dry run counts, is within 12% of it (the sum of the eigendecomposition's and the ADMM's memory, the estimate
+    before, said +44% here and at 7B). A fixed mmap threshold makes glibc return every freed matrix: its dynamic
+    threshold otherwise keeps some of these 17 MB matrices on the heap (7B's matrices are all mmapped)."""
     import re
     import subprocess
     import sys
@@ -498,7 +499,7 @@ def test_alps_peak_at_the_7b_ratio_and_its_estimate():
     assert done.returncode == 0, done.stderr
     found = re.search(r"peak \+(\d+) MiB .*\((\d+\.\d+) \[in, in\] matrices; work_bytes estimate (\d+) MiB\)", done.stdout)
     extra, matrices, estimate = int(found[1]), float(found[2]), int(found[3])
-    assert matrices < 8.9, done.stdout
+    assert matrices < 8.2, done.stdout
     assert abs(estimate - extra) <= 0.12 * extra, done.stdout
 
 

@@ -20,9 +20,13 @@ import time
 from pathlib import Path
 
 
-def high_water_mark() -> int:
+def memory() -> tuple[int, int]:
+    """(resident memory's high-water mark, its file-backed part now), in bytes. The prune's own peak is the first's
+    growth less the second's: the math libraries' code pages it maps (12 MiB here, the first eigendecomposition)
+    are not its matrices, and how many a fault maps varies with the page cache (one run under load read +7 MiB)."""
     with open("/proc/self/status") as status:
-        return int(next(line.split()[1] for line in status if line.startswith("VmHWM"))) * 1024
+        fields = dict(line.split(":", 1) for line in status if line.startswith(("VmHWM", "RssFile")))
+    return int(fields["VmHWM"].split()[0]) * 1024, int(fields["RssFile"].split()[0]) * 1024
 
 
 def main(argv=None) -> None:
@@ -53,9 +57,9 @@ def main(argv=None) -> None:
     options = {key: float(value) if "." in value or "e" in value else int(value)
                for key, value in (o.split("=", 1) for o in args.option)}
     method = get_method(args.method, **options)
-    before, started = high_water_mark(), time.perf_counter()
+    (peak, files), started = memory(), time.perf_counter()
     method.prune(W, stats, 0.5, Pattern(), None)
-    extra = high_water_mark() - before
+    extra = memory()[0] - peak - (memory()[1] - files)
     estimate = type(method).work_bytes(args.rows * n, n)
     print(f"{args.library}: {args.method} {' '.join(args.option)} 50% of [{args.rows}, {n}]: peak +{extra / 2**20:.0f} MiB "
           f"over the weight and Gram ({extra / (n * n * 4):.2f} [in, in] matrices; work_bytes estimate "
