@@ -186,7 +186,8 @@ class Board:
                 key = cell_key({**row, "model": model})
                 old = self.cells.get(key)
                 changed = old is None or (old.get("seconds") or {}) != (row.get("seconds") or {})
-                if (row.get("recipe") or "") in here if here is not None else changed:
+                measured_here = changed if here is None else (row.get("recipe") or "") in here
+                if measured_here:
                     fresh.append(row)
                     self.cells[key] = {**slim(row, model, old["grid"] if old else grid), **(self.recorded or {})}
                 elif old is None:  # left in the store by an earlier sitting's killed process: its machine unknown
