@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -438,6 +439,48 @@ def test_each_sitting_of_a_resumed_run_records_its_measured_wall_time(tmp_path, 
         "One run in 2 sittings of `leaderboard.py` (`--jobs 1/2`, one core a job): 2.00 h of wall time in all, "
         "measured by each sitting (one killed outright misses at most its last minute), 3.50 core-hours at most "
         "(wall x jobs).")
+
+
+SIGTERM_SITTING = """
+import os, signal, sys, time
+sys.path.insert(0, {benchmarks!r})
+import leaderboard, one_run
+leaderboard.tree_state = lambda repo: one_run.TreeState("abc1234", ())
+
+def run_grid(model, grid, cache, narrow, windows=None, limit=None):
+    with open({started!r}, "a") as out:
+        out.write(grid + "\\n")
+    code, _ = leaderboard.run_child([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); "
+                                     "open({child!r}, 'w').write(str(os.getpid())); time.sleep(120)"], dict(os.environ))
+    raise SystemExit(f"compare ended with {{code}}")
+
+leaderboard.run_grid = run_grid
+signal.signal(signal.SIGTERM, leaderboard.end_at_sigterm)  # as leaderboard.py's __main__ does
+sys.exit(leaderboard.main(["--results", {results!r}, "--models", "m", "--grids", "g1,g2", "--cache", {cache!r},
+                           "--jobs", "1"]))
+"""
+
+
+def test_sigterm_ends_the_compares_under_way_and_records_the_sittings_time(tmp_path):
+    """`kill` of a sitting ends its compare processes, starts no other grid, and records the sitting's wall time up
+    to the signal (without the handler the minute clock's last tick, up to a minute earlier, was all it kept)."""
+    started, child, results = tmp_path / "started", tmp_path / "child", tmp_path / "board.json"
+    script = SIGTERM_SITTING.format(benchmarks=str(BENCHMARKS), started=str(started), child=str(child),
+                                    results=str(results), cache=str(tmp_path / "cache"))
+    sitting = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (child.exists() and child.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    sitting.send_signal(signal.SIGTERM)
+    sitting.communicate(timeout=20)
+    assert sitting.returncode == 128 + signal.SIGTERM
+    pid = int(child.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the compare process ended (and was reaped) with its sitting
+    assert started.read_text() == "g1\n"  # the second grid never started
+    (record,) = json.loads(results.read_text())["sittings"]
+    assert record["finished"] is False and record["wall_seconds"] >= 1.5
 
 
 def test_progress_carried_to_a_new_cache_gives_compare_the_same_rows(tmp_path):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -55,6 +56,9 @@ from sampling import KINDS, cell_flags, kinds_of, sample_cells
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "leaderboard.json"
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
+RUNNING: set[subprocess.Popen] = set()  # the compare processes under way: ended with the leaderboard at SIGTERM
+STOPPING = threading.Event()  # set at SIGTERM: no worker starts another compare
+_children = threading.Lock()
 THREADS = 1  # torch threads per compare process: one core each, no oversubscription, identical re-runs
 GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-owl", "leaderboard-gram",
          "leaderboard-best", "leaderboard-best-seed1", "leaderboard-best-seed2", "leaderboard-alps-seed1",
@@ -117,12 +121,37 @@ def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int
     started = time.perf_counter()
     # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
     env = {**os.environ, "ZPRUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
-    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+    code, out = run_child(command, env)
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {done.returncode}")
-    return {**json.loads(done.stdout), "wall_seconds": round(wall, 1), "library": library, "state": state,
+    if code != 0:
+        raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {code}")
+    return {**json.loads(out), "wall_seconds": round(wall, 1), "library": library, "state": state,
             "computed_here": computed_since(cache, model, since)}
+
+
+def run_child(command: list[str], env: dict) -> tuple[int, str]:
+    """One compare process, known to the SIGTERM handler while it runs: (exit code, stdout)."""
+    with _children:
+        if STOPPING.is_set():
+            raise SystemExit("error: the leaderboard is stopping")
+        child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
+        RUNNING.add(child)
+    try:
+        out, _ = child.communicate()
+    finally:
+        with _children:
+            RUNNING.discard(child)
+    return child.returncode, out
+
+
+def end_at_sigterm(signum, frame) -> None:
+    """SIGTERM ends the compare processes under way and then this one through SystemExit, so the sitting's
+    `finally` records its last clock tick and progress (a plain SIGTERM would lose up to a minute of each)."""
+    STOPPING.set()
+    with _children:
+        for child in RUNNING:
+            child.terminate()
+    raise SystemExit(128 + signum)
 
 
 def computed_since(cache: Path, model: str, since: str) -> list[str]:
@@ -229,7 +258,7 @@ def run_all(args: argparse.Namespace, cache: Path, board: Board, jobs: list[tupl
     lock = threading.Lock()
 
     def worker() -> None:
-        while True:
+        while not STOPPING.is_set():
             with lock:
                 job = next(queue, None)
             if job is None:
@@ -335,12 +364,13 @@ def run_in_sitting(args: argparse.Namespace, board: Board, files: list[dict] | N
     board.sittings.append(sitting)
     stop = threading.Event()
 
-    def keep() -> None:
+    def keep() -> int:
         if args.progress:
             try:
-                save_progress(args.cache, args.progress, board.recorded["commit"], files)
+                return save_progress(args.cache, args.progress, board.recorded["commit"], files)
             except (OSError, sqlite3.Error) as exc:  # a busy or full disk must not stop the sitting's clock
                 print(f"warning: progress not saved to {args.progress}: {exc}", file=sys.stderr, flush=True)
+        return 0
 
     def tick() -> None:
         while not stop.wait(60):
@@ -355,7 +385,8 @@ def run_in_sitting(args: argparse.Namespace, board: Board, files: list[dict] | N
         stop.set()
         if not sitting.get("finished"):
             board.clock(sitting, started)
-        keep()
+        if saved := keep():
+            print(f"sitting: {sitting['wall_seconds']:.0f} s; {saved} results rows saved to {args.progress}", flush=True)
     return time.perf_counter() - started
 
 
@@ -410,4 +441,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, end_at_sigterm)
     sys.exit(main())
