@@ -539,6 +539,37 @@ def test_a_reinstalled_model_file_gets_the_runs_modification_time_back(tmp_path)
     assert restore_file_times(tmp_path / "none.json.gz") == []
 
 
+def test_a_model_file_assembled_at_resolution_gets_its_time_back_at_a_resume(tmp_path, monkeypatch):
+    """Gemma's package writes its weights file when the model is first resolved: a resume on a new machine
+    resolves the models before restoring the recorded times, so that file is found and keeps the run's cells (it
+    was missing at the restore, and the sitting's save then recorded the new time in place of the run's)."""
+    import leaderboard
+    import one_run
+    from carry import file_records, save_progress
+    from zprune_cli.records.results import ResultRow, ResultsStore, results_path
+
+    assembled = tmp_path / "assembled.gguf"
+    assembled.write_bytes(b"weights" * 1000)
+    records = file_records([assembled])
+    with ResultsStore(results_path(tmp_path / "old")) as store:
+        store.record(ResultRow(metric="ppl:wikitext2", value=10.0, fingerprint="f", method="dense"))
+    progress = tmp_path / "progress.json.gz"
+    save_progress(tmp_path / "old", progress, "abc1234", records)
+    assembled.unlink()  # the new machine: not assembled yet
+
+    def resolve(models):
+        assembled.write_bytes(b"weights" * 1000)
+        return [assembled]
+
+    monkeypatch.setattr(leaderboard, "tree_state", lambda repo: one_run.TreeState("abc1234", ()))
+    monkeypatch.setattr(leaderboard, "model_files", resolve)
+    monkeypatch.setattr(leaderboard, "run_all", lambda *a: None)
+    assert leaderboard.main(["--results", str(tmp_path / "board.json"), "--models", "m", "--grids", "g",
+                             "--cache", str(tmp_path / "cache"), "--progress", str(progress)]) == 0
+    assert assembled.stat().st_mtime_ns == records[0]["mtime_ns"]
+    assert file_records([assembled]) == records
+
+
 def test_the_published_tables_name_the_cells_commit_not_the_runs_head():
     """A run pinned to one commit of the measured code goes on while HEAD moves on by commits of results and
     prose: the tables name the commit the cells record, once, whatever HEAD each sitting started at."""

@@ -422,9 +422,10 @@ def main(argv=None) -> int:
         print(f"restored {restored} results rows from {args.progress}", flush=True)
     files = None
     if args.progress:
+        paths = model_files(models)  # first: resolving a model may assemble its file (Gemma's package does)
         for line in restore_file_times(args.progress):
             print(line, flush=True)
-        files = file_records(model_files(models))
+        files = file_records(paths)
     board = Board(existing, args.results, recorded)
     board.protocol = protocol(args.windows, args.limit)
     try:
