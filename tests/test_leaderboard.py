@@ -36,6 +36,14 @@ def test_same_to_4_significant_digits():
     assert not publish.same_to_4_significant(float("nan"), 29.19)
 
 
+def test_the_models_come_in_the_schedules_order_not_the_order_their_grids_finished():
+    board = {"schedule": [["s", "g"], ["x", "g"], ["t", "g"]], "protocol": {"calibration": "c", "perplexity": "p"},
+             "cells": [cell("dense", None, 9.0, model="t"), cell("dense", None, 5.0, model="s"), cell("dense", None, 7.0, model="u")]}
+    assert publish.models_of(board) == ["s", "t", "u"]
+    section = publish.readme_section(board)
+    assert section.index("**s: wikitext-2") < section.index("**t: wikitext-2") < section.index("**u: wikitext-2")
+
+
 def test_differences_name_each_changed_perplexity_only():
     committed = {"cells": [cell("dense", None, 29.19), cell("wanda", 0.5, 60.00)]}
     same = {"cells": [cell("dense", None, 29.1901), cell("wanda", 0.5, 60.004)]}
@@ -288,7 +296,9 @@ def test_the_rendered_analysis_numbers_are_the_tables():
                        windowed("ria", "2:4", 1.5)]}
     text = analysis.analysis_section(board)
     table = "\n".join(publish.perplexity_table(board["cells"]))
-    assert "6 cells on 1 models in 2 runs whose wall times sum to 2.5 core-minutes" in text
+    assert "6 cells on 1 model. 2 runs whose wall times sum to 2.5 core-minutes" in text
+    resumed = analysis.analysis_section({**board, "sittings": [{"jobs": 2, "wall_seconds": 7200.0}]})
+    assert "6 cells on 1 model. One run in 1 sitting of `leaderboard.py` (`--jobs 2`, one core a job): 2.00 h" in resumed
     sentences = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(sentences) == 2 + 1  # the 50% and 2:4 columns; wanda's propagation at 50%
     # the table's values, as printed: the first number of every cell after the method and propagation columns
@@ -297,9 +307,12 @@ def test_the_rendered_analysis_numbers_are_the_tables():
         change, a, b = re.search(r"is ([+-][\d.]+)% \(([\d.]+) against ([\d.]+);", line).groups()
         assert {a, b} <= printed  # each number is the table's
         assert abs(float(change) - 100 * (float(a) / float(b) - 1)) <= 0.05 + 100 * 0.005 / float(b) * 2  # rounding only
-    lowest = re.search(r"m, 50%: lowest (\S+) \((\w+) propagation\) at ([\d.]+);", text)
+    lowest = re.search(r"m, 50%: lowest (\S+) \((\w+) propagation\) at ([\d.]+)[;,]", text)
     assert lowest.groups() == ("wanda", "dense", f"{math.exp(4.3):.2f}") and lowest.group(3) in printed
-    assert sentences[0].endswith(": within noise).")  # 50%: the runner-up is wanda under pruned propagation
+    # 50%: wanda under pruned propagation is not told apart from the lowest (the table's "tied"); ria is
+    assert re.search(r"at [\d.]+, tied with wanda \(pruned propagation\), which is \+[\d.]+% \(.*: within noise\)\.$", sentences[0])
+    (pruned_row,) = [line for line in table.splitlines() if line.startswith("| wanda | pruned |")]
+    assert " ria " not in sentences[0] and pruned_row.split(" | ")[2].endswith(" tied")
     assert sentences[1].startswith("- m, 2:4: lowest wanda") and sentences[1].endswith(": worse).")  # ria +0.5 every window
     assert sentences[2].startswith("- m, wanda at 50%: pruned propagation is") and sentences[2].endswith(": within noise).")
 

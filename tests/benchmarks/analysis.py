@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from publish import COLUMNS, at_seed_0, column_of, perplexity_of, recipe_name
+from publish import COLUMNS, at_seed_0, column_marks, column_of, models_of, perplexity_of, recipe_name, wall_time_sentence
 from zprune_cli.records.intervals import paired_difference
 
 START, END = "<!-- analysis:start -->", "<!-- analysis:end -->"
@@ -41,14 +41,22 @@ def versus(a: dict, b: dict) -> str:
 
 
 def column_sentences(cells: list[dict], model: str) -> list[str]:
-    """Per column: the lowest perplexity and how the runner-up stands against it."""
+    """Per column: the lowest perplexity and either every value tied with it (as the table marks them) or how the
+    runner-up stands against it."""
     out = []
     for column in COLUMNS:
         ranked = sorted((c for c in cells if c["model"] == model and column_of(c) == column and perplexity_of(c) is not None
                          and math.isfinite(perplexity_of(c))), key=perplexity_of)
-        if len(ranked) >= 2:
-            out.append(f"- {model}, {column}: lowest {_name(ranked[0])} at {perplexity_of(ranked[0]):.2f}; "
-                       f"the runner-up, {_name(ranked[1])}, is {versus(ranked[1], ranked[0])}.")
+        if len(ranked) < 2:
+            continue
+        top = ranked[0]
+        marks = column_marks(ranked)  # the table's rule: tied with every value the paired test cannot tell apart
+        alike = [c for c in ranked[1:] if marks.get(id(c)) == "tied"]
+        lowest = f"- {model}, {column}: lowest {_name(top)} at {perplexity_of(top):.2f}"
+        if alike:
+            out.append(f"{lowest}, tied with " + "; with ".join(f"{_name(c)}, which is {versus(c, top)}" for c in alike) + ".")
+        else:
+            out.append(f"{lowest}; the runner-up, {_name(ranked[1])}, is {versus(ranked[1], top)}.")
     return out
 
 
@@ -67,13 +75,15 @@ def propagation_sentences(cells: list[dict], model: str) -> list[str]:
 def analysis_section(board: dict) -> str:
     """RESULTS.md's rendered analysis: what ran, each column's best against its runner-up, propagation."""
     cells = board["cells"]
-    models = list(dict.fromkeys(c["model"] for c in cells))
+    models = models_of(board)
     runs = board.get("runs", [])
     core = sum(r["wall_seconds"] for r in runs) / 60
+    # a run resumed over sittings: its measured time is theirs (its runs' rows are only the sittings that ended them)
+    machine_time = (wall_time_sentence(board) if board.get("sittings") else
+                    f"{len(runs)} runs whose wall times sum to {core:.1f} core-minutes (a sum of runs, not the wall time of one).")
     out = [START, "", "**Rendered from leaderboard.json by `--publish`** (every number computed; \"better\" and \"worse\" "
            "only where the paired 95% interval over the windows excludes zero).", "",
-           f"What ran: {len(cells)} cells on {len(models)} models in {len(runs)} runs whose wall times sum to "
-           f"{core:.1f} core-minutes (a sum of runs, not the wall time of one).", "",
+           f"What ran: {len(cells)} cells on {len(models)} model{'s' if len(models) != 1 else ''}. " + machine_time, "",
            "Each column's lowest perplexity against the runner-up:", ""]
     protocol = at_seed_0(cells)  # another seed's cell is the same recipe drawn again, not a competitor
     for model in models:
@@ -87,7 +97,7 @@ def analysis_section(board: dict) -> str:
 def readme_summary(board: dict) -> str:
     """The README's sentence on what the leaderboard holds, exactly: per model, the recipes measured."""
     out = [README_START]
-    for model in dict.fromkeys(c["model"] for c in board["cells"]):
+    for model in models_of(board):
         mine = [c for c in at_seed_0(board["cells"]) if c["model"] == model and c["method"] != "dense"]
         recipes = sorted({f"{recipe_name(c)} ({c['propagate']})" for c in mine})
         columns = [col for col in COLUMNS if any(column_of(c) == col for c in mine)]

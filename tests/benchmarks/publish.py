@@ -217,13 +217,20 @@ def measured_code(board: dict) -> str:
     return ", ".join(f"zprune_cli at {c}" for c in commits)
 
 
+def models_of(board: dict) -> list[str]:
+    """The models with cells, in the run's schedule order (not the order their grids happened to finish)."""
+    with_cells = [c["model"] for c in board["cells"]]
+    scheduled = [model for model, _ in board.get("schedule", [])]
+    return [m for m in dict.fromkeys([*scheduled, *with_cells]) if m in with_cells]
+
+
 def readme_section(board: dict) -> str:
     """The README's Results: per model, the perplexity table and the zero-shot table, labelled."""
     out = [START, "", f"Measured with `python tests/benchmarks/leaderboard.py` ({measured_code(board)}, CPU, float32). "
            f"Calibration: {board['protocol']['calibration']}. Perplexity: {board['protocol']['perplexity']}. "
            "Lower is better; the best pruned value per column is bold. Every cell, its time and the "
            "analysis are in [tests/benchmarks/RESULTS.md](tests/benchmarks/RESULTS.md).", ""]
-    for model in dict.fromkeys(c["model"] for c in board["cells"]):
+    for model in models_of(board):
         every = [c for c in board["cells"] if c["model"] == model]
         cells = at_seed_0(every)
         out += [f"**{model}: wikitext-2 perplexity**", "", *perplexity_table(cells), ""]
@@ -311,7 +318,7 @@ def plot(board: dict, path: Path = PLOT) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(c["model"] for c in board["cells"]))
+    models = models_of(board)
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), dpi=110, squeeze=False)
     for ax, model in zip(axes[0], models):
         ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # a dozen recipes: no colour twice
