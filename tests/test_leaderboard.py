@@ -468,10 +468,33 @@ def run_grid(model, grid, cache, narrow, windows=None, limit=None):
     raise SystemExit(f"compare ended with {{code}}")
 
 leaderboard.run_grid = run_grid
+leaderboard.warm_statistics = lambda jobs, cache: None  # no zprune.toml grids here
 signal.signal(signal.SIGTERM, leaderboard.end_at_sigterm)  # as leaderboard.py's __main__ does
 sys.exit(leaderboard.main(["--results", {results!r}, "--models", "m", "--grids", "g1,g2", "--cache", {cache!r},
                            "--jobs", "1"]))
 """
+
+
+def test_each_calibration_is_stored_whole_before_any_grid_runs(tmp_path, monkeypatch):
+    """The measured code keys a row by the store entry that served its calibration; the run stores each
+    calibration's full entry first, one process at a time, so which grid calibrated first never changes a key."""
+    import leaderboard
+
+    order = []
+    monkeypatch.setattr(leaderboard, "run_child", lambda command, env: order.append(command[3:]) or (0, ""))
+
+    def run_grid(model, grid, *rest):
+        order.append(["grid", model, grid])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(leaderboard, "run_grid", run_grid)
+    args = leaderboard.parse_args(["--jobs", "1"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        leaderboard.run_all(args, tmp_path, leaderboard.Board({}, tmp_path / "b.json", {"commit": "abc1234"}))
+    warmed = [(c[1], c[c.index("-n") + 1], c[c.index("-l") + 1], c[c.index("--seed") + 1]) for c in order[:-1]]
+    assert [c[0] for c in order[:-1]] == ["calibrate"] * 6 and order[-1] == ["grid", *leaderboard.SCHEDULE[0]]
+    assert sorted(warmed) == sorted((m, "32", "512", s) for m in leaderboard.MODELS for s in "012")
+    assert all("--gram" not in c and c[c.index("--cache-dir") + 1] == str(tmp_path) for c in order[:-1])
 
 
 def test_sigterm_ends_the_compares_under_way_and_records_the_sittings_time(tmp_path):

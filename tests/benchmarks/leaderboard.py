@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +59,7 @@ RESULTS_JSON = HERE / "leaderboard.json"
 MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
 RUNNING: set[subprocess.Popen] = set()  # the compare processes under way: ended with the leaderboard at SIGTERM
 STOPPING = threading.Event()  # set at SIGTERM: no worker starts another compare
-_children = threading.Lock()
+_children = threading.RLock()  # re-entrant: the handler runs in the main thread, which may hold it (warm_statistics)
 THREADS = 1  # torch threads per compare process: one core each, no oversubscription, identical re-runs
 GRIDS = ("leaderboard-dense", "leaderboard-pruned", "leaderboard-pruned-50", "leaderboard-owl", "leaderboard-gram",
          "leaderboard-best", "leaderboard-best-seed1", "leaderboard-best-seed2", "leaderboard-alps-seed1",
@@ -119,14 +120,38 @@ def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int
     library = library_state()  # the code this process imports (HEAD may move during a long leaderboard)
     since = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # the results store's time format
     started = time.perf_counter()
-    # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
-    env = {**os.environ, "ZPRUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
-    code, out = run_child(command, env)
+    code, out = run_child(command, compare_env())
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {code}")
     return {**json.loads(out), "wall_seconds": round(wall, 1), "library": library, "state": state,
             "computed_here": computed_since(cache, model, since)}
+
+
+def compare_env() -> dict:
+    # float sums depend on how the work is split across threads: a fixed count keeps re-runs identical
+    return {**os.environ, "ZPRUNE_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+
+
+def calibrations(jobs: list[tuple[str, str]]) -> list[tuple[str, int, int, int]]:
+    """The (model, nsamples, seqlen, seed) calibrations the jobs' grids read, from REPO's zprune.toml."""
+    grids = tomllib.loads((REPO / "zprune.toml").read_text())["grids"]
+    return list(dict.fromkeys((model, grids[grid]["nsamples"], grids[grid]["seqlen"], grids[grid]["seed"])
+                              for model, grid in jobs))
+
+
+def warm_statistics(jobs: list[tuple[str, str]], cache: Path) -> None:
+    """Store each calibration's block statistics before any grid runs. The measured code keys a results row by
+    the store entry that served its calibration: pruned propagation, which asks for block 0's inputs only, is
+    served by a full entry when one is there and by an inputs-only entry it makes otherwise. Which one was
+    there depended on which of two grids side by side calibrated first, and a new machine's cache has neither:
+    made first, the full entry serves every grid in every sitting, so a resumed grid finds its rows."""
+    for model, nsamples, seqlen, seed in calibrations(jobs):
+        command = [sys.executable, "-m", "zprune_cli", "calibrate", model, "--data", str(C4), "--data-dir", str(DATA_DIR),
+                   "--cache-dir", str(cache), "-n", str(nsamples), "-l", str(seqlen), "--seed", str(seed), "--quiet"]
+        code, _ = run_child(command, compare_env())
+        if code != 0:
+            raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {code}")
 
 
 def run_child(command: list[str], env: dict) -> tuple[int, str]:
@@ -254,6 +279,8 @@ def run_all(args: argparse.Namespace, cache: Path, board: Board, jobs: list[tupl
     """The chosen model x grid runs (or `jobs`: model, grid, narrowing flags), `--jobs` at a time, in schedule
     order (each compare process has THREADS threads)."""
     narrow = ["--method", args.methods] if args.methods else []
+    if jobs is None:
+        warm_statistics(schedule(args), cache)
     queue = iter(jobs if jobs is not None else [(model, grid, narrow) for model, grid in schedule(args)])
     lock = threading.Lock()
 
