@@ -76,3 +76,35 @@ def test_a_magnitude_grid_reads_no_calibration_text(tiny_dir, text_file, cache, 
     assert "0 cell(s) computed, 3 from the results store, no calibration (no method reads statistics)" in again.stdout
     wanda = runner.invoke(app, [*command[:3], "wanda", *command[4:]])  # a method that reads statistics: the offline error
     assert wanda.exit_code == 1 and "c4" in wanda.stderr
+
+
+def test_a_carried_row_is_found_whichever_store_entry_serves_its_calibration(tiny_dir, text_file, tmp_path):
+    """Pruned propagation asks for block 0's inputs only: in one cache an inputs-only entry is made for it, in
+    another a full entry (made first by a dense-propagation grid) serves it. The statistics it reads are the
+    same, so the rows carry the same key and a row carried from one cache to the other is found, not recomputed
+    (the leaderboard's resume on a new machine recomputed a whole grid)."""
+    import shutil
+
+    def pruned_grid(cache) -> dict:
+        result = runner.invoke(app, ["compare", str(tiny_dir), "--method", "wanda", "--sparsity", "0.5", "--propagate",
+                                     "pruned", "--data", str(text_file), "-n", "2", "-l", "16", "--eval", str(text_file),
+                                     "--eval-seqlen", "64", "--max-windows", "2", "--cache-dir", str(cache), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    alone, beside = tmp_path / "alone", tmp_path / "beside"
+    full = runner.invoke(app, ["calibrate", str(tiny_dir), "--data", str(text_file), "-n", "2", "-l", "16",
+                               "--cache-dir", str(beside), "--json"])
+    assert full.exit_code == 0, full.output
+    first, second = pruned_grid(alone), pruned_grid(beside)
+    inputs_only = [p.name for p in (alone / "stats").iterdir() if p.is_dir() and "-p" not in p.name]
+    assert inputs_only != [json.loads(full.stdout)["key"]]  # two different entries served the two grids
+    assert first["stats_key"] == second["stats_key"]  # before, each the key of the entry that served it
+    assert first["stats_key"] == json.loads(full.stdout)["calibration_key"]
+    assert [r["metrics"] for r in first["rows"]] == [r["metrics"] for r in second["rows"]]
+    fresh = tmp_path / "fresh"  # a new machine: the carried rows and a full entry, no inputs-only one
+    shutil.copytree(beside / "stats", fresh / "stats")
+    for part in alone.glob("results.sqlite*"):  # the database and its write-ahead log
+        shutil.copy(part, fresh / part.name)
+    resumed = pruned_grid(fresh)
+    assert (resumed["computed"], resumed["skipped"]) == (0, 2)  # the dense row and wanda's, both found

@@ -80,6 +80,13 @@ class StatsKey:
         payload = json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
+    @property
+    def calibration_digest(self) -> str:
+        """The digest of what the statistics were computed from (model, dtype, text, windows, seed), whichever of
+        them are kept: block 0's inputs and each block's sums are the same in an inputs-only, a full and a Gram
+        entry of one calibration, so results keyed by it do not depend on which entry served them."""
+        return StatsKey(**{**asdict(self), "gram": False, "blocks": True}).digest
+
     def served_by(self) -> list["StatsKey"]:
         """The keys whose entries hold at least what this one asks for, cheapest first."""
         fuller = [StatsKey(**{**asdict(self), "blocks": True, "gram": False}), self.with_gram()]

@@ -40,16 +40,18 @@ log = logging.getLogger("zprune")
 
 @dataclass
 class CalibrationResult:
-    key: str
+    key: str  # the store entry's (what `zprune cache` names): it may hold more than was asked for
     path: Path
     size_bytes: int
     seconds: float
     hit: bool
     entry: StatsEntry
+    calibration_key: str = ""  # the calibration's own (StatsKey.calibration_digest): what results and prunes record
 
     def summary(self) -> dict:
         return {
             "key": self.key,
+            "calibration_key": self.calibration_key,
             "path": str(self.path),
             "size_bytes": self.size_bytes,
             "seconds": round(self.seconds, 3),
@@ -112,8 +114,10 @@ def calibrate(
             _compute(handle, text, key, store, progress, settings)
             entry = store.share(store.lookup(key) if distributed.is_main() else None)
             assert entry is not None
-            return CalibrationResult(key.digest, entry.path, _size(entry), time.perf_counter() - started, False, entry)
-    return CalibrationResult(entry.key, entry.path, _size(entry), time.perf_counter() - started, True, entry)
+            return CalibrationResult(key.digest, entry.path, _size(entry), time.perf_counter() - started, False, entry,
+                                     key.calibration_digest)
+    return CalibrationResult(entry.key, entry.path, _size(entry), time.perf_counter() - started, True, entry,
+                             key.calibration_digest)
 
 
 def _stored(store: StatsStore, key: StatsKey) -> bool:

@@ -78,7 +78,7 @@ def compare(
     result = None  # a grid of methods that read no statistics (magnitude) loads no text and calibrates nothing
     if needs_calibration(recipes):
         result = calibrate(handle, calibration, **calibration_needs(recipes), settings=settings, progress=progress)
-    stats_key = result.key if result else None
+    stats_key = result.calibration_key if result else None  # not the serving entry's: see StatsKey.calibration_digest
     run_settings = {"grid": True, "evaluation": asdict(evaluation), "dtype": handle.dtype_name}  # + calibration per cell
     protocols = expected_protocols(plan, handle, settings.cache_dir)  # remembered: a re-run parses no tokenizer
     computed = skipped = 0

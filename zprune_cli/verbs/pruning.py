@@ -54,7 +54,7 @@ class PruneOutcome:
             **self.report.recipe.as_dict(),
             "recipe_digest": self.report.recipe.digest,
             "overall_sparsity": round(self.report.overall, 6),
-            "stats_key": self.calibration.key if self.calibration else None,
+            "stats_key": self.calibration.calibration_key if self.calibration else None,
             "out": str(self.out) if self.out else None,
             "seconds": round(self.report.seconds, 3),
             "layers": {k: round(v, 6) for k, v in self.report.layers.items()},
@@ -139,7 +139,7 @@ def _prune_resumable(handle: ModelHandle, recipe: PruneRecipe, result: Calibrati
                      overwrite: bool, progress: Progress, dtype: torch.dtype | None) -> PruneOutcome:
     """prune_streaming into a partial output that outlives the process: each finished block recorded, a
     recorded run of the same job resumed, the folder renamed to `out` when complete."""
-    job = {"model": handle.source.fingerprint, "recipe": recipe.digest, "stats": result.key if result else None,
+    job = {"model": handle.source.fingerprint, "recipe": recipe.digest, "stats": result.calibration_key if result else None,
            "dtype": str(dtype), "blocks": len(find_blocks(handle.model)[1])}
     partial = PartialOutput(out, job)
     point = partial.open()
@@ -241,7 +241,7 @@ def make_provenance(handle: ModelHandle, report: PruneReport, calibration: Calib
     return Provenance(
         base_model=BaseModel.of(handle.source, content=True), recipe=report.recipe.record(),
         pruned_layers={k: round(v, 6) for k, v in report.layers.items()}, overall_sparsity=round(report.overall, 6),
-        stats_key=calibration.key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
+        stats_key=calibration.calibration_key if calibration else None, calibration=record, seconds=round(report.seconds, 3),
         nm_layout=dict(report.nm_layout) if report.recipe.permute != "none" else None,
     )
 
