@@ -140,7 +140,7 @@ def test_second_call_is_a_hit_without_loading(tiny_dir, text_file, cache, monkey
 def test_norms_request_served_by_gram_entry(tiny_dir, text_file, cache):
     gram = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), gram=True)
     norms = calibrate(str(tiny_dir), Calibration(str(text_file), 2, 16, 0), gram=False)
-    assert norms.hit and norms.key == gram.key
+    assert norms.hit and norms.key == gram.key and norms.calibration_key == gram.calibration_key != gram.key
 
 
 def test_jsonl_and_self_sources(tiny_dir, tmp_path, cache):

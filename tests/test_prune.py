@@ -114,7 +114,7 @@ def test_saved_model_reloads_with_identical_logits(tiny_dir, text_file, cache, t
     with torch.no_grad():
         assert torch.equal(handle.model(ids).logits, reloaded(ids).logits)
     provenance = json.loads((tmp_path / "p" / "zprune.json").read_text())
-    assert provenance["recipe"]["method"] == "zpruner" and provenance["stats_key"] == outcome.calibration.key
+    assert provenance["recipe"]["method"] == "zpruner" and provenance["stats_key"] == outcome.calibration.calibration_key
     assert provenance["recipe_digest"] == outcome.report.recipe.digest and provenance["schema"] == 2
     assert provenance["pruned_layers"]["model.layers.0.self_attn.q_proj"] == 0.5
     assert "zpruner" in (tmp_path / "p" / "README.md").read_text()

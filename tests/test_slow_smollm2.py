@@ -114,7 +114,7 @@ def test_compare_five_methods_with_plot(smol, tmp_path):
     snapshot = DenseSnapshot(handle.model)
     outcome = compare(handle, grid_recipes(method_names(), "0.5"),
                       Evaluation(data="wikitext2", seqlen=256, max_windows=8), calibration=CAL, settings=settings)
-    assert outcome.calibration_key == calibration.key  # the grid reused the module's calibration
+    assert outcome.calibration_key == calibration.calibration_key  # the grid reused the module's calibration
     assert outcome.computed == len(method_names()) + 1 == len(outcome.rows)
     png = plot_leaderboard(outcome.rows, "ppl:wikitext2", tmp_path / "ppl.png")
     assert png.stat().st_size > 10_000
