@@ -164,6 +164,40 @@ def handlers_in_place(proc: subprocess.Popen) -> None:
 START_UP_DELAYS = [round(0.05 + i * (2.0 - 0.05) / 9, 3) for i in range(10)]  # 0.05 s to 2 s
 
 
+IMPORTED_UNDER_A_SIGNAL = """
+import os, signal, sys, time
+sys.path.insert(0, {fake!r})
+from zprune_cli import cli
+cli._install()
+try:
+    import torch.ops_registry
+    time.sleep(5)  # ordinary code, where the signal that waited is raised
+    print("no signal")
+except (cli.Terminated, cli.Interrupted) as exc:
+    print(type(exc).__name__, sys.modules["torch"].FINISHED, sys.modules["torch.ops_registry"].FINISHED)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_torchs_import_waits_for_its_end(tmp_path, signum):
+    """torch's import runs Python called from C++ (pybind11), where the signal's exception cannot unwind and
+    aborts the process (SIGABRT, once in the start-up test above): the signal waits until the import has
+    ended and is raised right after it, in ordinary code. A stand-in torch package on sys.path signals itself
+    in the middle of its submodule's import, and both finish."""
+    package = tmp_path / "torch"
+    package.mkdir()
+    (package / "__init__.py").write_text("FINISHED = 'yes'\n")
+    (package / "ops_registry.py").write_text(
+        "import os, signal, time\n"
+        f"os.kill(os.getpid(), {int(signum)})\n"
+        "time.sleep(0.3)  # without the block the handler raises here\n"
+        "FINISHED = 'yes'\n")
+    done = subprocess.run([sys.executable, "-c", IMPORTED_UNDER_A_SIGNAL.format(fake=str(tmp_path))],
+                          capture_output=True, text=True, timeout=60)
+    word = "Terminated" if signum == signal.SIGTERM else "Interrupted"
+    assert done.stdout.split() == [word, "yes", "yes"], done.stdout + done.stderr
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc to see the handlers")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("delay", START_UP_DELAYS)

@@ -6,11 +6,13 @@ runs in the `finally` blocks on the way out. Importing this package installs not
 
 What no Python code can cover: the interpreter's own start-up (site, .pth files, the console script's
 first imports) before `main()` runs, a few tens of milliseconds, longer on a loaded machine. A signal
-then gets Python's defaults (a KeyboardInterrupt traceback, or death by SIGTERM).
+then gets Python's defaults (a KeyboardInterrupt traceback, or death by SIGTERM). While torch is imported
+the two signals wait (blocked) until the import ends: see _SignalsWaitDuringImport.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -66,19 +68,78 @@ def _unraisable(info, default=sys.unraisablehook) -> None:
     ordinary code. The OSError 'Signal N ignored due to race condition' of a signal that arrived while
     the handlers were being switched off at the very end says nothing either."""
     if isinstance(info.exc_value, (Interrupted, Terminated)):
-        import threading
-
-        # a real signal to the main thread, as the first was: it also wakes a blocking call (sleep, read)
-        signum = signal.SIGTERM if isinstance(info.exc_value, Terminated) else signal.SIGINT
-        threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+        _deliver_again(info.exc_value)
         return
     if _finished and isinstance(info.exc_value, OSError) and "race condition" in str(info.exc_value):
         return
     default(info)
 
 
+class _SignalsWaitDuringImport:
+    """A meta path finder for torch and its submodules: their import (the extension's init, the operator
+    registrations) runs Python called from C++ through pybind11, where our exception cannot unwind; raised
+    there, it aborts the process ('terminate called after throwing pybind11::error_already_set', SIGABRT,
+    seen once in the test of a SIGTERM at start-up). SIGINT and SIGTERM stay blocked while such a module is
+    created and run; one that arrived meanwhile is delivered right after, in ordinary code. A second or two
+    of delay, once."""
+
+    PACKAGES = ("torch",)
+
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] not in self.PACKAGES:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _BlockingLoader(spec.loader)
+        return spec
+
+
+class _BlockingLoader:
+    """`loader` with SIGINT and SIGTERM blocked in create_module and exec_module; everything else is its own."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        with _signals_blocked():
+            return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _signals_blocked():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+@contextlib.contextmanager
+def _signals_blocked():
+    """SIGINT and SIGTERM blocked in this thread (threads started meanwhile inherit the mask, so the signal comes
+    to this one), then the mask that was there put back: nested imports restore it, the outermost unblocks."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a signal that waited is handled in this call
+        except (Interrupted, Terminated) as exc:  # raised here it would undo the finished import: a moment later
+            _deliver_again(exc)
+
+
+def _deliver_again(exc: BaseException) -> None:
+    """The signal behind `exc` sent again to the main thread 10 ms from now, as the first was (a real signal
+    also wakes a blocking call: sleep, read), to be raised in ordinary code."""
+    import threading
+
+    signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+
+
 def _install() -> None:
     sys.unraisablehook = _unraisable
+    sys.meta_path.insert(0, _SignalsWaitDuringImport())
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)  # last: a caught SIGTERM means both are in place (the tests look)
 
