@@ -46,7 +46,7 @@ class CalibrationResult:
     seconds: float
     hit: bool
     entry: StatsEntry
-    calibration_key: str = ""  # the calibration's own (StatsKey.calibration_digest): what results and prunes record
+    calibration_key: str  # the calibration's own (StatsKey.calibration_digest): what results and prunes record
 
     def summary(self) -> dict:
         return {
