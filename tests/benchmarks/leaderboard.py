@@ -120,10 +120,8 @@ def run_grid(model: str, grid: str, cache: Path, narrow: list[str], windows: int
     library = library_state()  # the code this process imports (HEAD may move during a long leaderboard)
     since = datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # the results store's time format
     started = time.perf_counter()
-    code, out = run_child(command, compare_env())
+    out = run_checked(command)
     wall = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {code}")
     return {**json.loads(out), "wall_seconds": round(wall, 1), "library": library, "state": state,
             "computed_here": computed_since(cache, model, since)}
 
@@ -149,13 +147,19 @@ def warm_statistics(jobs: list[tuple[str, str]], cache: Path) -> None:
     for model, nsamples, seqlen, seed in calibrations(jobs):
         command = [sys.executable, "-m", "zprune_cli", "calibrate", model, "--data", str(C4), "--data-dir", str(DATA_DIR),
                    "--cache-dir", str(cache), "-n", str(nsamples), "-l", str(seqlen), "--seed", str(seed), "--quiet"]
-        code, _ = run_child(command, compare_env())
-        if code != 0:
-            raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {code}")
+        run_checked(command)
+
+
+def run_checked(command: list[str]) -> str:
+    """A zprune process with the leaderboard's environment: its stdout, or SystemExit naming its failure."""
+    code, out = run_child(command, compare_env())
+    if code != 0:
+        raise SystemExit(f"error: {' '.join(command[3:])} failed with exit code {code}")
+    return out
 
 
 def run_child(command: list[str], env: dict) -> tuple[int, str]:
-    """One compare process, known to the SIGTERM handler while it runs: (exit code, stdout)."""
+    """One child process (compare, calibrate), known to the SIGTERM handler while it runs: (exit code, stdout)."""
     with _children:
         if STOPPING.is_set():
             raise SystemExit("error: the leaderboard is stopping")
